@@ -1,0 +1,35 @@
+# Every target creates the virtualenv on first use, so `make demo` and `make test` work on a
+# fresh machine with nothing but Python 3.11+.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	cd notebooks && ../$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser 01_quickstart.ipynb
+
+lint: $(STAMP)
+	$(BIN)/ruff check kernel_ext widgets tests bench
+	$(BIN)/ruff format --check kernel_ext widgets tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

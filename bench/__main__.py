@@ -1,0 +1,22 @@
+"""Run every benchmark: `python -m bench` (or `make bench`); `python -m bench NAME` runs one."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = ["mutations", "point_query", "invalidation", "open_store"]
+
+
+def main(argv: list[str]) -> None:
+    names = argv or BENCHMARKS
+    for name in names:
+        if name not in BENCHMARKS:
+            raise SystemExit(f"unknown benchmark {name!r}; choose from {BENCHMARKS}")
+    for name in names:
+        print(f"\n=== {name} ===", flush=True)
+        importlib.import_module(f"bench.{name}").main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,52 @@
+"""convex-notebook: a Convex-style reactive document store, functions and live tables.
+
+    import kernel_ext
+    from kernel_ext import v, define_schema, define_table, query, mutation
+
+    client = kernel_ext.connect("memory")
+
+`%load_ext kernel_ext` is the notebook entry point; `python -m kernel_ext` the command line.
+"""
+
+from __future__ import annotations
+
+from kernel_ext.client.auth import make_dev_token
+from kernel_ext.client.connect import connect
+from kernel_ext.client.embedded import Client
+from kernel_ext.client.subscription import Subscription
+from kernel_ext.errors import ConvexError
+from kernel_ext.functions.registration import (
+    action,
+    internal_action,
+    internal_mutation,
+    internal_query,
+    mutation,
+    query,
+)
+from kernel_ext.functions.registry import FunctionReference, api, internal
+from kernel_ext.store.schema import define_schema, define_table
+from kernel_ext.store.validators import v
+from kernel_ext.store.values import UNDEFINED
+
+__all__ = [
+    "UNDEFINED",
+    "Client",
+    "ConvexError",
+    "FunctionReference",
+    "Subscription",
+    "action",
+    "api",
+    "connect",
+    "define_schema",
+    "define_table",
+    "internal",
+    "internal_action",
+    "internal_mutation",
+    "internal_query",
+    "make_dev_token",
+    "mutation",
+    "query",
+    "v",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,237 @@
+"""The embedded client: the store runs inside this process (the notebook's kernel)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kernel_ext.client.auth import AuthConfig, claims_of
+from kernel_ext.client.subscription import Subscription
+from kernel_ext.errors import TransactionClosed, ValidationError
+from kernel_ext.functions.backend import Backend
+from kernel_ext.functions.context import identity_from_claims
+from kernel_ext.functions.registry import path_of
+from kernel_ext.store.catalog import BY_CREATION_TIME
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import pandas as pd
+
+    from kernel_ext.store.transaction import Transaction
+
+__all__ = ["Client"]
+
+
+def _merge_args(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Any:
+    if args is None:
+        return kwargs
+    if kwargs:
+        if not isinstance(args, Mapping):
+            raise ValidationError("Pass arguments as a dict or as keywords, not both")
+        return {**args, **kwargs}
+    return args
+
+
+def _inserter(table: str, rows: list[dict[str, Any]]) -> Callable[[Transaction], list[str]]:
+    return lambda txn: [txn.insert(table, row) for row in rows]
+
+
+class Client:
+    """A client of an embedded store. Create it with `kernel_ext.connect()`.
+
+    Args:
+        backend: the store and its functions (shared by clients of the same file).
+        location: what `status` shows (a file path or "memory").
+        release: called once when the client closes (to close an unshared backend).
+        auth: verifies tokens given to `set_auth`; without it their claims are trusted.
+        identity: the user this client acts as (None: anonymous).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        location: str,
+        release: Callable[[], None],
+        auth: AuthConfig | None = None,
+        identity: dict[str, Any] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.location = location
+        self._release = release
+        self._auth = auth
+        self._identity = identity
+        self._subscriptions: set[Subscription] = set()
+        self._dispatcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convex-callbacks")
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<kernel_ext.Client embedded store at {self.location}>"
+
+    @property
+    def url(self) -> str:
+        """Where the store is: `memory` or `sqlite:///path`."""
+        return "memory" if self.location == "memory" else f"sqlite:///{self.location}"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransactionClosed(
+                "This client is closed; create a new one with kernel_ext.connect()"
+            )
+
+    # -- calling functions ---------------------------------------------------------------
+
+    def query(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Run a public query and return its result."""
+        self._check_open()
+        return self.backend.call(
+            ref, _merge_args(args, kwargs), kind="query", identity=self._identity, public_only=True
+        )
+
+    def mutation(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Run a public mutation and return its result. When it returns, every subscription
+        already reflects the commit (read your writes)."""
+        self._check_open()
+        value, ts = self.backend.call_with_ts(
+            ref,
+            _merge_args(args, kwargs),
+            kind="mutation",
+            identity=self._identity,
+            public_only=True,
+        )
+        if ts is not None:
+            self.backend.subscriptions.wait_processed(ts)
+        return value
+
+    def action(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Run a public action and return its result."""
+        self._check_open()
+        return self.backend.call(
+            ref, _merge_args(args, kwargs), kind="action", identity=self._identity, public_only=True
+        )
+
+    def subscribe(
+        self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Subscription:
+        """Subscribe to a public query: the returned `Subscription` stays up to date."""
+        self._check_open()
+        values = _merge_args(args, kwargs)
+        path = path_of(ref)
+        # Fail now (unknown function, bad args) rather than in the first result.
+        self.backend.registry.lookup(path, "query", public_only=True)
+
+        def start(on_result: Any) -> Any:
+            return self.backend.subscribe(path, values, self._identity, on_result)
+
+        sub = Subscription(start, self._dispatcher, path)
+        with self._lock:
+            self._subscriptions.add(sub)
+        return sub
+
+    def load_functions(self, folder: str | Path) -> list[str]:
+        """Load every module of a functions folder (and `schema.py`); returns the paths."""
+        self._check_open()
+        return self.backend.load_functions(folder)
+
+    # -- identity ------------------------------------------------------------------------
+
+    def set_auth(self, token: str) -> None:
+        """Act as the user of a JWT (verified if the client was given `auth=`); live
+        subscriptions re-run with the new identity."""
+        self._set_identity(identity_from_claims(claims_of(token, self._auth)))
+
+    def clear_auth(self) -> None:
+        """Act anonymously again."""
+        self._set_identity(None)
+
+    def _set_identity(self, identity: dict[str, Any] | None) -> None:
+        self._identity = identity
+        with self._lock:
+            subscriptions = list(self._subscriptions)
+        for sub in subscriptions:
+            sub.restart()
+
+    def with_identity(self, claims: Mapping[str, Any]) -> Client:
+        """A client of the same store acting as the user with these claims (`sub`, `iss`,
+        ...), without a token."""
+        self._check_open()
+        return Client(
+            self.backend,
+            location=self.location,
+            release=lambda: None,
+            auth=self._auth,
+            identity=identity_from_claims(claims),
+        )
+
+    # -- data frames ---------------------------------------------------------------------
+
+    def import_dataframe(
+        self, table: str, frame: pd.DataFrame, *, batch_size: int = 1000, progress: bool = True
+    ) -> list[str]:
+        """Insert every row of `frame` as a document of `table`, in mutations of `batch_size`
+        rows, with a progress bar. Missing values leave the field out. Each batch is atomic;
+        returns the new ids in row order."""
+        from tqdm.auto import tqdm
+
+        from kernel_ext.client.dataframe import rows_from_dataframe
+
+        self._check_open()
+        if batch_size < 1:
+            raise ValidationError("batch_size must be at least 1")
+        ids: list[str] = []
+        rows = rows_from_dataframe(frame)
+        with tqdm(
+            total=len(frame), desc=f"import {table}", unit="row", disable=not progress
+        ) as bar:
+            while True:
+                batch = [row for _, row in zip(range(batch_size), rows, strict=False)]
+                if not batch:
+                    break
+                new_ids, ts = self.backend.store.mutate(_inserter(table, batch))
+                self.backend.subscriptions.wait_processed(ts)
+                ids.extend(new_ids)
+                bar.update(len(batch))
+        return ids
+
+    def table_df(self, table: str) -> pd.DataFrame:
+        """Every document of `table` (in creation order) as a DataFrame."""
+        from kernel_ext.client.dataframe import to_dataframe
+
+        self._check_open()
+        docs, _, _ = self.backend.store.read(
+            lambda txn: txn.query(table).with_index(BY_CREATION_TIME).collect()
+        )
+        return to_dataframe(docs)
+
+    def tables(self) -> list[str]:
+        """The names of the user tables."""
+        return [t.name for t in self.backend.store.catalog.tables() if not t.name.startswith("_")]
+
+    def functions(self) -> list[str]:
+        """The paths of the registered functions."""
+        return self.backend.registry.paths()
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the subscriptions and release the store; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            subscriptions = list(self._subscriptions)
+        for sub in subscriptions:
+            sub.close()
+        self._dispatcher.shutdown(wait=False)
+        self._release()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,194 @@
+"""`Subscription`: the live result of a query, as a value, a DataFrame, callbacks or a stream."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+from kernel_ext.engine.subscriptions import QueryResult
+from kernel_ext.errors import TransactionClosed
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["CallbackHandle", "Subscription"]
+
+_CLOSED = object()
+
+
+class CallbackHandle:
+    """Returned by `on_change`; `remove()` stops the callbacks."""
+
+    def __init__(self, remove: Callable[[], None]) -> None:
+        self._remove = remove
+
+    def remove(self) -> None:
+        """Stop calling the callback; idempotent."""
+        self._remove()
+
+
+class Subscription:
+    """A live query. Created by `client.subscribe(ref, args)`.
+
+    `value` blocks for the first result, then always returns the latest; `on_change`
+    callbacks run on the client's callback thread, in order, one result at a time.
+
+    Args:
+        subscribe: starts the subscription: `subscribe(on_result) -> unsubscribe`.
+        dispatcher: runs the callbacks (a single-threaded executor keeps them in order).
+        description: the function path, for messages.
+    """
+
+    def __init__(
+        self,
+        subscribe: Callable[[Callable[[QueryResult], None]], Callable[[], None]],
+        dispatcher: Executor,
+        description: str,
+    ) -> None:
+        self._subscribe = subscribe
+        self._dispatcher = dispatcher
+        self.description = description
+        self._cond = threading.Condition()
+        self._result: QueryResult | None = None
+        self._callbacks: list[Callable[[Any], None]] = []
+        self._result_callbacks: list[Callable[[QueryResult], None]] = []
+        self._streams: list[queue.SimpleQueue[Any]] = []
+        self._closed = False
+        self._unsubscribe = subscribe(self._on_result)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "live"
+        return f"<Subscription {self.description} ({state})>"
+
+    # -- results -------------------------------------------------------------------------
+
+    def _on_result(self, result: QueryResult) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            previous, self._result = self._result, result
+            self._cond.notify_all()
+            callbacks = (
+                list(self._callbacks) if previous is not None and result.error is None else []
+            )
+            result_callbacks = list(self._result_callbacks)
+            for stream in self._streams:
+                stream.put(result)
+        for callback in callbacks:
+            self._dispatcher.submit(callback, result.value)
+        for result_callback in result_callbacks:
+            self._dispatcher.submit(result_callback, result)
+
+    def result(self, timeout: float | None = None) -> QueryResult:
+        """The latest result (value or error), waiting up to `timeout` s for the first.
+
+        Raises:
+            TimeoutError: no result within `timeout`.
+            TransactionClosed: the subscription is closed.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._result is not None or self._closed, timeout):
+                raise TimeoutError(f"No result for {self.description} within {timeout} s")
+            if self._result is None:
+                raise TransactionClosed(f"The subscription to {self.description} is closed")
+            return self._result
+
+    @property
+    def value(self) -> Any:
+        """The latest result (blocks for the first); raises the query's error if it failed."""
+        result = self.result()
+        if result.error is not None:
+            raise result.error
+        return result.value
+
+    @property
+    def error(self) -> BaseException | None:
+        """The query's current error, or None (also None before the first result)."""
+        with self._cond:
+            return None if self._result is None else self._result.error
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """The latest result as a pandas DataFrame (one row per document, `_id` as index)."""
+        from kernel_ext.client.dataframe import to_dataframe
+
+        return to_dataframe(self.value)
+
+    def on_change(self, callback: Callable[[Any], None]) -> CallbackHandle:
+        """Call `callback(new_value)` for each later successful result."""
+        with self._cond:
+            self._callbacks.append(callback)
+
+        def remove() -> None:
+            with self._cond, contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return CallbackHandle(remove)
+
+    def on_result(self, callback: Callable[[QueryResult], None]) -> CallbackHandle:
+        """Call `callback(result)` for every result, errors included, starting with the
+        current one (for widgets that show loading and error states)."""
+        with self._cond:
+            self._result_callbacks.append(callback)
+            current = self._result
+        if current is not None:
+            self._dispatcher.submit(callback, current)
+
+        def remove() -> None:
+            with self._cond, contextlib.suppress(ValueError):
+                self._result_callbacks.remove(callback)
+
+        return CallbackHandle(remove)
+
+    def __iter__(self) -> Iterator[Any]:
+        """The current value, then each new one, until the subscription is closed; raises
+        the query's error if a result is an error."""
+        stream: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        with self._cond:
+            if self._closed:
+                return
+            self._streams.append(stream)
+            if self._result is not None:
+                stream.put(self._result)
+        try:
+            while True:
+                item = stream.get()
+                if item is _CLOSED:
+                    return
+                if item.error is not None:
+                    raise item.error
+                yield item.value
+        finally:
+            with self._cond, contextlib.suppress(ValueError):
+                self._streams.remove(stream)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def restart(self) -> None:
+        """Re-subscribe (e.g. after the client's identity changed)."""
+        with self._cond:
+            if self._closed:
+                return
+        self._unsubscribe()
+        self._unsubscribe = self._subscribe(self._on_result)
+
+    def close(self) -> None:
+        """Stop the subscription; idempotent. Iterators end."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+            for stream in self._streams:
+                stream.put(_CLOSED)
+        self._unsubscribe()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

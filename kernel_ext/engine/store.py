@@ -1,0 +1,386 @@
+"""The store runtime: snapshots, the single committer with OCC validation, and the catalog.
+
+`Store.read(fn)` runs `fn(txn)` on a snapshot. `Store.mutate(fn)` runs it in a writable
+transaction and commits; if a commit after the transaction's snapshot wrote a key inside its
+read set, it re-runs `fn` on a fresh snapshot (bounded retries, then `ConflictError`). A
+mutation that raises leaves no trace: its writes, new tables and scheduled jobs vanish.
+Commit timestamps are integers (nanoseconds) that never decrease, also across restarts.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+from kernel_ext.errors import ConflictError, SchemaError, ValidationError
+from kernel_ext.persistence.sqlite import CommitRecord, IndexChange, SqlitePersistence
+from kernel_ext.store.catalog import BY_CREATION_TIME, BY_ID, Catalog, TableInfo, new_table_info
+from kernel_ext.store.readset import ReadSet, WrittenKey
+from kernel_ext.store.schema import SchemaDefinition
+from kernel_ext.store.transaction import Snapshot, Transaction, Write, id_key, written_keys
+
+__all__ = ["ALL_KEYS", "Commit", "SCHEDULED_FUNCTIONS", "Store"]
+
+T = TypeVar("T")
+
+SCHEDULED_FUNCTIONS: Final = "_scheduled_functions"
+#: System tables and their indexes, created with every store.
+SYSTEM_TABLES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
+    SCHEDULED_FUNCTIONS: {"by_state": ("state.kind", "scheduledTime")},
+}
+#: A written key that every read set contains (schema changes invalidate everything).
+ALL_KEYS: Final[WrittenKey] = ("*", b"")
+_RETRY_DELAYS: Final = (0.0, 0.001, 0.005, 0.02, 0.05)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What one commit changed, as told to listeners (subscriptions, scheduler)."""
+
+    ts: int
+    writes: dict[str, Write]
+    keys: list[WrittenKey]
+
+
+class _Conflict(Exception):
+    def __init__(self, tables: set[str]) -> None:
+        super().__init__(tables)
+        self.tables = tables
+
+
+class _TxnCatalog:
+    """The shared catalog plus the tables a transaction has created but not committed."""
+
+    def __init__(self, shared: Catalog) -> None:
+        self.shared = shared
+        self.new_tables: dict[str, TableInfo] = {}
+
+    def table(self, name: str) -> TableInfo | None:
+        return self.shared.table(name) or self.new_tables.get(name)
+
+    def table_by_number(self, number: int) -> TableInfo | None:
+        found = self.shared.table_by_number(number)
+        if found is None:
+            found = next((t for t in self.new_tables.values() if t.number == number), None)
+        return found
+
+    def table_name(self, number: int) -> str | None:
+        info = self.table_by_number(number)
+        return None if info is None else info.name
+
+
+class Store:
+    """One store: persistence, catalog, schema, committer and commit listeners.
+
+    Args:
+        persistence: the storage backend (owned: closed by `close()`).
+    """
+
+    def __init__(self, persistence: SqlitePersistence) -> None:
+        self.persistence = persistence
+        self.catalog = Catalog()
+        self.schema: SchemaDefinition | None = None
+        self._commit_lock = threading.RLock()
+        self._counter_lock = threading.Lock()
+        self._ts = persistence.last_ts()
+        self._log: deque[tuple[int, list[WrittenKey]]] = deque()
+        self._log_horizon = self._ts  # commits at or before this are no longer in the log
+        self._active: dict[int, int] = {}  # id(txn) -> snapshot ts of in-flight mutations
+        self._listeners: list[Callable[[Commit], None]] = []
+        self._last_creation_time = 0.0
+        self._load_catalog()
+        self._ensure_system_tables()
+
+    @property
+    def ts(self) -> int:
+        """The timestamp of the latest commit."""
+        return self._ts
+
+    def add_listener(self, listener: Callable[[Commit], None]) -> None:
+        """Call `listener(commit)` after each commit, in timestamp order, under the commit
+        lock (so it must be quick: enqueue, don't work)."""
+        self._listeners.append(listener)
+
+    def close(self) -> None:
+        """Close the persistence; idempotent."""
+        self.persistence.close()
+
+    # -- catalog -------------------------------------------------------------------------
+
+    def _load_catalog(self) -> None:
+        tables, indexes = self.persistence.load_catalog()
+        for number, name in tables:
+            self.catalog.add_table(name, number)
+        for index_id, table_number, name, fields in indexes:
+            info = self.catalog.table_by_number(table_number)
+            if info is not None:
+                self.catalog.add_index(info.name, name, index_id, fields)
+        self._next_table_number = self.catalog.next_table_number()
+        self._next_index_id = self.catalog.next_index_id()
+
+    def _allocate_number(self) -> int:
+        with self._counter_lock:
+            number = self._next_table_number
+            self._next_table_number += 1
+            return number
+
+    def _allocate_index_id(self) -> int:
+        with self._counter_lock:
+            index_id = self._next_index_id
+            self._next_index_id += 1
+            return index_id
+
+    def _create_table_now(self, name: str) -> TableInfo:
+        existing = self.catalog.table(name)
+        if existing is not None:
+            return existing
+        info = new_table_info(name, self._allocate_number(), self._allocate_index_id())
+        self.persistence.write_commit(self._ts, [], [info])
+        return self.catalog.install(info)
+
+    def _create_index_now(self, table: TableInfo, name: str, fields: tuple[str, ...]) -> None:
+        index_id = self._allocate_index_id()
+        self.persistence.create_index(index_id, table.number, name, fields)
+        self.catalog.add_index(table.name, name, index_id, fields)
+        index = table.indexes[name]
+        self.persistence.fill_index(
+            index_id,
+            ((index.key_of(doc), key) for key, doc in self.persistence.documents_of(table.number)),
+        )
+
+    def _ensure_system_tables(self) -> None:
+        with self._commit_lock:
+            for name, indexes in SYSTEM_TABLES.items():
+                info = self._create_table_now(name)
+                for index, fields in indexes.items():
+                    if index not in info.indexes:
+                        self._create_index_now(info, index, fields)
+
+    def set_schema(self, schema: SchemaDefinition | None) -> None:
+        """Install a schema: check existing documents against it, create its tables, build new
+        indexes and drop indexes it no longer declares. Every live query re-runs.
+
+        Raises:
+            SchemaError: an existing document does not match; nothing was changed.
+        """
+        with self._commit_lock:
+            if schema is not None:
+                self._check_existing_documents(schema)
+                for name, definition in schema.tables.items():
+                    info = self._create_table_now(name)
+                    self._reconcile_indexes(info, {i.name: i.fields for i in definition.indexes})
+            self.schema = schema
+            self._publish(Commit(self._next_ts(), {}, [ALL_KEYS]))
+
+    def _check_existing_documents(self, schema: SchemaDefinition) -> None:
+        if not schema.schema_validation:
+            return
+        for name in schema.tables:
+            info = self.catalog.table(name)
+            if info is None:
+                continue
+            for _, doc in self.persistence.documents_of(info.number):
+                try:
+                    schema.validate_write(name, doc, self.catalog.table_name)
+                except ValidationError as exc:
+                    raise SchemaError(
+                        f"Existing document {doc['_id']} in table {name!r} does not match the "
+                        f"new schema; fix or delete it first.\n{exc}"
+                    ) from exc
+
+    def _reconcile_indexes(self, info: TableInfo, declared: dict[str, tuple[str, ...]]) -> None:
+        for name, index in list(info.indexes.items()):
+            if name in (BY_CREATION_TIME, BY_ID) or declared.get(name) == index.fields:
+                continue
+            assert index.index_id is not None
+            self.persistence.drop_index(index.index_id)
+            self.catalog.drop_index(info.name, name)
+        for name, fields in declared.items():
+            if name not in info.indexes:
+                self._create_index_now(info, name, fields)
+
+    # -- transactions --------------------------------------------------------------------
+
+    def next_creation_time(self) -> float:
+        """A `_creationTime` (ms since epoch) greater than every earlier one."""
+        with self._counter_lock:
+            now = time.time() * 1000.0
+            self._last_creation_time = max(now, math.nextafter(self._last_creation_time, math.inf))
+            return self._last_creation_time
+
+    def transaction(self, snapshot: Snapshot, *, writable: bool) -> Transaction:
+        """A transaction over `snapshot` (the caller closes both)."""
+        catalog = _TxnCatalog(self.catalog)
+
+        def allocate(name: str) -> TableInfo:
+            # A table created by a mutation exists for others only once the mutation commits;
+            # its by_creation_time index gets a real id at commit.
+            info = new_table_info(name, self._allocate_number(), -1)
+            catalog.new_tables[name] = info
+            return info
+
+        return Transaction(
+            snapshot,
+            catalog,
+            self.schema,
+            writable=writable,
+            allocate_table=allocate,
+            creation_time=self.next_creation_time,
+        )
+
+    def snapshot(self) -> Snapshot:
+        """A fresh read snapshot; close it with `close_snapshot`."""
+        return self.persistence.snapshot()
+
+    @staticmethod
+    def close_snapshot(snapshot: Snapshot) -> None:
+        """End a snapshot opened by `snapshot()`."""
+        snapshot.close()  # type: ignore[attr-defined]
+
+    def read(
+        self, fn: Callable[[Transaction], T], snapshot: Snapshot | None = None
+    ) -> tuple[T, ReadSet, int]:
+        """Run `fn` in a read-only transaction (on `snapshot`, or a fresh one).
+
+        Returns:
+            `(result, finalized read set, snapshot ts)`; `fn`'s exceptions propagate.
+        """
+        snap = self.snapshot() if snapshot is None else snapshot
+        txn = self.transaction(snap, writable=False)
+        try:
+            return fn(txn), txn.read_set.finalize(), snap.ts
+        finally:
+            txn.closed = True
+            if snapshot is None:
+                self.close_snapshot(snap)
+
+    def mutate(self, fn: Callable[[Transaction], T]) -> tuple[T, int]:
+        """Run `fn` in a writable transaction and commit it, retrying on conflicts.
+
+        Returns:
+            `(result, commit ts)`.
+
+        Raises:
+            ConflictError: every retry conflicted.
+            Exception: whatever `fn` raised; nothing was written.
+        """
+        conflicts: set[str] = set()
+        for delay in _RETRY_DELAYS:
+            if delay:
+                time.sleep(delay)
+            # Register before the snapshot exists, with a ts no later than the snapshot's, so
+            # that pruning keeps every commit this transaction must be validated against.
+            token = object()
+            with self._counter_lock:
+                self._active[id(token)] = self._ts
+            snap = self.snapshot()
+            txn = self.transaction(snap, writable=True)
+            try:
+                result = fn(txn)
+                txn.closed = True
+                return result, self.commit(txn)
+            except _Conflict as conflict:
+                conflicts |= conflict.tables
+            finally:
+                txn.closed = True
+                with self._counter_lock:
+                    del self._active[id(token)]
+                self.close_snapshot(snap)
+        tables = ", ".join(f'"{t}"' for t in sorted(conflicts)) or "the same"
+        raise ConflictError(
+            f"Documents read from or written to the {tables} table changed while this "
+            "mutation was being run and on every subsequent retry. Other mutations keep writing "
+            "what it reads: read less (an index range instead of a full scan) or write less "
+            "often to those documents."
+        )
+
+    def commit(self, txn: Transaction) -> int:
+        """Validate and write a transaction's writes; returns the commit timestamp (the
+        snapshot's for a transaction without writes).
+
+        Raises:
+            _Conflict: a later commit wrote into the transaction's read set.
+        """
+        writes = txn.write_set()
+        read_set = txn.read_set.finalize()
+        with self._commit_lock:
+            self._validate(txn.snapshot.ts, read_set)
+            if not writes:
+                return txn.snapshot.ts
+            assert isinstance(txn.catalog, _TxnCatalog)
+            tables = self._tables_for(txn.catalog, writes)
+            records, keys = self._records(writes, tables)
+            ts = self._next_ts()
+            new_tables = [t for t in tables.values() if self.catalog.table(t.name) is None]
+            self.persistence.write_commit(ts, records, new_tables)
+            for info in new_tables:
+                self.catalog.install(info)
+            self._log.append((ts, keys))
+            self._prune_log()
+            self._publish(Commit(ts, writes, keys))
+            return ts
+
+    def _validate(self, since: int, read_set: ReadSet) -> None:
+        if since < self._log_horizon:
+            raise _Conflict(set())  # the commits it would need to check were pruned
+        tables: set[str] = set()
+        for ts, keys in reversed(self._log):
+            if ts <= since:
+                break
+            if read_set.overlaps(keys):
+                tables |= {k[0].split(".", 1)[0] for k in keys}
+        if tables:
+            raise _Conflict(tables)
+
+    def _tables_for(self, catalog: _TxnCatalog, writes: dict[str, Write]) -> dict[str, TableInfo]:
+        tables: dict[str, TableInfo] = {}
+        for write in writes.values():
+            if write.table in tables:
+                continue
+            info = self.catalog.table(write.table)
+            if info is None:
+                pending = catalog.new_tables[write.table]
+                info = new_table_info(pending.name, pending.number, self._allocate_index_id())
+            elif write.table in catalog.new_tables:
+                raise _Conflict({write.table})  # another mutation created it first: re-run
+            tables[write.table] = info
+        return tables
+
+    @staticmethod
+    def _records(
+        writes: dict[str, Write], tables: dict[str, TableInfo]
+    ) -> tuple[list[CommitRecord], list[WrittenKey]]:
+        records, keys = [], []
+        for doc_id, write in writes.items():
+            table = tables[write.table]
+            changes = tuple(
+                IndexChange(
+                    index.index_id,
+                    None if write.old is None else index.key_of(write.old),
+                    None if write.new is None else index.key_of(write.new),
+                )
+                for index in table.indexes.values()
+                if index.index_id is not None
+            )
+            records.append(CommitRecord(table.number, id_key(doc_id), write.new, changes))
+            keys.extend(written_keys(table, write))
+        return records, keys
+
+    def _prune_log(self) -> None:
+        with self._counter_lock:
+            oldest = min(self._active.values(), default=self._ts)
+        while self._log and self._log[0][0] <= oldest:
+            self._log_horizon = self._log.popleft()[0]
+
+    def _next_ts(self) -> int:
+        self._ts = max(self._ts + 1, time.time_ns())
+        return self._ts
+
+    def _publish(self, commit: Commit) -> None:
+        for listener in self._listeners:
+            listener(commit)

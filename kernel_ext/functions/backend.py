@@ -1,0 +1,215 @@
+"""The backend: a store plus its functions, live queries and scheduler.
+
+It validates arguments, runs handlers in the right kind of transaction, validates and
+normalizes results, and keeps subscriptions live. Clients (embedded now, the sync server later)
+call `call()` and `subscribe()`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kernel_ext.engine.store import Store
+from kernel_ext.engine.subscriptions import QueryResult, SubscriptionManager
+from kernel_ext.errors import ArgumentError, ConvexError, ReturnsError, ValidationError
+from kernel_ext.functions.context import ActionCtx, MutationCtx, QueryCtx
+from kernel_ext.functions.registration import FunctionDefinition, FunctionKind
+from kernel_ext.functions.registry import FunctionRegistry, load_folder
+from kernel_ext.functions.scheduling import Scheduler, SchedulerService
+from kernel_ext.store.keys import encode_value
+from kernel_ext.store.query import Query
+from kernel_ext.store.transaction import Transaction
+from kernel_ext.store.values import UNDEFINED, Value, normalize
+
+__all__ = ["Backend", "SubscriptionKey"]
+
+#: (function path, encoded args, encoded identity): identical subscriptions share one run.
+SubscriptionKey = tuple[str, bytes, bytes]
+
+
+def _note(exc: BaseException, text: str) -> None:
+    if text not in getattr(exc, "__notes__", ()):
+        exc.add_note(text)
+
+
+class Backend:
+    """A store with its functions. Thread-safe; close it with `close()`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.registry = FunctionRegistry()
+        self.subscriptions = SubscriptionManager(store)
+        self.scheduler = SchedulerService(self)
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the scheduler and live queries, then close the store; idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.scheduler.close()
+        self.subscriptions.close()
+        self.store.close()
+
+    # -- functions -----------------------------------------------------------------------
+
+    def load_functions(self, folder: str | Path) -> list[str]:
+        """Load a functions folder: install its schema, register its functions (replacing
+        those of the same paths) and re-run live queries. Returns the paths registered."""
+        loaded = load_folder(folder)
+        if loaded.schema is not None:
+            self.store.set_schema(loaded.schema)
+        for path, function in loaded.functions.items():
+            self.registry.register(path, function)
+        self.subscriptions.rerun(lambda key: True)
+        return sorted(loaded.functions)
+
+    def register(self, path: str, function: FunctionDefinition) -> str:
+        """Register one function and re-run the live queries of that path."""
+        canonical = self.registry.register(path, function)
+        self.subscriptions.rerun(lambda key: isinstance(key, tuple) and key[0] == canonical)
+        return canonical
+
+    def prepare_args(self, function: FunctionDefinition, args: Any) -> dict[str, Value]:
+        """Normalized, validated arguments.
+
+        Raises:
+            ArgumentError: not an object, or not matching the function's validator.
+        """
+        if args is None:
+            args = {}
+        if not isinstance(args, Mapping):
+            raise ArgumentError(
+                f"The arguments to a Convex function must be an object (a dict), got {args!r}"
+            )
+        try:
+            values = normalize(args)
+            if function.args is not None:
+                values = function.args.check(values, "", self.store.catalog.table_name)
+        except ValidationError as exc:
+            raise ArgumentError(f"ArgumentValidationError for {function.path}: {exc}") from exc
+        assert isinstance(values, dict)
+        return values
+
+    def invoke(
+        self, function: FunctionDefinition, args: Any, txn: Transaction | None, identity: Any
+    ) -> Value:
+        """Validate `args`, run the handler (in `txn` for queries and mutations), check and
+        normalize its result. Exceptions from the handler propagate with a note naming the
+        function; a `ConvexError` propagates as it is."""
+        values = self.prepare_args(function, args)
+        ctx: QueryCtx | ActionCtx
+        if function.kind == "action":
+            ctx = ActionCtx(identity, self, Scheduler(self, None))
+        else:
+            assert txn is not None
+            saved, txn.paginated = txn.paginated, False  # one paginate() per execution
+            ctx = (
+                MutationCtx(txn, identity, self, Scheduler(self, txn))
+                if function.kind == "mutation"
+                else QueryCtx(txn, identity, self)
+            )
+        try:
+            result = function.handler(ctx, **values)
+        except ConvexError:
+            raise
+        except Exception as exc:
+            _note(exc, f"raised by {function.kind} {function.path}")
+            raise
+        finally:
+            if txn is not None and function.kind != "action":
+                txn.paginated = saved
+        return self._result(function, result)
+
+    def _result(self, function: FunctionDefinition, result: Any) -> Value:
+        if isinstance(result, Query):
+            raise ReturnsError(
+                f"{function.path} returned a Query. Results must be retrieved with .collect(), "
+                ".take(n), .first(), .unique() or .paginate()"
+            )
+        value = None if result is UNDEFINED else normalize(result)
+        if function.returns is not None:
+            try:
+                value = function.returns.check(value, "", self.store.catalog.table_name)
+            except ValidationError as exc:
+                raise ReturnsError(f"ReturnsValidationError for {function.path}: {exc}") from exc
+        return value
+
+    # Runner protocol (for ctx.run_*) ---------------------------------------------------
+
+    def nested_query(self, txn: Transaction, ref: Any, args: Any, identity: Any) -> Value:
+        """Run a query inside `txn`."""
+        function = self.registry.lookup(ref, "query", public_only=False)
+        return self.invoke(function, args, txn, identity)
+
+    def nested_mutation(self, txn: Transaction, ref: Any, args: Any, identity: Any) -> Value:
+        """Run a mutation as a sub-transaction of `txn`."""
+        function = self.registry.lookup(ref, "mutation", public_only=False)
+        txn.begin_nested()
+        try:
+            result = self.invoke(function, args, txn, identity)
+        except BaseException:
+            txn.rollback_nested()
+            raise
+        txn.commit_nested()
+        return result
+
+    def call(
+        self, ref: Any, args: Any, *, kind: str, identity: Any, public_only: bool = False
+    ) -> Value:
+        """Run a function in its own transaction and return its result."""
+        return self.call_with_ts(ref, args, kind=kind, identity=identity, public_only=public_only)[
+            0
+        ]
+
+    def call_with_ts(
+        self, ref: Any, args: Any, *, kind: str | None, identity: Any, public_only: bool
+    ) -> tuple[Value, int | None]:
+        """Like `call`, also returning the commit ts of a mutation (else the read ts / None)."""
+        function = self.registry.lookup(ref, _kind(kind), public_only=public_only)
+        if function.kind == "query":
+            value, _, ts = self.store.read(lambda txn: self.invoke(function, args, txn, identity))
+            return value, ts
+        if function.kind == "mutation":
+            return self.store.mutate(lambda txn: self.invoke(function, args, txn, identity))
+        return self.invoke(function, args, None, identity), None
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        ref: Any,
+        args: Any,
+        identity: Any,
+        on_update: Callable[[QueryResult], None],
+        *,
+        public_only: bool = True,
+    ) -> Callable[[], None]:
+        """Subscribe to a query; `on_update(result)` gets the current result and each change
+        (on a worker thread). Returns the unsubscribe function.
+
+        Raises:
+            UnknownFunction, WrongFunctionKind, ArgumentError: before subscribing.
+        """
+        function = self.registry.lookup(ref, "query", public_only=public_only)
+        path = function.path
+        assert path is not None
+        values = self.prepare_args(function, args)
+        key: Hashable = (path, encode_value(values), encode_value(identity or {}))
+
+        def run(txn: Transaction) -> Value:
+            current = self.registry.lookup(path, "query", public_only=False)
+            return self.invoke(current, values, txn, identity)
+
+        return self.subscriptions.subscribe(key, run, on_update)
+
+
+def _kind(kind: str | None) -> FunctionKind | None:
+    if kind not in (None, "query", "mutation", "action"):
+        raise ValueError(f"unknown function kind {kind!r}")
+    return kind  # type: ignore[return-value]

@@ -1,0 +1,225 @@
+"""The `ctx` objects handed to function handlers, and `ctx.db`.
+
+- query: `ctx.db` (reader), `ctx.auth`, `ctx.run_query`
+- mutation: `ctx.db` (writer), `ctx.auth`, `ctx.scheduler`, `ctx.run_query`, `ctx.run_mutation`
+- action: `ctx.auth`, `ctx.scheduler`, `ctx.run_query`, `ctx.run_mutation`, `ctx.run_action`
+  (no `db`: actions are not transactional).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kernel_ext.errors import ValidationError
+from kernel_ext.store.query import Query
+from kernel_ext.store.transaction import Transaction
+from kernel_ext.store.values import Value
+
+if TYPE_CHECKING:
+    from kernel_ext.functions.scheduling import Scheduler
+
+__all__ = [
+    "ActionCtx",
+    "Auth",
+    "DatabaseReader",
+    "DatabaseWriter",
+    "MutationCtx",
+    "QueryCtx",
+    "Runner",
+    "identity_from_claims",
+]
+
+_OIDC_NAMES = {
+    "given_name": "givenName",
+    "family_name": "familyName",
+    "preferred_username": "preferredUsername",
+    "profile": "profileUrl",
+    "picture": "pictureUrl",
+    "email_verified": "emailVerified",
+    "zoneinfo": "timezone",
+    "locale": "language",
+    "phone_number": "phoneNumber",
+    "phone_number_verified": "phoneNumberVerified",
+    "updated_at": "updatedAt",
+}
+_JWT_ONLY = {"sub", "iss", "aud", "exp", "iat", "nbf", "jti"}
+
+
+def identity_from_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """A user identity from token claims: `subject` = `sub`, `issuer` = `iss`,
+    `tokenIdentifier` = `iss|sub`, OIDC claims renamed as Convex does, other claims as they
+    are (JWT bookkeeping claims such as `exp` are dropped).
+
+    Raises:
+        ValidationError: `sub` or `iss` is missing.
+    """
+    subject, issuer = claims.get("sub"), claims.get("iss")
+    if not isinstance(subject, str) or not isinstance(issuer, str):
+        raise ValidationError("An identity needs string claims 'sub' (subject) and 'iss' (issuer)")
+    identity: dict[str, Any] = {
+        "tokenIdentifier": f"{issuer}|{subject}",
+        "subject": subject,
+        "issuer": issuer,
+    }
+    for name, value in claims.items():
+        if name not in _JWT_ONLY:
+            identity[_OIDC_NAMES.get(name, name)] = value
+    return identity
+
+
+class Auth:
+    """`ctx.auth`: who is calling."""
+
+    def __init__(self, identity: dict[str, Any] | None) -> None:
+        self._identity = identity
+
+    def get_user_identity(self) -> dict[str, Any] | None:
+        """The caller's identity (`tokenIdentifier`, `subject`, `issuer`, claims) or None."""
+        return None if self._identity is None else dict(self._identity)
+
+
+class Runner(Protocol):
+    """What the ctx objects call to run other functions (implemented by the backend)."""
+
+    def nested_query(self, txn: Transaction, ref: Any, args: Any, identity: Any) -> Value:
+        """Run a query inside `txn` (same snapshot)."""
+
+    def nested_mutation(self, txn: Transaction, ref: Any, args: Any, identity: Any) -> Value:
+        """Run a mutation as a sub-transaction of `txn`."""
+
+    def call(self, ref: Any, args: Any, *, kind: str, identity: Any) -> Value:
+        """Run a function in its own transaction (from an action)."""
+
+
+def _split(txn: Transaction, method: str, args: tuple[Any, ...], count: int) -> tuple[Any, ...]:
+    """Accept both Convex call forms, `(id, ...)` and `(table, id, ...)`; in the second the id
+    must belong to the table."""
+    if len(args) == count:
+        return args
+    if len(args) != count + 1:
+        raise TypeError(f"db.{method}() takes {count} argument(s) (or a table name first)")
+    table, rest = args[0], args[1:]
+    try:
+        matches = txn.normalize_id(table, rest[0]) is not None
+    except ValidationError:
+        matches = False
+    if not matches:
+        raise ValidationError(
+            f"Invalid argument `id` for `db.{method}`: expected to be an Id<{table!r}>, got "
+            f"{rest[0]!r}"
+        )
+    return rest
+
+
+class _SystemReader:
+    """`ctx.db.system`: read access to system tables such as `_scheduled_functions`."""
+
+    def __init__(self, txn: Transaction) -> None:
+        self._txn = txn
+
+    def get(self, doc_id: str) -> dict[str, Value] | None:
+        """A system document by id, or None."""
+        return self._txn.get(doc_id, system=True)
+
+    def query(self, table: str) -> Query:
+        """Query a system table."""
+        return self._txn.query(table, system=True)
+
+    def normalize_id(self, table: str, doc_id: str) -> str | None:
+        """`doc_id` if it is an id of that system table, else None."""
+        return self._txn.normalize_id(table, doc_id, system=True)
+
+
+class DatabaseReader:
+    """`ctx.db` in a query: `get`, `query`, `normalize_id`, `system`."""
+
+    def __init__(self, txn: Transaction) -> None:
+        self._txn = txn
+        self.system = _SystemReader(txn)
+
+    def get(self, *args: Any) -> dict[str, Value] | None:
+        """`get(id)` (or `get(table, id)`): the document or None."""
+        (doc_id,) = _split(self._txn, "get", args, 1)
+        return self._txn.get(doc_id)
+
+    def query(self, table: str) -> Query:
+        """Start a query over `table`."""
+        return self._txn.query(table)
+
+    def normalize_id(self, table: str, doc_id: str) -> str | None:
+        """`doc_id` if it is an id of `table`, else None."""
+        return self._txn.normalize_id(table, doc_id)
+
+
+class DatabaseWriter(DatabaseReader):
+    """`ctx.db` in a mutation: the reader plus `insert`, `patch`, `replace`, `delete`."""
+
+    def insert(self, table: str, value: Mapping[str, Any]) -> str:
+        """Insert a document; returns its id."""
+        return self._txn.insert(table, value)
+
+    def patch(self, *args: Any) -> None:
+        """`patch(id, fields)`: shallow merge; a field set to `UNDEFINED` is removed."""
+        doc_id, value = _split(self._txn, "patch", args, 2)
+        self._txn.patch(doc_id, value)
+
+    def replace(self, *args: Any) -> None:
+        """`replace(id, fields)`: replace every user field."""
+        doc_id, value = _split(self._txn, "replace", args, 2)
+        self._txn.replace(doc_id, value)
+
+    def delete(self, *args: Any) -> None:
+        """`delete(id)`."""
+        (doc_id,) = _split(self._txn, "delete", args, 1)
+        self._txn.delete(doc_id)
+
+
+class QueryCtx:
+    """The ctx of a query."""
+
+    def __init__(self, txn: Transaction, identity: Any, runner: Runner) -> None:
+        self._txn, self._identity, self._runner = txn, identity, runner
+        self.db: DatabaseReader = DatabaseReader(txn)
+        self.auth = Auth(identity)
+
+    def run_query(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
+        """Run another query in this transaction (same snapshot)."""
+        return self._runner.nested_query(self._txn, ref, args, self._identity)
+
+
+class MutationCtx(QueryCtx):
+    """The ctx of a mutation."""
+
+    def __init__(
+        self, txn: Transaction, identity: Any, runner: Runner, scheduler: Scheduler
+    ) -> None:
+        super().__init__(txn, identity, runner)
+        self.db = DatabaseWriter(txn)
+        self.scheduler = scheduler
+
+    def run_mutation(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
+        """Run another mutation as a sub-transaction: if it raises, only its writes are
+        undone (and the error propagates); if it returns, its writes join this mutation's."""
+        return self._runner.nested_mutation(self._txn, ref, args, self._identity)
+
+
+class ActionCtx:
+    """The ctx of an action: no `db`; each `run_*` call is its own transaction."""
+
+    def __init__(self, identity: Any, runner: Runner, scheduler: Scheduler) -> None:
+        self._identity, self._runner = identity, runner
+        self.auth = Auth(identity)
+        self.scheduler = scheduler
+
+    def run_query(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
+        """Run a query (its own snapshot)."""
+        return self._runner.call(ref, args, kind="query", identity=self._identity)
+
+    def run_mutation(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
+        """Run a mutation (its own transaction)."""
+        return self._runner.call(ref, args, kind="mutation", identity=self._identity)
+
+    def run_action(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
+        """Run another action."""
+        return self._runner.call(ref, args, kind="action", identity=self._identity)

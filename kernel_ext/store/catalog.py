@@ -1,0 +1,131 @@
+"""The catalog: which tables exist, their numbers, and their indexes with storage ids.
+
+Pure bookkeeping; the engine persists every change through the persistence layer before it
+is applied here. Every table has the implicit indexes `by_id` (key `[_id]`, served by the
+documents table itself, so it has no storage id) and `by_creation_time`
+(key `[_creationTime, _id]`); a user index on `fields` is keyed `[*fields, _creationTime, _id]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from kernel_ext.store.expressions import field_value
+from kernel_ext.store.keys import encode_key
+from kernel_ext.store.values import Value
+
+__all__ = ["BY_CREATION_TIME", "BY_ID", "Catalog", "CatalogView", "IndexInfo", "TableInfo"]
+
+BY_ID: Final = "by_id"
+BY_CREATION_TIME: Final = "by_creation_time"
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """An index of a table: storage id (None for `by_id`), user fields and full key fields."""
+
+    name: str
+    index_id: int | None
+    fields: tuple[str, ...]
+
+    @property
+    def key_fields(self) -> tuple[str, ...]:
+        """The fields of the stored key, including the implicit suffix."""
+        if self.name == BY_ID:
+            return ("_id",)
+        return (*self.fields, "_creationTime", "_id")
+
+    def key_of(self, doc: dict[str, Value]) -> bytes:
+        """The encoded index key of a document."""
+        if self.name == BY_ID:
+            return encode_key((doc["_id"],))
+        values = [field_value(doc, f) for f in self.fields]
+        values += (doc["_creationTime"], doc["_id"])
+        return encode_key(values)
+
+
+@dataclass
+class TableInfo:
+    """A table: its name, number and indexes by name."""
+
+    name: str
+    number: int
+    indexes: dict[str, IndexInfo] = field(default_factory=dict)
+
+
+class CatalogView(Protocol):
+    """Read access to tables, as a transaction needs it."""
+
+    def table(self, name: str) -> TableInfo | None:
+        """The table with that name, or None."""
+
+    def table_by_number(self, number: int) -> TableInfo | None:
+        """The table with that number, or None."""
+
+    def table_name(self, number: int) -> str | None:
+        """The name of the table with that number, or None."""
+
+
+def new_table_info(name: str, number: int, creation_index_id: int) -> TableInfo:
+    """A table with its implicit indexes (`by_id`, `by_creation_time`)."""
+    return TableInfo(
+        name,
+        number,
+        {
+            BY_ID: IndexInfo(BY_ID, None, ()),
+            BY_CREATION_TIME: IndexInfo(BY_CREATION_TIME, creation_index_id, ()),
+        },
+    )
+
+
+class Catalog:
+    """Tables and indexes by name and number."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, TableInfo] = {}
+        self._by_number: dict[int, TableInfo] = {}
+
+    def add_table(self, name: str, number: int) -> TableInfo:
+        """Record a table (with its `by_id` index); returns its info."""
+        return self.install(TableInfo(name, number, {BY_ID: IndexInfo(BY_ID, None, ())}))
+
+    def install(self, info: TableInfo) -> TableInfo:
+        """Record a fully built table."""
+        self._by_name[info.name] = info
+        self._by_number[info.number] = info
+        return info
+
+    def add_index(self, table: str, name: str, index_id: int, fields: tuple[str, ...]) -> None:
+        """Record an index of an existing table."""
+        self._by_name[table].indexes[name] = IndexInfo(name, index_id, fields)
+
+    def drop_index(self, table: str, name: str) -> None:
+        """Forget an index."""
+        self._by_name[table].indexes.pop(name, None)
+
+    def table(self, name: str) -> TableInfo | None:
+        """The table with that name, or None."""
+        return self._by_name.get(name)
+
+    def table_by_number(self, number: int) -> TableInfo | None:
+        """The table with that number, or None."""
+        return self._by_number.get(number)
+
+    def table_name(self, number: int) -> str | None:
+        """The name of the table with that number (a `TableResolver` for `v.id`)."""
+        info = self._by_number.get(number)
+        return None if info is None else info.name
+
+    def tables(self) -> list[TableInfo]:
+        """All tables, in creation order."""
+        return list(self._by_name.values())
+
+    def next_table_number(self) -> int:
+        """A number no table has yet (numbers start at 1)."""
+        return max(self._by_number, default=0) + 1
+
+    def next_index_id(self) -> int:
+        """An index id no index has yet (ids start at 1)."""
+        ids = [i.index_id or 0 for t in self._by_name.values() for i in t.indexes.values()]
+        return max(ids, default=0) + 1

@@ -1,0 +1,72 @@
+"""Which live queries does a commit affect? An interval index over their read sets.
+
+For each store index, point reads (`db.get`) sit in a dict and ranges in an interval tree, so
+matching one written key costs O(log n + k) for n registered intervals and k matches: the work
+grows with the subscriptions actually affected, not with all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from typing import Final
+
+from intervaltree import IntervalTree
+
+from kernel_ext.store.keys import key_successor
+from kernel_ext.store.readset import Interval, WrittenKey
+
+__all__ = ["ALL", "SubscriptionIndex"]
+
+#: The written key that matches every registered query (a schema change).
+ALL: Final = "*"
+
+
+class SubscriptionIndex:
+    """Maps read-set intervals to the ids of the queries that read them."""
+
+    def __init__(self) -> None:
+        self._points: dict[str, dict[bytes, set[Hashable]]] = {}
+        self._trees: dict[str, IntervalTree] = {}
+        self._registered: dict[Hashable, list[Interval]] = {}
+
+    def __len__(self) -> int:
+        return len(self._registered)
+
+    def register(self, query_id: Hashable, intervals: Iterable[Interval]) -> None:
+        """Replace the intervals registered for `query_id`."""
+        self.remove(query_id)
+        kept = []
+        for index, lo, hi in intervals:
+            if lo >= hi:
+                continue
+            kept.append((index, lo, hi))
+            if hi == key_successor(lo):
+                self._points.setdefault(index, {}).setdefault(lo, set()).add(query_id)
+            else:
+                self._trees.setdefault(index, IntervalTree()).addi(lo, hi, query_id)
+        self._registered[query_id] = kept
+
+    def remove(self, query_id: Hashable) -> None:
+        """Forget a query's intervals (no-op if it has none)."""
+        for index, lo, hi in self._registered.pop(query_id, ()):
+            if hi == key_successor(lo):
+                holders = self._points[index][lo]
+                holders.discard(query_id)
+                if not holders:
+                    del self._points[index][lo]
+            else:
+                self._trees[index].removei(lo, hi, query_id)
+
+    def match(self, keys: Iterable[WrittenKey]) -> set[Hashable]:
+        """The ids of queries with an interval containing any of the written keys."""
+        found: set[Hashable] = set()
+        for index, key in keys:
+            if index == ALL:
+                return set(self._registered)
+            points = self._points.get(index)
+            if points:
+                found |= points.get(key, set())
+            tree = self._trees.get(index)
+            if tree:
+                found.update(iv.data for iv in tree.at(key))
+        return found

@@ -1,0 +1,267 @@
+"""The query builder: `db.query(table).with_index(...).order(...).filter(...).collect()`.
+
+Builders are immutable: every method returns a new query, so a base query can be reused.
+Nothing runs until a consumer (`collect`, `take`, `first`, `unique`, `paginate`, iteration).
+Rows stream from the source in index order; filters run after the range, so rows they drop
+still count as read (for reactivity and conflicts, as in Convex).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal, Protocol
+
+from kernel_ext.errors import QueryError
+from kernel_ext.store.catalog import BY_CREATION_TIME, IndexInfo
+from kernel_ext.store.expressions import Expression, FilterBuilder, as_boolean
+from kernel_ext.store.keys import key_successor
+from kernel_ext.store.ranges import IndexRangeBuilder, KeyRange, RangeOp, compile_range
+from kernel_ext.store.values import Value
+
+__all__ = ["MAX_PAGE_SIZE", "Query", "QuerySource", "decode_cursor", "encode_cursor"]
+
+MAX_PAGE_SIZE: Final = 32000
+_END_CURSOR: Final = "_end"
+
+Row = tuple[bytes, dict[str, Value]]
+
+
+class QuerySource(Protocol):
+    """What a query needs from the transaction that runs it."""
+
+    def index_info(self, table: str, index: str) -> IndexInfo | None:
+        """The index, None if the table does not exist; raises `QueryError` for an unknown
+        index of an existing table."""
+
+    def scan(
+        self, table: str, index: IndexInfo, key_range: KeyRange, descending: bool
+    ) -> Iterator[Row]:
+        """Stream `(key, document)` rows of the range in index order, recording reads."""
+
+    def begin_paginate(self) -> None:
+        """Called once per `paginate`; raises if the execution already paginated."""
+
+
+def encode_cursor(key: bytes) -> str:
+    """An opaque cursor for a key position."""
+    return base64.urlsafe_b64encode(key).decode("ascii")
+
+
+def decode_cursor(cursor: str) -> bytes | None:
+    """The key position of a cursor, or None for the end cursor; raises `QueryError` if the
+    string is not a cursor."""
+    if cursor == _END_CURSOR:
+        return None
+    try:
+        return base64.urlsafe_b64decode(cursor.encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
+        raise QueryError(f"Invalid pagination cursor {cursor!r}") from exc
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query over one table. Build it with `ctx.db.query(table)`."""
+
+    _source: QuerySource
+    table: str
+    index: str = BY_CREATION_TIME
+    range_ops: tuple[RangeOp, ...] = ()
+    descending: bool | None = None
+    filters: tuple[Expression, ...] = ()
+    _indexed: bool = False
+
+    # -- building ------------------------------------------------------------------------
+
+    def with_index(
+        self, name: str, range_fn: Callable[[IndexRangeBuilder], Any] | None = None
+    ) -> Query:
+        """Read the table through index `name`, optionally limited to a range built by
+        `range_fn(q)` with `q.eq(...)`, then `q.gt/gte(...)`, then `q.lt/lte(...)`."""
+        if self._indexed or self.descending is not None or self.filters:
+            raise QueryError(".with_index() must come right after db.query(table), once")
+        ops: tuple[RangeOp, ...] = ()
+        if range_fn is not None:
+            builder = IndexRangeBuilder()
+            result = range_fn(builder)
+            if result is not builder:
+                raise QueryError(
+                    "The with_index callback must return the range builder, e.g. "
+                    "lambda q: q.eq('field', value)"
+                )
+            ops = tuple(builder.ops)
+        return replace(self, index=name, range_ops=ops, _indexed=True)
+
+    def order(self, order: Literal["asc", "desc"]) -> Query:
+        """Set the order of the index scan (default "asc")."""
+        if self.descending is not None:
+            raise QueryError("Queries may only specify order at most once")
+        if order not in ("asc", "desc"):
+            raise QueryError(f'order must be "asc" or "desc", got {order!r}')
+        return replace(self, descending=order == "desc")
+
+    def filter(self, predicate: Callable[[FilterBuilder], Expression]) -> Query:
+        """Keep only documents for which the expression built by `predicate(q)` is true."""
+        expression = predicate(FilterBuilder())
+        if not isinstance(expression, Expression):
+            raise QueryError(
+                "The filter callback must return an expression built with q, e.g. "
+                "lambda q: q.eq(q.field('done'), False)"
+            )
+        return replace(self, filters=(*self.filters, expression))
+
+    # -- running -------------------------------------------------------------------------
+
+    def _plan(self) -> tuple[IndexInfo, KeyRange] | None:
+        info = self._source.index_info(self.table, self.index)
+        if info is None:
+            return None
+        key_range = compile_range(
+            f"{self.table}.{self.index}", info.key_fields, list(self.range_ops)
+        )
+        return info, key_range
+
+    def _rows(
+        self, key_range_override: Callable[[KeyRange], KeyRange] | None = None
+    ) -> Iterator[Row]:
+        plan = self._plan()
+        if plan is None:
+            return
+        info, key_range = plan
+        if key_range_override is not None:
+            key_range = key_range_override(key_range)
+        for key, doc in self._source.scan(self.table, info, key_range, bool(self.descending)):
+            if all(as_boolean(f.evaluate(doc)) for f in self.filters):
+                yield key, doc
+
+    def __iter__(self) -> Iterator[dict[str, Value]]:
+        """Stream matching documents; stopping early reads (and depends on) less."""
+        for _, doc in self._rows():
+            yield doc
+
+    def collect(self) -> list[dict[str, Value]]:
+        """All matching documents."""
+        return list(self)
+
+    def take(self, n: int) -> list[dict[str, Value]]:
+        """The first `n` matching documents."""
+        if type(n) is not int or n < 0:
+            raise QueryError(f"take(n): n must be a non-negative integer, got {n!r}")
+        out: list[dict[str, Value]] = []
+        if n == 0:
+            return out
+        for doc in self:
+            out.append(doc)
+            if len(out) == n:
+                break
+        return out
+
+    def first(self) -> dict[str, Value] | None:
+        """The first matching document, or None."""
+        docs = self.take(1)
+        return docs[0] if docs else None
+
+    def unique(self) -> dict[str, Value] | None:
+        """The single matching document, None if there is none; raises `QueryError` if there
+        are several."""
+        docs = self.take(2)
+        if len(docs) > 1:
+            ids = ", ".join(str(d["_id"]) for d in docs)
+            raise QueryError(
+                "unique() query returned more than one result from table "
+                f"{self.table}:\n [{ids}, ...]"
+            )
+        return docs[0] if docs else None
+
+    def paginate(self, opts: Mapping[str, Any]) -> dict[str, Any]:
+        """One page: `{"page", "isDone", "continueCursor"}`.
+
+        `opts` has `numItems` and `cursor` (None for the first page); optional `endCursor`
+        (return exactly the documents up to it, ignoring numItems) and `maximumRowsRead`.
+        Cursors are key positions: a page boundary does not move when earlier documents are
+        deleted. When a page fills exactly at the end of the range, `isDone` is False and the
+        next page is empty with `isDone` True (as the Convex backend does).
+        """
+        num_items, cursor, end_cursor, max_rows = _pagination_options(opts)
+        self._source.begin_paginate()
+        start = None if cursor is None else decode_cursor(cursor)
+        if cursor is not None and start is None:
+            return {"page": [], "isDone": True, "continueCursor": _END_CURSOR}
+        end = None if end_cursor is None else decode_cursor(end_cursor)
+        desc = bool(self.descending)
+
+        def narrow(key_range: KeyRange) -> KeyRange:
+            lo, hi = key_range.lo, key_range.hi
+            if start is not None:
+                lo, hi = (lo, min(hi, start)) if desc else (max(lo, key_successor(start)), hi)
+            if end is not None:
+                lo, hi = (max(lo, end), hi) if desc else (lo, min(hi, key_successor(end)))
+            return KeyRange(lo, max(lo, hi))
+
+        return self._fill_page(narrow, num_items, end_cursor, max_rows)
+
+    def _fill_page(
+        self,
+        narrow: Callable[[KeyRange], KeyRange],
+        num_items: int,
+        end_cursor: str | None,
+        max_rows: int | None,
+    ) -> dict[str, Any]:
+        page: list[dict[str, Value]] = []
+        last_key: bytes | None = None
+        rows_read = 0
+        plan = self._plan()
+        if plan is not None:
+            info, key_range = plan
+            scan = self._source.scan(self.table, info, narrow(key_range), bool(self.descending))
+            for key, doc in scan:
+                last_key = key
+                rows_read += 1
+                if all(as_boolean(f.evaluate(doc)) for f in self.filters):
+                    page.append(doc)
+                if end_cursor is None and len(page) >= num_items:
+                    return _page(page, False, encode_cursor(key))
+                if max_rows is not None and rows_read >= max_rows and end_cursor is None:
+                    result = _page(page, False, encode_cursor(key))
+                    result["pageStatus"] = "SplitRequired"
+                    return result
+        if end_cursor is not None:
+            return _page(page, end_cursor == _END_CURSOR, end_cursor)
+        del last_key
+        return _page(page, True, _END_CURSOR)
+
+
+def _page(page: list[dict[str, Value]], done: bool, cursor: str) -> dict[str, Any]:
+    return {"page": page, "isDone": done, "continueCursor": cursor}
+
+
+def _pagination_options(opts: Mapping[str, Any]) -> tuple[int, str | None, str | None, int | None]:
+    if not isinstance(opts, Mapping):
+        raise QueryError('paginate() takes {"numItems": n, "cursor": None | str}')
+    num_items = _positive_int(opts.get("numItems"), "numItems")
+    if num_items > MAX_PAGE_SIZE:
+        raise QueryError(f"Requested too many items: {num_items} (at most {MAX_PAGE_SIZE})")
+    cursor = opts.get("cursor")
+    end_cursor = opts.get("endCursor")
+    for name, c in (("cursor", cursor), ("endCursor", end_cursor)):
+        if c is not None and not isinstance(c, str):
+            raise QueryError(f"paginate(): {name} must be a string or None, got {c!r}")
+    max_rows = opts.get("maximumRowsRead")
+    return (
+        num_items,
+        cursor,
+        end_cursor,
+        None if max_rows is None else _positive_int(max_rows, "maximumRowsRead"),
+    )
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is not int:
+        raise QueryError(f"paginate(): {name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise QueryError(f"paginate(): Must request at least 1 document while paginating ({name})")
+    return value

@@ -1,0 +1,196 @@
+"""Schemas: tables, their document validators and their indexes (SEMANTICS.md §4).
+
+    schema = define_schema({
+        "users": define_table({"email": v.string()}).index("by_email", ["email"]),
+    })
+
+Every rule is checked when the schema is built, so a bad schema fails at definition time with a
+`SchemaError` that names the table and index.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from kernel_ext.errors import SchemaError, SchemaViolation, ValidationError
+from kernel_ext.store.validators import (
+    ObjectValidator,
+    TableResolver,
+    UnionValidator,
+    Validator,
+    _Any,
+    v,
+)
+from kernel_ext.store.values import Value
+
+__all__ = [
+    "IMPLICIT_INDEXES",
+    "SYSTEM_FIELDS",
+    "IndexDefinition",
+    "SchemaDefinition",
+    "TableDefinition",
+    "check_table_name",
+    "define_schema",
+    "define_table",
+]
+
+_IDENTIFIER: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+SYSTEM_FIELDS: Final = ("_id", "_creationTime")
+#: Implicit indexes of every table and their fields (before the `_creationTime, _id` suffix).
+IMPLICIT_INDEXES: Final[dict[str, tuple[str, ...]]] = {"by_id": (), "by_creation_time": ()}
+_MAX_INDEX_FIELDS: Final = 16
+_MAX_INDEXES: Final = 32
+_MAX_NAME: Final = 64
+
+
+def check_table_name(name: object, *, system: bool = False) -> str:
+    """Return `name` if it is a valid user table name (system tables may start with `_`)."""
+    if not isinstance(name, str):
+        raise SchemaError(f"Table names must be strings, got {name!r}")
+    candidate = name[1:] if system and name.startswith("_") else name
+    if name.startswith("_") and not system:
+        raise SchemaError(
+            f"Table name {name!r} is reserved: names starting with '_' are system tables, "
+            "which are read-only"
+        )
+    if not _IDENTIFIER.match(candidate) or len(name) > _MAX_NAME:
+        raise SchemaError(
+            f"Invalid table name {name!r}: use letters, digits and underscores, starting with a "
+            "letter, at most 64 characters"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class IndexDefinition:
+    """A user index: its name and fields; entries are keyed by `fields + (_creationTime, _id)`."""
+
+    name: str
+    fields: tuple[str, ...]
+    staged: bool = False
+
+
+@dataclass(frozen=True)
+class TableDefinition:
+    """A table's document validator and indexes. Build with `define_table(...)`."""
+
+    validator: Validator
+    indexes: tuple[IndexDefinition, ...] = ()
+
+    def index(self, name: str, fields: Sequence[str] | Mapping[str, Any]) -> TableDefinition:
+        """Return a copy with one more index; `fields` is a list or `{"fields": [...]}`."""
+        staged = False
+        if isinstance(fields, Mapping):
+            staged = bool(fields.get("staged", False))
+            fields = fields.get("fields", ())
+        if isinstance(fields, str) or not isinstance(fields, Sequence):
+            raise SchemaError(f"Index {name!r}: fields must be a list of field names")
+        new = IndexDefinition(name, tuple(fields), staged)
+        _check_index(new, self.indexes)
+        return TableDefinition(self.validator, (*self.indexes, new))
+
+    def validate_document(self, doc: dict[str, Value], ids: TableResolver) -> None:
+        """Raise `ValidationError` if the document's user fields do not match the validator."""
+        user_fields = {k: x for k, x in doc.items() if k not in SYSTEM_FIELDS}
+        self.validator.check(user_fields, "", ids)
+
+
+def _check_index(new: IndexDefinition, existing: tuple[IndexDefinition, ...]) -> None:
+    name, fields = new.name, new.fields
+    if not isinstance(name, str) or not _IDENTIFIER.match(name) or len(name) > _MAX_NAME:
+        raise SchemaError(f"Invalid index name {name!r}: use an identifier of at most 64 chars")
+    if name in IMPLICIT_INDEXES:
+        raise SchemaError(f"Index name {name!r} is reserved (by_id and by_creation_time exist)")
+    if not fields:
+        raise SchemaError(f"Index {name!r} must have at least one field")
+    if len(fields) + 1 > _MAX_INDEX_FIELDS:
+        raise SchemaError(f"Index {name!r} has too many fields (at most 15 plus _creationTime)")
+    if len(set(fields)) != len(fields):
+        raise SchemaError(f"Index {name!r} lists a field twice: {list(fields)}")
+    for f in fields:
+        if not isinstance(f, str) or not f:
+            raise SchemaError(f"Index {name!r}: field names must be non-empty strings")
+        if f == "_creationTime":
+            raise SchemaError(
+                f"Index {name!r}: _creationTime is added to every index automatically; remove it"
+            )
+        if f.startswith("_"):
+            raise SchemaError(f"Index {name!r}: field {f!r} starts with '_' (system field)")
+    if any(x.name == name for x in existing):
+        raise SchemaError(f"Duplicate index name {name!r}")
+    if any(x.fields == fields for x in existing):
+        raise SchemaError(f"Index {name!r} has the same fields as another index: {list(fields)}")
+    if len(existing) + 1 > _MAX_INDEXES:
+        raise SchemaError("A table can have at most 32 indexes")
+
+
+def define_table(fields: Mapping[str, Validator] | Validator) -> TableDefinition:
+    """Define a table from a dict of field validators, a `v.object`, a `v.union` of objects or
+    `v.any()`."""
+    if isinstance(fields, Mapping):
+        validator: Validator = v.object(fields)
+    elif isinstance(fields, ObjectValidator | _Any) or (
+        isinstance(fields, UnionValidator)
+        and all(isinstance(m, ObjectValidator) for m in fields.members)
+    ):
+        validator = fields
+    else:
+        raise SchemaError(
+            "define_table() takes a dict of field validators, v.object(...), a v.union of "
+            f"objects or v.any(); got {fields!r}"
+        )
+    for obj in _object_members(validator):
+        for name in obj.fields:
+            if name.startswith("_"):
+                raise SchemaError(f"Field {name!r}: top-level fields cannot start with '_'")
+    return TableDefinition(validator)
+
+
+def _object_members(validator: Validator) -> list[ObjectValidator]:
+    if isinstance(validator, ObjectValidator):
+        return [validator]
+    if isinstance(validator, UnionValidator):
+        return [m for m in validator.members if isinstance(m, ObjectValidator)]
+    return []
+
+
+@dataclass(frozen=True)
+class SchemaDefinition:
+    """A set of tables. Tables absent from the schema are allowed and never validated."""
+
+    tables: Mapping[str, TableDefinition] = field(default_factory=dict)
+    schema_validation: bool = True
+
+    def validate_write(self, table: str, doc: dict[str, Value], ids: TableResolver) -> None:
+        """Raise `SchemaViolation` if `doc` may not be stored in `table`."""
+        definition = self.tables.get(table)
+        if definition is None or not self.schema_validation:
+            return
+        try:
+            definition.validate_document(doc, ids)
+        except ValidationError as exc:
+            raise SchemaViolation(
+                f'Failed to insert or update a document in table "{table}" because it does not '
+                f"match the schema: {exc}"
+            ) from exc
+
+
+def define_schema(
+    tables: Mapping[str, TableDefinition],
+    *,
+    schema_validation: bool = True,
+    strict_table_name_types: bool = True,
+) -> SchemaDefinition:
+    """Build a schema from table definitions. `strict_table_name_types` is accepted for
+    compatibility and has no effect at run time (it is a TypeScript-only option)."""
+    del strict_table_name_types
+    if not isinstance(tables, Mapping):
+        raise SchemaError("define_schema() takes a dict of table name -> define_table(...)")
+    for name, definition in tables.items():
+        check_table_name(name)
+        if not isinstance(definition, TableDefinition):
+            raise SchemaError(f"Table {name!r} must be define_table(...), got {definition!r}")
+    return SchemaDefinition(dict(tables), schema_validation)

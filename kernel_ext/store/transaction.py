@@ -1,0 +1,398 @@
+"""Transactions: snapshot reads, an own-writes overlay, a read set and a write set.
+
+A transaction reads one consistent `Snapshot` (a timestamp of the store) through an overlay of
+its own pending writes, so it sees what it wrote, in index order. Every read is recorded in the
+read set as index key intervals. The engine commits the write set after checking that no later
+commit wrote a key in the read set (optimistic concurrency control). Nested
+`run_mutation` calls push overlay layers that commit into their parent or roll back alone.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kernel_ext.errors import (
+    DocumentNotFound,
+    QueryError,
+    SchemaError,
+    TransactionClosed,
+    ValidationError,
+)
+from kernel_ext.store.catalog import BY_ID, CatalogView, IndexInfo, TableInfo
+from kernel_ext.store.ids import decode_id, new_id
+from kernel_ext.store.keys import encode_key
+from kernel_ext.store.query import Query, Row
+from kernel_ext.store.ranges import KeyRange
+from kernel_ext.store.readset import ReadSet, ScanProgress, WrittenKey
+from kernel_ext.store.schema import SYSTEM_FIELDS, SchemaDefinition, check_table_name
+from kernel_ext.store.values import (
+    MAX_DOCUMENT_SIZE,
+    UNDEFINED,
+    Value,
+    compare,
+    convex_size,
+    normalize,
+)
+
+__all__ = ["Snapshot", "Transaction", "Write", "copy_value", "written_keys"]
+
+
+class Snapshot(Protocol):
+    """A consistent read view of storage at one commit timestamp."""
+
+    ts: int
+
+    def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
+        """The document with that (encoded) id in that table, or None."""
+
+    def scan(
+        self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
+    ) -> Iterator[Row]:
+        """Rows of an index (`index_id` None: `by_id`) with keys in `[lo, hi)`, in order."""
+
+
+@dataclass(frozen=True)
+class Write:
+    """One document's change in a commit: `old` None for an insert, `new` None for a delete."""
+
+    table: str
+    old: dict[str, Value] | None
+    new: dict[str, Value] | None
+
+
+def copy_value(value: Value) -> Value:
+    """A deep copy of a Convex value (lists and dicts are the only mutable parts)."""
+    t = type(value)
+    if t is dict:
+        return {k: copy_value(x) for k, x in value.items()}
+    if t is list:
+        return [copy_value(x) for x in value]
+    return value
+
+
+def written_keys(table: TableInfo, write: Write) -> list[WrittenKey]:
+    """The old and new index keys, in every index of the table, of one written document."""
+    keys: list[WrittenKey] = []
+    for index in table.indexes.values():
+        name = f"{table.name}.{index.name}"
+        for doc in (write.old, write.new):
+            if doc is not None:
+                keys.append((name, index.key_of(doc)))
+    return keys
+
+
+def id_key(doc_id: str) -> bytes:
+    """The `by_id` key of a document id."""
+    return encode_key((doc_id,))
+
+
+class Transaction:
+    """The state of one query or mutation execution (see the module docstring).
+
+    Args:
+        snapshot: the storage view to read.
+        catalog: tables and indexes.
+        schema: validates writes (None: no schema).
+        writable: False for queries.
+        allocate_table: creates a table on first insert and returns it.
+        creation_time: returns the next `_creationTime` (strictly increasing).
+    """
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        catalog: CatalogView,
+        schema: SchemaDefinition | None,
+        *,
+        writable: bool,
+        allocate_table: Callable[[str], TableInfo],
+        creation_time: Callable[[], float],
+    ) -> None:
+        self.snapshot = snapshot
+        self.catalog = catalog
+        self.schema = schema
+        self.writable = writable
+        self.read_set = ReadSet()
+        self.closed = False
+        self.paginated = False
+        self._layers: list[dict[str, Write]] = [{}]
+        self._allocate_table = allocate_table
+        self._creation_time = creation_time
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise TransactionClosed(
+                "This ctx belongs to a function that has already returned; use ctx.db only "
+                "while the function runs"
+            )
+
+    def begin_nested(self) -> None:
+        """Start a sub-transaction (a nested mutation)."""
+        self._layers.append({})
+
+    def commit_nested(self) -> None:
+        """Merge the innermost sub-transaction's writes into its parent."""
+        top = self._layers.pop()
+        parent = self._layers[-1]
+        for doc_id, write in top.items():
+            previous = parent.get(doc_id)
+            parent[doc_id] = (
+                write if previous is None else Write(write.table, previous.old, write.new)
+            )
+
+    def rollback_nested(self) -> None:
+        """Discard the innermost sub-transaction's writes."""
+        self._layers.pop()
+
+    def write_set(self) -> dict[str, Write]:
+        """The net writes (inserted-then-deleted documents and no-ops dropped)."""
+        merged: dict[str, Write] = {}
+        for layer in self._layers:
+            for doc_id, write in layer.items():
+                previous = merged.get(doc_id)
+                merged[doc_id] = (
+                    write if previous is None else Write(write.table, previous.old, write.new)
+                )
+        return {
+            doc_id: w
+            for doc_id, w in merged.items()
+            if not (w.old is None and w.new is None)
+            and not (w.old is not None and w.new is not None and compare(w.old, w.new) == 0)
+        }
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _pending(self, doc_id: str) -> Write | None:
+        for layer in reversed(self._layers):
+            write = layer.get(doc_id)
+            if write is not None:
+                return write
+        return None
+
+    def _resolve_id(self, doc_id: object, method: str, *, system: bool) -> TableInfo | None:
+        decoded = decode_id(doc_id)
+        if decoded is None:
+            raise ValidationError(
+                f"Invalid argument `id` for `db.{method}`: {doc_id!r} is not a valid document id"
+            )
+        table = self.catalog.table_by_number(decoded[0])
+        if table is not None and table.name.startswith("_") != system:
+            if system:
+                raise ValidationError(f"db.system.{method} can only read system tables")
+            raise ValidationError("System tables can only be accessed with db.system.")
+        return table
+
+    def _read(self, table: TableInfo, doc_id: str) -> dict[str, Value] | None:
+        self.read_set.add_point(f"{table.name}.{BY_ID}", id_key(doc_id))
+        pending = self._pending(doc_id)
+        if pending is not None:
+            return pending.new
+        return self.snapshot.get(table.number, id_key(doc_id))
+
+    def get(self, doc_id: str, *, system: bool = False) -> dict[str, Value] | None:
+        """The document with that id (as this transaction sees it), or None."""
+        self._check_open()
+        table = self._resolve_id(doc_id, "get", system=system)
+        if table is None:
+            return None
+        doc = self._read(table, doc_id)
+        return None if doc is None else copy_value(doc)
+
+    def query(self, table: str, *, system: bool = False) -> Query:
+        """Start a query over `table` (system tables only through `db.system`)."""
+        self._check_open()
+        if not isinstance(table, str):
+            raise QueryError(f"db.query() takes a table name, got {table!r}")
+        if table.startswith("_") != system:
+            raise QueryError(
+                "System tables can only be accessed with db.system."
+                if not system
+                else f"db.system.query() reads system tables, not {table!r}"
+            )
+        return Query(self, table)
+
+    def normalize_id(self, table: str, doc_id: str, *, system: bool = False) -> str | None:
+        """`doc_id` if it is a well-formed id of `table`, else None (existence not checked)."""
+        self._check_open()
+        if isinstance(table, str) and table.startswith("_") != system:
+            raise ValidationError("System tables can only be accessed with db.system.")
+        decoded = decode_id(doc_id)
+        info = self.catalog.table(table) if isinstance(table, str) else None
+        if decoded is None or info is None or decoded[0] != info.number:
+            return None
+        return doc_id
+
+    # QuerySource ---------------------------------------------------------------------
+
+    def index_info(self, table: str, index: str) -> IndexInfo | None:
+        """See `QuerySource.index_info`."""
+        self._check_open()
+        info = self.catalog.table(table)
+        if info is None:
+            return None
+        found = info.indexes.get(index)
+        if found is None:
+            raise QueryError(
+                f"Index {table}.{index} not found. Declare it in the schema with "
+                f'.index("{index}", [...]); existing: {sorted(info.indexes)}'
+            )
+        return found
+
+    def begin_paginate(self) -> None:
+        """See `QuerySource.begin_paginate`."""
+        if self.paginated:
+            raise QueryError("Only a single paginated query (.paginate()) is allowed per function")
+        self.paginated = True
+
+    def scan(
+        self, table: str, index: IndexInfo, key_range: KeyRange, descending: bool
+    ) -> Iterator[Row]:
+        """See `QuerySource.scan`: storage rows merged with this transaction's writes."""
+        info = self.catalog.table(table)
+        assert info is not None  # index_info() returned an index of it
+        lo, hi = key_range.lo, key_range.hi
+        progress = self.read_set.track(ScanProgress(f"{table}.{index.name}", lo, hi, descending))
+        pending = self._pending_docs(table)
+        overlay = sorted(
+            (
+                (key, doc)
+                for doc in pending.values()
+                if doc is not None
+                for key in (index.key_of(doc),)
+                if lo <= key < hi
+            ),
+            key=lambda row: row[0],
+            reverse=descending,
+        )
+        stored = (
+            row
+            for row in self.snapshot.scan(info.number, index.index_id, lo, hi, descending)
+            if row[1]["_id"] not in pending
+        )
+        rows = (
+            heapq.merge(stored, overlay, key=lambda row: row[0], reverse=descending)
+            if overlay
+            else stored
+        )
+        for key, doc in rows:
+            self._check_open()
+            progress.last_key = key
+            yield key, copy_value(doc) if doc is pending.get(doc["_id"]) else doc
+        progress.exhausted = True
+
+    def _pending_docs(self, table: str) -> dict[str, dict[str, Value] | None]:
+        docs: dict[str, dict[str, Value] | None] = {}
+        for layer in self._layers:
+            for doc_id, write in layer.items():
+                if write.table == table:
+                    docs[doc_id] = write.new
+        return docs
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _check_writable(self, method: str) -> None:
+        self._check_open()
+        if not self.writable:
+            raise TransactionClosed(f"db.{method} is not available in a query; use a mutation")
+
+    def _validate(self, table: str, doc: dict[str, Value]) -> None:
+        size = convex_size(doc)
+        if size > MAX_DOCUMENT_SIZE:
+            raise ValidationError(f"Value is too large ({size} bytes > maximum size 1 MiB)")
+        if self.schema is not None:
+            self.schema.validate_write(table, doc, self.catalog.table_name)
+
+    def _put(
+        self, table: str, doc_id: str, old: dict[str, Value] | None, new: dict[str, Value] | None
+    ) -> None:
+        pending = self._pending(doc_id)
+        base = pending.old if pending is not None else old
+        self._layers[-1][doc_id] = Write(table, base, new)
+
+    def insert(self, table: str, value: Mapping[str, Any], *, system: bool = False) -> str:
+        """Insert a new document; returns its id."""
+        self._check_writable("insert")
+        if not system:
+            try:
+                check_table_name(table)
+            except SchemaError as exc:
+                raise ValidationError(str(exc)) from exc
+        fields = _user_fields(value, "insert", system=system)
+        info = self.catalog.table(table) or self._allocate_table(table)
+        doc_id = new_id(info.number)
+        doc = {"_id": doc_id, "_creationTime": self._creation_time(), **fields}
+        self._validate(table, doc)
+        self._put(table, doc_id, None, doc)
+        return doc_id
+
+    def _existing(
+        self, doc_id: str, method: str, system: bool
+    ) -> tuple[TableInfo, dict[str, Value]]:
+        self._check_writable(method)
+        table = self._resolve_id(doc_id, method, system=system)
+        current = None if table is None else self._read(table, doc_id)
+        if table is None or current is None:
+            verb = {"patch": "Update", "replace": "Replace", "delete": "Delete"}[method]
+            raise DocumentNotFound(f"{verb} on nonexistent document ID {doc_id}")
+        return table, current
+
+    def patch(self, doc_id: str, partial: Mapping[str, Any], *, system: bool = False) -> None:
+        """Shallow-merge `partial` into the document; `UNDEFINED` removes a field."""
+        table, current = self._existing(doc_id, "patch", system)
+        if not isinstance(partial, Mapping):
+            raise ValidationError(f"db.patch() takes a dict of fields, got {partial!r}")
+        _check_system_fields(partial, current)
+        removed = {k for k, x in partial.items() if x is UNDEFINED}
+        updates = normalize({k: x for k, x in partial.items() if k not in SYSTEM_FIELDS}, path="")
+        new = {k: x for k, x in current.items() if k not in removed}
+        new.update(updates)
+        self._validate(table.name, new)
+        if compare(new, current) != 0:  # a no-op patch records no write
+            self._put(table.name, doc_id, current, new)
+
+    def replace(self, doc_id: str, value: Mapping[str, Any], *, system: bool = False) -> None:
+        """Replace all user fields of the document (system fields are kept)."""
+        table, current = self._existing(doc_id, "replace", system)
+        if not isinstance(value, Mapping):
+            raise ValidationError(f"db.replace() takes a dict of fields, got {value!r}")
+        _check_system_fields(value, current)
+        fields = _user_fields(value, "replace", system=system)
+        new = {"_id": current["_id"], "_creationTime": current["_creationTime"], **fields}
+        self._validate(table.name, new)
+        if compare(new, current) != 0:
+            self._put(table.name, doc_id, current, new)
+
+    def delete(self, doc_id: str, *, system: bool = False) -> None:
+        """Delete the document."""
+        table, current = self._existing(doc_id, "delete", system)
+        self._put(table.name, doc_id, current, None)
+
+
+def _check_system_fields(value: Mapping[str, Any], current: dict[str, Value]) -> None:
+    for name in SYSTEM_FIELDS:
+        if name in value and value[name] is not UNDEFINED and value[name] != current[name]:
+            raise ValidationError(
+                f"Provided `{name}` field value {value[name]!r} does not match the document's "
+                f"{current[name]!r}"
+            )
+
+
+def _user_fields(value: Any, method: str, *, system: bool) -> dict[str, Value]:
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"db.{method}() takes a dict of fields, got {value!r}")
+    fields: dict[str, Value] = normalize({k: x for k, x in value.items() if k not in SYSTEM_FIELDS})
+    if method == "insert" and any(k in value for k in SYSTEM_FIELDS):
+        raise ValidationError(f"db.insert(): a new document cannot set {list(SYSTEM_FIELDS)}")
+    if not system:
+        for name in fields:
+            if name.startswith("_"):
+                raise ValidationError(
+                    f"Field {name!r}: top-level field names cannot start with '_' (reserved for "
+                    "system fields)"
+                )
+    return fields

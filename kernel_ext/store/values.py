@@ -1,0 +1,325 @@
+"""Convex values in Python: checking, limits, size, the total order and the JSON encodings.
+
+A Convex value is one of `None`, `bool`, `int` (int64), `float` (float64), `str`, `bytes`,
+`list` and `dict` with `str` keys. `UNDEFINED` stands for "missing": a dict field holding it is
+dropped, and it sorts below every value.
+
+The total order (SEMANTICS.md §3), ascending by type then within type::
+
+    undefined < null < int64 < float64 < boolean < string < bytes < array < object
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+from collections.abc import Mapping
+from typing import Any, Final, TypeAlias
+
+import orjson
+
+from kernel_ext.errors import ValidationError
+
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_ARRAY_LENGTH",
+    "MAX_DOCUMENT_SIZE",
+    "MAX_NESTING",
+    "MAX_OBJECT_FIELDS",
+    "UNDEFINED",
+    "Undefined",
+    "Value",
+    "compare",
+    "convex_size",
+    "float_total_order_bits",
+    "from_json",
+    "normalize",
+    "to_json",
+    "type_name",
+    "type_rank",
+    "value_repr",
+]
+
+Value: TypeAlias = Any  # None | bool | int | float | str | bytes | list[Value] | dict[str, Value]
+
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+MAX_NESTING: Final = 16
+MAX_ARRAY_LENGTH: Final = 8192
+MAX_OBJECT_FIELDS: Final = 1024
+MAX_FIELD_NAME_LENGTH: Final = 1024
+MAX_DOCUMENT_SIZE: Final = 1 << 20
+
+
+class Undefined:
+    """The type of `UNDEFINED`, Convex's `undefined`: a missing field, not a value."""
+
+    _instance: Undefined | None = None
+
+    def __new__(cls) -> Undefined:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNDEFINED"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "UNDEFINED"
+
+
+UNDEFINED: Final = Undefined()
+
+# Type ranks follow the total order; gaps leave room for the key encoding's tags.
+_RANK_UNDEFINED, _RANK_NULL, _RANK_INT, _RANK_FLOAT, _RANK_BOOL = 0, 1, 2, 3, 4
+_RANK_STRING, _RANK_BYTES, _RANK_ARRAY, _RANK_OBJECT = 5, 6, 7, 8
+
+
+def type_rank(value: Value) -> int:
+    """Position of the value's type in the total order (undefined lowest, object highest)."""
+    if value is None:
+        return _RANK_NULL
+    t = type(value)
+    if t is bool:
+        return _RANK_BOOL
+    if t is int:
+        return _RANK_INT
+    if t is float:
+        return _RANK_FLOAT
+    if t is str:
+        return _RANK_STRING
+    if t is bytes:
+        return _RANK_BYTES
+    if t is list:
+        return _RANK_ARRAY
+    if t is dict:
+        return _RANK_OBJECT
+    if value is UNDEFINED:
+        return _RANK_UNDEFINED
+    raise ValidationError(f"{value!r} is not a supported Convex value")
+
+
+def type_name(value: Value) -> str:
+    """The Convex name of a value's type, for error messages."""
+    names = ("undefined", "null", "int64", "float64", "boolean", "string", "bytes", "array")
+    rank = type_rank(value)
+    return names[rank] if rank < len(names) else "object"
+
+
+def float_total_order_bits(x: float) -> int:
+    """An unsigned 64-bit integer whose order is IEEE-754 totalOrder (-NaN < -inf < ... < NaN)."""
+    bits: int = struct.unpack(">Q", struct.pack(">d", x))[0]
+    return (~bits & 0xFFFF_FFFF_FFFF_FFFF) if bits >> 63 else bits | (1 << 63)
+
+
+def _cmp(a: Any, b: Any) -> int:
+    return int(a > b) - int(a < b)
+
+
+def compare(a: Value, b: Value) -> int:
+    """Compare two values in Convex's total order; returns -1, 0 or 1.
+
+    Equality is by this order: `1 != 1.0`, `-0.0 != 0.0`, and NaN equals a NaN with the same bits.
+    """
+    ra, rb = type_rank(a), type_rank(b)
+    if ra != rb:
+        return _cmp(ra, rb)
+    if ra == _RANK_FLOAT:
+        return _cmp(float_total_order_bits(a), float_total_order_bits(b))
+    if ra == _RANK_STRING:
+        return _cmp(a.encode("utf-8"), b.encode("utf-8"))
+    if ra == _RANK_ARRAY:
+        return _compare_sequences(a, b)
+    if ra == _RANK_OBJECT:
+        return _compare_objects(a, b)
+    if ra in (_RANK_UNDEFINED, _RANK_NULL):
+        return 0
+    return _cmp(a, b)
+
+
+def _compare_sequences(a: list[Value], b: list[Value]) -> int:
+    for x, y in zip(a, b, strict=False):
+        c = compare(x, y)
+        if c:
+            return c
+    return _cmp(len(a), len(b))
+
+
+def _compare_objects(a: dict[str, Value], b: dict[str, Value]) -> int:
+    ka = sorted(a, key=lambda k: k.encode("utf-8"))
+    kb = sorted(b, key=lambda k: k.encode("utf-8"))
+    for x, y in zip(ka, kb, strict=False):
+        c = _cmp(x.encode("utf-8"), y.encode("utf-8")) or compare(a[x], b[y])
+        if c:
+            return c
+    return _cmp(len(ka), len(kb))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking and normalizing
+
+
+def check_field_name(name: object, path: str) -> str:
+    """Return `name` if it is a valid object key, else raise `ValidationError` naming the path."""
+    if not isinstance(name, str):
+        raise ValidationError(f"Object keys must be strings, got {name!r} at {path or 'top level'}")
+    if not name:
+        raise ValidationError(f"Empty field name at {path or 'top level'}")
+    if len(name) > MAX_FIELD_NAME_LENGTH:
+        raise ValidationError(f"Field name {name[:40]!r}... is longer than 1024 characters")
+    if name[0] == "$":
+        raise ValidationError(f"Field name {name!r} at {path or 'top level'} starts with '$'")
+    if not name.isascii() or not name.isprintable():
+        raise ValidationError(
+            f"Field name {name!r} at {path or 'top level'} must be printable ASCII characters"
+        )
+    return name
+
+
+def normalize(value: Any, *, path: str = "") -> Value:
+    """Check a Python value against Convex's rules and return a private, normalized copy.
+
+    Tuples become lists, dict fields holding `UNDEFINED` are dropped. Raises `ValidationError`
+    naming the path for an unsupported type, an int outside int64, a string with lone
+    surrogates, a bad field name, or nesting / array / object limits.
+    """
+    return _normalize(value, path, 0)
+
+
+def _normalize(value: Any, path: str, depth: int) -> Value:
+    t = type(value)
+    if value is None or t is bool or t is float:
+        return value
+    if t is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValidationError(f"Integer {value} at {path or 'top level'} is outside int64")
+        return value
+    if t is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValidationError(f"String at {path or 'top level'} is not valid Unicode") from exc
+        return value
+    if t is bytes or t is bytearray or t is memoryview:
+        return bytes(value)
+    if depth >= MAX_NESTING:
+        raise ValidationError(f"Value is too nested (more than {MAX_NESTING} levels) at {path}")
+    if t is list or t is tuple:
+        if len(value) > MAX_ARRAY_LENGTH:
+            raise ValidationError(
+                f"Array at {path or 'top level'} has {len(value)} elements (max 8192)"
+            )
+        out = []
+        for i, item in enumerate(value):
+            if item is UNDEFINED:
+                raise ValidationError(
+                    f"undefined is not a valid Convex value (array element {path}[{i}])"
+                )
+            out.append(_normalize(item, f"{path}[{i}]", depth + 1))
+        return out
+    if isinstance(value, Mapping):
+        if len(value) > MAX_OBJECT_FIELDS:
+            raise ValidationError(f"Object at {path or 'top level'} has more than 1024 fields")
+        return {
+            check_field_name(k, path): _normalize(item, f"{path}.{k}", depth + 1)
+            for k, item in value.items()
+            if item is not UNDEFINED
+        }
+    if value is UNDEFINED:
+        raise ValidationError(f"undefined is not a valid Convex value at {path or 'top level'}")
+    raise ValidationError(
+        f"{value!r} (type {t.__name__}) at {path or 'top level'} is not a supported Convex "
+        "value; use None, bool, int, float, str, bytes, list or dict"
+    )
+
+
+def convex_size(value: Value) -> int:
+    """Size in bytes by Convex's formula (used for the 1 MiB document limit)."""
+    t = type(value)
+    if value is None or t is bool:
+        return 1
+    if t is int or t is float:
+        return 9
+    if t is str:
+        return 2 + len(value.encode("utf-8"))
+    if t is bytes:
+        return 2 + len(value)
+    if t is list:
+        return 2 + sum(convex_size(x) for x in value)
+    return 2 + sum(len(k) + 1 + convex_size(x) for k, x in value.items())
+
+
+def value_repr(value: Value, limit: int = 200) -> str:
+    """A short printable form of a value for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Convex JSON (the wire format of the HTTP API and sync protocol)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def to_json(value: Value) -> Any:
+    """Encode a value as Convex JSON: int64 as `{"$integer"}`, bytes as `{"$bytes"}`, special
+    floats as `{"$float"}`; everything else as plain JSON."""
+    t = type(value)
+    if t is int:
+        return {"$integer": _b64(struct.pack("<q", value))}
+    if t is float:
+        if math.isfinite(value) and not (value == 0 and math.copysign(1, value) < 0):
+            return value
+        return {"$float": _b64(struct.pack("<d", value))}
+    if t is bytes:
+        return {"$bytes": _b64(value)}
+    if t is list:
+        return [to_json(x) for x in value]
+    if t is dict:
+        return {k: to_json(x) for k, x in value.items()}
+    return value
+
+
+def from_json(data: Any) -> Value:
+    """Decode Convex JSON into a value. Plain JSON numbers become floats (as in Convex);
+    raises `ValidationError` for malformed `$`-objects."""
+    t = type(data)
+    if t is int:
+        return float(data)
+    if t is list:
+        return [from_json(x) for x in data]
+    if t is dict:
+        if len(data) == 1:
+            ((key, inner),) = data.items()
+            if key.startswith("$"):
+                return _decode_special(key, inner)
+        return {k: from_json(x) for k, x in data.items()}
+    return data
+
+
+def _decode_special(key: str, inner: Any) -> Value:
+    try:
+        raw = base64.b64decode(inner, validate=True)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"Malformed {key}: {inner!r} is not base64") from exc
+    if key == "$bytes":
+        return raw
+    if key in ("$integer", "$float") and len(raw) != 8:
+        raise ValidationError(f"Malformed {key}: expected 8 bytes, got {len(raw)}")
+    if key == "$integer":
+        return struct.unpack("<q", raw)[0]
+    if key == "$float":
+        return struct.unpack("<d", raw)[0]
+    raise ValidationError(f"Unknown special JSON object {key!r}")
+
+
+def dumps_json(value: Value) -> bytes:
+    """Serialize a value as Convex JSON bytes."""
+    return orjson.dumps(to_json(value))
