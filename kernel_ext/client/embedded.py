@@ -111,9 +111,12 @@ class Client:
     def action(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """Run a public action and return its result."""
         self._check_open()
-        return self.backend.call(
+        value = self.backend.call(
             ref, _merge_args(args, kwargs), kind="action", identity=self._identity, public_only=True
         )
+        # The action's mutations are visible to this client's subscriptions when it returns.
+        self.backend.subscriptions.wait_processed(self.backend.store.ts)
+        return value
 
     def subscribe(
         self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any

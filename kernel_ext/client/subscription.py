@@ -54,11 +54,13 @@ class Subscription:
         self.description = description
         self._cond = threading.Condition()
         self._result: QueryResult | None = None
+        self._had_result = False  # on_change fires for results after the first one
         self._callbacks: list[Callable[[Any], None]] = []
         self._result_callbacks: list[Callable[[QueryResult], None]] = []
         self._streams: list[queue.SimpleQueue[Any]] = []
         self._closed = False
-        self._unsubscribe = subscribe(self._on_result)
+        self._generation = 0  # results of an earlier subscription (before restart) are stale
+        self._unsubscribe = subscribe(self._receiver())
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "live"
@@ -66,15 +68,18 @@ class Subscription:
 
     # -- results -------------------------------------------------------------------------
 
-    def _on_result(self, result: QueryResult) -> None:
+    def _receiver(self) -> Callable[[QueryResult], None]:
+        generation = self._generation
+        return lambda result: self._on_result(result, generation)
+
+    def _on_result(self, result: QueryResult, generation: int) -> None:
         with self._cond:
-            if self._closed:
+            if self._closed or generation != self._generation:
                 return
-            previous, self._result = self._result, result
+            had_result, self._had_result = self._had_result, True
+            self._result = result
             self._cond.notify_all()
-            callbacks = (
-                list(self._callbacks) if previous is not None and result.error is None else []
-            )
+            callbacks = list(self._callbacks) if had_result and result.error is None else []
             result_callbacks = list(self._result_callbacks)
             for stream in self._streams:
                 stream.put(result)
@@ -169,12 +174,15 @@ class Subscription:
     # -- lifecycle -----------------------------------------------------------------------
 
     def restart(self) -> None:
-        """Re-subscribe (e.g. after the client's identity changed)."""
+        """Re-subscribe (e.g. after the client's identity changed); `value` waits for the
+        new result."""
         with self._cond:
             if self._closed:
                 return
+            self._result = None
+            self._generation += 1
         self._unsubscribe()
-        self._unsubscribe = self._subscribe(self._on_result)
+        self._unsubscribe = self._subscribe(self._receiver())
 
     def close(self) -> None:
         """Stop the subscription; idempotent. Iterators end."""

@@ -67,12 +67,14 @@ class Backend:
         for path, function in loaded.functions.items():
             self.registry.register(path, function)
         self.subscriptions.rerun(lambda key: True)
+        self.scheduler.functions_changed()
         return sorted(loaded.functions)
 
     def register(self, path: str, function: FunctionDefinition) -> str:
         """Register one function and re-run the live queries of that path."""
         canonical = self.registry.register(path, function)
         self.subscriptions.rerun(lambda key: isinstance(key, tuple) and key[0] == canonical)
+        self.scheduler.functions_changed()
         return canonical
 
     def prepare_args(self, function: FunctionDefinition, args: Any) -> dict[str, Value]:

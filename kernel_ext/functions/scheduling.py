@@ -5,7 +5,9 @@ Jobs are documents of the system table `_scheduled_functions` (`name`, `args: [a
 of its transaction (rolled back with it, run only after it commits). Scheduled mutations run
 exactly once: the job is marked `success` in the same transaction as the mutation's writes.
 Actions run at most once: marked `inProgress` first; one interrupted by a restart is marked
-`failed`. Jobs are durable, so pending ones run after a restart.
+`failed`. Jobs are durable, so pending ones run after a restart; a job whose function is not
+registered (yet: after a restart, functions are registered when the user loads them) stays
+pending until it is.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Final
 
 from kernel_ext.engine.store import SCHEDULED_FUNCTIONS, Commit
-from kernel_ext.errors import ConvexError, StoreError, ValidationError
+from kernel_ext.errors import ConvexError, StoreError, UnknownFunction, ValidationError
 from kernel_ext.functions.registry import path_of
 from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value, normalize
@@ -111,6 +113,7 @@ class SchedulerService:
         self._wake = threading.Event()
         self._closed = False
         self._claimed: set[str] = set()
+        self._unregistered: set[str] = set()  # pending jobs whose function is not loaded
         self._claimed_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convex-job")
         self._fail_interrupted()
@@ -125,6 +128,12 @@ class SchedulerService:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def functions_changed(self) -> None:
+        """Retry jobs that were waiting for their function to be registered."""
+        with self._claimed_lock:
+            self._unregistered.clear()
+        self._wake.set()
 
     def _on_commit(self, commit: Commit) -> None:
         if any(w.table == SCHEDULED_FUNCTIONS for w in commit.writes.values()):
@@ -162,7 +171,7 @@ class SchedulerService:
                 next_due = min(next_due, job["scheduledTime"])
                 break  # the index orders pending jobs by scheduledTime
             with self._claimed_lock:
-                if job_id in self._claimed:
+                if job_id in self._claimed or job_id in self._unregistered:
                     continue
                 self._claimed.add(job_id)
             self._pool.submit(self._run_job, job)
@@ -170,6 +179,13 @@ class SchedulerService:
 
     def _run_job(self, job: dict[str, Value]) -> None:
         job_id = str(job["_id"])
+        try:
+            self._backend.registry.lookup(str(job["name"]), None, public_only=False)
+        except UnknownFunction:
+            with self._claimed_lock:
+                self._unregistered.add(job_id)
+                self._claimed.discard(job_id)
+            return
         try:
             self._execute(job_id, str(job["name"]), job["args"][0])
         except Exception as exc:
