@@ -9,7 +9,7 @@ truncated or altered ids are rejected.
 from __future__ import annotations
 
 import base64
-import os
+import secrets
 from typing import Final
 
 __all__ = ["decode_id", "new_id", "table_number_of"]
@@ -49,7 +49,7 @@ def _encode(raw: bytes) -> str:
 
 def new_id(table_number: int) -> str:
     """A fresh random id for a document of the table with that number."""
-    body = _vint(table_number) + os.urandom(_INTERNAL_LEN)
+    body = _vint(table_number) + secrets.token_bytes(_INTERNAL_LEN)
     return _encode(body + _fletcher16(body))
 
 
