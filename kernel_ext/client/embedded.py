@@ -13,8 +13,10 @@ from kernel_ext.client.subscription import Subscription
 from kernel_ext.errors import TransactionClosed, ValidationError
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.context import identity_from_claims
+from kernel_ext.functions.registration import FunctionDefinition
 from kernel_ext.functions.registry import path_of
 from kernel_ext.store.catalog import BY_CREATION_TIME
+from kernel_ext.store.schema import SchemaDefinition
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -140,6 +142,21 @@ class Client:
         """Load every module of a functions folder (and `schema.py`); returns the paths."""
         self._check_open()
         return self.backend.load_functions(folder)
+
+    def register(self, path: str, function: FunctionDefinition) -> str:
+        """Register one function (defined with `@query`, `@mutation`, ...) at `path`
+        (`"module:name"`); live subscriptions to that path re-run. Returns the canonical path."""
+        self._check_open()
+        return self.backend.register(path, function)
+
+    def set_schema(self, schema: SchemaDefinition | None) -> None:
+        """Install a schema (validation and indexes); existing documents must match it.
+
+        Raises:
+            SchemaError: an existing document does not match; nothing changed.
+        """
+        self._check_open()
+        self.backend.store.set_schema(schema)
 
     # -- identity ------------------------------------------------------------------------
 
