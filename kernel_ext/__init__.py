@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kernel_ext.client.auth import make_dev_token
 from kernel_ext.client.connect import connect
 from kernel_ext.client.embedded import Client
@@ -50,3 +52,17 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """`%load_ext kernel_ext` (see `kernel_ext.magics`)."""
+    from kernel_ext.magics import load_ipython_extension as load
+
+    load(shell)
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    """`%unload_ext kernel_ext`."""
+    from kernel_ext.magics import unload_ipython_extension as unload
+
+    unload(shell)

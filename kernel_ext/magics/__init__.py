@@ -1,0 +1,274 @@
+"""IPython magics: `%%convex_schema`, `%%convex_query`, `%%convex_mutation`, `%%convex_action`
+and the `%convex` line magic. Thin adapters: parse (`parsing.py`), build, hand to the client.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from kernel_ext.magics.parsing import (
+    FunctionHeader,
+    HeaderError,
+    build_handler_ast,
+    parse_header,
+    parse_key_values,
+)
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from kernel_ext.client.embedded import Client
+
+__all__ = ["DefinedFunction", "load_ipython_extension", "unload_ipython_extension"]
+
+_USAGE = """%convex status                 which store this notebook uses
+%convex connect URL            connect `convex` to another store (memory, a path, sqlite:///...)
+%convex functions              the registered functions
+%convex tables                 the tables
+%convex query PATH k=v ...     run a query, returns a DataFrame
+%convex mutation PATH k=v ...  run a mutation, returns its result"""
+
+
+@dataclass(frozen=True)
+class DefinedFunction:
+    """What a function magic displays: the function it registered."""
+
+    kind: str
+    header: FunctionHeader
+
+    def __repr__(self) -> str:
+        visibility = "internal " if self.header.internal else ""
+        return f"{visibility}{self.kind} {self.header.signature()}"
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        return f"<code>{escape(repr(self))}</code>"
+
+
+def _default_client() -> Client:
+    import kernel_ext
+
+    url = os.environ.get("CONVEX_URL")
+    return kernel_ext.connect(url or None)
+
+
+def _make_magics(shell: InteractiveShell) -> Any:
+    from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+
+    @magics_class
+    class ConvexMagics(Magics):
+        """The convex magics; `user_ns["convex"]` is the client they use."""
+
+        def __init__(self, ip: InteractiveShell) -> None:
+            super().__init__(ip)
+            self._ip = ip
+
+        @property
+        def client(self) -> Client:
+            client = self._ip.user_ns.get("convex")
+            if client is None or getattr(client, "_closed", False):
+                client = _default_client()
+                self._ip.user_ns["convex"] = client
+            return cast("Client", client)
+
+        @cell_magic
+        def convex_schema(self, line: str, cell: str) -> Any:
+            """Define the schema: `name = define_table({...}).index(...)` per table, or
+            `schema = define_schema({...})`."""
+            from kernel_ext import define_schema, define_table, v
+            from kernel_ext.store.schema import SchemaDefinition, TableDefinition
+
+            namespace: dict[str, Any] = dict(self._ip.user_ns)
+            namespace.update(v=v, define_table=define_table, define_schema=define_schema)
+            code = self._ip.compile(cell, self._ip.compile.cache(cell), "exec")
+            local: dict[str, Any] = {}
+            exec(code, namespace, local)
+            schema = local.get("schema")
+            if not isinstance(schema, SchemaDefinition):
+                tables = {k: x for k, x in local.items() if isinstance(x, TableDefinition)}
+                if not tables:
+                    raise HeaderError(
+                        "%%convex_schema: define tables as `name = define_table({...})` or set "
+                        "`schema = define_schema({...})`"
+                    )
+                schema = define_schema(tables)
+            self.client.set_schema(schema)
+            return _SchemaSummary(schema)
+
+        @cell_magic
+        def convex_query(self, line: str, cell: str) -> Any:
+            """Define a query: `%%convex_query [module:]name(arg: validator, ...)`."""
+            return self._define("query", line, cell)
+
+        @cell_magic
+        def convex_mutation(self, line: str, cell: str) -> Any:
+            """Define a mutation: `%%convex_mutation [module:]name(arg: validator, ...)`."""
+            return self._define("mutation", line, cell)
+
+        @cell_magic
+        def convex_action(self, line: str, cell: str) -> Any:
+            """Define an action: `%%convex_action [module:]name(arg: validator, ...)`."""
+            return self._define("action", line, cell)
+
+        def _define(self, kind: str, line: str, cell: str) -> Any:
+            header = parse_header(line)
+            function = _build_function(self._ip, kind, header, line, cell)
+            self.client.register(header.path, function)
+            if header.live:
+                from IPython.display import display
+
+                from widgets import LiveTable
+
+                table = LiveTable(self.client, header.path, header.live_args)
+                display(table)  # type: ignore[no-untyped-call]
+                return None
+            return DefinedFunction(kind, header)
+
+        @line_magic
+        def convex(self, line: str) -> Any:
+            """`%convex status|connect|functions|tables|query|mutation ...`."""
+            import shlex
+
+            words = shlex.split(line)
+            if not words:
+                print(_USAGE)
+                return None
+            command, args = words[0], words[1:]
+            handler = getattr(self, f"_cmd_{command}", None)
+            if handler is None:
+                raise HeaderError(f"Unknown %convex command {command!r}. Usage:\n{_USAGE}")
+            return handler(args)
+
+        def _cmd_status(self, args: list[str]) -> None:
+            client = self.client
+            print(f"convex: embedded store at {client.location}")
+            print(f"  {len(client.tables())} tables, {len(client.functions())} functions")
+
+        def _cmd_connect(self, args: list[str]) -> None:
+            import kernel_ext
+
+            if len(args) != 1:
+                raise HeaderError("Usage: %convex connect URL")
+            old = self._ip.user_ns.get("convex")
+            self._ip.user_ns["convex"] = kernel_ext.connect(args[0])
+            if old is not None:
+                old.close()
+            self._cmd_status([])
+
+        def _cmd_functions(self, args: list[str]) -> Any:
+            import pandas as pd
+
+            registry = self.client.backend.registry
+            rows = []
+            for path in registry.paths():
+                fn = registry.get(path)
+                assert fn is not None
+                rows.append({"path": path, "kind": fn.kind, "visibility": fn.visibility})
+            return pd.DataFrame(rows, columns=["path", "kind", "visibility"])
+
+        def _cmd_tables(self, args: list[str]) -> Any:
+            import pandas as pd
+
+            store = self.client.backend.store
+            rows = [
+                {"table": t.name, "indexes": ", ".join(sorted(t.indexes))}
+                for t in store.catalog.tables()
+                if not t.name.startswith("_")
+            ]
+            return pd.DataFrame(rows, columns=["table", "indexes"])
+
+        def _call(self, kind: str, args: list[str]) -> Any:
+            if not args:
+                raise HeaderError(f"Usage: %convex {kind} PATH key=value ...")
+            # The line magics act for the notebook's owner: internal functions are allowed.
+            return self.client.backend.call(
+                args[0], parse_key_values(args[1:]), kind=kind, identity=None, public_only=False
+            )
+
+        def _cmd_query(self, args: list[str]) -> Any:
+            from kernel_ext.client.dataframe import to_dataframe
+
+            return to_dataframe(self._call("query", args))
+
+        def _cmd_mutation(self, args: list[str]) -> Any:
+            result = self._call("mutation", args)
+            client = self.client
+            client.backend.subscriptions.wait_processed(client.backend.store.ts)
+            return result
+
+        def _cmd_action(self, args: list[str]) -> Any:
+            return self._call("action", args)
+
+    return ConvexMagics(shell)
+
+
+class _SchemaSummary:
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+    def __repr__(self) -> str:
+        lines = ["schema:"]
+        for name, table in self.schema.tables.items():
+            indexes = ", ".join(f"{i.name}{list(i.fields)}" for i in table.indexes)
+            lines.append(f"  {name}" + (f"  indexes: {indexes}" if indexes else ""))
+        return "\n".join(lines)
+
+
+def _build_function(
+    shell: InteractiveShell, kind: str, header: FunctionHeader, line: str, cell: str
+) -> Any:
+    """Compile the cell body into a registered-ready `FunctionDefinition`; nothing is
+    registered if anything fails."""
+    from kernel_ext import UNDEFINED, v
+    from kernel_ext.functions.registration import FunctionDefinition
+
+    source = f"%%convex_{kind} {line}\n{cell}"
+    filename = shell.compile.cache(source)
+    tree = build_handler_ast(header, cell, filename)
+    code = compile(tree, filename, "exec")
+    namespace: dict[str, Any] = dict(shell.user_ns)
+    namespace.setdefault("v", v)
+    validators = {}
+    for param in header.params:
+        try:
+            validators[param.name] = eval(param.validator, namespace)
+        except Exception as exc:
+            raise HeaderError(
+                f"The validator of {param.name!r} ({param.validator}) failed: {exc}"
+            ) from exc
+    local: dict[str, Any] = {}
+    exec(code, shell.user_ns, local)
+    handler = local["handler"]
+    handler.__name__ = handler.__qualname__ = header.name
+    if header.params:  # an optional argument left out is UNDEFINED in the body
+        handler.__kwdefaults__ = dict.fromkeys((p.name for p in header.params), UNDEFINED)
+    return FunctionDefinition(
+        kind,  # type: ignore[arg-type]
+        handler,
+        v.object(validators),  # type: ignore[arg-type]
+        None,
+        header.internal,
+        source,
+    )
+
+
+def load_ipython_extension(shell: InteractiveShell) -> None:
+    """`%load_ext kernel_ext`: connect the default client and inject `convex`, `api`, `v`,
+    `define_schema`, `define_table`. Loading again keeps the existing client."""
+    from kernel_ext import api, define_schema, define_table, v
+
+    client = shell.user_ns.get("convex")
+    if client is None or getattr(client, "_closed", True):
+        shell.user_ns["convex"] = _default_client()
+    shell.user_ns.update(api=api, v=v, define_schema=define_schema, define_table=define_table)
+    shell.register_magics(_make_magics(shell))
+
+
+def unload_ipython_extension(shell: InteractiveShell) -> None:
+    """Close the client that `load_ipython_extension` opened."""
+    client = shell.user_ns.pop("convex", None)
+    if client is not None:
+        client.close()

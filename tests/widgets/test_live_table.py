@@ -1,0 +1,134 @@
+"""LiveTable's Python side: what it sends on results, scrolls, sorts and errors."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+import kernel_ext
+from kernel_ext import ConvexError, mutation, query, v
+from widgets import LiveTable
+
+
+@pytest.fixture
+def app():
+    client = kernel_ext.connect("memory")
+
+    @query
+    def items(ctx):
+        return ctx.db.query("items").collect()
+
+    @query(args={"fail": v.boolean()})
+    def maybe(ctx, fail):
+        if fail:
+            raise ConvexError("nope")
+        return []
+
+    @mutation(args={"n": v.int64()})
+    def add(ctx, n):
+        return ctx.db.insert("items", {"n": n})
+
+    @mutation(args={"id": v.id("items"), "n": v.int64()})
+    def set_n(ctx, id, n):
+        ctx.db.patch(id, {"n": n})
+
+    for name, fn in dict(items=items, maybe=maybe, add=add, set_n=set_n).items():
+        client.register(f"t:{name}", fn)
+    yield client
+    client.close()
+
+
+class Recorder:
+    def __init__(self, table):
+        self.messages = []
+        table.send = lambda content, buffers=None: self.messages.append(
+            orjson.loads(bytes(buffers[0]))
+        )
+
+    def until(self, predicate, timeout=5.0):
+        """The first message (from the start) that satisfies `predicate`."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            while seen < len(self.messages):
+                if predicate(self.messages[seen]):
+                    return self.messages[seen]
+                seen += 1
+            time.sleep(0.01)
+        raise AssertionError(f"no matching message in {self.messages}")
+
+    def wait(self, count, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.messages) >= count, self.messages
+        return self.messages[count - 1]
+
+
+def test_initial_rows_then_single_row_change(app):
+    ids = [app.mutation("t:add", n=i) for i in range(5)]
+    table = LiveTable(app, "t:items")
+    rec = Recorder(table)
+    table._on_front_end_message(table, {"type": "ready"}, [])
+    first = rec.until(lambda m: m["total"] == 5)
+    assert len(first["rows"]) == 5
+    assert table.status == "ready"
+    count = len(rec.messages)
+    app.mutation("t:set_n", id=ids[2], n=42)
+    second = rec.wait(count + 1)
+    assert second["reason"] == "data"
+    assert second["rows"] == [[2, ids[2], [["42", "int"]]]]
+    table.close()
+
+
+def test_scroll_requests_a_window(app):
+    for i in range(300):
+        app.mutation("t:add", n=i)
+    table = LiveTable(app, "t:items")
+    rec = Recorder(table)
+    table._on_front_end_message(table, {"type": "window", "offset": 250, "limit": 20}, [])
+    deadline = time.monotonic() + 5
+    while not (rec.messages and rec.messages[-1]["offset"] == 250) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    message = rec.messages[-1]
+    assert message["offset"] == 250
+    assert [r[0] for r in message["rows"]] == list(range(250, 270))
+    table.close()
+
+
+def test_sort_click_sorts_in_kernel(app):
+    for n in (3, 1, 2):
+        app.mutation("t:add", n=n)
+    table = LiveTable(app, "t:items")
+    rec = Recorder(table)
+    rec.until(lambda m: m["total"] == 3)
+    count = len(rec.messages)
+    table._on_front_end_message(table, {"type": "sort", "column": "n"}, [])
+    assert table.sort == ["n", "asc"]
+    message = rec.wait(count + 1)
+    assert [r[2][0][0] for r in message["rows"]] == ["1", "2", "3"]
+    table.close()
+
+
+def test_error_state_shows_message(app):
+    table = LiveTable(app, "t:maybe", {"fail": True})
+    deadline = time.monotonic() + 5
+    while table.status != "error" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert table.status == "error"
+    assert "nope" in table.error
+    table.close()
+
+
+def test_selection_and_mimebundle(app):
+    app.mutation("t:add", n=1)
+    table = LiveTable(app, "t:items")
+    time.sleep(0.2)
+    table._on_front_end_message(table, {"type": "select", "keys": ["abc"]}, [])
+    assert table.selection == ["abc"]
+    bundle = table._repr_mimebundle_()
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    assert "1 rows" in data["text/html"]
+    table.close()

@@ -1,0 +1,152 @@
+"""LiveTable: an anywidget that shows a subscription's result and changes in place.
+
+Python keeps every row and the `TableModel`; the browser holds only the rows of its window
+(plus a margin) and receives, on each change, the changed rows of that window and the new row
+count, as a binary buffer. Updates are coalesced (at most ~30 messages a second). Sorting runs
+in the kernel on all rows; the selection is kept by row id.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import anywidget
+import orjson
+import traitlets
+
+from kernel_ext.client.subscription import Subscription
+from kernel_ext.engine.subscriptions import QueryResult
+from widgets.table_model import TableModel
+
+__all__ = ["LiveTable"]
+
+_STATIC: Final = Path(__file__).parent / "static"
+_MIN_INTERVAL: Final = 1 / 30
+
+
+class LiveTable(anywidget.AnyWidget):
+    """A live table of a query's result.
+
+    `LiveTable(sub)` shows a `Subscription`; `LiveTable(client, ref, args)` subscribes first
+    (and closes that subscription with the widget). `table.selection` holds the ids of the
+    selected rows; `table.sort` is `[column, "asc" | "desc"]` or `[]`.
+    """
+
+    _esm = _STATIC / "live_table.js"
+    _css = _STATIC / "live_table.css"
+
+    columns = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    total = traitlets.Int(0).tag(sync=True)
+    status = traitlets.Unicode("loading").tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+    sort: traitlets.List[Any] = traitlets.List().tag(sync=True)
+    selection = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    show_system = traitlets.Bool(False).tag(sync=True)
+    title = traitlets.Unicode("").tag(sync=True)
+    row_height = traitlets.Int(28).tag(sync=True)
+    height = traitlets.Int(360).tag(sync=True)
+
+    def __init__(
+        self,
+        source: Any,
+        ref: Any = None,
+        args: dict[str, Any] | None = None,
+        *,
+        show_system: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(source, Subscription):
+            subscription, self._owns = source, False
+        else:
+            subscription, self._owns = source.subscribe(ref, args or {}), True
+        super().__init__(show_system=show_system, title=subscription.description, **kwargs)
+        self.subscription = subscription
+        self.model = TableModel(show_system=show_system)
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._full = True
+        self._reason = "view"  # "data" when the pending patch carries a new result (flash it)
+        self._last_flush = 0.0
+        self._timer: threading.Timer | None = None
+        self.on_msg(self._on_front_end_message)
+        self._handle = subscription.on_result(self._on_result)
+
+    # -- results from the store ----------------------------------------------------------
+
+    def _on_result(self, result: QueryResult) -> None:
+        with self._lock:
+            if result.error is not None:
+                self.status, self.error = "error", f"{type(result.error).__name__}: {result.error}"
+                return
+            self.model.set_rows(result.value)
+            self.error = ""
+            self._dirty = True
+            self._reason = "data"
+        self._schedule()
+
+    def _schedule(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                return  # a flush is already pending: it will carry this change too
+            wait = max(0.0, self._last_flush + _MIN_INTERVAL - time.monotonic())
+            self._timer = threading.Timer(wait, self._flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            if not self._dirty:
+                return
+            self._dirty = False
+            patch = self.model.window_patch(full=self._full)
+            self._full = False
+            self._last_flush = time.monotonic()
+            message = {**patch.to_message(), "reason": self._reason}
+            self._reason = "view"
+            with self.hold_sync():
+                self.columns = list(self.model.columns)
+                self.total = patch.total
+                self.status = "ready"
+        self.send({"type": "rows"}, buffers=[orjson.dumps(message)])
+
+    # -- messages from the browser -------------------------------------------------------
+
+    def _on_front_end_message(self, _widget: Any, content: dict[str, Any], _buffers: Any) -> None:
+        kind = content.get("type")
+        with self._lock:
+            if kind == "window":
+                self.model.set_window(int(content.get("offset", 0)), int(content.get("limit", 100)))
+            elif kind == "sort":
+                self.model.toggle_sort(str(content["column"]))
+                column, desc = self.model.sort_column, self.model.sort_descending
+                self.sort = [] if column is None else [column, "desc" if desc else "asc"]
+            elif kind == "select":
+                self.selection = [str(k) for k in content.get("keys", [])]
+                return
+            elif kind == "ready":
+                self._full = True
+            else:
+                return
+            self._dirty = True
+        self._schedule()
+
+    # -- display -------------------------------------------------------------------------
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        if isinstance(data, dict):
+            with self._lock:
+                data["text/html"] = self.model.snapshot_html()
+        return bundle
+
+    def close(self) -> None:
+        """Stop following the query (and close the subscription if the table opened it)."""
+        self._handle.remove()
+        if self._owns:
+            self.subscription.close()
+        super().close()
