@@ -69,6 +69,7 @@ class LiveTable(anywidget.AnyWidget):
         self._dirty = False
         self._full = True
         self._reason = "view"  # "data" when the pending patch carries a new result (flash it)
+        self._state = "loading"  # what the last result says: loading, ready or error
         self._last_flush = 0.0
         self._timer: threading.Timer | None = None
         self.on_msg(self._on_front_end_message)
@@ -79,9 +80,12 @@ class LiveTable(anywidget.AnyWidget):
     def _on_result(self, result: QueryResult) -> None:
         with self._lock:
             if result.error is not None:
+                # Keep the last rows visible under the error, as Convex clients keep stale data.
+                self._state = "error"
                 self.status, self.error = "error", f"{type(result.error).__name__}: {result.error}"
                 return
             self.model.set_rows(result.value)
+            self._state = "ready"
             self.error = ""
             self._dirty = True
             self._reason = "data"
@@ -110,7 +114,7 @@ class LiveTable(anywidget.AnyWidget):
             with self.hold_sync():
                 self.columns = list(self.model.columns)
                 self.total = patch.total
-                self.status = "ready"
+                self.status = self._state
         self.send({"type": "rows"}, buffers=[orjson.dumps(message)])
 
     # -- messages from the browser -------------------------------------------------------

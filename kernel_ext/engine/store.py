@@ -20,7 +20,7 @@ from typing import Final, TypeVar
 from kernel_ext.errors import ConflictError, SchemaError, ValidationError
 from kernel_ext.persistence.sqlite import CommitRecord, IndexChange, SqlitePersistence
 from kernel_ext.store.catalog import BY_CREATION_TIME, BY_ID, Catalog, TableInfo, new_table_info
-from kernel_ext.store.readset import ReadSet, WrittenKey
+from kernel_ext.store.readset import ALL, ReadSet, WrittenKey
 from kernel_ext.store.schema import SchemaDefinition
 from kernel_ext.store.transaction import Snapshot, Transaction, Write, id_key, written_keys
 
@@ -34,7 +34,7 @@ SYSTEM_TABLES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
     SCHEDULED_FUNCTIONS: {"by_state": ("state.kind", "scheduledTime")},
 }
 #: A written key that every read set contains (schema changes invalidate everything).
-ALL_KEYS: Final[WrittenKey] = ("*", b"")
+ALL_KEYS: Final[WrittenKey] = (ALL, b"")
 _RETRY_DELAYS: Final = (0.0, 0.001, 0.005, 0.02, 0.05)
 
 
@@ -175,7 +175,12 @@ class Store:
                     info = self._create_table_now(name)
                     self._reconcile_indexes(info, {i.name: i.fields for i in definition.indexes})
             self.schema = schema
-            self._publish(Commit(self._next_ts(), {}, [ALL_KEYS]))
+            # A schema change is a commit that every read set overlaps: it conflicts with
+            # running mutations and re-runs every live query. Its ts is durable like any other.
+            ts = self._next_ts()
+            self.persistence.write_commit(ts, [])
+            self._log.append((ts, [ALL_KEYS]))
+            self._publish(Commit(ts, {}, [ALL_KEYS]))
 
     def _check_existing_documents(self, schema: SchemaDefinition) -> None:
         if not schema.schema_validation:
@@ -280,9 +285,14 @@ class Store:
                 self._active[id(token)] = self._ts
             snap = self.snapshot()
             txn = self.transaction(snap, writable=True)
+            open_snapshot: Snapshot | None = snap
             try:
                 result = fn(txn)
                 txn.closed = True
+                # End the read transaction before committing: validation needs only the
+                # snapshot's ts, and an open reader would stop SQLite from resetting its WAL.
+                self.close_snapshot(snap)
+                open_snapshot = None
                 return result, self.commit(txn)
             except _Conflict as conflict:
                 conflicts |= conflict.tables
@@ -290,7 +300,8 @@ class Store:
                 txn.closed = True
                 with self._counter_lock:
                     del self._active[id(token)]
-                self.close_snapshot(snap)
+                if open_snapshot is not None:
+                    self.close_snapshot(open_snapshot)
         tables = ", ".join(f'"{t}"' for t in sorted(conflicts)) or "the same"
         raise ConflictError(
             f"Documents read from or written to the {tables} table changed while this "
@@ -317,9 +328,16 @@ class Store:
             records, keys = self._records(writes, tables)
             ts = self._next_ts()
             new_tables = [t for t in tables.values() if self.catalog.table(t.name) is None]
-            self.persistence.write_commit(ts, records, new_tables)
+            # Tables go into the catalog before their rows reach storage: a snapshot that sees
+            # the rows must also see the tables.
             for info in new_tables:
                 self.catalog.install(info)
+            try:
+                self.persistence.write_commit(ts, records, new_tables)
+            except BaseException:
+                for info in new_tables:
+                    self.catalog.remove_table(info.name)
+                raise
             self._log.append((ts, keys))
             self._prune_log()
             self._publish(Commit(ts, writes, keys))

@@ -134,7 +134,7 @@ class Backend:
                 f"{function.path} returned a Query. Results must be retrieved with .collect(), "
                 ".take(n), .first(), .unique() or .paginate()"
             )
-        value = None if result is UNDEFINED else normalize(result)
+        value = None if result is UNDEFINED else normalize(result, limits=False)
         if function.returns is not None:
             try:
                 value = function.returns.check(value, "", self.store.catalog.table_name)

@@ -96,6 +96,12 @@ class Catalog:
         self._by_number[info.number] = info
         return info
 
+    def remove_table(self, name: str) -> None:
+        """Forget a table (a commit that created it failed)."""
+        info = self._by_name.pop(name, None)
+        if info is not None:
+            self._by_number.pop(info.number, None)
+
     def add_index(self, table: str, name: str, index_id: int, fields: tuple[str, ...]) -> None:
         """Record an index of an existing table."""
         self._by_name[table].indexes[name] = IndexInfo(name, index_id, fields)

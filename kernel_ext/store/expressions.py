@@ -126,6 +126,8 @@ def _float_arith(name: str, a: float, b: float) -> float:
         return a - b
     if name == "mul":
         return a * b
+    if name == "mod" and math.isinf(a):
+        return math.nan  # Rust's % on floats; math.fmod would raise
     if b == 0:
         if name == "mod" or a == 0 or math.isnan(a):
             return math.nan

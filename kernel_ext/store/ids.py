@@ -48,7 +48,9 @@ def _encode(raw: bytes) -> str:
 
 
 def new_id(table_number: int) -> str:
-    """A fresh random id for a document of the table with that number."""
+    """A fresh random id for a document of the table with that number (0 <= n < 2**32)."""
+    if not 0 <= table_number < 2**32:
+        raise ValueError(f"table number {table_number} is outside 0..2**32-1")
     body = _vint(table_number) + secrets.token_bytes(_INTERNAL_LEN)
     return _encode(body + _fletcher16(body))
 

@@ -8,17 +8,13 @@ grows with the subscriptions actually affected, not with all of them.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from typing import Final
 
 from intervaltree import IntervalTree
 
 from kernel_ext.store.keys import key_successor
-from kernel_ext.store.readset import Interval, WrittenKey
+from kernel_ext.store.readset import ALL, Interval, WrittenKey
 
 __all__ = ["ALL", "SubscriptionIndex"]
-
-#: The written key that matches every registered query (a schema change).
-ALL: Final = "*"
 
 
 class SubscriptionIndex:
@@ -36,7 +32,7 @@ class SubscriptionIndex:
         """Replace the intervals registered for `query_id`."""
         self.remove(query_id)
         kept = []
-        for index, lo, hi in intervals:
+        for index, lo, hi in dict.fromkeys(intervals):  # a query may read the same range twice
             if lo >= hi:
                 continue
             kept.append((index, lo, hi))

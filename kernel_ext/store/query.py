@@ -56,7 +56,7 @@ def decode_cursor(cursor: str) -> bytes | None:
     if cursor == _END_CURSOR:
         return None
     try:
-        return base64.urlsafe_b64decode(cursor.encode("ascii"))
+        return base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
         raise QueryError(f"Invalid pagination cursor {cursor!r}") from exc
 
@@ -123,15 +123,11 @@ class Query:
         )
         return info, key_range
 
-    def _rows(
-        self, key_range_override: Callable[[KeyRange], KeyRange] | None = None
-    ) -> Iterator[Row]:
+    def _rows(self) -> Iterator[Row]:
         plan = self._plan()
         if plan is None:
             return
         info, key_range = plan
-        if key_range_override is not None:
-            key_range = key_range_override(key_range)
         for key, doc in self._source.scan(self.table, info, key_range, bool(self.descending)):
             if all(as_boolean(f.evaluate(doc)) for f in self.filters):
                 yield key, doc
@@ -210,14 +206,12 @@ class Query:
         max_rows: int | None,
     ) -> dict[str, Any]:
         page: list[dict[str, Value]] = []
-        last_key: bytes | None = None
         rows_read = 0
         plan = self._plan()
         if plan is not None:
             info, key_range = plan
             scan = self._source.scan(self.table, info, narrow(key_range), bool(self.descending))
             for key, doc in scan:
-                last_key = key
                 rows_read += 1
                 if all(as_boolean(f.evaluate(doc)) for f in self.filters):
                     page.append(doc)
@@ -229,7 +223,6 @@ class Query:
                     return result
         if end_cursor is not None:
             return _page(page, end_cursor == _END_CURSOR, end_cursor)
-        del last_key
         return _page(page, True, _END_CURSOR)
 
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from kernel_ext.store.keys import key_successor
 
-__all__ = ["Interval", "ReadSet", "ScanProgress", "WrittenKey"]
+__all__ = ["ALL", "Interval", "ReadSet", "ScanProgress", "WrittenKey"]
+
+#: The index name of a written key that every read set overlaps (a schema change).
+ALL: Final = "*"
 
 #: (index name "table.index", lo, hi): a half-open interval of encoded keys.
 Interval = tuple[str, bytes, bytes]
@@ -81,8 +85,11 @@ class ReadSet:
                 yield (index, lo, hi)
 
     def overlaps(self, written: Iterable[WrittenKey]) -> bool:
-        """True if any written key lies inside an interval of this read set."""
+        """True if any written key lies inside an interval of this read set (the index `"*"`
+        stands for a change every read depends on, such as a new schema)."""
         for index, key in written:
+            if index == ALL:
+                return True
             for lo, hi in self.intervals.get(index, ()):
                 if lo <= key < hi:
                     return True

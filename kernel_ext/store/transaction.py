@@ -21,9 +21,9 @@ from kernel_ext.errors import (
     TransactionClosed,
     ValidationError,
 )
-from kernel_ext.store.catalog import BY_ID, CatalogView, IndexInfo, TableInfo
+from kernel_ext.store.catalog import BY_CREATION_TIME, BY_ID, CatalogView, IndexInfo, TableInfo
 from kernel_ext.store.ids import decode_id, new_id
-from kernel_ext.store.keys import encode_key
+from kernel_ext.store.keys import KEY_MAX, encode_key
 from kernel_ext.store.query import Query, Row
 from kernel_ext.store.ranges import KeyRange
 from kernel_ext.store.readset import ReadSet, ScanProgress, WrittenKey
@@ -234,6 +234,8 @@ class Transaction:
         self._check_open()
         info = self.catalog.table(table)
         if info is None:
+            # The table does not exist yet; the insert that creates it writes a key here.
+            self.read_set.add(f"{table}.{BY_CREATION_TIME}", b"", KEY_MAX)
             return None
         found = info.indexes.get(index)
         if found is None:
@@ -349,6 +351,8 @@ class Transaction:
         _check_system_fields(partial, current)
         removed = {k for k, x in partial.items() if x is UNDEFINED}
         updates = normalize({k: x for k, x in partial.items() if k not in SYSTEM_FIELDS}, path="")
+        if not system:
+            _check_user_field_names(updates)
         new = {k: x for k, x in current.items() if k not in removed}
         new.update(updates)
         self._validate(table.name, new)
@@ -375,7 +379,7 @@ class Transaction:
 
 def _check_system_fields(value: Mapping[str, Any], current: dict[str, Value]) -> None:
     for name in SYSTEM_FIELDS:
-        if name in value and value[name] is not UNDEFINED and value[name] != current[name]:
+        if name in value and (value[name] is UNDEFINED or value[name] != current[name]):
             raise ValidationError(
                 f"Provided `{name}` field value {value[name]!r} does not match the document's "
                 f"{current[name]!r}"
@@ -389,10 +393,14 @@ def _user_fields(value: Any, method: str, *, system: bool) -> dict[str, Value]:
     if method == "insert" and any(k in value for k in SYSTEM_FIELDS):
         raise ValidationError(f"db.insert(): a new document cannot set {list(SYSTEM_FIELDS)}")
     if not system:
-        for name in fields:
-            if name.startswith("_"):
-                raise ValidationError(
-                    f"Field {name!r}: top-level field names cannot start with '_' (reserved for "
-                    "system fields)"
-                )
+        _check_user_field_names(fields)
     return fields
+
+
+def _check_user_field_names(fields: Mapping[str, Any]) -> None:
+    for name in fields:
+        if name.startswith("_"):
+            raise ValidationError(
+                f"Field {name!r}: top-level field names cannot start with '_' (reserved for "
+                "system fields)"
+            )

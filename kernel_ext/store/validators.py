@@ -12,7 +12,15 @@ from typing import Any, Final
 
 from kernel_ext.errors import ValidationError
 from kernel_ext.store.ids import table_number_of
-from kernel_ext.store.values import UNDEFINED, Value, compare, type_name, value_repr
+from kernel_ext.store.values import (
+    INT64_MAX,
+    INT64_MIN,
+    UNDEFINED,
+    Value,
+    compare,
+    type_name,
+    value_repr,
+)
 
 __all__ = ["TableResolver", "Validator", "v"]
 
@@ -131,6 +139,8 @@ class LiteralValidator(Validator):
     def __init__(self, literal: Value) -> None:
         if type(literal) not in (str, int, float, bool):
             raise TypeError("v.literal() takes a string, int, float or bool")
+        if type(literal) is int and not INT64_MIN <= literal <= INT64_MAX:
+            raise TypeError(f"v.literal({literal}) is outside int64")
         self.literal = literal
 
     def check(self, value: Value, path: str = "", ids: TableResolver = _no_tables) -> Value:
@@ -222,6 +232,8 @@ class RecordValidator(Validator):
         self.values = _require_validator(values, "v.record() values")
         if self.values.optional:
             raise TypeError("v.record() values cannot be v.optional(...)")
+        if self.keys.optional:
+            raise TypeError("v.record() keys cannot be v.optional(...)")
 
     def check(self, value: Value, path: str = "", ids: TableResolver = _no_tables) -> Value:
         if type(value) is not dict:
@@ -232,7 +244,11 @@ class RecordValidator(Validator):
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "record", "keys": self.keys.to_json(), "values": self.values.to_json()}
+        return {
+            "type": "record",
+            "keys": self.keys.to_json(),
+            "values": {"fieldType": self.values.to_json(), "optional": False},
+        }
 
     def __repr__(self) -> str:
         return f"v.record({self.keys!r}, {self.values!r})"

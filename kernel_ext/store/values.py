@@ -181,14 +181,16 @@ def check_field_name(name: object, path: str) -> str:
     return name
 
 
-def normalize(value: Any, *, path: str = "") -> Value:
+def normalize(value: Any, *, path: str = "", limits: bool = True) -> Value:
     """Check a Python value against Convex's rules and return a private, normalized copy.
 
     Tuples become lists, dict fields holding `UNDEFINED` are dropped. Raises `ValidationError`
     naming the path for an unsupported type, an int outside int64, a string with lone
-    surrogates, a bad field name, or nesting / array / object limits.
+    surrogates, a bad field name, or (when `limits`) the nesting / array / object limits.
+    Function results are checked without the size limits: they are not stored, and an analyst's
+    query may return more than 8192 rows.
     """
-    return _normalize(value, path, 0)
+    return _normalize(value, path, 0 if limits else -(10**9))
 
 
 def _normalize(value: Any, path: str, depth: int) -> Value:
@@ -207,10 +209,11 @@ def _normalize(value: Any, path: str, depth: int) -> Value:
         return value
     if t is bytes or t is bytearray or t is memoryview:
         return bytes(value)
+    limited = depth >= 0
     if depth >= MAX_NESTING:
         raise ValidationError(f"Value is too nested (more than {MAX_NESTING} levels) at {path}")
     if t is list or t is tuple:
-        if len(value) > MAX_ARRAY_LENGTH:
+        if limited and len(value) > MAX_ARRAY_LENGTH:
             raise ValidationError(
                 f"Array at {path or 'top level'} has {len(value)} elements (max 8192)"
             )
@@ -223,7 +226,7 @@ def _normalize(value: Any, path: str, depth: int) -> Value:
             out.append(_normalize(item, f"{path}[{i}]", depth + 1))
         return out
     if isinstance(value, Mapping):
-        if len(value) > MAX_OBJECT_FIELDS:
+        if limited and len(value) > MAX_OBJECT_FIELDS:
             raise ValidationError(f"Object at {path or 'top level'} has more than 1024 fields")
         return {
             check_field_name(k, path): _normalize(item, f"{path}.{k}", depth + 1)

@@ -132,3 +132,15 @@ def test_selection_and_mimebundle(app):
     data = bundle[0] if isinstance(bundle, tuple) else bundle
     assert "1 rows" in data["text/html"]
     table.close()
+
+
+def test_front_end_ready_does_not_hide_an_error(app):
+    table = LiveTable(app, "t:maybe", {"fail": True})
+    rec = Recorder(table)
+    deadline = time.monotonic() + 5
+    while table.status != "error" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    table._on_front_end_message(table, {"type": "ready"}, [])
+    rec.wait(1)
+    assert table.status == "error"
+    table.close()

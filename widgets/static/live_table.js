@@ -74,7 +74,9 @@ function render({ model, el }) {
       Math.floor(scroller.scrollTop / rowHeight()),
       Math.max(0, model.get("total") - 1),
     );
-    const count = Math.ceil((scroller.clientHeight || model.get("height")) / rowHeight()) + 1;
+    // The scroller grows with its content up to `height`: size the window for the full height.
+    const viewport = Math.max(scroller.clientHeight, model.get("height"));
+    const count = Math.ceil(viewport / rowHeight()) + 1;
     return { first, count };
   }
 
@@ -96,12 +98,12 @@ function render({ model, el }) {
     bottomPad.style.height = `${Math.max(0, total - last) * rowHeight()}px`;
     const selection = new Set(model.get("selection") || []);
     for (const [pos, tr] of shown) {
-      if (pos < first || pos >= last || !cache.has(pos)) { tr.remove(); shown.delete(pos); }
+      if (pos < first || pos >= last) { tr.remove(); shown.delete(pos); }
     }
     let before = null;
     for (let pos = last - 1; pos >= first; pos--) {
-      const entry = cache.get(pos);
-      if (!entry) continue;
+      // A row not received yet is drawn as an empty placeholder, so heights stay exact.
+      const entry = cache.get(pos) || { key: "", cells: columns.map(() => ["", "pending"]) };
       let tr = shown.get(pos);
       if (!tr) {
         tr = document.createElement("tr");
@@ -109,7 +111,7 @@ function render({ model, el }) {
         tbody.insertBefore(tr, before || bottomPad);
       }
       before = tr;
-      const sameRow = tr.dataset.key === entry.key;
+      const sameRow = tr.dataset.key === entry.key && entry.key !== "";
       tr.dataset.key = entry.key;
       tr.dataset.position = String(pos);
       tr.classList.toggle("clt-selected", selection.has(entry.key));

@@ -1,0 +1,145 @@
+"""LiveTable in a real JupyterLab 4 / Notebook 7 in headless Chromium."""
+
+from __future__ import annotations
+
+from jupyter_harness import execute, open_and_run, write_notebook
+
+SETUP = """%load_ext kernel_ext"""
+SCHEMA = """%%convex_schema
+items = define_table({"n": v.int64(), "label": v.string()}).index("by_n", ["n"])"""
+ADD = """%%convex_mutation items:add(n: v.int64(), label: v.string())
+return db.insert("items", {"n": n, "label": label})"""
+SET = """%%convex_mutation items:set_label(id: v.id("items"), label: v.string())
+db.patch(id, {"label": label})"""
+SEED = """ids = [convex.mutation("items:add", n=i, label=f"row {i}") for i in range(50)]"""
+LIVE = """%%convex_query items:list --live
+return db.query("items").with_index("by_n").collect()"""
+
+ROW_TEXT = """(n) => {
+  const tr = document.querySelector(`.convex-live-table tr[data-position="${n}"]`);
+  return tr ? [...tr.cells].map(td => td.textContent) : null;
+}"""
+
+
+def test_mutation_patches_row_in_place(lab, browser):
+    notebook = write_notebook(lab.root, "patch", [SETUP, SCHEMA, ADD, SET, SEED, LIVE])
+    page = browser.new_page()
+    try:
+        open_and_run(page, lab, notebook)
+        page.wait_for_function(
+            "() => document.querySelector('.convex-live-table tr[data-position=\"0\"]')",
+            timeout=60_000,
+        )
+        assert page.evaluate(ROW_TEXT, 3) == ["3", "row 3"]
+        # Mark the table element and scroll a bit: both must survive the update.
+        page.evaluate(
+            "() => { const t = document.querySelector('.convex-live-table table'); t.__marker = 'same'; document.querySelector('.clt-scroller').scrollTop = 56; }"
+        )
+        page.wait_for_timeout(300)
+        status = execute(page, 'convex.mutation("items:set_label", id=ids[3], label="changed!")')
+        assert status == "ok"
+        page.wait_for_function(
+            "() => { const tr = document.querySelector('.convex-live-table tr[data-position=\"3\"]'); return tr && tr.cells[1].textContent === 'changed!'; }",
+            timeout=10_000,
+        )
+        assert (
+            page.evaluate("() => document.querySelector('.convex-live-table table').__marker")
+            == "same"
+        )
+        assert page.evaluate("() => document.querySelector('.clt-scroller').scrollTop") == 56
+        assert page.evaluate(
+            "() => document.querySelector('.convex-live-table tr[data-position=\"3\"] td.clt-flash') !== null"
+        )
+        # Sort by clicking a header (kernel-side), then a new row keeps the sort.
+        page.click(".convex-live-table th[data-column='n']")
+        page.click(".convex-live-table th[data-column='n']")
+        page.wait_for_function(
+            "() => document.querySelector(\".convex-live-table th[data-column='n']\").dataset.sort === 'desc'"
+        )
+        page.evaluate("() => { document.querySelector('.clt-scroller').scrollTop = 0; }")
+        page.wait_for_function(
+            "() => { const tr = document.querySelector('.convex-live-table tr[data-position=\"0\"]'); return tr && tr.cells[0].textContent === '49'; }",
+            timeout=10_000,
+        )
+        execute(page, 'convex.mutation("items:add", n=1000, label="top")')
+        page.wait_for_function(
+            "() => { const tr = document.querySelector('.convex-live-table tr[data-position=\"0\"]'); return tr && tr.cells[0].textContent === '1000'; }",
+            timeout=10_000,
+        )
+        assert (
+            page.evaluate(
+                "() => document.querySelector(\".convex-live-table th[data-column='n']\").dataset.sort"
+            )
+            == "desc"
+        )
+        assert (
+            page.evaluate("() => document.querySelector('.convex-live-table table').__marker")
+            == "same"
+        )
+        assert "51 rows" in page.inner_text(".convex-live-table .clt-count")
+    finally:
+        page.close()
+
+
+def test_error_state_shows_query_message(lab, browser):
+    failing = """%%convex_query broken --live
+raise ConvexError("the query failed on purpose")"""
+    notebook = write_notebook(
+        lab.root, "error", [SETUP, "from kernel_ext import ConvexError", failing]
+    )
+    page = browser.new_page()
+    try:
+        open_and_run(page, lab, notebook)
+        page.wait_for_selector(".convex-live-table[data-status='error']", timeout=60_000)
+        assert "the query failed on purpose" in page.inner_text(".convex-live-table .clt-status")
+    finally:
+        page.close()
+
+
+def test_100k_rows_scroll_to_the_end(lab, browser):
+    seed = """%%convex_schema
+big = define_table({"n": v.int64()}).index("by_n", ["n"])"""
+    load = """import pandas as pd
+convex.import_dataframe("big", pd.DataFrame({"n": range(100_000)}), batch_size=20_000, progress=False)"""
+    live = """%%convex_query big:all --live
+return db.query("big").with_index("by_n").collect()"""
+    notebook = write_notebook(lab.root, "big", [SETUP, seed, load, live])
+    page = browser.new_page()
+    try:
+        open_and_run(page, lab, notebook)
+        page.wait_for_function(
+            "() => document.querySelector('.convex-live-table tr[data-position=\"0\"]')",
+            timeout=120_000,
+        )
+        assert "100,000 rows" in page.inner_text(".convex-live-table .clt-count")
+        rows_in_dom = page.evaluate(
+            "() => document.querySelectorAll('.convex-live-table tbody tr[data-key]').length"
+        )
+        assert rows_in_dom < 200  # only the window is in the browser
+        page.evaluate(
+            "() => { const s = document.querySelector('.clt-scroller'); s.scrollTop = s.scrollHeight; }"
+        )
+        page.wait_for_function(
+            "() => { const tr = document.querySelector('.convex-live-table tr[data-position=\"99999\"]'); return tr && tr.cells[0].textContent === '99999'; }",
+            timeout=20_000,
+        )
+    finally:
+        page.close()
+
+
+def test_notebook7_renders_and_updates(notebook7, browser):
+    notebook = write_notebook(notebook7.root, "nb7", [SETUP, SCHEMA, ADD, SET, SEED, LIVE])
+    page = browser.new_page()
+    try:
+        open_and_run(page, notebook7, notebook)
+        page.wait_for_function(
+            "() => document.querySelector('.convex-live-table tr[data-position=\"0\"]')",
+            timeout=60_000,
+        )
+        execute(page, 'convex.mutation("items:set_label", id=ids[0], label="nb7")')
+        page.wait_for_function(
+            "() => { const tr = document.querySelector('.convex-live-table tr[data-position=\"0\"]'); return tr && tr.cells[1].textContent === 'nb7'; }",
+            timeout=10_000,
+        )
+    finally:
+        page.close()
