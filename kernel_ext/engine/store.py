@@ -13,16 +13,22 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from kernel_ext.errors import ConflictError, SchemaError, ValidationError
-from kernel_ext.persistence.sqlite import CommitRecord, IndexChange, SqlitePersistence
+from kernel_ext.persistence.sqlite import (
+    CommitRecord,
+    IndexChange,
+    SqlitePersistence,
+    SqliteSnapshot,
+)
 from kernel_ext.store.catalog import BY_CREATION_TIME, BY_ID, Catalog, TableInfo, new_table_info
 from kernel_ext.store.readset import ALL, ReadSet, WrittenKey
 from kernel_ext.store.schema import SchemaDefinition
-from kernel_ext.store.transaction import Snapshot, Transaction, Write, id_key, written_keys
+from kernel_ext.store.transaction import Snapshot, Transaction, Write, id_key
+from kernel_ext.store.values import Value
 
 __all__ = ["ALL_KEYS", "Commit", "SCHEDULED_FUNCTIONS", "Store"]
 
@@ -72,6 +78,38 @@ class _TxnCatalog:
     def table_name(self, number: int) -> str | None:
         info = self.table_by_number(number)
         return None if info is None else info.name
+
+
+class _LazySnapshot:
+    """A mutation's snapshot, opened on its first read (an insert-only mutation reads nothing).
+
+    Its `ts` is the latest stored commit when the mutation began; the SQLite snapshot opened
+    later may include newer commits. Validation checks every commit after `ts`, so reading
+    newer data can only cause a spurious retry, never a missed conflict.
+    """
+
+    def __init__(self, persistence: SqlitePersistence, ts: int) -> None:
+        self._persistence = persistence
+        self.ts = ts
+        self._snapshot: SqliteSnapshot | None = None
+
+    def _open(self) -> SqliteSnapshot:
+        if self._snapshot is None:
+            self._snapshot = self._persistence.snapshot(self.ts)
+        return self._snapshot
+
+    def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
+        return self._open().get(table_number, id_key)
+
+    def scan(
+        self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
+    ) -> Iterator[tuple[bytes, dict[str, Value]]]:
+        return self._open().scan(table_number, index_id, lo, hi, descending)
+
+    def close(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.close()
+            self._snapshot = None
 
 
 class Store:
@@ -179,6 +217,7 @@ class Store:
             # running mutations and re-runs every live query. Its ts is durable like any other.
             ts = self._next_ts()
             self.persistence.write_commit(ts, [])
+            self._ts = ts
             self._log.append((ts, [ALL_KEYS]))
             self._publish(Commit(ts, {}, [ALL_KEYS]))
 
@@ -283,9 +322,9 @@ class Store:
             token = object()
             with self._counter_lock:
                 self._active[id(token)] = self._ts
-            snap = self.snapshot()
+            snap = _LazySnapshot(self.persistence, self._ts)
             txn = self.transaction(snap, writable=True)
-            open_snapshot: Snapshot | None = snap
+            open_snapshot: _LazySnapshot | None = snap
             try:
                 result = fn(txn)
                 txn.closed = True
@@ -338,6 +377,7 @@ class Store:
                 for info in new_tables:
                     self.catalog.remove_table(info.name)
                 raise
+            self._ts = ts
             self._log.append((ts, keys))
             self._prune_log()
             self._publish(Commit(ts, writes, keys))
@@ -373,20 +413,23 @@ class Store:
     def _records(
         writes: dict[str, Write], tables: dict[str, TableInfo]
     ) -> tuple[list[CommitRecord], list[WrittenKey]]:
-        records, keys = [], []
+        records: list[CommitRecord] = []
+        keys: list[WrittenKey] = []
         for doc_id, write in writes.items():
             table = tables[write.table]
-            changes = tuple(
-                IndexChange(
-                    index.index_id,
-                    None if write.old is None else index.key_of(write.old),
-                    None if write.new is None else index.key_of(write.new),
+            changes = []
+            for index in table.indexes.values():
+                old = None if write.old is None else index.key_of(write.old)
+                new = None if write.new is None else index.key_of(write.new)
+                name = f"{table.name}.{index.name}"
+                keys.extend((name, k) for k in (old, new) if k is not None)
+                if index.index_id is not None:
+                    changes.append(IndexChange(index.index_id, old, new))
+            records.append(
+                CommitRecord(
+                    table.number, id_key(doc_id), write.new, tuple(changes), write.old is not None
                 )
-                for index in table.indexes.values()
-                if index.index_id is not None
             )
-            records.append(CommitRecord(table.number, id_key(doc_id), write.new, changes))
-            keys.extend(written_keys(table, write))
         return records, keys
 
     def _prune_log(self) -> None:
@@ -396,8 +439,9 @@ class Store:
             self._log_horizon = self._log.popleft()[0]
 
     def _next_ts(self) -> int:
-        self._ts = max(self._ts + 1, time.time_ns())
-        return self._ts
+        """The ts for the next commit; `self._ts` moves only once the commit is stored, so a
+        snapshot taken at `self._ts` never lacks a commit at or before it."""
+        return max(self._ts + 1, time.time_ns())
 
     def _publish(self, commit: Commit) -> None:
         for listener in self._listeners:

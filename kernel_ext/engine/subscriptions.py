@@ -73,12 +73,15 @@ class SubscriptionManager:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the worker waits for commits here
+        self._done = threading.Condition(self._lock)  # wait_processed waits here
         self._queries: dict[Hashable, LiveQuery] = {}
         self._index = SubscriptionIndex()
         self._commits: list[Commit] = []
         self._new: list[LiveQuery] = []
         self._processed_ts = store.ts
+        self._busy = False  # the worker is in a round: later commits must queue behind it
         self._closed = False
         store.add_listener(self._on_commit)
         self._thread = threading.Thread(target=self._run, name="convex-subscriptions", daemon=True)
@@ -103,7 +106,7 @@ class SubscriptionManager:
                 live = LiveQuery(key, runner)
                 self._queries[key] = live
                 self._new.append(live)
-                self._lock.notify_all()
+                self._work.notify_all()
             live.subscribers.append(on_update)
             current = live.result
         if current is not None:
@@ -126,18 +129,19 @@ class SubscriptionManager:
             for key, live in self._queries.items():
                 if predicate(key) and live not in self._new:
                     self._new.append(live)
-            self._lock.notify_all()
+            self._work.notify_all()
 
     def wait_processed(self, ts: int, timeout: float | None = None) -> bool:
         """Block until every live query reflects commit `ts`; False on timeout."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._processed_ts >= ts or self._closed, timeout)
+            return self._done.wait_for(lambda: self._processed_ts >= ts or self._closed, timeout)
 
     def close(self) -> None:
         """Stop the worker; idempotent."""
         with self._lock:
             self._closed = True
-            self._lock.notify_all()
+            self._work.notify_all()
+            self._done.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
@@ -145,21 +149,25 @@ class SubscriptionManager:
 
     def _on_commit(self, commit: Commit) -> None:
         with self._lock:
-            if not self._queries and not self._commits and not self._new:
-                self._processed_ts = commit.ts  # nothing can be affected
-                self._lock.notify_all()
+            idle = not (self._busy or self._commits or self._new)
+            if idle and not self._index.match(commit.keys):
+                # Nothing live depends on this commit: it is processed already, and the worker
+                # need not wake up.
+                self._processed_ts = commit.ts
+                self._done.notify_all()
                 return
             self._commits.append(commit)
-            self._lock.notify_all()
+            self._work.notify_all()
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._closed or self._commits or self._new)
+                self._work.wait_for(lambda: self._closed or self._commits or self._new)
                 if self._closed:
                     return
                 commits, self._commits = self._commits, []
                 fresh, self._new = self._new, []
+                self._busy = True
                 affected = {
                     self._queries[k]
                     for c in commits
@@ -171,9 +179,10 @@ class SubscriptionManager:
             except Exception:  # a broken store must not kill the worker silently
                 _log.exception("live query round failed")
             with self._lock:
+                self._busy = False
                 if commits:
                     self._processed_ts = max(self._processed_ts, commits[-1].ts)
-                self._lock.notify_all()
+                self._done.notify_all()
 
     def _round(self, to_run: set[LiveQuery]) -> None:
         if not to_run:

@@ -7,6 +7,7 @@ dropped (`"users.js:get"` is `"users:get"`), as Convex clients send them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical_path(path: str) -> str:
     """The canonical `"module:name"` form of a function path.
 

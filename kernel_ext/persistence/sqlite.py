@@ -68,12 +68,14 @@ class IndexChange:
 
 @dataclass(frozen=True)
 class CommitRecord:
-    """One document's new state (`doc` None: deleted) and its index changes."""
+    """One document's new state (`doc` None: deleted), its index changes, and whether it
+    replaces a stored version (an update rather than an insert)."""
 
     table_number: int
     id_key: bytes
     doc: dict[str, Value] | None
     index_changes: tuple[IndexChange, ...]
+    replaces: bool = False
 
 
 def _lock_owner_text(lock_path: Path) -> str:
@@ -88,11 +90,15 @@ def _lock_owner_text(lock_path: Path) -> str:
 class SqliteSnapshot:
     """A read transaction on one pooled connection; implements `store.transaction.Snapshot`."""
 
-    def __init__(self, owner: SqlitePersistence, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, owner: SqlitePersistence, conn: sqlite3.Connection, ts: int | None = None
+    ) -> None:
         self._owner = owner
         self._conn = conn
         conn.execute("BEGIN")
-        self.ts: int = int(conn.execute("SELECT value FROM meta WHERE key='ts'").fetchone()[0])
+        if ts is None:
+            ts = int(conn.execute("SELECT value FROM meta WHERE key='ts'").fetchone()[0])
+        self.ts: int = ts
 
     def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
         """The document, or None."""
@@ -236,8 +242,13 @@ class SqlitePersistence:
 
     # -- reading -------------------------------------------------------------------------
 
-    def snapshot(self) -> SqliteSnapshot:
-        """Open a read snapshot of the latest commit; call `close()` on it when done."""
+    def snapshot(self, ts: int | None = None) -> SqliteSnapshot:
+        """Open a read snapshot of the latest commit; call `close()` on it when done.
+
+        Args:
+            ts: the ts to report instead of reading the stored one (a caller that knows a
+                lower bound and validates against every later commit).
+        """
         with self._pool_lock:
             if self._closed:
                 raise PersistenceError("The store is closed")
@@ -245,7 +256,7 @@ class SqlitePersistence:
         if conn is None:
             conn = self._connect()
         try:
-            return SqliteSnapshot(self, conn)
+            return SqliteSnapshot(self, conn, ts)
         except sqlite3.Error as exc:
             raise PersistenceError(f"Cannot read {self.path}: {exc}") from exc
 
@@ -295,17 +306,25 @@ class SqlitePersistence:
             PersistenceError: nothing of the commit was written.
         """
         w = self._writer
-        upserts, deletes, removed, added = [], [], [], []
+        inserts, updates, deletes = [], [], []
+        removed, added, moved = [], [], []
         for r in records:
             if r.doc is None:
                 deletes.append((r.table_number, r.id_key))
+            elif r.replaces:
+                updates.append((encode_document(r.doc), r.table_number, r.id_key))
             else:
-                upserts.append((r.table_number, r.id_key, encode_document(r.doc)))
+                inserts.append((r.table_number, r.id_key, encode_document(r.doc)))
             for change in r.index_changes:
-                if change.old_key is not None and change.old_key != change.new_key:
-                    removed.append((change.index_id, change.old_key))
-                if change.new_key is not None and change.old_key != change.new_key:
-                    added.append((change.index_id, change.new_key, r.id_key))
+                old, new = change.old_key, change.new_key
+                if old == new:
+                    continue
+                if old is not None and new is not None:
+                    moved.append((new, change.index_id, old))
+                elif old is not None:
+                    removed.append((change.index_id, old))
+                else:
+                    added.append((change.index_id, new, r.id_key))
         try:
             w.execute("BEGIN")
             for table in new_tables:
@@ -320,10 +339,16 @@ class SqlitePersistence:
                 )
             if removed:
                 w.executemany("DELETE FROM index_entries WHERE index_id=? AND key=?", removed)
+            if moved:
+                w.executemany("UPDATE index_entries SET key=? WHERE index_id=? AND key=?", moved)
             if deletes:
                 w.executemany("DELETE FROM documents WHERE table_number=? AND id_key=?", deletes)
-            if upserts:
-                w.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?)", upserts)
+            if updates:
+                w.executemany(
+                    "UPDATE documents SET body=? WHERE table_number=? AND id_key=?", updates
+                )
+            if inserts:
+                w.executemany("INSERT INTO documents VALUES (?, ?, ?)", inserts)
             if added:
                 w.executemany("INSERT INTO index_entries VALUES (?, ?, ?)", added)
             w.execute("UPDATE meta SET value=? WHERE key='ts'", (str(ts),))

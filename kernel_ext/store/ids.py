@@ -9,6 +9,7 @@ truncated or altered ids are rejected.
 from __future__ import annotations
 
 import base64
+import functools
 import secrets
 from typing import Final
 
@@ -57,6 +58,13 @@ def new_id(table_number: int) -> str:
 
 def decode_id(text: object) -> tuple[int, bytes] | None:
     """Return `(table number, internal bytes)` if `text` is a well-formed id, else None."""
+    if not isinstance(text, str):
+        return None
+    return _decode(text)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _decode(text: str) -> tuple[int, bytes] | None:
     if not isinstance(text, str) or not _MIN_LEN <= len(text) <= _MAX_LEN or not text.isascii():
         return None
     encoded = text.encode("ascii")

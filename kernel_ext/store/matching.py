@@ -30,12 +30,12 @@ class SubscriptionIndex:
 
     def register(self, query_id: Hashable, intervals: Iterable[Interval]) -> None:
         """Replace the intervals registered for `query_id`."""
+        # A query may read the same range twice; an empty range reads nothing.
+        kept = [(i, lo, hi) for i, lo, hi in dict.fromkeys(intervals) if lo < hi]
+        if self._registered.get(query_id) == kept:
+            return  # a re-run that read the same ranges: nothing to move
         self.remove(query_id)
-        kept = []
-        for index, lo, hi in dict.fromkeys(intervals):  # a query may read the same range twice
-            if lo >= hi:
-                continue
-            kept.append((index, lo, hi))
+        for index, lo, hi in kept:
             if hi == key_successor(lo):
                 self._points.setdefault(index, {}).setdefault(lo, set()).add(query_id)
             else:

@@ -9,6 +9,7 @@ commit wrote a key in the read set (optimistic concurrency control). Nested
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -32,9 +33,9 @@ from kernel_ext.store.values import (
     MAX_DOCUMENT_SIZE,
     UNDEFINED,
     Value,
-    compare,
     convex_size,
     normalize,
+    same_value,
 )
 
 __all__ = ["Snapshot", "Transaction", "Write", "copy_value", "written_keys"]
@@ -61,6 +62,7 @@ class Write:
     table: str
     old: dict[str, Value] | None
     new: dict[str, Value] | None
+    rewritten: bool = False  # written more than once in the transaction: may be a no-op
 
 
 def copy_value(value: Value) -> Value:
@@ -84,6 +86,7 @@ def written_keys(table: TableInfo, write: Write) -> list[WrittenKey]:
     return keys
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def id_key(doc_id: str) -> bytes:
     """The `by_id` key of a document id."""
     return encode_key((doc_id,))
@@ -119,6 +122,7 @@ class Transaction:
         self.closed = False
         self.paginated = False
         self._layers: list[dict[str, Write]] = [{}]
+        self._read_cache: dict[str, dict[str, Value] | None] = {}  # never handed out: copy
         self._allocate_table = allocate_table
         self._creation_time = creation_time
 
@@ -142,7 +146,7 @@ class Transaction:
         for doc_id, write in top.items():
             previous = parent.get(doc_id)
             parent[doc_id] = (
-                write if previous is None else Write(write.table, previous.old, write.new)
+                write if previous is None else Write(write.table, previous.old, write.new, True)
             )
 
     def rollback_nested(self) -> None:
@@ -156,13 +160,15 @@ class Transaction:
             for doc_id, write in layer.items():
                 previous = merged.get(doc_id)
                 merged[doc_id] = (
-                    write if previous is None else Write(write.table, previous.old, write.new)
+                    write if previous is None else Write(write.table, previous.old, write.new, True)
                 )
         return {
             doc_id: w
             for doc_id, w in merged.items()
             if not (w.old is None and w.new is None)
-            and not (w.old is not None and w.new is not None and compare(w.old, w.new) == 0)
+            and not (
+                w.rewritten and w.old is not None and w.new is not None and same_value(w.old, w.new)
+            )
         }
 
     # -- reads ---------------------------------------------------------------------------
@@ -192,7 +198,9 @@ class Transaction:
         pending = self._pending(doc_id)
         if pending is not None:
             return pending.new
-        return self.snapshot.get(table.number, id_key(doc_id))
+        if doc_id not in self._read_cache:  # get() then patch() reads storage once
+            self._read_cache[doc_id] = self.snapshot.get(table.number, id_key(doc_id))
+        return self._read_cache[doc_id]
 
     def get(self, doc_id: str, *, system: bool = False) -> dict[str, Value] | None:
         """The document with that id (as this transaction sees it), or None."""
@@ -314,7 +322,7 @@ class Transaction:
     ) -> None:
         pending = self._pending(doc_id)
         base = pending.old if pending is not None else old
-        self._layers[-1][doc_id] = Write(table, base, new)
+        self._layers[-1][doc_id] = Write(table, base, new, pending is not None)
 
     def insert(self, table: str, value: Mapping[str, Any], *, system: bool = False) -> str:
         """Insert a new document; returns its id."""
@@ -356,7 +364,10 @@ class Transaction:
         new = {k: x for k, x in current.items() if k not in removed}
         new.update(updates)
         self._validate(table.name, new)
-        if compare(new, current) != 0:  # a no-op patch records no write
+        changed = any(k in current for k in removed) or any(
+            k not in current or not same_value(x, current[k]) for k, x in updates.items()
+        )
+        if changed:  # a no-op patch records no write
             self._put(table.name, doc_id, current, new)
 
     def replace(self, doc_id: str, value: Mapping[str, Any], *, system: bool = False) -> None:
@@ -368,7 +379,7 @@ class Transaction:
         fields = _user_fields(value, "replace", system=system)
         new = {"_id": current["_id"], "_creationTime": current["_creationTime"], **fields}
         self._validate(table.name, new)
-        if compare(new, current) != 0:
+        if not same_value(new, current):
             self._put(table.name, doc_id, current, new)
 
     def delete(self, doc_id: str, *, system: bool = False) -> None:

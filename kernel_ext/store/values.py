@@ -36,6 +36,7 @@ __all__ = [
     "float_total_order_bits",
     "from_json",
     "normalize",
+    "same_value",
     "to_json",
     "type_name",
     "type_rank",
@@ -142,6 +143,40 @@ def compare(a: Value, b: Value) -> int:
     return _cmp(a, b)
 
 
+def same_value(a: Value, b: Value) -> bool:
+    """`compare(a, b) == 0`, fast for the common case. Python's `==` is almost the Convex
+    equality, except that it equates 1, 1.0 and True and -0.0 with 0.0, and NaN with nothing;
+    so an `==` match counts only if the types match all the way down."""
+    if a == b:
+        return _same_types(a, b)
+    # Unequal for Python but equal for Convex only with NaN (which Python never equates).
+    return _contains_nan(a) and compare(a, b) == 0
+
+
+def _contains_nan(value: Value) -> bool:
+    t = type(value)
+    if t is float:
+        return math.isnan(value)
+    if t is dict:
+        return any(_contains_nan(x) for x in value.values())
+    if t is list:
+        return any(_contains_nan(x) for x in value)
+    return False
+
+
+def _same_types(a: Value, b: Value) -> bool:
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t is float:
+        return math.copysign(1.0, a) == math.copysign(1.0, b)
+    if t is dict:
+        return all(_same_types(x, b[k]) for k, x in a.items())
+    if t is list:
+        return all(_same_types(x, y) for x, y in zip(a, b, strict=True))
+    return True
+
+
 def _compare_sequences(a: list[Value], b: list[Value]) -> int:
     for x, y in zip(a, b, strict=False):
         c = compare(x, y)
@@ -179,6 +214,18 @@ def check_field_name(name: object, path: str) -> str:
             f"Field name {name!r} at {path or 'top level'} must be printable ASCII characters"
         )
     return name
+
+
+_VALID_NAMES: set[str] = set()  # field names already checked (documents repeat their names)
+_MAX_REMEMBERED: Final = 100_000
+
+
+def _remember_name(name: object, path: str) -> str:
+    checked = check_field_name(name, path)
+    if len(_VALID_NAMES) >= _MAX_REMEMBERED:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(checked)
+    return checked
 
 
 def normalize(value: Any, *, path: str = "", limits: bool = True) -> Value:
@@ -229,7 +276,9 @@ def _normalize(value: Any, path: str, depth: int) -> Value:
         if limited and len(value) > MAX_OBJECT_FIELDS:
             raise ValidationError(f"Object at {path or 'top level'} has more than 1024 fields")
         return {
-            check_field_name(k, path): _normalize(item, f"{path}.{k}", depth + 1)
+            (k if k in _VALID_NAMES else _remember_name(k, path)): _normalize(
+                item, f"{path}.{k}", depth + 1
+            )
             for k, item in value.items()
             if item is not UNDEFINED
         }
