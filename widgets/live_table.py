@@ -17,8 +17,9 @@ import anywidget
 import orjson
 import traitlets
 
-from kernel_ext.client.subscription import Subscription
+from kernel_ext.client.subscription import CallbackHandle, Subscription
 from kernel_ext.engine.subscriptions import QueryResult
+from widgets.paging import PagedQuery
 from widgets.table_model import TableModel
 
 __all__ = ["LiveTable"]
@@ -47,6 +48,8 @@ class LiveTable(anywidget.AnyWidget):
     show_system = traitlets.Bool(False).tag(sync=True)
     title = traitlets.Unicode("").tag(sync=True)
     row_height = traitlets.Int(28).tag(sync=True)
+    complete = traitlets.Bool(True).tag(sync=True)  # False while a paginated query has more
+    sortable = traitlets.Bool(True).tag(sync=True)
     height = traitlets.Int(360).tag(sync=True)
 
     def __init__(
@@ -58,11 +61,17 @@ class LiveTable(anywidget.AnyWidget):
         show_system: bool = False,
         **kwargs: Any,
     ) -> None:
+        paged = not isinstance(source, Subscription) and _is_paginated(source, ref)
         if isinstance(source, Subscription):
             subscription, self._owns = source, False
+        elif paged:
+            subscription, self._owns = None, True
         else:
             subscription, self._owns = source.subscribe(ref, args or {}), True
-        super().__init__(show_system=show_system, title=subscription.description, **kwargs)
+        title = subscription.description if subscription is not None else str(_path(ref))
+        super().__init__(
+            show_system=show_system, title=title, sortable=not paged, complete=not paged, **kwargs
+        )
         self.subscription = subscription
         self.model = TableModel(show_system=show_system)
         self._lock = threading.Lock()
@@ -73,7 +82,14 @@ class LiveTable(anywidget.AnyWidget):
         self._last_flush = 0.0
         self._timer: threading.Timer | None = None
         self.on_msg(self._on_front_end_message)
-        self._handle = subscription.on_result(self._on_result)
+        self._paged: PagedQuery | None = None
+        self._handle: CallbackHandle | None = None
+        if subscription is not None:
+            self._handle = subscription.on_result(self._on_result)
+        else:
+            self._paged = PagedQuery(
+                lambda page_args: source.subscribe(ref, page_args), dict(args or {}), self._on_pages
+            )
 
     # -- results from the store ----------------------------------------------------------
 
@@ -89,6 +105,22 @@ class LiveTable(anywidget.AnyWidget):
             self.error = ""
             self._dirty = True
             self._reason = "data"
+        self._schedule()
+
+    def _on_pages(self, rows: list[Any], done: bool, error: BaseException | None) -> None:
+        if error is not None:
+            self._on_result(QueryResult(None, error, 0))
+            return
+        with self._lock:
+            self.model.set_rows(rows)
+            self._state = "ready"
+            self.error = ""
+            self.complete = done
+            self._dirty = True
+            self._reason = "data"
+            wanted = self.model.offset + 2 * self.model.limit
+        if self._paged is not None:  # the window may still reach past the loaded rows
+            self._paged.ensure(wanted)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -124,7 +156,9 @@ class LiveTable(anywidget.AnyWidget):
         with self._lock:
             if kind == "window":
                 self.model.set_window(int(content.get("offset", 0)), int(content.get("limit", 100)))
-            elif kind == "sort":
+                if self._paged is not None:  # load the next page before the user reaches it
+                    self._paged.ensure(self.model.offset + 2 * self.model.limit)
+            elif kind == "sort" and self.sortable:
                 self.model.toggle_sort(str(content["column"]))
                 column, desc = self.model.sort_column, self.model.sort_descending
                 self.sort = [] if column is None else [column, "desc" if desc else "asc"]
@@ -150,7 +184,29 @@ class LiveTable(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Stop following the query (and close the subscription if the table opened it)."""
-        self._handle.remove()
-        if self._owns:
+        if self._handle is not None:
+            self._handle.remove()
+        if self._owns and self.subscription is not None:
             self.subscription.close()
+        if self._paged is not None:
+            self._paged.close()
         super().close()
+
+
+def _path(ref: Any) -> str:
+    from kernel_ext.functions.registry import path_of
+
+    return path_of(ref)
+
+
+def _is_paginated(client: Any, ref: Any) -> bool:
+    """True if the query declares a `paginationOpts` argument."""
+    backend = getattr(client, "backend", None)
+    if backend is None:
+        return False
+    function = backend.registry.get(_path(ref))
+    return (
+        function is not None
+        and function.args is not None
+        and ("paginationOpts" in function.args.fields)
+    )

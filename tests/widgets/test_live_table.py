@@ -59,6 +59,14 @@ class Recorder:
             time.sleep(0.01)
         raise AssertionError(f"no matching message in {self.messages}")
 
+    def settle(self, quiet=0.15):
+        """Wait until no message has arrived for `quiet` seconds; returns the count."""
+        count = -1
+        while count != len(self.messages):
+            count = len(self.messages)
+            time.sleep(quiet)
+        return count
+
     def wait(self, count, timeout=5.0):
         deadline = time.monotonic() + timeout
         while len(self.messages) < count and time.monotonic() < deadline:
@@ -75,7 +83,7 @@ def test_initial_rows_then_single_row_change(app):
     first = rec.until(lambda m: m["total"] == 5)
     assert len(first["rows"]) == 5
     assert table.status == "ready"
-    count = len(rec.messages)
+    count = rec.settle()
     app.mutation("t:set_n", id=ids[2], n=42)
     second = rec.wait(count + 1)
     assert second["reason"] == "data"
@@ -104,7 +112,7 @@ def test_sort_click_sorts_in_kernel(app):
     table = LiveTable(app, "t:items")
     rec = Recorder(table)
     rec.until(lambda m: m["total"] == 3)
-    count = len(rec.messages)
+    count = rec.settle()
     table._on_front_end_message(table, {"type": "sort", "column": "n"}, [])
     assert table.sort == ["n", "asc"]
     message = rec.wait(count + 1)
@@ -143,4 +151,72 @@ def test_front_end_ready_does_not_hide_an_error(app):
     table._on_front_end_message(table, {"type": "ready"}, [])
     rec.wait(1)
     assert table.status == "error"
+    table.close()
+
+
+@pytest.fixture
+def paged_app():
+    client = kernel_ext.connect("memory")
+
+    @query(args={"paginationOpts": v.any()})
+    def pages(ctx, paginationOpts):
+        return ctx.db.query("items").paginate(paginationOpts)
+
+    @mutation(args={"n": v.int64()})
+    def add(ctx, n):
+        return ctx.db.insert("items", {"n": n})
+
+    @mutation(args={"id": v.id("items"), "n": v.int64()})
+    def set_n(ctx, id, n):
+        ctx.db.patch(id, {"n": n})
+
+    for name, fn in dict(pages=pages, add=add, set_n=set_n).items():
+        client.register(f"p:{name}", fn)
+    ids = client.backend.store.mutate(
+        lambda txn: [txn.insert("items", {"n": i}) for i in range(1000)]
+    )[0]
+    yield client, ids
+    client.close()
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_paginated_query_loads_pages_as_the_window_moves(paged_app):
+    client, ids = paged_app
+    table = LiveTable(client, "p:pages")
+    rec = Recorder(table)
+    assert not table.sortable
+    table._on_front_end_message(table, {"type": "window", "offset": 0, "limit": 50}, [])
+    wait_until(lambda: table.total >= 200)
+    assert table.complete is False
+    pages_before = table._paged.page_count
+    table._on_front_end_message(table, {"type": "window", "offset": 900, "limit": 50}, [])
+    wait_until(lambda: table.total == 1000 and table.complete)
+    assert table._paged.page_count > pages_before
+    rec.until(lambda m: any(r[0] == 949 for r in m["rows"]))
+    # A change in the first page re-runs only that page and reaches the browser as one row.
+    count = rec.settle()
+    table._on_front_end_message(table, {"type": "window", "offset": 0, "limit": 50}, [])
+    rec.wait(count + 1)
+    count = rec.settle()
+    client.mutation("p:set_n", id=ids[5], n=-5)
+    message = rec.wait(count + 1)
+    assert message["rows"] == [[5, ids[5], [["-5", "int"]]]]
+    table.close()
+
+
+def test_paginated_pages_keep_their_boundaries(paged_app):
+    client, _ids = paged_app
+    table = LiveTable(client, "p:pages")
+    table._on_front_end_message(table, {"type": "window", "offset": 0, "limit": 50}, [])
+    wait_until(lambda: table.total >= 200)
+    first_page_end = table.model.key_at(199)
+    client.mutation("p:add", n=5000)  # appended at the end: the first page does not grow
+    time.sleep(0.2)
+    assert table.model.key_at(199) == first_page_end
     table.close()

@@ -49,8 +49,12 @@ function render({ model, el }) {
         th.textContent = name;
         th.dataset.column = name;
         if (sort[0] === name) th.dataset.sort = sort[1];
-        th.title = "Sort (in the kernel, over all rows)";
-        th.addEventListener("click", () => model.send({ type: "sort", column: name }));
+        if (model.get("sortable")) {
+          th.title = "Sort (in the kernel, over all rows)";
+          th.addEventListener("click", () => model.send({ type: "sort", column: name }));
+        } else {
+          th.title = "Rows in the query's order (pages load as you scroll)";
+        }
         return th;
       }),
     );
@@ -59,7 +63,8 @@ function render({ model, el }) {
   function drawChrome() {
     title.textContent = model.get("title");
     const total = model.get("total");
-    count.textContent = `${total.toLocaleString()} row${total === 1 ? "" : "s"}`;
+    const more = model.get("complete") ? "" : "+";
+    count.textContent = `${total.toLocaleString()}${more} row${total === 1 && !more ? "" : "s"}`;
     const state = model.get("status");
     root.dataset.status = state;
     status.textContent =
@@ -163,6 +168,7 @@ function render({ model, el }) {
   model.on("change:columns", () => { columns = model.get("columns"); drawHeader(); });
   model.on("change:sort", drawHeader);
   model.on("change:total", () => schedule(false));
+  model.on("change:complete", () => schedule(false));
   model.on("change:status", () => schedule(false));
   model.on("change:error", () => schedule(false));
   model.on("change:selection", () => schedule(false));
