@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	cd notebooks && ../$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser 01_quickstart.ipynb
+	cd notebooks && ../$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,) 01_quickstart.ipynb
 
 lint: $(STAMP)
 	$(BIN)/ruff check kernel_ext widgets tests bench
