@@ -36,8 +36,9 @@ unit: $(STAMP) $(CHROMIUM)
 
 test: lint typecheck unit
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+bench: $(STAMP) $(CHROMIUM)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["mutations", "point_query", "invalidation", "open_store"]
+BENCHMARKS = [
+    "mutations",
+    "point_query",
+    "invalidation",
+    "open_store",
+    "widget_bytes",
+    "widget_latency",
+]
 
 
 def main(argv: list[str]) -> None:

@@ -20,7 +20,8 @@
     ├── PersistenceError                          storage failed (disk, lock, corrupt file)
     │   └── StoreLocked                            another process owns the store file
     └── SyncError                                 remote protocol problems (server issue)
-        ├── ProtocolError
+        ├── ProtocolError                          a peer broke the wire protocol
+        ├── AuthenticationError                    a token or admin key was refused
         └── ConnectionClosed
 
 `ConvexError` is separate on purpose: it is the application's own error, raised by user code,
@@ -33,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "ArgumentError",
+    "AuthenticationError",
     "ConflictError",
     "ConnectionClosed",
     "ConvexError",
@@ -128,6 +130,11 @@ class SyncError(StoreError):
 
 class ProtocolError(SyncError):
     """A peer sent a message that breaks the protocol."""
+
+
+class AuthenticationError(SyncError):
+    """A user token (JWT) or admin key could not be verified: forged, expired, for another
+    issuer or audience, or no way to verify it was configured."""
 
 
 class ConnectionClosed(SyncError):

@@ -46,6 +46,7 @@ def claims_of(token: str, config: AuthConfig | None) -> dict[str, Any]:
         if config is None:
             return dict(jwt.decode(token, options={"verify_signature": False}))
         key = config.secret if config.secret is not None else config.public_key
+        assert key is not None  # AuthConfig.from_mapping requires one of them
         algorithms = ["HS256"] if config.secret is not None else ["RS256", "ES256"]
         return dict(
             jwt.decode(

@@ -1,10 +1,14 @@
 """The store runtime: snapshots, the single committer with OCC validation, and the catalog.
 
 `Store.read(fn)` runs `fn(txn)` on a snapshot. `Store.mutate(fn)` runs it in a writable
-transaction and commits; if a commit after the transaction's snapshot wrote a key inside its
-read set, it re-runs `fn` on a fresh snapshot (bounded retries, then `ConflictError`). A
-mutation that raises leaves no trace: its writes, new tables and scheduled jobs vanish.
-Commit timestamps are integers (nanoseconds) that never decrease, also across restarts.
+transaction that starts at the latest commit ts T and commits; if a commit after T wrote a key
+inside its read set, it re-runs `fn` (bounded retries, then `ConflictError`). A mutation reads
+the latest committed state statement by statement rather than from a snapshot: validation
+against every commit after T is what makes its reads those of the state at T. Until it is
+validated, a run may have seen an inconsistent mix, so when `fn` raises, the exception is
+surfaced only if the reads validate (otherwise `fn` re-runs). A mutation that raises leaves no
+trace: its writes, new tables and scheduled jobs vanish. Commit timestamps are integers
+(nanoseconds) that never decrease, also across restarts.
 """
 
 from __future__ import annotations
@@ -13,22 +17,25 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from kernel_ext.errors import ConflictError, SchemaError, ValidationError
-from kernel_ext.persistence.sqlite import (
-    CommitRecord,
-    IndexChange,
-    SqlitePersistence,
-    SqliteSnapshot,
+from kernel_ext.persistence.sqlite import CommitRecord, IndexChange, SqlitePersistence
+from kernel_ext.store.catalog import (
+    BY_CREATION_TIME,
+    BY_ID,
+    Catalog,
+    TableInfo,
+    document_suffix,
+    id_key,
+    new_table_info,
 )
-from kernel_ext.store.catalog import BY_CREATION_TIME, BY_ID, Catalog, TableInfo, new_table_info
 from kernel_ext.store.readset import ALL, ReadSet, WrittenKey
 from kernel_ext.store.schema import SchemaDefinition
-from kernel_ext.store.transaction import Snapshot, Transaction, Write, id_key
-from kernel_ext.store.values import Value
+from kernel_ext.store.transaction import Snapshot, Transaction, Write
+from kernel_ext.store.values import Value, same_value
 
 __all__ = ["ALL_KEYS", "Commit", "SCHEDULED_FUNCTIONS", "Store"]
 
@@ -60,11 +67,17 @@ class _Conflict(Exception):
 
 
 class _TxnCatalog:
-    """The shared catalog plus the tables a transaction has created but not committed."""
+    """The shared catalog plus the tables a transaction has created but not committed.
 
-    def __init__(self, shared: Catalog) -> None:
+    Args:
+        shared: the store's catalog.
+        allocate_number: returns an unused table number.
+    """
+
+    def __init__(self, shared: Catalog, allocate_number: Callable[[], int]) -> None:
         self.shared = shared
         self.new_tables: dict[str, TableInfo] = {}
+        self._allocate_number = allocate_number
 
     def table(self, name: str) -> TableInfo | None:
         return self.shared.table(name) or self.new_tables.get(name)
@@ -79,37 +92,31 @@ class _TxnCatalog:
         info = self.table_by_number(number)
         return None if info is None else info.name
 
+    def allocate(self, name: str) -> TableInfo:
+        """A new table for the transaction's first insert into `name`. It exists for others
+        only once the transaction commits; its by_creation_time index gets a real id then."""
+        info = new_table_info(name, self._allocate_number(), -1)
+        self.new_tables[name] = info
+        return info
 
-class _LazySnapshot:
-    """A mutation's snapshot, opened on its first read (an insert-only mutation reads nothing).
 
-    Its `ts` is the latest stored commit when the mutation began; the SQLite snapshot opened
-    later may include newer commits. Validation checks every commit after `ts`, so reading
-    newer data can only cause a spurious retry, never a missed conflict.
-    """
+def _same_suffix(
+    old: dict[str, Value] | None, new: dict[str, Value], old_suffix: bytes | None
+) -> bytes:
+    """The `document_suffix` of `new`: `old_suffix` if `old` is a version of it (system fields
+    never change), computed otherwise."""
+    if (
+        old is not None
+        and old_suffix is not None
+        and old["_id"] == new["_id"]
+        and same_value(old["_creationTime"], new["_creationTime"])
+    ):
+        return old_suffix
+    return document_suffix(new)
 
-    def __init__(self, persistence: SqlitePersistence, ts: int) -> None:
-        self._persistence = persistence
-        self.ts = ts
-        self._snapshot: SqliteSnapshot | None = None
 
-    def _open(self) -> SqliteSnapshot:
-        if self._snapshot is None:
-            self._snapshot = self._persistence.snapshot(self.ts)
-        return self._snapshot
-
-    def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
-        return self._open().get(table_number, id_key)
-
-    def scan(
-        self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
-    ) -> Iterator[tuple[bytes, dict[str, Value]]]:
-        return self._open().scan(table_number, index_id, lo, hi, descending)
-
-    def close(self) -> None:
-        if self._snapshot is not None:
-            self._snapshot.close()
-            self._snapshot = None
+def _no_new_tables(name: str) -> TableInfo:
+    raise AssertionError(f"a read-only transaction cannot create table {name!r}")
 
 
 class Store:
@@ -259,26 +266,27 @@ class Store:
 
     def transaction(self, snapshot: Snapshot, *, writable: bool) -> Transaction:
         """A transaction over `snapshot` (the caller closes both)."""
-        catalog = _TxnCatalog(self.catalog)
-
-        def allocate(name: str) -> TableInfo:
-            # A table created by a mutation exists for others only once the mutation commits;
-            # its by_creation_time index gets a real id at commit.
-            info = new_table_info(name, self._allocate_number(), -1)
-            catalog.new_tables[name] = info
-            return info
-
+        if not writable:
+            return Transaction(
+                snapshot,
+                self.catalog,
+                self.schema,
+                writable=False,
+                allocate_table=_no_new_tables,
+                creation_time=self.next_creation_time,
+            )
+        catalog = _TxnCatalog(self.catalog, self._allocate_number)
         return Transaction(
             snapshot,
             catalog,
             self.schema,
-            writable=writable,
-            allocate_table=allocate,
+            writable=True,
+            allocate_table=catalog.allocate,
             creation_time=self.next_creation_time,
         )
 
     def snapshot(self) -> Snapshot:
-        """A fresh read snapshot; close it with `close_snapshot`."""
+        """A read snapshot of the latest commit; close it with `close_snapshot`."""
         return self.persistence.snapshot()
 
     @staticmethod
@@ -294,7 +302,7 @@ class Store:
         Returns:
             `(result, finalized read set, snapshot ts)`; `fn`'s exceptions propagate.
         """
-        snap = self.snapshot() if snapshot is None else snapshot
+        snap = self.persistence.snapshot() if snapshot is None else snapshot
         txn = self.transaction(snap, writable=False)
         try:
             return fn(txn), txn.read_set.finalize(), snap.ts
@@ -311,27 +319,28 @@ class Store:
 
         Raises:
             ConflictError: every retry conflicted.
-            Exception: whatever `fn` raised; nothing was written.
+            Exception: whatever `fn` raised, if its reads validate; nothing was written.
         """
         conflicts: set[str] = set()
         for delay in _RETRY_DELAYS:
             if delay:
                 time.sleep(delay)
-            # Register before the snapshot exists, with a ts no later than the snapshot's, so
-            # that pruning keeps every commit this transaction must be validated against.
+            # Register the start ts before reading anything, so that pruning keeps every
+            # commit this transaction must be validated against.
             token = object()
             with self._counter_lock:
-                self._active[id(token)] = self._ts
-            snap = _LazySnapshot(self.persistence, self._ts)
-            txn = self.transaction(snap, writable=True)
-            open_snapshot: _LazySnapshot | None = snap
+                ts = self._active[id(token)] = self._ts
+            txn = self.transaction(self.persistence.current_reader(ts), writable=True)
             try:
-                result = fn(txn)
+                try:
+                    result = fn(txn)
+                except Exception:
+                    # The reads may mix commits after ts; an error caused by such a mix must
+                    # not escape: re-run instead (`_Conflict`) unless the reads validate.
+                    txn.closed = True
+                    self._check_reads(txn)
+                    raise
                 txn.closed = True
-                # End the read transaction before committing: validation needs only the
-                # snapshot's ts, and an open reader would stop SQLite from resetting its WAL.
-                self.close_snapshot(snap)
-                open_snapshot = None
                 return result, self.commit(txn)
             except _Conflict as conflict:
                 conflicts |= conflict.tables
@@ -339,8 +348,6 @@ class Store:
                 txn.closed = True
                 with self._counter_lock:
                     del self._active[id(token)]
-                if open_snapshot is not None:
-                    self.close_snapshot(open_snapshot)
         tables = ", ".join(f'"{t}"' for t in sorted(conflicts)) or "the same"
         raise ConflictError(
             f"Documents read from or written to the {tables} table changed while this "
@@ -348,6 +355,12 @@ class Store:
             "what it reads: read less (an index range instead of a full scan) or write less "
             "often to those documents."
         )
+
+    def _check_reads(self, txn: Transaction) -> None:
+        """Raise `_Conflict` if a commit after the transaction's ts wrote into its reads."""
+        read_set = txn.read_set.finalize()
+        with self._commit_lock:
+            self._validate(txn.snapshot.ts, read_set)
 
     def commit(self, txn: Transaction) -> int:
         """Validate and write a transaction's writes; returns the commit timestamp (the
@@ -413,21 +426,38 @@ class Store:
     def _records(
         writes: dict[str, Write], tables: dict[str, TableInfo]
     ) -> tuple[list[CommitRecord], list[WrittenKey]]:
+        """The storage records of a commit, and the index keys it wrote: the old and the new
+        key of each written document in every index of its table (an unchanged key once)."""
         records: list[CommitRecord] = []
         keys: list[WrittenKey] = []
         for doc_id, write in writes.items():
             table = tables[write.table]
+            old_doc, new_doc = write.old, write.new
+            old_suffix = None if old_doc is None else document_suffix(old_doc)
+            new_suffix = None if new_doc is None else _same_suffix(old_doc, new_doc, old_suffix)
             changes = []
             for index in table.indexes.values():
-                old = None if write.old is None else index.key_of(write.old)
-                new = None if write.new is None else index.key_of(write.new)
                 name = f"{table.name}.{index.name}"
-                keys.extend((name, k) for k in (old, new) if k is not None)
+                old = None if old_doc is None else index.key_of(old_doc, old_suffix)
+                if new_doc is None:
+                    new = None
+                elif (
+                    old_doc is not None
+                    and new_suffix is old_suffix
+                    and index.same_fields(old_doc, new_doc)
+                ):
+                    new = old  # most updates leave most keys alone: no need to encode
+                else:
+                    new = index.key_of(new_doc, new_suffix)
+                if old is not None:
+                    keys.append((name, old))
+                if new is not None and new is not old:
+                    keys.append((name, new))
                 if index.index_id is not None:
                     changes.append(IndexChange(index.index_id, old, new))
             records.append(
                 CommitRecord(
-                    table.number, id_key(doc_id), write.new, tuple(changes), write.old is not None
+                    table.number, id_key(doc_id), new_doc, tuple(changes), old_doc is not None
                 )
             )
         return records, keys

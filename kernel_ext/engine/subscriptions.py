@@ -133,6 +133,8 @@ class SubscriptionManager:
 
     def wait_processed(self, ts: int, timeout: float | None = None) -> bool:
         """Block until every live query reflects commit `ts`; False on timeout."""
+        if self._processed_ts >= ts:  # it only grows: no need to lock to see that it is done
+            return True
         with self._lock:
             return self._done.wait_for(lambda: self._processed_ts >= ts or self._closed, timeout)
 
@@ -150,7 +152,7 @@ class SubscriptionManager:
     def _on_commit(self, commit: Commit) -> None:
         with self._lock:
             idle = not (self._busy or self._commits or self._new)
-            if idle and not self._index.match(commit.keys):
+            if idle and (not self._queries or not self._index.match(commit.keys)):
                 # Nothing live depends on this commit: it is processed already, and the worker
                 # need not wake up.
                 self._processed_ts = commit.ts

@@ -107,12 +107,12 @@ class Backend:
         values = self.prepare_args(function, args)
         ctx: QueryCtx | ActionCtx
         if function.kind == "action":
-            ctx = ActionCtx(identity, self, Scheduler(self, None))
+            ctx = ActionCtx(identity, self)
         else:
             assert txn is not None
             saved, txn.paginated = txn.paginated, False  # one paginate() per execution
             ctx = (
-                MutationCtx(txn, identity, self, Scheduler(self, txn))
+                MutationCtx(txn, identity, self)
                 if function.kind == "mutation"
                 else QueryCtx(txn, identity, self)
             )
@@ -142,7 +142,11 @@ class Backend:
                 raise ReturnsError(f"ReturnsValidationError for {function.path}: {exc}") from exc
         return value
 
-    # Runner protocol (for ctx.run_*) ---------------------------------------------------
+    # Runner protocol (for ctx.run_* and ctx.scheduler) -------------------------------
+
+    def scheduler_for(self, txn: Transaction | None) -> Scheduler:
+        """`ctx.scheduler` of a mutation running in `txn` (None: of an action)."""
+        return Scheduler(self, txn)
 
     def nested_query(self, txn: Transaction, ref: Any, args: Any, identity: Any) -> Value:
         """Run a query inside `txn`."""

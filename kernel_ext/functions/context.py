@@ -91,6 +91,9 @@ class Runner(Protocol):
     def call(self, ref: Any, args: Any, *, kind: str, identity: Any) -> Value:
         """Run a function in its own transaction (from an action)."""
 
+    def scheduler_for(self, txn: Transaction | None) -> Scheduler:
+        """`ctx.scheduler` for a mutation's `txn` (None: an action's)."""
+
 
 def _split(txn: Transaction, method: str, args: tuple[Any, ...], count: int) -> tuple[Any, ...]:
     """Accept both Convex call forms, `(id, ...)` and `(table, id, ...)`; in the second the id
@@ -136,7 +139,14 @@ class DatabaseReader:
 
     def __init__(self, txn: Transaction) -> None:
         self._txn = txn
-        self.system = _SystemReader(txn)
+        self._system: _SystemReader | None = None
+
+    @property
+    def system(self) -> _SystemReader:
+        """Read access to system tables (made on first use: few functions need it)."""
+        if self._system is None:
+            self._system = _SystemReader(self._txn)
+        return self._system
 
     def get(self, *args: Any) -> dict[str, Value] | None:
         """`get(id)` (or `get(table, id)`): the document or None."""
@@ -176,12 +186,22 @@ class DatabaseWriter(DatabaseReader):
 
 
 class QueryCtx:
-    """The ctx of a query."""
+    """The ctx of a query. Parts other than `db` are made on first use (a ctx is made for
+    every function call, and most functions use only `db`)."""
+
+    _database: type[DatabaseReader] = DatabaseReader
 
     def __init__(self, txn: Transaction, identity: Any, runner: Runner) -> None:
         self._txn, self._identity, self._runner = txn, identity, runner
-        self.db: DatabaseReader = DatabaseReader(txn)
-        self.auth = Auth(identity)
+        self.db = self._database(txn)
+        self._auth: Auth | None = None
+
+    @property
+    def auth(self) -> Auth:
+        """Who is calling."""
+        if self._auth is None:
+            self._auth = Auth(self._identity)
+        return self._auth
 
     def run_query(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
         """Run another query in this transaction (same snapshot)."""
@@ -191,12 +211,19 @@ class QueryCtx:
 class MutationCtx(QueryCtx):
     """The ctx of a mutation."""
 
-    def __init__(
-        self, txn: Transaction, identity: Any, runner: Runner, scheduler: Scheduler
-    ) -> None:
+    _database = DatabaseWriter
+    db: DatabaseWriter
+
+    def __init__(self, txn: Transaction, identity: Any, runner: Runner) -> None:
         super().__init__(txn, identity, runner)
-        self.db = DatabaseWriter(txn)
-        self.scheduler = scheduler
+        self._scheduler: Scheduler | None = None
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """Schedule functions; the jobs commit with this mutation."""
+        if self._scheduler is None:
+            self._scheduler = self._runner.scheduler_for(self._txn)
+        return self._scheduler
 
     def run_mutation(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
         """Run another mutation as a sub-transaction: if it raises, only its writes are
@@ -207,10 +234,10 @@ class MutationCtx(QueryCtx):
 class ActionCtx:
     """The ctx of an action: no `db`; each `run_*` call is its own transaction."""
 
-    def __init__(self, identity: Any, runner: Runner, scheduler: Scheduler) -> None:
+    def __init__(self, identity: Any, runner: Runner) -> None:
         self._identity, self._runner = identity, runner
         self.auth = Auth(identity)
-        self.scheduler = scheduler
+        self.scheduler = runner.scheduler_for(None)
 
     def run_query(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
         """Run a query (its own snapshot)."""

@@ -95,6 +95,8 @@ internal: Any = _ApiNamespace(())
 
 def path_of(ref: Any) -> str:
     """The canonical path of a reference, path string or registered `FunctionDefinition`."""
+    if type(ref) is str:  # the common case first
+        return canonical_path(ref)
     if isinstance(ref, FunctionReference | _ApiNamespace):
         return canonical_path(ref.path)
     if isinstance(ref, FunctionDefinition):
@@ -149,7 +151,7 @@ class FunctionRegistry:
             WrongFunctionKind: it is of another kind than `kind`.
         """
         path = path_of(ref)
-        function = self.get(path)
+        function = self._functions.get(path)  # one dict read is atomic: no lock needed
         if function is None or (public_only and function.internal):
             known = ", ".join(
                 p for p in self.paths() if not public_only or not self._functions[p].internal

@@ -6,11 +6,20 @@ Schema (one file, WAL mode):
   its primary key is also the `by_id` index of every table.
 - `index_entries(index_id, key, id_key)` WITHOUT ROWID: every other index, keyed by the
   order-preserving encoding of `[fields..., _creationTime, _id]`.
-- `tables`, `indexes`: the catalog. `meta`: the last commit timestamp and format version.
+- `tables`, `indexes`: the catalog. `meta`: the format version and a timestamp ceiling: no
+  commit has a later ts. A commit whose ts passes the ceiling raises it by `_TS_LEASE` in the
+  same transaction, so most commits write no `meta` page (that page cost a tenth of a commit),
+  and after a restart the next ts is above every stored one. The exact ts of the latest commit
+  is kept in memory (this process owns the file).
 
-Reads run in a read transaction on a pooled connection, so each snapshot sees one commit.
-Writes go through one writer connection, one SQLite transaction per commit. Opening a store
-reads only the catalog and metadata, never the documents.
+Snapshots are read transactions on pooled connections, so each one sees one commit. While no
+write happens, consecutive snapshots share one open read transaction (no BEGIN, commit-ts
+lookup and COMMIT per read); every write first ends that idle transaction, so no reader keeps
+SQLite from resetting its WAL. Writes go through one writer connection, one SQLite
+transaction per commit. `CurrentReader` reads the latest committed state through the writer
+connection, one statement at a time, for callers that validate their reads against every later
+commit (mutations under OCC). Opening a store reads only the catalog and metadata, never the
+documents.
 """
 
 from __future__ import annotations
@@ -24,10 +33,9 @@ import sqlite3
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from kernel_ext.errors import PersistenceError, StoreLocked
 from kernel_ext.store.catalog import TableInfo
@@ -38,6 +46,9 @@ __all__ = ["CommitRecord", "IndexChange", "SqlitePersistence", "SqliteSnapshot"]
 
 _FORMAT_VERSION: Final = 1
 _FIRST_BATCH: Final = 16
+#: How far ahead of a commit's ts the stored ceiling is raised (ns): at most ten `meta`
+#: writes a second, and after a restart timestamps run at most this far ahead of the clock.
+_TS_LEASE: Final = 100_000_000
 _MAX_BATCH: Final = 1024
 
 _SCHEMA: Final = """
@@ -57,8 +68,7 @@ CREATE TABLE IF NOT EXISTS index_entries (
 Row = tuple[bytes, dict[str, Value]]
 
 
-@dataclass(frozen=True)
-class IndexChange:
+class IndexChange(NamedTuple):
     """Remove `old_key` (if any) and add `new_key` (if any) in one index."""
 
     index_id: int
@@ -66,8 +76,7 @@ class IndexChange:
     new_key: bytes | None
 
 
-@dataclass(frozen=True)
-class CommitRecord:
+class CommitRecord(NamedTuple):
     """One document's new state (`doc` None: deleted), its index changes, and whether it
     replaces a stored version (an update rather than an insert)."""
 
@@ -76,6 +85,14 @@ class CommitRecord:
     doc: dict[str, Value] | None
     index_changes: tuple[IndexChange, ...]
     replaces: bool = False
+
+
+def _apply(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """Run `sql` for each row (one `execute` for a single row: cheaper than `executemany`)."""
+    if len(rows) == 1:
+        conn.execute(sql, rows[0])
+    elif rows:
+        conn.executemany(sql, rows)
 
 
 def _lock_owner_text(lock_path: Path) -> str:
@@ -87,64 +104,146 @@ def _lock_owner_text(lock_path: Path) -> str:
     return text + (f", serving {info['url']}" if info.get("url") else "")
 
 
-class SqliteSnapshot:
-    """A read transaction on one pooled connection; implements `store.transaction.Snapshot`."""
+_GET_SQL: Final = "SELECT body FROM documents WHERE table_number=? AND id_key=?"
+#: Any read: the first one fixes what a read transaction sees.
+_FIRST_READ_SQL: Final = "SELECT 1 FROM meta LIMIT 1"
+_SCAN_IDS_SQL: Final = (
+    "SELECT id_key, body FROM documents WHERE table_number=? AND id_key>=? AND id_key<? "
+    "ORDER BY id_key {} LIMIT ?"
+)
+_SCAN_INDEX_SQL: Final = (
+    "SELECT e.key, d.body FROM index_entries e JOIN documents d "
+    "ON d.table_number=? AND d.id_key=e.id_key "
+    "WHERE e.index_id=? AND e.key>=? AND e.key<? ORDER BY e.key {} LIMIT ?"
+)
+#: (index scan?, descending?) -> statement
+_SCAN_SQL: Final = {
+    (False, False): _SCAN_IDS_SQL.format("ASC"),
+    (False, True): _SCAN_IDS_SQL.format("DESC"),
+    (True, False): _SCAN_INDEX_SQL.format("ASC"),
+    (True, True): _SCAN_INDEX_SQL.format("DESC"),
+}
 
-    def __init__(
-        self, owner: SqlitePersistence, conn: sqlite3.Connection, ts: int | None = None
-    ) -> None:
+#: Runs one SELECT and returns all its rows.
+Fetch = Callable[[str, tuple[Any, ...]], list[Any]]
+
+
+def _scan(
+    fetch: Fetch,
+    table_number: int,
+    index_id: int | None,
+    lo: bytes,
+    hi: bytes,
+    *,
+    descending: bool,
+) -> Iterator[Row]:
+    """Rows in `[lo, hi)` in key order, fetched in growing batches so that `first()` reads
+    little and `collect()` makes few round trips."""
+    sql = _SCAN_SQL[index_id is not None, descending]
+    prefix: tuple[int, ...] = (table_number,) if index_id is None else (table_number, index_id)
+    batch = _FIRST_BATCH
+    while lo < hi:
+        rows = fetch(sql, (*prefix, lo, hi, batch))
+        for key, body in rows:
+            yield key, decode_document(body)
+        if len(rows) < batch:
+            return
+        if descending:
+            hi = rows[-1][0]
+        else:
+            lo = rows[-1][0] + b"\x00"
+        batch = min(batch * 2, _MAX_BATCH)
+
+
+class _ReadTransaction:
+    """An open SQLite read transaction on a pooled connection, seeing the commit at `ts`.
+
+    `generation` is the persistence's write generation when it began, if it began while no
+    write was in progress and none started before the transaction saw its first row: then it
+    shows the latest commit for as long as the generation stays the same (None: it may not).
+    """
+
+    __slots__ = ("conn", "generation", "ts")
+
+    def __init__(self, conn: sqlite3.Connection, ts: int, generation: int | None) -> None:
+        self.conn = conn
+        self.ts = ts
+        self.generation = generation
+
+
+class SqliteSnapshot:
+    """A read snapshot at one commit; implements `store.transaction.Snapshot`.
+
+    Get it from `SqlitePersistence.snapshot()` and `close()` it when done; reads after
+    `close()` raise `PersistenceError` (the read transaction may serve someone else by then).
+    """
+
+    __slots__ = ("_conn", "_owner", "_txn", "ts")
+
+    def __init__(self, owner: SqlitePersistence, txn: _ReadTransaction) -> None:
         self._owner = owner
-        self._conn = conn
-        conn.execute("BEGIN")
-        if ts is None:
-            ts = int(conn.execute("SELECT value FROM meta WHERE key='ts'").fetchone()[0])
-        self.ts: int = ts
+        self._txn = txn
+        self._conn: sqlite3.Connection | None = txn.conn
+        self.ts: int = txn.ts
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        conn = self._conn
+        if conn is None:
+            raise PersistenceError("This snapshot is closed")
+        return conn.execute(sql, params).fetchall()
 
     def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
         """The document, or None."""
-        row = self._conn.execute(
-            "SELECT body FROM documents WHERE table_number=? AND id_key=?", (table_number, id_key)
-        ).fetchone()
-        return None if row is None else decode_document(row[0])
+        rows = self._fetch(_GET_SQL, (table_number, id_key))
+        return decode_document(rows[0][0]) if rows else None
 
     def scan(
         self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
     ) -> Iterator[Row]:
-        """Rows in `[lo, hi)` in key order, fetched in growing batches so that `first()` reads
-        little and `collect()` makes few round trips."""
-        direction = "DESC" if descending else "ASC"
-        if index_id is None:
-            sql = (
-                "SELECT id_key, body FROM documents WHERE table_number=? AND id_key>=? "
-                f"AND id_key<? ORDER BY id_key {direction} LIMIT ?"
-            )
-            prefix: tuple[int, ...] = (table_number,)
-        else:
-            sql = (
-                "SELECT e.key, d.body FROM index_entries e JOIN documents d "
-                "ON d.table_number=? AND d.id_key=e.id_key "
-                f"WHERE e.index_id=? AND e.key>=? AND e.key<? ORDER BY e.key {direction} LIMIT ?"
-            )
-            prefix = (table_number, index_id)
-        batch = _FIRST_BATCH
-        while lo < hi:
-            rows = self._conn.execute(sql, (*prefix, lo, hi, batch)).fetchall()
-            for key, body in rows:
-                yield key, decode_document(body)
-            if len(rows) < batch:
-                return
-            if descending:
-                hi = rows[-1][0]
-            else:
-                lo = rows[-1][0] + b"\x00"
-            batch = min(batch * 2, _MAX_BATCH)
+        """Rows in `[lo, hi)` in key order (`index_id` None: the documents by id)."""
+        return _scan(self._fetch, table_number, index_id, lo, hi, descending=descending)
 
     def close(self) -> None:
-        """End the read transaction and return the connection to the pool."""
-        conn, self._conn = self._conn, None  # type: ignore[assignment]
-        if conn is not None:
-            conn.execute("COMMIT")
-            self._owner._release(conn)
+        """End this snapshot; idempotent. The read transaction stays open for the next
+        snapshot if no write happened meanwhile, else it ends and its connection returns to
+        the pool."""
+        if self._conn is not None:
+            self._conn = None
+            self._owner._end_read(self._txn)
+
+
+class CurrentReader:
+    """Reads of the latest committed state, each statement on its own (no snapshot).
+
+    Consecutive reads may see different commits, so this is only for a caller that validates
+    everything it read against every commit after `ts` before it relies on the result (OCC):
+    a read that saw a later commit overlaps that commit's writes. Statements run on the writer
+    connection between commits (its page cache stays warm across its own commits, and it
+    never holds a read transaction open).
+
+    Args:
+        owner: the persistence to read.
+        ts: a commit ts at or before every state this reader will see (the caller's lower
+            bound for validation).
+    """
+
+    __slots__ = ("_owner", "ts")
+
+    def __init__(self, owner: SqlitePersistence, ts: int) -> None:
+        self._owner = owner
+        self.ts = ts
+
+    def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
+        """The document as of the latest commit, or None."""
+        rows = self._owner._fetch_current(_GET_SQL, (table_number, id_key))
+        return decode_document(rows[0][0]) if rows else None
+
+    def scan(
+        self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
+    ) -> Iterator[Row]:
+        """Rows in `[lo, hi)` in key order; each batch is read at the latest commit."""
+        fetch = self._owner._fetch_current
+        return _scan(fetch, table_number, index_id, lo, hi, descending=descending)
 
 
 class SqlitePersistence:
@@ -168,7 +267,17 @@ class SqlitePersistence:
         self.path = Path(path)
         self.durable = durable
         self._pool: list[sqlite3.Connection] = []
-        self._pool_lock = threading.Lock()
+        self._pool_lock = threading.Lock()  # guards the pool, `_generation` and `_idle`
+        # Held for every use of the writer connection: a write transaction, or a
+        # `CurrentReader` statement (which must never see a commit that is half written).
+        # Reentrant: building an index reads the documents while holding it.
+        self._write_lock = threading.RLock()
+        # Odd while a write is in progress; +2 per write. A read transaction that began at an
+        # even generation still shows the latest commit while the generation is unchanged.
+        self._generation = 0
+        self._idle: _ReadTransaction | None = None  # open at the latest commit, unused
+        self._committed_ts = 0  # ts of the latest commit (guarded like `_generation`)
+        self._ts_ceiling = 0  # the stored ceiling (changed under the write lock)
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,43 +331,109 @@ class SqlitePersistence:
             raise PersistenceError(
                 f"{self.path} has store format {row[0]}, this version reads {_FORMAT_VERSION}"
             )
+        (ceiling,) = self._writer.execute("SELECT value FROM meta WHERE key='ts'").fetchone()
+        # Every stored commit is at or before the ceiling: the state of the file is the state
+        # at that ts, and the next commit gets a later one.
+        self._committed_ts = self._ts_ceiling = int(ceiling)
 
     def load_catalog(
         self,
     ) -> tuple[list[tuple[int, str]], list[tuple[int, int, str, tuple[str, ...]]]]:
         """`(tables [(number, name)], indexes [(index_id, table_number, name, fields)])`."""
-        tables = self._writer.execute("SELECT number, name FROM tables ORDER BY number").fetchall()
+        with self._write_lock:
+            tables = self._writer.execute(
+                "SELECT number, name FROM tables ORDER BY number"
+            ).fetchall()
+            rows = self._writer.execute(
+                "SELECT index_id, table_number, name, fields FROM indexes ORDER BY index_id"
+            ).fetchall()
         indexes = [
             (index_id, table, name, tuple(json.loads(fields)))
-            for index_id, table, name, fields in self._writer.execute(
-                "SELECT index_id, table_number, name, fields FROM indexes ORDER BY index_id"
-            )
+            for index_id, table, name, fields in rows
         ]
         return tables, indexes
 
     def last_ts(self) -> int:
-        """The timestamp of the latest commit (0 for a new store)."""
-        return int(self._writer.execute("SELECT value FROM meta WHERE key='ts'").fetchone()[0])
+        """The timestamp of the state a new snapshot sees: the latest commit's, or after a
+        restart the stored ceiling (no commit is later; 0 for a new store)."""
+        with self._pool_lock:
+            return self._committed_ts
 
     # -- reading -------------------------------------------------------------------------
 
-    def snapshot(self, ts: int | None = None) -> SqliteSnapshot:
-        """Open a read snapshot of the latest commit; call `close()` on it when done.
+    def snapshot(self) -> SqliteSnapshot:
+        """A read snapshot of the latest commit; call `close()` on it when done.
 
-        Args:
-            ts: the ts to report instead of reading the stored one (a caller that knows a
-                lower bound and validates against every later commit).
+        Raises:
+            PersistenceError: the store is closed or cannot be read.
         """
         with self._pool_lock:
             if self._closed:
                 raise PersistenceError("The store is closed")
+            txn, self._idle = self._idle, None
+            if txn is not None:
+                # Invariant: an idle transaction is at the current generation (a write ends
+                # it before it changes anything), so it still shows the latest commit.
+                return SqliteSnapshot(self, txn)
+            generation = self._generation
             conn = self._pool.pop() if self._pool else None
-        if conn is None:
-            conn = self._connect()
         try:
-            return SqliteSnapshot(self, conn, ts)
+            if conn is None:
+                conn = self._connect()
+            txn = self._begin_read(conn, generation)
         except sqlite3.Error as exc:
+            if conn is not None:
+                self._finish_read(conn)
             raise PersistenceError(f"Cannot read {self.path}: {exc}") from exc
+        return SqliteSnapshot(self, txn)
+
+    def _begin_read(self, conn: sqlite3.Connection, generation: int) -> _ReadTransaction:
+        """Begin a read transaction and find the ts of the commit it sees.
+
+        The transaction sees what was committed when its first statement ran. If no write was
+        in progress when `generation` was read and none started until after that statement,
+        that is the latest commit, `_committed_ts`. Otherwise begin again while holding the
+        write lock, which keeps writes out (or is held by this thread, whose write is not
+        committed yet): then too the latest commit is what it sees.
+        """
+        conn.execute("BEGIN")
+        conn.execute(_FIRST_READ_SQL).fetchall()
+        with self._pool_lock:
+            if generation % 2 == 0 and generation == self._generation:
+                return _ReadTransaction(conn, self._committed_ts, generation)
+        conn.execute("COMMIT")
+        with self._write_lock:
+            conn.execute("BEGIN")
+            conn.execute(_FIRST_READ_SQL).fetchall()
+            with self._pool_lock:
+                latest = self._generation % 2 == 0  # odd: this thread is writing
+                return _ReadTransaction(
+                    conn, self._committed_ts, self._generation if latest else None
+                )
+
+    def _end_read(self, txn: _ReadTransaction) -> None:
+        """A snapshot is done with `txn`: keep it open for the next snapshot while it shows the
+        latest commit, else end it."""
+        with self._pool_lock:
+            if (
+                not self._closed
+                and self._idle is None
+                and txn.generation is not None
+                and txn.generation == self._generation
+            ):
+                self._idle = txn
+                return
+        self._finish_read(txn.conn)
+
+    def _finish_read(self, conn: sqlite3.Connection) -> None:
+        """End the read transaction on `conn` (if any) and return it to the pool."""
+        try:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.close()
+            return
+        self._release(conn)
 
     def _release(self, conn: sqlite3.Connection) -> None:
         with self._pool_lock:
@@ -267,35 +442,82 @@ class SqlitePersistence:
             else:
                 self._pool.append(conn)
 
+    def current_reader(self, ts: int) -> CurrentReader:
+        """Reads of the latest committed state, statement by statement (see `CurrentReader`);
+        `ts` is the caller's lower bound on the commits it will see."""
+        return CurrentReader(self, ts)
+
+    def _fetch_current(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._write_lock:
+            if self._closed:
+                raise PersistenceError("The store is closed")
+            try:
+                return self._writer.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise PersistenceError(f"Cannot read {self.path}: {exc}") from exc
+
+    def _begin_write(self) -> sqlite3.Connection:
+        """Take the writer connection for one write; `_end_write` must follow. Ends the idle
+        read transaction first (an open reader would keep SQLite from resetting its WAL, and
+        would no longer show the latest commit) and marks the generation odd until the end."""
+        self._write_lock.acquire()
+        with self._pool_lock:
+            self._generation += 1
+            idle, self._idle = self._idle, None
+        if idle is not None:
+            self._finish_read(idle.conn)
+        return self._writer
+
+    def _end_write(self, committed_ts: int | None = None) -> None:
+        """End a write begun with `_begin_write` (that committed `committed_ts`, if any)."""
+        with self._pool_lock:
+            if committed_ts is not None and committed_ts > self._committed_ts:
+                self._committed_ts = committed_ts
+            self._generation += 1
+        self._write_lock.release()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """`_begin_write` ... `_end_write` around a block, for writes other than commits."""
+        writer = self._begin_write()
+        try:
+            yield writer
+        finally:
+            self._end_write()
+
     # -- writing (the engine serializes these calls) -------------------------------------
 
     def create_table(self, number: int, name: str) -> None:
         """Persist a new table."""
-        self._writer.execute("INSERT INTO tables VALUES (?, ?)", (number, name))
+        with self._writing() as w:
+            w.execute("INSERT INTO tables VALUES (?, ?)", (number, name))
 
     def create_index(
         self, index_id: int, table_number: int, name: str, fields: tuple[str, ...]
     ) -> None:
         """Persist a new (empty) index."""
-        self._writer.execute(
-            "INSERT INTO indexes VALUES (?, ?, ?, ?)",
-            (index_id, table_number, name, json.dumps(list(fields))),
-        )
+        with self._writing() as w:
+            w.execute(
+                "INSERT INTO indexes VALUES (?, ?, ?, ?)",
+                (index_id, table_number, name, json.dumps(list(fields))),
+            )
 
     def fill_index(self, index_id: int, entries: Iterable[tuple[bytes, bytes]]) -> None:
         """Add `(key, id_key)` entries to an index (building it from existing documents)."""
-        self._writer.execute("BEGIN")
-        self._writer.executemany(
-            "INSERT INTO index_entries VALUES (?, ?, ?)", ((index_id, k, i) for k, i in entries)
-        )
-        self._writer.execute("COMMIT")
+        with self._writing() as w:
+            w.execute("BEGIN")
+            w.executemany(
+                "INSERT INTO index_entries VALUES (?, ?, ?)", ((index_id, k, i) for k, i in entries)
+            )
+            w.execute("COMMIT")
 
     def drop_index(self, index_id: int) -> None:
         """Delete an index and its entries."""
-        self._writer.execute("BEGIN")
-        self._writer.execute("DELETE FROM index_entries WHERE index_id=?", (index_id,))
-        self._writer.execute("DELETE FROM indexes WHERE index_id=?", (index_id,))
-        self._writer.execute("COMMIT")
+        with self._writing() as w:
+            w.execute("BEGIN")
+            w.execute("DELETE FROM index_entries WHERE index_id=?", (index_id,))
+            w.execute("DELETE FROM indexes WHERE index_id=?", (index_id,))
+            w.execute("COMMIT")
 
     def write_commit(
         self, ts: int, records: list[CommitRecord], new_tables: Iterable[TableInfo] = ()
@@ -305,7 +527,6 @@ class SqlitePersistence:
         Raises:
             PersistenceError: nothing of the commit was written.
         """
-        w = self._writer
         inserts, updates, deletes = [], [], []
         removed, added, moved = [], [], []
         for r in records:
@@ -315,48 +536,49 @@ class SqlitePersistence:
                 updates.append((encode_document(r.doc), r.table_number, r.id_key))
             else:
                 inserts.append((r.table_number, r.id_key, encode_document(r.doc)))
-            for change in r.index_changes:
-                old, new = change.old_key, change.new_key
+            for index_id, old, new in r.index_changes:
                 if old == new:
                     continue
                 if old is not None and new is not None:
-                    moved.append((new, change.index_id, old))
+                    moved.append((new, index_id, old))
                 elif old is not None:
-                    removed.append((change.index_id, old))
+                    removed.append((index_id, old))
                 else:
-                    added.append((change.index_id, new, r.id_key))
+                    added.append((index_id, new, r.id_key))
+        w = self._begin_write()
+        committed = None
         try:
-            w.execute("BEGIN")
-            for table in new_tables:
-                w.execute("INSERT INTO tables VALUES (?, ?)", (table.number, table.name))
-                w.executemany(
-                    "INSERT INTO indexes VALUES (?, ?, ?, ?)",
-                    [
-                        (i.index_id, table.number, i.name, json.dumps(list(i.fields)))
-                        for i in table.indexes.values()
-                        if i.index_id is not None
-                    ],
-                )
-            if removed:
-                w.executemany("DELETE FROM index_entries WHERE index_id=? AND key=?", removed)
-            if moved:
-                w.executemany("UPDATE index_entries SET key=? WHERE index_id=? AND key=?", moved)
-            if deletes:
-                w.executemany("DELETE FROM documents WHERE table_number=? AND id_key=?", deletes)
-            if updates:
-                w.executemany(
-                    "UPDATE documents SET body=? WHERE table_number=? AND id_key=?", updates
-                )
-            if inserts:
-                w.executemany("INSERT INTO documents VALUES (?, ?, ?)", inserts)
-            if added:
-                w.executemany("INSERT INTO index_entries VALUES (?, ?, ?)", added)
-            w.execute("UPDATE meta SET value=? WHERE key='ts'", (str(ts),))
-            w.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if w.in_transaction:
-                w.execute("ROLLBACK")
-            raise PersistenceError(f"Commit failed, nothing was written: {exc}") from exc
+            try:
+                w.execute("BEGIN")
+                for table in new_tables:
+                    w.execute("INSERT INTO tables VALUES (?, ?)", (table.number, table.name))
+                    w.executemany(
+                        "INSERT INTO indexes VALUES (?, ?, ?, ?)",
+                        [
+                            (i.index_id, table.number, i.name, json.dumps(list(i.fields)))
+                            for i in table.indexes.values()
+                            if i.index_id is not None
+                        ],
+                    )
+                _apply(w, "DELETE FROM index_entries WHERE index_id=? AND key=?", removed)
+                _apply(w, "UPDATE index_entries SET key=? WHERE index_id=? AND key=?", moved)
+                _apply(w, "DELETE FROM documents WHERE table_number=? AND id_key=?", deletes)
+                _apply(w, "UPDATE documents SET body=? WHERE table_number=? AND id_key=?", updates)
+                _apply(w, "INSERT INTO documents VALUES (?, ?, ?)", inserts)
+                _apply(w, "INSERT INTO index_entries VALUES (?, ?, ?)", added)
+                ceiling = ts + _TS_LEASE if ts > self._ts_ceiling else None
+                if ceiling is not None:
+                    w.execute("UPDATE meta SET value=? WHERE key='ts'", (str(ceiling),))
+                w.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if w.in_transaction:
+                    w.execute("ROLLBACK")
+                raise PersistenceError(f"Commit failed, nothing was written: {exc}") from exc
+            if ceiling is not None:
+                self._ts_ceiling = ceiling
+            committed = ts
+        finally:
+            self._end_write(committed)
 
     def documents_of(self, table_number: int) -> Iterator[tuple[bytes, dict[str, Value]]]:
         """Every `(id_key, document)` of a table (for index builds and schema checks)."""
@@ -375,9 +597,12 @@ class SqlitePersistence:
                 return
             self._closed = True
             pool, self._pool = self._pool, []
+            if self._idle is not None:
+                pool.append(self._idle.conn)
+                self._idle = None
         for conn in pool:
             conn.close()
-        with contextlib.suppress(sqlite3.Error):
+        with self._write_lock, contextlib.suppress(sqlite3.Error):
             self._writer.close()
         self._cleanup()
 

@@ -8,17 +8,39 @@ documents table itself, so it has no storage id) and `by_creation_time`
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from kernel_ext.store.expressions import field_value
 from kernel_ext.store.keys import encode_key
-from kernel_ext.store.values import Value
+from kernel_ext.store.values import Value, same_value
 
-__all__ = ["BY_CREATION_TIME", "BY_ID", "Catalog", "CatalogView", "IndexInfo", "TableInfo"]
+__all__ = [
+    "BY_CREATION_TIME",
+    "BY_ID",
+    "Catalog",
+    "CatalogView",
+    "IndexInfo",
+    "TableInfo",
+    "document_suffix",
+    "id_key",
+]
 
 BY_ID: Final = "by_id"
 BY_CREATION_TIME: Final = "by_creation_time"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def id_key(doc_id: str) -> bytes:
+    """The `by_id` key of a document id."""
+    return encode_key((doc_id,))
+
+
+def document_suffix(doc: dict[str, Value]) -> bytes:
+    """The encoded `[_creationTime, _id]` that ends every index key of a document but `by_id`
+    (the same for every version of the document)."""
+    return encode_key((doc["_creationTime"], doc["_id"]))
 
 
 @dataclass(frozen=True)
@@ -28,21 +50,31 @@ class IndexInfo:
     name: str
     index_id: int | None
     fields: tuple[str, ...]
+    #: The fields of the stored key, including the implicit suffix (derived from the others).
+    key_fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key_fields(self) -> tuple[str, ...]:
-        """The fields of the stored key, including the implicit suffix."""
-        if self.name == BY_ID:
-            return ("_id",)
-        return (*self.fields, "_creationTime", "_id")
+    def __post_init__(self) -> None:
+        key_fields = ("_id",) if self.name == BY_ID else (*self.fields, "_creationTime", "_id")
+        object.__setattr__(self, "key_fields", key_fields)  # frozen: set once, here
 
-    def key_of(self, doc: dict[str, Value]) -> bytes:
-        """The encoded index key of a document."""
+    def key_of(self, doc: dict[str, Value], suffix: bytes | None = None) -> bytes:
+        """The encoded index key of a document (`suffix`: its `document_suffix`, if known)."""
         if self.name == BY_ID:
-            return encode_key((doc["_id"],))
-        values = [field_value(doc, f) for f in self.fields]
-        values += (doc["_creationTime"], doc["_id"])
-        return encode_key(values)
+            return id_key(doc["_id"])
+        if suffix is None:
+            suffix = document_suffix(doc)
+        if not self.fields:
+            return suffix
+        return encode_key([field_value(doc, f) for f in self.fields]) + suffix
+
+    def same_fields(self, a: dict[str, Value], b: dict[str, Value]) -> bool:
+        """True if two versions of one document (same `_id` and `_creationTime`) have the same
+        key in this index: compares the indexed fields without encoding them."""
+        for f in self.fields:
+            x, y = field_value(a, f), field_value(b, f)
+            if x is not y and not same_value(x, y):
+                return False
+        return True
 
 
 @dataclass

@@ -65,9 +65,15 @@ def _untag(data: Any) -> Value:
 
 def encode_document(doc: dict[str, Value]) -> bytes:
     """Serialize a normalized document for storage."""
-    if _is_special(doc):
+    # Try the plain form first (most documents are plain): orjson refuses bytes, and it writes
+    # NaN and infinities as `null`, so only a refusal or a `null` needs the slower check.
+    try:
+        data = orjson.dumps(doc)
+    except TypeError:
         return _TAGGED + orjson.dumps(_tag(doc))
-    return _PLAIN + orjson.dumps(doc)
+    if b"null" in data and _is_special(doc):
+        return _TAGGED + orjson.dumps(_tag(doc))
+    return _PLAIN + data
 
 
 def decode_document(body: bytes) -> dict[str, Value]:

@@ -30,6 +30,8 @@ __all__ = ["Expression", "FilterBuilder", "field_value"]
 def field_value(doc: dict[str, Value], path: str) -> Value:
     """Look up a dotted path in a document; a missing field or non-object on the way gives
     `UNDEFINED` (arrays are not traversed)."""
+    if "." not in path:  # the common case: a top-level field
+        return doc.get(path, UNDEFINED)
     current: Any = doc
     for part in path.split("."):
         if type(current) is not dict:

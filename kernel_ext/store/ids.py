@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import operator
 import secrets
 from typing import Final
 
@@ -17,7 +18,6 @@ __all__ = ["decode_id", "new_id", "table_number_of"]
 
 _RFC_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _ID_ALPHABET: Final = b"0123456789abcdefghjkmnpqrstvwxyz"
-_TO_ID: Final = bytes.maketrans(_RFC_ALPHABET, _ID_ALPHABET)
 _FROM_ID: Final = bytes.maketrans(_ID_ALPHABET, _RFC_ALPHABET)
 _INTERNAL_LEN: Final = 16
 _MIN_LEN: Final = 31
@@ -37,15 +37,26 @@ def _vint(n: int) -> bytes:
 
 
 def _fletcher16(data: bytes) -> bytes:
-    a = b = 0
-    for byte in data:
-        a = (a + byte) % 255
-        b = (b + a) % 255
-    return bytes((a, b))
+    # Fletcher-16 in closed form: a = sum of the bytes, b = sum of the running sums of a, which
+    # counts byte i (0-based) n - i times (both mod 255).
+    n = len(data)
+    return bytes((sum(data) % 255, sum(map(operator.mul, data, range(n, 0, -1))) % 255))
+
+
+#: Every 10-bit group as its two id characters: encoding takes one lookup per two characters.
+_PAIRS: Final = [a + b for a in _ID_ALPHABET.decode() for b in _ID_ALPHABET.decode()]
 
 
 def _encode(raw: bytes) -> str:
-    return base64.b32encode(raw).translate(_TO_ID).rstrip(b"=").decode("ascii")
+    """Unpadded base32 of `raw` in the id alphabet (what `b32encode` + `translate` gives)."""
+    bits = len(raw) * 8
+    pad = -bits % 10  # whole pairs of 5-bit characters; the extra one is cut off below
+    value = int.from_bytes(raw, "big") << pad
+    pairs = _PAIRS
+    out = []
+    for shift in range(bits + pad - 10, -1, -10):
+        out.append(pairs[(value >> shift) & 0x3FF])
+    return "".join(out)[: (bits + 4) // 5]
 
 
 def new_id(table_number: int) -> str:

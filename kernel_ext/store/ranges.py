@@ -7,6 +7,7 @@ after that prefix. It compiles to a half-open byte interval `[lo, hi)` over enco
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -75,7 +76,7 @@ class IndexRangeBuilder:
         return self._add("lte", field, value)
 
 
-def compile_range(index_name: str, key_fields: tuple[str, ...], ops: list[RangeOp]) -> KeyRange:
+def compile_range(index_name: str, key_fields: tuple[str, ...], ops: Sequence[RangeOp]) -> KeyRange:
     """Check `ops` against the grammar for an index keyed by `key_fields` and compile them.
 
     Raises:

@@ -9,7 +9,6 @@ commit wrote a key in the read set (optimistic concurrency control). Nested
 
 from __future__ import annotations
 
-import functools
 import heapq
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -22,9 +21,16 @@ from kernel_ext.errors import (
     TransactionClosed,
     ValidationError,
 )
-from kernel_ext.store.catalog import BY_CREATION_TIME, BY_ID, CatalogView, IndexInfo, TableInfo
+from kernel_ext.store.catalog import (
+    BY_CREATION_TIME,
+    BY_ID,
+    CatalogView,
+    IndexInfo,
+    TableInfo,
+    id_key,
+)
 from kernel_ext.store.ids import decode_id, new_id
-from kernel_ext.store.keys import KEY_MAX, encode_key
+from kernel_ext.store.keys import KEY_MAX
 from kernel_ext.store.query import Query, Row
 from kernel_ext.store.ranges import KeyRange
 from kernel_ext.store.readset import ReadSet, ScanProgress, WrittenKey
@@ -69,9 +75,13 @@ def copy_value(value: Value) -> Value:
     """A deep copy of a Convex value (lists and dicts are the only mutable parts)."""
     t = type(value)
     if t is dict:
-        return {k: copy_value(x) for k, x in value.items()}
+        out = value.copy()  # shallow, in C; then copy the (rarer) nested containers
+        for k, x in out.items():
+            if type(x) is dict or type(x) is list:
+                out[k] = copy_value(x)
+        return out
     if t is list:
-        return [copy_value(x) for x in value]
+        return [copy_value(x) if type(x) is dict or type(x) is list else x for x in value]
     return value
 
 
@@ -84,12 +94,6 @@ def written_keys(table: TableInfo, write: Write) -> list[WrittenKey]:
             if doc is not None:
                 keys.append((name, index.key_of(doc)))
     return keys
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def id_key(doc_id: str) -> bytes:
-    """The `by_id` key of a document id."""
-    return encode_key((doc_id,))
 
 
 class Transaction:
@@ -155,13 +159,18 @@ class Transaction:
 
     def write_set(self) -> dict[str, Write]:
         """The net writes (inserted-then-deleted documents and no-ops dropped)."""
-        merged: dict[str, Write] = {}
-        for layer in self._layers:
-            for doc_id, write in layer.items():
-                previous = merged.get(doc_id)
-                merged[doc_id] = (
-                    write if previous is None else Write(write.table, previous.old, write.new, True)
-                )
+        if len(self._layers) == 1:
+            merged = self._layers[0]  # no nested mutation is open: nothing to merge
+        else:
+            merged = {}
+            for layer in self._layers:
+                for doc_id, write in layer.items():
+                    previous = merged.get(doc_id)
+                    merged[doc_id] = (
+                        write
+                        if previous is None
+                        else Write(write.table, previous.old, write.new, True)
+                    )
         return {
             doc_id: w
             for doc_id, w in merged.items()
@@ -268,6 +277,13 @@ class Transaction:
         lo, hi = key_range.lo, key_range.hi
         progress = self.read_set.track(ScanProgress(f"{table}.{index.name}", lo, hi, descending))
         pending = self._pending_docs(table)
+        if not pending:  # always for a query: storage rows as they are
+            for key, doc in self.snapshot.scan(info.number, index.index_id, lo, hi, descending):
+                self._check_open()
+                progress.last_key = key
+                yield key, doc
+            progress.exhausted = True
+            return
         overlay = sorted(
             (
                 (key, doc)
@@ -327,13 +343,16 @@ class Transaction:
     def insert(self, table: str, value: Mapping[str, Any], *, system: bool = False) -> str:
         """Insert a new document; returns its id."""
         self._check_writable("insert")
-        if not system:
+        info = self.catalog.table(table) if type(table) is str else None
+        # An existing table's name was checked when it was created (a user may still not
+        # insert into a system table).
+        if not system and (info is None or table.startswith("_")):
             try:
                 check_table_name(table)
             except SchemaError as exc:
                 raise ValidationError(str(exc)) from exc
         fields = _user_fields(value, "insert", system=system)
-        info = self.catalog.table(table) or self._allocate_table(table)
+        info = info or self._allocate_table(table)
         doc_id = new_id(info.number)
         doc = {"_id": doc_id, "_creationTime": self._creation_time(), **fields}
         self._validate(table, doc)
@@ -356,12 +375,16 @@ class Transaction:
         table, current = self._existing(doc_id, "patch", system)
         if not isinstance(partial, Mapping):
             raise ValidationError(f"db.patch() takes a dict of fields, got {partial!r}")
-        _check_system_fields(partial, current)
-        removed = {k for k, x in partial.items() if x is UNDEFINED}
-        updates = normalize({k: x for k, x in partial.items() if k not in SYSTEM_FIELDS}, path="")
+        if "_id" in partial or "_creationTime" in partial:
+            _check_system_fields(partial, current)
+            partial = {k: x for k, x in partial.items() if k not in SYSTEM_FIELDS}
+        updates = normalize(partial, path="")  # drops the UNDEFINED fields: those are removed
         if not system:
             _check_user_field_names(updates)
-        new = {k: x for k, x in current.items() if k not in removed}
+        removed = [k for k, x in partial.items() if x is UNDEFINED]
+        new = dict(current)
+        for k in removed:
+            new.pop(k, None)
         new.update(updates)
         self._validate(table.name, new)
         changed = any(k in current for k in removed) or any(
@@ -400,9 +423,12 @@ def _check_system_fields(value: Mapping[str, Any], current: dict[str, Value]) ->
 def _user_fields(value: Any, method: str, *, system: bool) -> dict[str, Value]:
     if not isinstance(value, Mapping):
         raise ValidationError(f"db.{method}() takes a dict of fields, got {value!r}")
-    fields: dict[str, Value] = normalize({k: x for k, x in value.items() if k not in SYSTEM_FIELDS})
-    if method == "insert" and any(k in value for k in SYSTEM_FIELDS):
-        raise ValidationError(f"db.insert(): a new document cannot set {list(SYSTEM_FIELDS)}")
+    if "_id" not in value and "_creationTime" not in value:
+        fields: dict[str, Value] = normalize(value)
+    else:
+        fields = normalize({k: x for k, x in value.items() if k not in SYSTEM_FIELDS})
+        if method == "insert":
+            raise ValidationError(f"db.insert(): a new document cannot set {list(SYSTEM_FIELDS)}")
     if not system:
         _check_user_field_names(fields)
     return fields

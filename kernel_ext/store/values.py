@@ -237,68 +237,110 @@ def normalize(value: Any, *, path: str = "", limits: bool = True) -> Value:
     Function results are checked without the size limits: they are not stored, and an analyst's
     query may return more than 8192 rows.
     """
-    return _normalize(value, path, 0 if limits else -(10**9))
+    return _normalize(value, path, None, 0 if limits else -(10**9))
 
 
-def _normalize(value: Any, path: str, depth: int) -> Value:
+def _at(path: str, key: str | int | None) -> str:
+    """The path of element `key` of the container at `path` (built only for messages)."""
+    if key is None:
+        return path
+    return f"{path}[{key}]" if type(key) is int else f"{path}.{key}"
+
+
+def _normalize(value: Any, path: str, key: str | int | None, depth: int) -> Value:
+    """`value` is element `key` of the container at `path` (`key` None: `value` is at `path`);
+    containers inside it are at `depth + 1`."""
     t = type(value)
-    if value is None or t is bool or t is float:
+    if t is str:
+        if not value.isascii():  # O(1); only non-ASCII strings can hold lone surrogates
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                where = _at(path, key) or "top level"
+                raise ValidationError(f"String at {where} is not valid Unicode") from exc
+        return value
+    if t is float or t is bool or value is None:
         return value
     if t is int:
         if not INT64_MIN <= value <= INT64_MAX:
-            raise ValidationError(f"Integer {value} at {path or 'top level'} is outside int64")
+            where = _at(path, key) or "top level"
+            raise ValidationError(f"Integer {value} at {where} is outside int64")
         return value
-    if t is str:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValidationError(f"String at {path or 'top level'} is not valid Unicode") from exc
-        return value
+    if t is dict:
+        return _normalize_object(value, _at(path, key), depth)
+    if t is list or t is tuple:
+        return _normalize_array(value, _at(path, key), depth)
     if t is bytes or t is bytearray or t is memoryview:
         return bytes(value)
-    limited = depth >= 0
-    if depth >= MAX_NESTING:
-        raise ValidationError(f"Value is too nested (more than {MAX_NESTING} levels) at {path}")
-    if t is list or t is tuple:
-        if limited and len(value) > MAX_ARRAY_LENGTH:
-            raise ValidationError(
-                f"Array at {path or 'top level'} has {len(value)} elements (max 8192)"
-            )
-        out = []
-        for i, item in enumerate(value):
-            if item is UNDEFINED:
-                raise ValidationError(
-                    f"undefined is not a valid Convex value (array element {path}[{i}])"
-                )
-            out.append(_normalize(item, f"{path}[{i}]", depth + 1))
-        return out
     if isinstance(value, Mapping):
-        if limited and len(value) > MAX_OBJECT_FIELDS:
-            raise ValidationError(f"Object at {path or 'top level'} has more than 1024 fields")
-        return {
-            (k if k in _VALID_NAMES else _remember_name(k, path)): _normalize(
-                item, f"{path}.{k}", depth + 1
-            )
-            for k, item in value.items()
-            if item is not UNDEFINED
-        }
+        return _normalize_object(value, _at(path, key), depth)
+    where = _at(path, key) or "top level"
     if value is UNDEFINED:
-        raise ValidationError(f"undefined is not a valid Convex value at {path or 'top level'}")
+        raise ValidationError(f"undefined is not a valid Convex value at {where}")
     raise ValidationError(
-        f"{value!r} (type {t.__name__}) at {path or 'top level'} is not a supported Convex "
+        f"{value!r} (type {t.__name__}) at {where} is not a supported Convex "
         "value; use None, bool, int, float, str, bytes, list or dict"
     )
+
+
+def _check_nesting(path: str, depth: int) -> None:
+    if depth >= MAX_NESTING:
+        raise ValidationError(f"Value is too nested (more than {MAX_NESTING} levels) at {path}")
+
+
+def _normalize_array(value: Any, path: str, depth: int) -> list[Value]:
+    _check_nesting(path, depth)
+    if depth >= 0 and len(value) > MAX_ARRAY_LENGTH:
+        raise ValidationError(
+            f"Array at {path or 'top level'} has {len(value)} elements (max 8192)"
+        )
+    out = []
+    for i, item in enumerate(value):
+        if item is UNDEFINED:
+            raise ValidationError(
+                f"undefined is not a valid Convex value (array element {path}[{i}])"
+            )
+        out.append(_normalize(item, path, i, depth + 1))
+    return out
+
+
+def _normalize_object(value: Any, path: str, depth: int) -> dict[str, Value]:
+    _check_nesting(path, depth)
+    if depth >= 0 and len(value) > MAX_OBJECT_FIELDS:
+        raise ValidationError(f"Object at {path or 'top level'} has more than 1024 fields")
+    out = {}
+    for k, item in value.items():
+        if k not in _VALID_NAMES:
+            _remember_name(k, path)
+        t = type(item)
+        # The common immutable leaves inline (documents are mostly these); the rest recurse.
+        if (t is str and item.isascii()) or t is float or t is bool or item is None:
+            out[k] = item
+        elif item is not UNDEFINED:
+            out[k] = _normalize(item, path, k, depth + 1)
+    return out
 
 
 def convex_size(value: Value) -> int:
     """Size in bytes by Convex's formula (used for the 1 MiB document limit)."""
     t = type(value)
-    if value is None or t is bool:
-        return 1
+    if t is dict:
+        size = 2
+        for k, x in value.items():
+            tx = type(x)
+            if tx is str:  # the common cases inline: this runs on every write
+                size += len(k) + 3 + (len(x) if x.isascii() else len(x.encode("utf-8")))
+            elif tx is int or tx is float:
+                size += len(k) + 10
+            else:
+                size += len(k) + 1 + convex_size(x)
+        return size
+    if t is str:
+        return 2 + (len(value) if value.isascii() else len(value.encode("utf-8")))
     if t is int or t is float:
         return 9
-    if t is str:
-        return 2 + len(value.encode("utf-8"))
+    if value is None or t is bool:
+        return 1
     if t is bytes:
         return 2 + len(value)
     if t is list:

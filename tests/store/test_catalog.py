@@ -8,6 +8,7 @@ from kernel_ext.store.catalog import (
     Catalog,
     IndexInfo,
     TableInfo,
+    document_suffix,
     new_table_info,
 )
 from kernel_ext.store.ids import new_id
@@ -33,6 +34,29 @@ def test_key_of_encodes_fields_then_creation_time_then_id():
 def test_key_of_uses_undefined_for_missing_fields():
     index = IndexInfo("by_m", 3, ("missing", "a.deeper"))
     assert index.key_of(DOC) == encode_key((UNDEFINED, UNDEFINED, 5.0, ID))
+
+
+def test_key_of_with_a_known_suffix_equals_key_of():
+    for index in (IndexInfo(BY_CREATION_TIME, 1, ()), IndexInfo("by_a", 2, ("a", "o.x"))):
+        assert index.key_of(DOC, document_suffix(DOC)) == index.key_of(DOC)
+
+
+def test_same_fields_is_equality_of_the_encoded_keys_of_two_versions():
+    index = IndexInfo("by_a", 2, ("a", "o.x"))
+    versions = [
+        {**DOC, "b": 2},  # a field outside the index
+        {**DOC, "o": {"x": "y", "z": 1}},
+        {**DOC, "a": 1.0},  # 1 and 1.0 are different values
+        {**DOC, "a": True},
+        {**DOC, "a": 2},
+        {**DOC, "o": {"x": b"y"}},
+        {**DOC, "o": "not an object"},
+        {k: x for k, x in DOC.items() if k != "a"},  # missing: undefined
+    ]
+    for other in versions:
+        for candidate in (index, IndexInfo(BY_ID, None, ()), IndexInfo(BY_CREATION_TIME, 1, ())):
+            expected = candidate.key_of(DOC) == candidate.key_of(other)
+            assert candidate.same_fields(DOC, other) == expected, (candidate.name, other)
 
 
 def test_new_table_info_has_the_implicit_indexes():

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kernel_ext.store import ids
 from kernel_ext.store.ids import decode_id, new_id, table_number_of
@@ -118,3 +122,23 @@ def test_all_zero_payload_is_table_zero():
     # The format reserves no values: 17 zero bytes (VInt 0 + 16 zero bytes) with a zero
     # checksum is a well-formed id of table 0, written as 31 zeros.
     assert decode_id("0" * 31) == (0, bytes(16))
+
+
+@given(st.binary(min_size=0, max_size=40))
+def test_encoding_is_base32_in_the_id_alphabet(raw):
+    expected = (
+        base64.b32encode(raw)
+        .decode()
+        .rstrip("=")
+        .translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", ALPHABET))
+    )
+    assert ids._encode(raw) == expected
+
+
+@given(st.binary(min_size=0, max_size=40))
+def test_checksum_is_fletcher16(raw):
+    a = b = 0
+    for byte in raw:
+        a = (a + byte) % 255
+        b = (b + a) % 255
+    assert ids._fletcher16(raw) == bytes((a, b))

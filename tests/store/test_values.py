@@ -240,6 +240,22 @@ def test_normalize_rejects_subclasses_of_supported_types():
         normalize(MyInt(1))
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"a": [1, {"b": INT64_MAX + 1}]}, r"at \.a\[1\]\.b is outside int64"),
+        ({"a": ["\ud800"]}, r"String at \.a\[0\] is not valid Unicode"),
+        ({"a": {"$b": 1}}, r"at \.a starts with"),
+        ({"a": [UNDEFINED]}, r"array element \.a\[0\]"),
+        ({"a": {1, 2}}, r"at \.a is not a supported"),
+        (_nested_lists(17), "too nested"),
+    ],
+)
+def test_normalize_errors_name_the_path(value, message):
+    with pytest.raises(ValidationError, match=message):
+        normalize(value)
+
+
 # ---------------------------------------------------------------------------------------------
 # size
 

@@ -1,0 +1,297 @@
+"""Commit -> DOM latency of a LiveTable in a real JupyterLab + Chromium, for 1-row changes.
+
+Each configuration opens a private copy of a cached store file (`bench/.data/widget-store-N.db`,
+table `items` of `make_frame(N)` documents, the 10-column mix of WIDGETS.md §5, built once in a
+subprocess) in a fresh notebook kernel with `%convex connect sqlite:///...`, and shows a
+LiveTable over a query of it:
+
+- `collect`: `db.query("items").collect()` over 100,000 documents (the `widget_bytes` table)
+  and over 1,000 documents;
+- `paginate`: `db.query("items").paginate(paginationOpts)`, which LiveTable loads page by page
+  (`widgets/paging.py`), over 1,000,000 documents vs over 1,000 documents.
+
+While the table shows its top rows, 100 changes (20 on the 100,000-document `collect` table,
+where each change re-runs the whole query; after 5 warm-up changes) are made one at a time,
+each 100 ms after the previous one was seen: the kernel records `time.time()` right before
+`convex.mutation("items:touch", ...)` patches the `name` of one of the first 10 documents, and
+a MutationObserver in the page records `performance.timeOrigin + performance.now()` when that
+row's `name` cell shows the new text. Both clocks are this machine's wall clock (the offset
+between them is printed). The latency splits at the moment the LiveTable sends its `rows`
+message (its `send` is wrapped in the benchmark's kernel to record the time): kernel (commit ->
+send: query re-run, table model, coalescing timer) and front end (send -> DOM: ZMQ, Jupyter
+server, WebSocket, anywidget, requestAnimationFrame, drawRows).
+
+The two paginated tables are open at the same time (two notebooks, two kernels, two pages of
+one Chromium) and take their changes in turn, so that the machine's load (a shared VM) affects
+both alike; the `collect` tables are measured one after the other.
+
+Targets: p50 commit -> DOM under 50 ms (the `collect` tables); paginated p50 over 1,000,000
+documents at most 1.5x the p50 over 1,000 documents (same run).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from bench._browser import (
+    chromium,
+    ensure_widget_store,
+    execute,
+    jupyter_lab,
+    open_notebook,
+    run_all_cells,
+    shutdown_kernel,
+    store_copy,
+)
+from bench._common import header, percentile, target
+
+CHANGES: Final = 100
+BIG_COLLECT_CHANGES: Final = 20
+WARMUP: Final = 5
+GAP_MS: Final = 100
+TARGET_P50_MS: Final = 50.0
+TARGET_RATIO: Final = 1.5
+
+
+@dataclass(frozen=True)
+class Config:
+    label: str
+    docs: int
+    query: str  # the registered query the table shows
+    changes: int = CHANGES
+
+
+CONFIGS: Final = [
+    Config("paginate, 1,000 docs", 1_000, "items:page"),
+    Config("paginate, 1,000,000 docs", 1_000_000, "items:page"),
+    Config("collect, 1,000 docs", 1_000, "items:all"),
+    # Every change re-runs the 100,000-document query (~2 s here): fewer changes keep the
+    # benchmark well under 5 minutes.
+    Config("collect, 100,000 docs", 100_000, "items:all", BIG_COLLECT_CHANGES),
+]
+
+_SETUP: Final = [
+    "import time\n%load_ext kernel_ext",
+    "from widgets import LiveTable",
+    "%%convex_query items:all\nreturn db.query('items').collect()",
+    "%%convex_query items:page(paginationOpts: v.any())\n"
+    "return db.query('items').paginate(paginationOpts)",
+    "%%convex_query items:first10\nreturn db.query('items').take(10)",
+    "%%convex_mutation items:touch(id: v.id('items'), name: v.string())\n"
+    "db.patch(id, {'name': name})",
+    "ids = [d['_id'] for d in convex.query('items:first10')]",
+]
+# Wrap the table's `send` to record when each `rows` message leaves the kernel.
+_INSTRUMENT: Final = """_sent = []
+_send = table.send
+def _timed_send(*args, **kwargs):
+    _sent.append(time.time())
+    return _send(*args, **kwargs)
+table.send = _timed_send"""
+
+_ROW_SHOWN: Final = """() => {
+  const tr = document.querySelector('.convex-live-table tr[data-position="9"]');
+  return !!tr && tr.cells.length > 0 && tr.cells[0].textContent !== '';
+}"""
+_OBSERVE: Final = """() => {
+  const root = document.querySelector('.convex-live-table');
+  const col = [...root.querySelectorAll('th')].findIndex((th) => th.dataset.column === 'name');
+  window.__lat = { pos: 0, text: null, t: null, col };
+  new MutationObserver(() => {
+    const lat = window.__lat;
+    if (lat.text === null || lat.t !== null) return;
+    const tr = root.querySelector(`tr[data-position="${lat.pos}"]`);
+    if (tr && tr.cells[lat.col] && tr.cells[lat.col].textContent === lat.text) {
+      lat.t = performance.timeOrigin + performance.now();
+    }
+  }).observe(root, { subtree: true, childList: true, characterData: true });
+  return col;
+}"""
+_EXPECT: Final = """([pos, text]) => {
+  window.__lat.pos = pos; window.__lat.text = text; window.__lat.t = null;
+}"""
+_NOW: Final = "() => performance.timeOrigin + performance.now()"
+
+
+@dataclass
+class Run:
+    """One configuration's open table and its samples."""
+
+    config: Config
+    page: Any
+    clock_offset_ms: float = 0.0  # browser clock - Python clock
+    total_ms: list[float] = field(default_factory=list)  # commit -> DOM
+    kernel_ms: list[float] = field(default_factory=list)  # commit -> rows message sent
+    front_ms: list[float] = field(default_factory=list)  # sent -> DOM
+    mutation_ms: list[float] = field(default_factory=list)  # commit -> mutation returned
+    changes_made: int = 0
+    rows_shown: str = ""
+
+
+def _clock_offset(page: Any) -> float:
+    """Browser `timeOrigin + now()` minus Python's `time.time()` (ms), best of 5 reads."""
+    best: tuple[float, float] | None = None
+    for _ in range(5):
+        before = time.time()
+        browser = float(page.evaluate(_NOW))
+        after = time.time()
+        rtt = (after - before) * 1e3
+        offset = browser - (before + after) / 2 * 1e3
+        if best is None or rtt < best[0]:
+            best = (rtt, offset)
+    assert best is not None
+    return best[1]
+
+
+def _open(browser: Any, server: Any, config: Config, store: Path) -> Run:
+    """Open a notebook on `store`, show the LiveTable, instrument it."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        open_notebook(
+            page,
+            server,
+            f"{config.query.split(':')[1]}-{config.docs}",
+            [f"table = LiveTable(convex, {config.query!r})\ntable"],
+        )
+        execute(page, _SETUP[0])
+        execute(page, f"%convex connect sqlite:///{store}")
+        for code in _SETUP[1:]:
+            execute(page, code)
+        run_all_cells(page)
+        page.wait_for_function(_ROW_SHOWN, timeout=180_000)
+        execute(page, _INSTRUMENT)
+        if page.evaluate(_OBSERVE) < 0:
+            raise RuntimeError("no `name` column in the table")
+        page.wait_for_timeout(500)
+        return Run(config, page, _clock_offset(page))
+    except BaseException:
+        shutdown_kernel(page)
+        raise
+
+
+def _change(run: Run) -> None:
+    """Make one 1-row change and wait until the DOM shows it (samples after the warm-up)."""
+    page, i = run.page, run.changes_made
+    pos, text = i % 10, f"lat-{i}"
+    page.evaluate(_EXPECT, [pos, text])
+    times = execute(
+        page,
+        f"_t0 = time.time()\nconvex.mutation('items:touch', id=ids[{pos}], name={text!r})"
+        "\n_t1 = time.time()",
+        t0="_t0",
+        t1="_t1",
+    )
+    page.wait_for_function("() => window.__lat.t !== null", timeout=60_000)
+    seen = float(page.evaluate("() => window.__lat.t"))
+    sent = float(execute(page, "", sent="_sent[-1]")["sent"]) * 1e3
+    t0, t1 = float(times["t0"]) * 1e3, float(times["t1"]) * 1e3
+    if i >= WARMUP:
+        run.total_ms.append(seen - t0)
+        run.kernel_ms.append(sent - t0)
+        run.front_ms.append(seen - sent)
+        run.mutation_ms.append(t1 - t0)
+    run.changes_made += 1
+    page.wait_for_timeout(GAP_MS)
+
+
+def _close(run: Run) -> None:
+    try:
+        run.rows_shown = run.page.inner_text(".convex-live-table .clt-count")
+    finally:
+        shutdown_kernel(run.page)
+
+
+def _measure(
+    browser: Any, server: Any, configs: list[Config], stores: dict[int, Path]
+) -> list[Run]:
+    """Open the configurations' tables together and make their changes in turn (so that a
+    change in the machine's load affects them alike), then close them."""
+    with ExitStack() as stack:
+        runs = []
+        for config in configs:
+            store = stack.enter_context(store_copy(stores[config.docs], f"latency-{config.docs}"))
+            run = _open(browser, server, config, store)
+            stack.callback(_close, run)
+            runs.append(run)
+        for i in range(WARMUP + max(c.changes for c in configs)):
+            for run in runs:
+                if i < WARMUP + run.config.changes:
+                    _change(run)
+    return runs
+
+
+def _fmt(values: list[float]) -> str:
+    s = sorted(values)
+    return (
+        f"p50 {percentile(s, 50):7.1f}  p99 {percentile(s, 99):7.1f}  "
+        f"mean {statistics.fmean(s):7.1f}  min {s[0]:6.1f}  max {s[-1]:7.1f} ms"
+    )
+
+
+def p50(values: list[float]) -> float:
+    return percentile(sorted(values), 50)
+
+
+def main() -> None:
+    header(
+        f"Widget latency: LiveTable commit -> DOM for a 1-row change, {CHANGES} changes "
+        f"(+{WARMUP} warm-up), JupyterLab + headless Chromium"
+    )
+    stores = {c.docs: ensure_widget_store(c.docs) for c in CONFIGS}
+    started = time.perf_counter()
+    runs: dict[str, Run] = {}
+    with jupyter_lab() as server, chromium() as browser:
+        # The paginated pair is interleaved (their ratio is a target); the others one by one.
+        for group in ([CONFIGS[0], CONFIGS[1]], [CONFIGS[2]], [CONFIGS[3]]):
+            t0 = time.perf_counter()
+            for run in _measure(browser, server, group, stores):
+                runs[run.config.label] = run
+                print(
+                    f"  {run.config.label:<26} table showed {run.rows_shown!r}; clock offset "
+                    f"browser - kernel {run.clock_offset_ms:+.2f} ms",
+                    flush=True,
+                )
+            print(f"    ({len(group)} measured in {time.perf_counter() - t0:.1f} s)", flush=True)
+    print(f"  (all in {time.perf_counter() - started:.1f} s)\n")
+    for label, run in runs.items():
+        print(f"  {label} (n={len(run.total_ms)})")
+        print(f"    commit -> DOM         {_fmt(run.total_ms)}")
+        print(f"    commit -> rows sent   {_fmt(run.kernel_ms)}  (kernel)")
+        print(f"    rows sent -> DOM      {_fmt(run.front_ms)}  (front end)")
+        print(f"    commit -> mutation returned {_fmt(run.mutation_ms)}")
+
+    big = runs["paginate, 1,000,000 docs"]
+    small = runs["paginate, 1,000 docs"]
+    ratio = p50(big.total_ms) / p50(small.total_ms)
+    print(
+        f"\n  paginated ratio 1,000,000 / 1,000 docs: p50 {ratio:.2f}x, p99 "
+        f"{percentile(sorted(big.total_ms), 99) / percentile(sorted(small.total_ms), 99):.2f}x"
+    )
+    collect_small = runs["collect, 1,000 docs"]
+    collect_big = runs["collect, 100,000 docs"]
+    print(
+        f"  collect ratio 100,000 / 1,000 docs: p50 "
+        f"{p50(collect_big.total_ms) / p50(collect_small.total_ms):.2f}x"
+    )
+    for run in (collect_small, collect_big):
+        value = p50(run.total_ms)
+        target(
+            f"p50 commit -> DOM < {TARGET_P50_MS:.0f} ms ({run.config.label}, "
+            f"n={len(run.total_ms)})",
+            value < TARGET_P50_MS,
+            f"{value:.1f} ms (p99 {percentile(sorted(run.total_ms), 99):.1f} ms)",
+        )
+    target(
+        f"paginated p50 1,000,000 / 1,000 docs <= {TARGET_RATIO}",
+        ratio <= TARGET_RATIO,
+        f"{ratio:.2f}x ({p50(big.total_ms):.1f} ms vs {p50(small.total_ms):.1f} ms)",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The command line: `python -m kernel_ext serve ...` (API.md, Command line)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kernel_ext")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve a store over the Convex HTTP API and sync WebSocket",
+        description="Serve a store so that the official Convex clients can use it.",
+    )
+    serve.add_argument("--functions", required=True, type=Path, help="the functions folder")
+    serve.add_argument("--db", required=True, type=Path, help="the store file (SQLite)")
+    serve.add_argument("--port", type=int, default=3210, help="0 picks a free port")
+    serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine)")
+    serve.add_argument("--admin-key", help="default: a new random key, printed once")
+    auth = serve.add_argument_group("user tokens (JWT)")
+    auth.add_argument("--auth-issuer", help="the `iss` tokens must have")
+    auth.add_argument("--auth-audience", help="the `aud` tokens must have")
+    keys = auth.add_mutually_exclusive_group()
+    keys.add_argument("--auth-secret", help="HS256 shared secret")
+    keys.add_argument("--auth-public-key", type=Path, help="PEM public key file (RS256/ES256)")
+    keys.add_argument("--auth-jwks", type=Path, help="JSON Web Key Set file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return _serve(args)
+
+
+def _auth_provider(args: argparse.Namespace) -> object:
+    from kernel_ext.sync.auth import AuthProvider
+
+    has_key = any(x is not None for x in (args.auth_secret, args.auth_public_key, args.auth_jwks))
+    if args.auth_issuer is None:
+        if has_key or args.auth_audience is not None:
+            raise ValueError("--auth-audience and the key options need --auth-issuer")
+        return None
+    if not has_key:
+        raise ValueError("--auth-issuer needs one of --auth-secret, --auth-public-key, --auth-jwks")
+    return AuthProvider.from_files(
+        args.auth_issuer,
+        audience=args.auth_audience,
+        secret=args.auth_secret,
+        public_key_file=args.auth_public_key,
+        jwks_file=args.auth_jwks,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from kernel_ext.engine.store import Store
+    from kernel_ext.errors import StoreError
+    from kernel_ext.functions.backend import Backend
+    from kernel_ext.persistence.sqlite import SqlitePersistence
+    from kernel_ext.sync.auth import (
+        AuthProvider,
+        admin_key_path,
+        generate_admin_key,
+        write_admin_key,
+    )
+    from kernel_ext.sync.server import run_server
+
+    try:
+        provider = _auth_provider(args)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    assert provider is None or isinstance(provider, AuthProvider)
+    try:
+        persistence = SqlitePersistence(args.db)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    backend = Backend(Store(persistence))
+    try:
+        try:
+            backend.load_functions(args.functions)
+        except (FileNotFoundError, StoreError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        admin_key = args.admin_key or generate_admin_key()
+        key_file = admin_key_path(args.db)
+        write_admin_key(key_file, admin_key)
+        print(f"Admin key (also in {key_file}): {admin_key}", flush=True)
+
+        def ready(url: str) -> None:
+            persistence.set_owner_info(url)
+            print(f"Serving {url}", flush=True)
+
+        try:
+            run_server(
+                backend,
+                host=args.host,
+                port=args.port,
+                admin_key=admin_key,
+                auth=provider,
+                on_ready=ready,
+            )
+        except OSError as exc:  # the address is taken or not ours
+            print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The pump between one WebSocket and its `SyncProtocol`, on an asyncio event loop.
+
+It feeds the protocol the client's frames, sends what the protocol queues, and does the work
+the protocol asks for: subscriptions through the runner (results come back on the engine's
+worker thread and are handed to the loop), mutations and actions on thread pools.
+
+Transitions: when the protocol has one due at ts T, the pump waits (polling, never blocking
+the loop) until the engine has processed every commit up to max(T, latest commit), so every
+query of this client reflects the same timestamp, then lets the results already posted to
+the loop land, and only then asks the protocol to send the Transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from kernel_ext.functions.registration import FunctionKind
+from kernel_ext.sync.outcomes import SERVER_ERROR, Outcome
+from kernel_ext.sync.protocol import (
+    PING_INTERVAL,
+    Authenticator,
+    CloseConnection,
+    RunAction,
+    RunMutation,
+    SessionEvent,
+    SubscribeQuery,
+    SyncProtocol,
+    UnsubscribeQuery,
+)
+from kernel_ext.sync.runner import FunctionRunner
+
+__all__ = ["MutationLog", "SyncConnection"]
+
+_log = logging.getLogger(__name__)
+
+_POLL_DELAYS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
+#: After this many seconds of waiting for the engine, send the Transition anyway (logged).
+_MAX_WAIT: Final = 10.0
+
+
+#: (session id, request id, function path, caller) of a mutation.
+MutationKey = tuple[str, int, str, tuple[bool, str | None]]
+
+
+class MutationLog:
+    """The results of recent successful mutations, shared by every connection of a server.
+
+    The JS client keeps its `sessionId` across reconnects and re-sends every mutation it has
+    not seen reflected in a Transition, including ones already answered. Convex answers those
+    from a record of `(sessionId, requestId)` instead of running them twice; so does this.
+    (Python/Rust clients use a new sessionId per socket, so they never match.)
+
+    Args:
+        capacity: how many results to remember (oldest forgotten first).
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._results: collections.OrderedDict[MutationKey, tuple[Outcome, int | None]] = (
+            collections.OrderedDict()
+        )
+
+    def get(self, key: MutationKey) -> tuple[Outcome, int | None] | None:
+        """The recorded result of that mutation, or None."""
+        return self._results.get(key)
+
+    def put(self, key: MutationKey, outcome: Outcome, ts: int | None) -> None:
+        """Record a successful mutation's result."""
+        self._results[key] = (outcome, ts)
+        self._results.move_to_end(key)
+        while len(self._results) > self._capacity:
+            self._results.popitem(last=False)
+
+
+class SyncConnection:
+    """Drives one client's `SyncProtocol`. Create it on the event loop's thread.
+
+    Args:
+        runner: runs functions and subscriptions.
+        authenticator: verifies the client's tokens.
+        send_text: sends one text frame (must not block).
+        close: closes the socket with a code and reason, after the frames already sent.
+        executor: runs mutations (one at a time per connection; the protocol ensures it).
+        action_executor: runs actions (concurrently).
+        ping_interval: idle seconds before a Ping.
+        mutation_log: answers re-sent mutations (shared by a server's connections).
+        clock: seconds since the epoch.
+    """
+
+    def __init__(
+        self,
+        runner: FunctionRunner,
+        authenticator: Authenticator,
+        *,
+        send_text: Callable[[str], None],
+        close: Callable[[int, str], None],
+        executor: concurrent.futures.Executor,
+        action_executor: concurrent.futures.Executor,
+        ping_interval: float = PING_INTERVAL,
+        mutation_log: MutationLog | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._runner = runner
+        self._send_text, self._close = send_text, close
+        self._executor, self._action_executor = executor, action_executor
+        self._clock = clock
+        self._mutation_log = MutationLog() if mutation_log is None else mutation_log
+        self.protocol = SyncProtocol(authenticator, now=clock(), ping_interval=ping_interval)
+        self._subscriptions: dict[tuple[int, int], Callable[[], None]] = {}
+        self._flush: asyncio.Handle | None = None
+        self._target: int | None = None  # the ts the pending Transition waits for
+        self._waiting_since: float | None = None
+        self._polls = 0
+
+    # -- input ---------------------------------------------------------------------------
+
+    def receive_text(self, data: str | bytes) -> None:
+        """A frame from the client."""
+        self.protocol.receive_text(data)
+        self._pump()
+
+    def tick(self) -> None:
+        """Call about once a second: pings and token expiry."""
+        self.protocol.receive_tick(self._clock())
+        self._pump()
+
+    def connection_lost(self) -> None:
+        """The socket closed: drop every subscription; results still in flight are ignored."""
+        self.protocol.close()
+        self._pump()
+        for unsubscribe in self._subscriptions.values():
+            unsubscribe()
+        self._subscriptions.clear()
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+
+    # -- the pump ------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        while True:
+            for text in self.protocol.data_to_send():
+                self._send_text(text)
+            events = self.protocol.events_received()
+            if not events:
+                break
+            for event in events:
+                self._handle(event)
+        self._schedule_flush()
+
+    def _handle(self, event: SessionEvent) -> None:
+        match event:
+            case SubscribeQuery():
+                self._subscribe(event)
+            case UnsubscribeQuery():
+                self._subscriptions.pop((event.query_id, event.token), _noop)()
+            case RunMutation():
+                self._run(self._executor, "mutation", event, self._mutation_done)
+            case RunAction():
+                self._run(self._action_executor, "action", event, self._action_done)
+            case CloseConnection():
+                self._close(event.code, event.reason)
+
+    def _subscribe(self, event: SubscribeQuery) -> None:
+        key = (event.query_id, event.token)
+
+        def on_result(outcome: Outcome, ts: int) -> None:  # any thread
+            self._post(self._query_result, event.query_id, event.token, outcome, ts)
+
+        self._subscriptions[key] = self._runner.subscribe(
+            event.path, event.args, event.identity, on_result
+        )
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        # A closed loop means the server is gone, and this connection with it.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _query_result(self, query_id: int, token: int, outcome: Outcome, ts: int) -> None:
+        self.protocol.receive_query_result(query_id, token, outcome, ts)
+        self._pump()
+
+    def _run(
+        self,
+        executor: concurrent.futures.Executor,
+        kind: FunctionKind,
+        event: RunMutation | RunAction,
+        done: Callable[[int, Outcome, int | None], None],
+    ) -> None:
+        def finished(future: asyncio.Future[tuple[Outcome, int | None]]) -> None:
+            if future.cancelled():
+                return  # the server is shutting down before it could start
+            error = future.exception()
+            if error is not None:
+                _log.error("%s %s could not run", kind, event.path, exc_info=error)
+                done(event.request_id, Outcome.failure(SERVER_ERROR), None)
+            else:
+                outcome, ts = future.result()
+                if key is not None and outcome.success:
+                    self._mutation_log.put(key, outcome, ts)
+                done(event.request_id, outcome, ts)
+
+        key = self._mutation_key(event) if kind == "mutation" else None
+        recorded = None if key is None else self._mutation_log.get(key)
+        if recorded is not None:
+            self._loop.call_soon(done, event.request_id, *recorded)
+            return
+        try:
+            future = self._loop.run_in_executor(
+                executor, self._runner.call, kind, event.path, event.args, event.identity
+            )
+        except RuntimeError:  # executor shut down
+            done(event.request_id, Outcome.failure("The server is shutting down"), None)
+            return
+        future.add_done_callback(finished)
+
+    def _mutation_key(self, event: RunMutation | RunAction) -> MutationKey | None:
+        session = self.protocol.session_id
+        if session is None:
+            return None
+        user = event.identity.user
+        caller = (event.identity.admin, None if user is None else str(user.get("tokenIdentifier")))
+        return (session, event.request_id, event.path, caller)
+
+    def _mutation_done(self, request_id: int, outcome: Outcome, ts: int | None) -> None:
+        self.protocol.receive_mutation_result(request_id, outcome, ts)
+        self._pump()
+
+    def _action_done(self, request_id: int, outcome: Outcome, ts: int | None) -> None:
+        self.protocol.receive_action_result(request_id, outcome)
+        self._pump()
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if self._flush is None and self.protocol.transition_ts() is not None:
+            self._flush = self._loop.call_soon(self._try_flush)
+
+    def _try_flush(self) -> None:
+        self._flush = None
+        needed = self.protocol.transition_ts()
+        if needed is None:
+            return
+        now = time.monotonic()
+        if self._target is None:
+            # Fixed once chosen (raised only by a result from a later snapshot), so that a
+            # busy store cannot keep this Transition chasing the latest commit.
+            self._target, self._waiting_since, self._polls = (
+                max(needed, self._runner.latest_ts()),
+                now,
+                0,
+            )
+        target = self._target = max(self._target, needed)
+        waited = now - (self._waiting_since or now)
+        if self._runner.is_processed(target) or waited > _MAX_WAIT:
+            if waited > _MAX_WAIT:
+                _log.warning("live queries lag behind ts %d; sending the Transition anyway", target)
+            # The engine hands results to the loop before it counts a commit as processed:
+            # queue behind them so they are part of this Transition.
+            self._flush = self._loop.call_soon(self._send_transition, target)
+            return
+        delay = _POLL_DELAYS[min(self._polls, len(_POLL_DELAYS) - 1)]
+        self._polls += 1
+        self._flush = self._loop.call_later(delay, self._try_flush)
+
+    def _send_transition(self, target: int) -> None:
+        self._flush = None
+        needed = self.protocol.transition_ts()
+        if needed is None:
+            return
+        if needed > target:  # a result from a later snapshot arrived: catch up to it
+            self._try_flush()
+            return
+        self._target = self._waiting_since = None
+        self.protocol.send_transition(target)
+        self._pump()
+
+
+def _noop() -> None:
+    """Unsubscribe from nothing."""

@@ -1,0 +1,126 @@
+"""The server's view of the engine: run functions and subscribe to queries, with results as
+`Outcome`s (errors as data) and identities as `Identity`s.
+
+`FunctionRunner` is what the HTTP API and the connection pump need; `BackendRunner` provides
+it over a `Backend`. Calls block (SQLite, locks): transports run them on worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from kernel_ext.engine.subscriptions import QueryResult
+from kernel_ext.functions.backend import Backend
+from kernel_ext.functions.registration import FunctionKind
+from kernel_ext.store.transaction import Transaction
+from kernel_ext.store.values import Value
+from kernel_ext.sync.outcomes import Outcome, outcome_of_error
+from kernel_ext.sync.protocol import Identity
+
+__all__ = ["BackendRunner", "FunctionRunner", "ResultCallback"]
+
+#: Receives a subscribed query's outcome and the snapshot ts it was computed at.
+ResultCallback = Callable[[Outcome, int], None]
+
+
+class FunctionRunner(Protocol):
+    """Running functions for remote callers."""
+
+    def latest_ts(self) -> int:
+        """The timestamp of the latest commit."""
+
+    def is_processed(self, ts: int) -> bool:
+        """True once every live query reflects the commits up to `ts` (and their results
+        have been handed to the subscribers' callbacks)."""
+
+    def call(
+        self, kind: FunctionKind | None, path: str, args: Any, identity: Identity
+    ) -> tuple[Outcome, int | None]:
+        """Run a function of that kind (any kind for None) in its own transaction; returns
+        the outcome and, for a mutation, its commit ts (a query: its snapshot ts)."""
+
+    def query_batch(
+        self, queries: Sequence[tuple[str, Any]], identity: Identity
+    ) -> tuple[list[Outcome], int]:
+        """Run several queries on one snapshot; returns their outcomes and its ts."""
+
+    def subscribe(
+        self, path: str, args: Any, identity: Identity, callback: ResultCallback
+    ) -> Callable[[], None]:
+        """Call `callback` with the query's current result and each change (from any thread,
+        possibly before returning); returns the unsubscribe function."""
+
+
+class BackendRunner:
+    """`FunctionRunner` over a `Backend` (thread-safe, like the backend)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def latest_ts(self) -> int:
+        """The timestamp of the latest commit."""
+        return self.backend.store.ts
+
+    def is_processed(self, ts: int) -> bool:
+        """True once every live query reflects commit `ts` (never blocks)."""
+        return self.backend.subscriptions.wait_processed(ts, timeout=0)
+
+    def call(
+        self, kind: FunctionKind | None, path: str, args: Any, identity: Identity
+    ) -> tuple[Outcome, int | None]:
+        """Run a function; its errors become failed outcomes."""
+        try:
+            value, ts = self.backend.call_with_ts(
+                path, args, kind=kind, identity=identity.user, public_only=not identity.admin
+            )
+        except Exception as exc:
+            return outcome_of_error(exc), None
+        return Outcome.ok(value), ts
+
+    def query_batch(
+        self, queries: Sequence[tuple[str, Any]], identity: Identity
+    ) -> tuple[list[Outcome], int]:
+        """Run every query on one snapshot (each may fail on its own)."""
+
+        def run_all(txn: Transaction) -> list[Outcome]:
+            return [self._query_in(txn, path, args, identity) for path, args in queries]
+
+        try:
+            outcomes, _, ts = self.backend.store.read(run_all)
+        except Exception as exc:
+            failure = outcome_of_error(exc)
+            return [failure for _ in queries], self.latest_ts()
+        return outcomes, ts
+
+    def _query_in(self, txn: Transaction, path: str, args: Any, identity: Identity) -> Outcome:
+        try:
+            function = self.backend.registry.lookup(path, "query", public_only=not identity.admin)
+            value: Value = self.backend.invoke(function, args, txn, identity.user)
+        except Exception as exc:
+            return outcome_of_error(exc)
+        return Outcome.ok(value)
+
+    def subscribe(
+        self, path: str, args: Any, identity: Identity, callback: ResultCallback
+    ) -> Callable[[], None]:
+        """Subscribe; a query that cannot be subscribed (unknown, bad arguments) reports its
+        failure through `callback` at once and returns a no-op unsubscribe."""
+
+        def on_update(result: QueryResult) -> None:
+            if result.error is not None:
+                callback(outcome_of_error(result.error), result.ts)
+            else:
+                callback(Outcome.ok(result.value), result.ts)
+
+        try:
+            return self.backend.subscribe(
+                path, args, identity.user, on_update, public_only=not identity.admin
+            )
+        except Exception as exc:
+            callback(outcome_of_error(exc), self.latest_ts())
+            return _nothing
+
+
+def _nothing() -> None:
+    """Unsubscribe from nothing."""

@@ -1,0 +1,314 @@
+"""The standalone server: the sync WebSocket and the HTTP API on one port.
+
+Transport: tornado (installed with jupyter-server, which is built on it). The `websockets`
+library was the first choice, but its HTTP parser refuses request bodies (`Request.parse`
+rejects any `Content-Length` but 0), so `POST /api/mutation {...}` cannot be served through
+its `process_request` hook. Tornado serves HTTP/1.1 with bodies, keep-alive and WebSockets on
+one port, and the same handlers can later be mounted in jupyter-server's own application.
+
+The handlers are thin: `SyncSocketHandler` pumps frames into a `SyncConnection` (which
+drives the sans-I/O `SyncProtocol`); `ApiHandler` turns a request into an `HttpRequest` for
+`HttpApi.handle`, run on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any, Final
+
+import tornado.httpserver
+import tornado.ioloop
+import tornado.netutil
+import tornado.web
+import tornado.websocket
+
+from kernel_ext.functions.backend import Backend
+from kernel_ext.sync.auth import AuthProvider, ServerAuthenticator
+from kernel_ext.sync.connection import MutationLog, SyncConnection
+from kernel_ext.sync.http import HttpApi, HttpRequest
+from kernel_ext.sync.protocol import PING_INTERVAL
+from kernel_ext.sync.runner import BackendRunner
+
+__all__ = ["CLOSE_GOING_AWAY", "MAX_MESSAGE_SIZE", "SyncServer", "run_server", "url_for"]
+
+_log = logging.getLogger(__name__)
+
+#: Largest WebSocket message or HTTP body accepted (bytes); larger ones close that connection
+#: (WebSocket close code 1009) or get HTTP 413.
+MAX_MESSAGE_SIZE: Final = 16 << 20
+#: WebSocket close code when the server stops (1001 "going away": clients reconnect).
+CLOSE_GOING_AWAY: Final = 1001
+_LOOPBACK_NAMES: Final = {"localhost", "127.0.0.1", "::1"}
+
+
+class _Handler(tornado.web.RequestHandler):
+    """Refuses foreign Host headers when serving loopback only (DNS rebinding)."""
+
+    server: SyncServer
+
+    def initialize(self, server: SyncServer) -> None:
+        """Tornado calls this with the route's keyword arguments."""
+        self.server = server
+
+    def prepare(self) -> None:
+        """Check the Host header before anything else."""
+        if not self.server.host_allowed(self.request.host_name):
+            raise tornado.web.HTTPError(403, "Unexpected Host header")
+
+
+class SyncSocketHandler(tornado.websocket.WebSocketHandler, _Handler):
+    """`GET /api/sync` and `GET /api/<client version>/sync`."""
+
+    connection: SyncConnection | None = None
+
+    def check_origin(self, origin: str) -> bool:
+        """Accept browsers from any origin, as Convex does: credentials are explicit tokens
+        in messages, never cookies."""
+        return True
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        """A client connected: start its session."""
+        self.connection = self.server.new_connection(self._send, self._close_with)
+        self.server.sockets.add(self)
+
+    def on_message(self, message: str | bytes) -> None:
+        """One frame from the client."""
+        if self.connection is not None:
+            self.connection.receive_text(message)
+
+    def on_close(self) -> None:
+        """The socket closed (either side)."""
+        self.server.sockets.discard(self)
+        if self.connection is not None:
+            self.connection.connection_lost()
+
+    def _send(self, text: str) -> None:
+        try:
+            future = self.write_message(text)
+        except tornado.websocket.WebSocketClosedError:
+            return
+        # A write to a socket that closes meanwhile fails later; nobody needs to know.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _close_with(self, code: int, reason: str) -> None:
+        self.close(code, reason)
+
+
+class ApiHandler(_Handler):
+    """Every `/api/...` route of the HTTP API."""
+
+    async def _handle(self) -> None:
+        request = HttpRequest(
+            method=self.request.method or "GET",
+            path=self.request.path,
+            query={
+                k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()
+            },
+            headers={k.lower(): v for k, v in self.request.headers.get_all()},
+            body=self.request.body or b"",
+        )
+        try:
+            response = await self.server.run_http(request)
+        except (asyncio.CancelledError, concurrent.futures.CancelledError, RuntimeError):
+            # The call was dropped (or the pool is gone) because the server is stopping.
+            self.set_status(503)
+            self.set_header("Content-Type", "application/json")
+            self.finish(b'{"code":"Unavailable","message":"The server is shutting down"}')
+            return
+        self.set_status(response.status)
+        for name, value in response.headers.items():
+            self.set_header(name, value)
+        self.finish(response.body)
+
+    async def get(self, *args: str) -> None:
+        """GET routes (`/api/query`, `/api/query_ts`)."""
+        await self._handle()
+
+    async def post(self, *args: str) -> None:
+        """POST routes."""
+        await self._handle()
+
+    async def options(self, *args: str) -> None:
+        """CORS preflight."""
+        await self._handle()
+
+    def check_xsrf_cookie(self) -> None:
+        """The API authenticates with headers, not cookies."""
+
+
+class RootHandler(_Handler):
+    """`GET /`: a sign of life."""
+
+    def get(self) -> None:
+        """Say what is running."""
+        self.set_header("Content-Type", "text/plain")
+        self.finish("This Convex deployment is running (convex-notebook).\n")
+
+
+class SyncServer:
+    """The Convex sync WebSocket and HTTP API over a backend.
+
+    Args:
+        backend: the store and its functions (not closed by the server).
+        admin_key: grants internal functions and impersonation.
+        auth: how user tokens are verified; None refuses them all.
+        ping_interval: idle seconds before a JSON Ping.
+        tick_interval: how often connections check pings and token expiry.
+        workers: threads for mutations and HTTP calls (and as many for actions).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        admin_key: str,
+        auth: AuthProvider | None = None,
+        ping_interval: float = PING_INTERVAL,
+        tick_interval: float = 1.0,
+        workers: int = 16,
+    ) -> None:
+        self.backend = backend
+        self.runner = BackendRunner(backend)
+        self.authenticator = ServerAuthenticator(admin_key, auth)
+        self.http_api = HttpApi(self.runner, self.authenticator)
+        self.ping_interval, self.tick_interval = ping_interval, tick_interval
+        self.executor = concurrent.futures.ThreadPoolExecutor(workers, "convex-calls")
+        self.action_executor = concurrent.futures.ThreadPoolExecutor(workers, "convex-actions")
+        self.sockets: set[SyncSocketHandler] = set()
+        self.mutation_log = MutationLog()
+        self.allowed_hosts: set[str] | None = None
+        self._http_server: tornado.httpserver.HTTPServer | None = None
+        self._ticker: tornado.ioloop.PeriodicCallback | None = None
+
+    def application(self) -> tornado.web.Application:
+        """The tornado application with every route."""
+        route = {"server": self}
+        return tornado.web.Application(
+            [
+                (r"/api/sync", SyncSocketHandler, route),
+                (r"/api/[^/]+/sync", SyncSocketHandler, route),
+                (r"/api/.*", ApiHandler, route),
+                (r"/", RootHandler, route),
+            ],
+            websocket_max_message_size=MAX_MESSAGE_SIZE,
+            # WebSocket pings find dead peers; clients' own inactivity checks are kept happy
+            # by the protocol's JSON Pings.
+            websocket_ping_interval=20.0,
+            websocket_ping_timeout=20.0,
+        )
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a request's Host is acceptable (any, unless serving loopback only)."""
+        return self.allowed_hosts is None or host.strip("[]").lower() in self.allowed_hosts
+
+    def new_connection(
+        self, send_text: Callable[[str], None], close: Callable[[int, str], None]
+    ) -> SyncConnection:
+        """A pump for a new WebSocket."""
+        return SyncConnection(
+            self.runner,
+            self.authenticator,
+            send_text=send_text,
+            close=close,
+            executor=self.executor,
+            action_executor=self.action_executor,
+            ping_interval=self.ping_interval,
+            mutation_log=self.mutation_log,
+        )
+
+    async def run_http(self, request: HttpRequest) -> Any:
+        """Answer an HTTP API request on a worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.http_api.handle, request)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on `host:port` (0: any free port); returns the port. Call on the loop."""
+        if _is_loopback(host):
+            self.allowed_hosts = set(_LOOPBACK_NAMES)
+        sockets = tornado.netutil.bind_sockets(port, host)
+        self._http_server = tornado.httpserver.HTTPServer(
+            self.application(), max_body_size=MAX_MESSAGE_SIZE, xheaders=False
+        )
+        self._http_server.add_sockets(sockets)
+        self._ticker = tornado.ioloop.PeriodicCallback(self._tick, self.tick_interval * 1000)
+        self._ticker.start()
+        return int(sockets[0].getsockname()[1])
+
+    def _tick(self) -> None:
+        for socket in list(self.sockets):
+            if socket.connection is not None:
+                socket.connection.tick()
+
+    async def stop(self) -> None:
+        """Stop accepting, close every WebSocket (1001), let running calls finish (their
+        commits are durable), drop calls that had not started. Does not close the backend."""
+        if self._http_server is not None:
+            self._http_server.stop()
+        if self._ticker is not None:
+            self._ticker.stop()
+        for socket in list(self.sockets):
+            socket.close(CLOSE_GOING_AWAY, "ServerShutdown")
+        for executor in (self.executor, self.action_executor):
+            await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)
+        if self._http_server is not None:
+            try:
+                await asyncio.wait_for(self._http_server.close_all_connections(), 5.0)
+            except TimeoutError:
+                _log.warning("some HTTP connections did not close in time")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_for(host: str, port: int) -> str:
+    """`http://host:port`, with IPv6 addresses in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run_server(
+    backend: Backend,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 3210,
+    admin_key: str,
+    auth: AuthProvider | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    **options: Any,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly (see `SyncServer.stop`).
+
+    Args:
+        on_ready: called with the server's URL once it accepts connections.
+        options: more `SyncServer` options.
+    """
+    server = SyncServer(backend, admin_key=admin_key, auth=auth, **options)
+    asyncio.run(_serve(server, host, port, on_ready))
+
+
+async def _serve(
+    server: SyncServer, host: str, port: int, on_ready: Callable[[str], None] | None
+) -> None:
+    actual = await server.start(host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if on_ready is not None:
+            on_ready(url_for(host, actual))
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.stop()

@@ -1,0 +1,38 @@
+"""Round trips of every Convex type."""
+
+from kernel_ext import ConvexError, action, query, v
+
+
+@query
+def echo(ctx, **args):
+    return args
+
+
+@query(args={"n": v.int64(), "b": v.bytes()})
+def typed(ctx, n, b):
+    return {"n": n + 1, "b": b + b"!", "types": [type(n).__name__, type(b).__name__]}
+
+
+@query
+def default(ctx):
+    return "the default export"
+
+
+@query(args={"code": v.string()})
+def fail_convex(ctx, code):
+    raise ConvexError({"code": code, "n": 7})
+
+
+@query
+def fail_plain(ctx):
+    raise ValueError("plain failure with a secret path /etc/hidden")
+
+
+@action(args={"code": v.string()})
+def fail_action(ctx, code):
+    raise ConvexError(code)
+
+
+@action(args={"x": v.any()})
+def echo_action(ctx, x):
+    return x
