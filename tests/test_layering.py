@@ -15,12 +15,26 @@ ALLOWED = {
     "persistence": {"store", "persistence"},
     "engine": {"store", "persistence", "engine"},
     "functions": {"store", "persistence", "engine", "functions"},
-    "client": {"store", "persistence", "engine", "functions", "client"},
+    "client": {
+        "store",
+        "persistence",
+        "engine",
+        "functions",
+        "client",
+        "sync.messages",
+        "sync.client_protocol",
+    },
     # The server takes a ready backend: it opens no store itself (`__main__` does).
     "sync": {"store", "engine", "functions", "client.auth", "sync"},
 }
 # Sans-I/O modules outside `store`: they take decoded input and return output, nothing else.
-PURE_MODULES = ["sync/messages.py", "sync/outcomes.py", "sync/protocol.py", "sync/http.py"]
+PURE_MODULES = [
+    "sync/messages.py",
+    "sync/outcomes.py",
+    "sync/protocol.py",
+    "sync/http.py",
+    "sync/client_protocol.py",
+]
 PURE_IMPORTS = {"kernel_ext.errors"} | {
     "kernel_ext." + m.removesuffix(".py").replace("/", ".") for m in PURE_MODULES
 }

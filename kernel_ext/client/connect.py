@@ -48,8 +48,11 @@ def resolve_location(url: str | os.PathLike[str] | None) -> Path | None:
 
 
 def connect(
-    url: str | os.PathLike[str] | None = None, *, auth: Mapping[str, Any] | AuthConfig | None = None
-) -> Client:
+    url: str | os.PathLike[str] | None = None,
+    *,
+    auth: Mapping[str, Any] | AuthConfig | None = None,
+    admin_key: str | None = None,
+) -> Any:
     """Connect to a store.
 
     Args:
@@ -57,16 +60,23 @@ def connect(
             `"sqlite:///path"` or a path for a store file, `"http://host:port"` for a server.
         auth: `{"issuer", "secret" | "public_key", "audience"?}` to verify tokens passed to
             `client.set_auth`; without it the embedded client trusts the token's claims.
+        admin_key: for a server URL: act as admin (internal functions, pushing functions).
+
+    Returns:
+        a `Client` (embedded) or a `RemoteClient` (server URL), with the same methods.
 
     Clients of the same file in one process share one store (one process owns a file; a
     second process gets `StoreLocked` naming the owner).
     """
     config = AuthConfig.from_mapping(auth) if isinstance(auth, Mapping) else auth
     if isinstance(url, str) and url.startswith(("http://", "https://", "ws://", "wss://")):
-        raise SyncError(
-            f"Remote stores ({url}) are not available in this version yet; use the embedded "
-            "store: connect() or connect('memory')"
-        )
+        if auth is not None:
+            raise SyncError(
+                "auth= configures token checks of an embedded store; a server checks its own"
+            )
+        from kernel_ext.client.remote import RemoteClient
+
+        return RemoteClient(url, admin_key=admin_key)
     path = resolve_location(url)
     if path is None:
         backend = Backend(Store(SqlitePersistence(None)))

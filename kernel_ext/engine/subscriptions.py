@@ -20,6 +20,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from kernel_ext.engine.store import Commit, Store
 from kernel_ext.store.keys import encode_value
 from kernel_ext.store.matching import SubscriptionIndex
@@ -51,6 +53,15 @@ class QueryResult:
                 str(self.error),
                 repr(getattr(self.error, "data", None)),
             )
+        # orjson (C) tells apart what a client can tell apart (1 and 1.0, true and 1, -0.0 and
+        # 0.0), in a tenth of the time of the exact key encoding. It refuses bytes and writes
+        # NaN and infinities as `null`: those (and null itself) take the exact encoding.
+        try:
+            data = orjson.dumps(self.value, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            data = b"null"
+        if b"null" not in data:
+            return ("json", data)
         try:
             return ("value", encode_value(self.value))
         except TypeError:

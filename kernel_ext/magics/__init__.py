@@ -52,7 +52,8 @@ def _default_client() -> Client:
     import kernel_ext
 
     url = os.environ.get("CONVEX_URL")
-    return kernel_ext.connect(url or None)
+    client: Client = kernel_ext.connect(url or None, admin_key=os.environ.get("CONVEX_ADMIN_KEY"))
+    return client
 
 
 def _make_magics(shell: InteractiveShell) -> Any:

@@ -1,0 +1,351 @@
+"""The remote client: the same API as the embedded `Client`, over the Convex sync protocol.
+
+A background thread runs an asyncio loop with one WebSocket (the `websockets` library) to
+`ws://HOST:PORT/api/sync`. `ClientSession` (sans-I/O) holds the protocol state; this module
+only pumps frames and turns events into results for blocked callers and subscriptions.
+
+On a dropped connection it reconnects with backoff (0.1 s doubling to 5 s, with jitter),
+re-sends its query set, auth and unresolved mutations (with their request ids and the same
+session id, so the server answers a re-sent mutation from its record instead of running it
+twice), and subscriptions report "reconnecting" until the first Transition of the new socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import urllib.parse
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import websockets
+
+from kernel_ext.client.subscription import Subscription
+from kernel_ext.engine.subscriptions import QueryResult
+from kernel_ext.errors import ConnectionClosed, ConvexError, FunctionError, TransactionClosed
+from kernel_ext.functions.registry import path_of
+from kernel_ext.sync.client_protocol import (
+    ClientSession,
+    QueryResultEvent,
+    Reconnect,
+    RequestDone,
+    TransitionApplied,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["RemoteClient", "RemoteFunctionError"]
+
+_CLIENT_HEADER: Final = "python-0.1.0"
+_MAX_BACKOFF: Final = 5.0
+_CALL_TIMEOUT: Final = 300.0
+
+
+class RemoteFunctionError(FunctionError):
+    """A function failed on the server; the message is what the server chose to tell."""
+
+
+def _error_of(message: str | None, data: Any, has_data: bool) -> BaseException:
+    if has_data:
+        return ConvexError(data)
+    return RemoteFunctionError(message or "Server Error")
+
+
+@dataclass
+class _Query:
+    """One query id shared by every local subscription to the same (path, args)."""
+
+    query_id: int
+    key: tuple[str, bytes]
+    listeners: list[Callable[[QueryResult], None]] = field(default_factory=list)
+    result: QueryResult | None = None
+
+
+class RemoteClient:
+    """A client of a store served over HTTP/WebSocket. Create it with
+    `kernel_ext.connect("http://127.0.0.1:3210")`.
+
+    Args:
+        url: the server's base URL (`http://` or `https://`, optional path prefix, optional
+            query string such as Jupyter's `?token=`).
+        admin_key: sent as admin auth: allows internal functions and pushing functions.
+        headers: extra HTTP headers for the WebSocket upgrade (e.g. Jupyter's Authorization).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        admin_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.location = self.url
+        self._ws_url = _sync_url(self.url)
+        self._headers = {"Convex-Client": _CLIENT_HEADER, **(headers or {})}
+        self._session = ClientSession()
+        self._lock = threading.Lock()
+        self._queries: dict[int, _Query] = {}
+        self._by_key: dict[tuple[str, bytes], _Query] = {}
+        self._waiters: dict[int, Future[RequestDone]] = {}
+        self._status_listeners: list[Callable[[str], None]] = []
+        self.status = "connecting"
+        self._closed = False
+        self._admin_key = admin_key
+        if admin_key is not None:
+            self._session.authenticate("Admin", admin_key)
+        self._dispatcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convex-callbacks")
+        self._loop = asyncio.new_event_loop()
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._thread = threading.Thread(target=self._run_loop, name="convex-remote", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"<kernel_ext.RemoteClient {self.url} ({self.status})>"
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                self._loop.run_until_complete(self._connect_forever())
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    async def _connect_forever(self) -> None:
+        delay, reason = 0.1, "InitialConnect"
+        while not self._closed:
+            try:
+                async with websockets.connect(
+                    self._ws_url, additional_headers=self._headers, max_size=None, open_timeout=10
+                ) as socket:
+                    delay = 0.1
+                    reason = await self._serve_socket(socket, reason)
+            except (TimeoutError, OSError, websockets.WebSocketException) as exc:
+                reason = type(exc).__name__
+            with self._lock:
+                self._session.disconnected()
+            if self._closed:
+                return
+            self._set_status("reconnecting")
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def _serve_socket(self, socket: Any, reason: str) -> str:
+        with self._lock:
+            opening = self._session.open_messages(reason)
+        for text in opening:
+            await socket.send(text)
+        sender = asyncio.ensure_future(self._send_outbox(socket))
+        try:
+            async for frame in socket:
+                with self._lock:
+                    events = self._session.receive(frame)
+                for event in events:
+                    if isinstance(event, Reconnect):
+                        return event.reason
+                    self._handle(event)
+            return "ServerClosed"
+        finally:
+            sender.cancel()
+
+    async def _send_outbox(self, socket: Any) -> None:
+        while True:
+            text = await self._outbox.get()
+            await socket.send(text)
+
+    def _send(self, text: str | None) -> None:
+        """Queue a frame for the current socket (None: offline, the session re-sends it)."""
+        if text is not None:
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, text)
+
+    def _set_status(self, status: str) -> None:
+        if self.status == status:
+            return
+        self.status = status
+        for listener in list(self._status_listeners):
+            self._dispatcher.submit(listener, status)
+
+    # -- events from the server ----------------------------------------------------------
+
+    def _handle(self, event: Any) -> None:
+        if isinstance(event, QueryResultEvent):
+            error = (
+                None
+                if event.error is None
+                else _error_of(event.error, event.error_data, event.has_error_data)
+            )
+            result = QueryResult(event.value, error, event.ts)
+            with self._lock:
+                query = self._queries.get(event.query_id)
+                if query is None:
+                    return
+                query.result = result
+                listeners = list(query.listeners)
+            for listener in listeners:
+                listener(result)
+        elif isinstance(event, TransitionApplied):
+            self._set_status("connected")
+        elif isinstance(event, RequestDone):
+            future = self._waiters.pop(event.request_id, None)
+            if future is not None:
+                future.set_result(event)
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransactionClosed("This client is closed; connect again")
+
+    def _request(
+        self, kind: str, ref: Any, args: Mapping[str, Any] | None, kwargs: dict[str, Any]
+    ) -> Any:
+        self._check_open()
+        future: Future[RequestDone] = Future()
+        with self._lock:
+            request_id, text = self._session.request(kind, path_of(ref), _merge(args, kwargs))  # type: ignore[arg-type]
+            self._waiters[request_id] = future
+        self._send(text)
+        try:
+            done = future.result(timeout=_CALL_TIMEOUT)
+        except TimeoutError as exc:
+            raise ConnectionClosed(
+                f"No answer from {self.url} within {_CALL_TIMEOUT:.0f} s"
+            ) from exc
+        if not done.success:
+            raise _error_of(done.error, done.error_data, done.has_error_data)
+        return done.value
+
+    def mutation(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Run a mutation; when it returns, this client's subscriptions reflect it."""
+        return self._request("Mutation", ref, args, kwargs)
+
+    def action(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Run an action."""
+        return self._request("Action", ref, args, kwargs)
+
+    def query(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Run a query (subscribe, take the first result, unsubscribe)."""
+        with self.subscribe(ref, args, **kwargs) as sub:
+            return sub.value
+
+    def subscribe(
+        self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Subscription:
+        """Subscribe to a query; the `Subscription` stays up to date (and reports
+        "reconnecting" to `on_status` listeners while the connection is down)."""
+        self._check_open()
+        path = path_of(ref)
+        values = _merge(args, kwargs)
+
+        def start(on_result: Callable[[QueryResult], None]) -> Callable[[], None]:
+            return self._listen(path, values, on_result)
+
+        return Subscription(start, self._dispatcher, path)
+
+    def _listen(
+        self, path: str, args: dict[str, Any], listener: Callable[[QueryResult], None]
+    ) -> Callable[[], None]:
+        from kernel_ext.store.keys import encode_value
+        from kernel_ext.store.values import normalize
+
+        key = (path, encode_value(normalize(args)))
+        with self._lock:
+            query = self._by_key.get(key)
+            text = None
+            if query is None:
+                query_id, text = self._session.add_query(path, args)
+                query = _Query(query_id, key)
+                self._queries[query_id] = query
+                self._by_key[key] = query
+            query.listeners.append(listener)
+            current = query.result
+        self._send(text)
+        if current is not None:
+            listener(current)
+
+        def stop() -> None:
+            with self._lock:
+                with contextlib.suppress(ValueError):
+                    query.listeners.remove(listener)
+                if query.listeners or self._queries.get(query.query_id) is not query:
+                    return
+                del self._queries[query.query_id]
+                del self._by_key[query.key]
+                removal = self._session.remove_query(query.query_id)
+            self._send(removal)
+
+        return stop
+
+    def on_status(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(status)` on "connected" / "reconnecting" changes."""
+        self._status_listeners.append(listener)
+
+    # -- auth ----------------------------------------------------------------------------
+
+    def set_auth(self, token: str) -> None:
+        """Act as the user of a JWT (the server verifies it)."""
+        with self._lock:
+            text = self._session.authenticate("User", token)
+        self._send(text)
+
+    def clear_auth(self) -> None:
+        """Act anonymously (or as admin, if the client has an admin key)."""
+        with self._lock:
+            if self._admin_key is not None:
+                text = self._session.authenticate("Admin", self._admin_key)
+            else:
+                text = self._session.authenticate("None", None)
+        self._send(text)
+
+    # -- DataFrames ----------------------------------------------------------------------
+
+    def table_df(self, table: str) -> pd.DataFrame:
+        """Not available remotely: define a query that returns the table."""
+        raise FunctionError(
+            f"table_df({table!r}) needs the embedded store; query the server instead"
+        )
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for future in list(self._waiters.values()):
+            future.set_exception(ConnectionClosed("The client was closed"))
+        self._waiters.clear()
+
+        def stop() -> None:
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+
+        self._loop.call_soon_threadsafe(stop)
+        self._thread.join(timeout=5)
+        self._dispatcher.shutdown(wait=False)
+
+    def __enter__(self) -> RemoteClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _merge(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {**(args or {}), **kwargs}
+
+
+def _sync_url(url: str) -> str:
+    """`http://host:port/prefix?q` -> `ws://host:port/prefix/api/sync?q`."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}[parts.scheme]
+    path = parts.path.rstrip("/") + "/api/sync"
+    return urllib.parse.urlunsplit((scheme, parts.netloc, path, parts.query, ""))

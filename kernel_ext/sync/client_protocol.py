@@ -1,0 +1,312 @@
+"""The client side of the sync protocol, as a sans-I/O state machine (PROTOCOL.md §2).
+
+`ClientSession` keeps what a client must remember across sockets: its query set (with the
+query ids the server knows), its pending mutations and actions (with their request ids), its
+auth token and the highest timestamp it has seen. The transport calls:
+
+- `open_messages(reason)` when a socket opens: Connect, Authenticate, the whole query set and
+  every unresolved request, to send in order (the server starts each socket from scratch);
+- `add_query` / `remove_query` / `request` / `authenticate` to change state; each returns the
+  message to send now (or None while disconnected: `open_messages` will carry it);
+- `receive(text)` for each server frame; it returns events: query results, finished
+  requests, or a reason to reconnect.
+
+A successful mutation finishes only when a Transition at or after its commit ts has been
+applied, so the client's subscriptions already reflect it (read your writes).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+import orjson
+
+from kernel_ext.errors import ProtocolError
+from kernel_ext.store.values import Value, from_json, to_json
+from kernel_ext.sync.messages import canonical_udf_path, decode_ts, encode_ts
+
+__all__ = [
+    "ClientEvent",
+    "ClientSession",
+    "QueryResultEvent",
+    "Reconnect",
+    "RequestDone",
+    "TransitionApplied",
+]
+
+RequestKind = Literal["Mutation", "Action"]
+
+
+@dataclass(frozen=True)
+class QueryResultEvent:
+    """A query's new result: a value, or an error message with optional ConvexError data."""
+
+    query_id: int
+    value: Value = None
+    error: str | None = None
+    error_data: Value = None
+    has_error_data: bool = False
+    ts: int = 0
+
+
+@dataclass(frozen=True)
+class RequestDone:
+    """A mutation or action finished (`ts`: a mutation's commit ts)."""
+
+    request_id: int
+    success: bool
+    value: Value = None
+    error: str | None = None
+    error_data: Value = None
+    has_error_data: bool = False
+    ts: int | None = None
+
+
+@dataclass(frozen=True)
+class TransitionApplied:
+    """A Transition was applied; the client's queries now reflect `ts`."""
+
+    ts: int
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """The server broke the protocol or refused us: close this socket and open another."""
+
+    reason: str
+    fatal: bool = False
+    auth: bool = False
+
+
+ClientEvent: TypeAlias = QueryResultEvent | RequestDone | TransitionApplied | Reconnect
+
+
+@dataclass
+class _Request:
+    kind: RequestKind
+    message: dict[str, Any]
+    response: RequestDone | None = None  # a success parked until a Transition covers its ts
+
+
+@dataclass
+class ClientSession:
+    """The client's protocol state (see the module docstring)."""
+
+    session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    connected: bool = False
+    connection_count: int = 0
+    _queries: dict[int, tuple[str, list[Any]]] = field(default_factory=dict)
+    _next_query_id: int = 0
+    _next_request_id: int = 0
+    _requests: dict[int, _Request] = field(default_factory=dict)
+    _token: tuple[str, str | None] = ("None", None)
+    _query_set_version: int = 0
+    _identity_version: int = 0
+    _end_version: tuple[int, int, int] = (0, 0, 0)
+    max_observed_ts: int = 0
+
+    # -- sockets -------------------------------------------------------------------------
+
+    def open_messages(self, reason: str) -> list[str]:
+        """Everything to send, in order, on a new socket."""
+        self.connected = True
+        self._query_set_version = self._identity_version = 0
+        self._end_version = (0, 0, 0)
+        connect: dict[str, Any] = {
+            "type": "Connect",
+            "sessionId": self.session_id,
+            "connectionCount": self.connection_count,
+            "lastCloseReason": reason,
+            "clientTs": 0,
+        }
+        if self.max_observed_ts:
+            connect["maxObservedTimestamp"] = encode_ts(self.max_observed_ts)
+        self.connection_count += 1
+        out = [connect]
+        if self._token[0] != "None":
+            out.append(self._authenticate_message())
+        self._query_set_version = 1
+        out.append(
+            {
+                "type": "ModifyQuerySet",
+                "baseVersion": 0,
+                "newVersion": 1,
+                "modifications": [
+                    {"type": "Add", "queryId": qid, "udfPath": path, "args": args}
+                    for qid, (path, args) in self._queries.items()
+                ],
+            }
+        )
+        out += [r.message for r in self._requests.values()]
+        return [_dump(m) for m in out]
+
+    def disconnected(self) -> None:
+        """The socket closed; later changes wait for `open_messages`."""
+        self.connected = False
+
+    # -- changes -------------------------------------------------------------------------
+
+    def add_query(self, path: str, args: Mapping[str, Any]) -> tuple[int, str | None]:
+        """Subscribe; returns the new query id and the message to send (None if offline)."""
+        query_id = self._next_query_id
+        self._next_query_id += 1
+        entry = (canonical_udf_path(path), [to_json(dict(args))])
+        self._queries[query_id] = entry
+        return query_id, self._modify(
+            {"type": "Add", "queryId": query_id, "udfPath": entry[0], "args": entry[1]}
+        )
+
+    def remove_query(self, query_id: int) -> str | None:
+        """Unsubscribe; returns the message to send (None if offline or unknown)."""
+        if self._queries.pop(query_id, None) is None:
+            return None
+        return self._modify({"type": "Remove", "queryId": query_id})
+
+    def _modify(self, modification: dict[str, Any]) -> str | None:
+        if not self.connected:
+            return None
+        base, self._query_set_version = self._query_set_version, self._query_set_version + 1
+        return _dump(
+            {
+                "type": "ModifyQuerySet",
+                "baseVersion": base,
+                "newVersion": self._query_set_version,
+                "modifications": [modification],
+            }
+        )
+
+    def request(
+        self, kind: RequestKind, path: str, args: Mapping[str, Any]
+    ) -> tuple[int, str | None]:
+        """Start a mutation or action; returns its request id and the message to send."""
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        message = {
+            "type": kind,
+            "requestId": request_id,
+            "udfPath": canonical_udf_path(path),
+            "args": [to_json(dict(args))],
+        }
+        self._requests[request_id] = _Request(kind, message)
+        return request_id, (_dump(message) if self.connected else None)
+
+    def authenticate(self, token_type: str, value: str | None) -> str | None:
+        """Set the auth token ("User", "Admin" or "None"); returns the message to send."""
+        self._token = (token_type, value)
+        if not self.connected:
+            return None
+        return _dump(self._authenticate_message())
+
+    def _authenticate_message(self) -> dict[str, Any]:
+        token_type, value = self._token
+        message: dict[str, Any] = {
+            "type": "Authenticate",
+            "tokenType": token_type,
+            "baseVersion": self._identity_version,
+        }
+        if value is not None:
+            message["value"] = value
+        self._identity_version += 1
+        return message
+
+    # -- server messages -----------------------------------------------------------------
+
+    def receive(self, text: str | bytes) -> list[ClientEvent]:
+        """Apply one server frame; returns what happened."""
+        try:
+            message = orjson.loads(text)
+            kind = message["type"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return [Reconnect(f"Invalid message from the server: {str(text)[:80]!r}")]
+        try:
+            if kind == "Transition":
+                return self._transition(message)
+            if kind in ("MutationResponse", "ActionResponse"):
+                return self._response(message)
+        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+            return [Reconnect(f"Malformed {kind} from the server: {exc}")]
+        if kind == "AuthError":
+            return [Reconnect(f"AuthError: {message.get('error')}", auth=True)]
+        if kind == "FatalError":
+            return [Reconnect(f"FatalError: {message.get('error')}", fatal=True)]
+        return []  # Ping and anything newer
+
+    def _transition(self, message: dict[str, Any]) -> list[ClientEvent]:
+        start = _version(message["startVersion"])
+        if start != self._end_version:
+            return [Reconnect("StartVersionMismatch")]
+        end = _version(message["endVersion"])
+        self._end_version = end
+        ts = end[2]
+        self.max_observed_ts = max(self.max_observed_ts, ts)
+        events: list[ClientEvent] = []
+        for modification in message["modifications"]:
+            event = _query_event(modification, ts)
+            if event is not None and event.query_id in self._queries:
+                events.append(event)
+        events.append(TransitionApplied(ts))
+        for request_id, request in list(self._requests.items()):
+            done = request.response
+            if done is not None and (done.ts or 0) <= ts:
+                del self._requests[request_id]
+                events.append(done)
+        return events
+
+    def _response(self, message: dict[str, Any]) -> list[ClientEvent]:
+        request_id = int(message["requestId"])
+        request = self._requests.get(request_id)
+        if request is None:
+            return []
+        success = bool(message["success"])
+        has_data = "errorData" in message
+        done = RequestDone(
+            request_id,
+            success,
+            from_json(message["result"]) if success else None,
+            None if success else str(message["result"]),
+            from_json(message["errorData"]) if has_data else None,
+            has_data,
+            decode_ts(message["ts"]) if success and message.get("ts") is not None else None,
+        )
+        if success and done.ts is not None:
+            self.max_observed_ts = max(self.max_observed_ts, done.ts)
+            if done.ts > self._end_version[2]:
+                request.response = done  # finishes with the Transition that covers it
+                return []
+        del self._requests[request_id]
+        return [done]
+
+    @property
+    def query_ids(self) -> list[int]:
+        """The live query ids."""
+        return list(self._queries)
+
+
+def _version(data: Mapping[str, Any]) -> tuple[int, int, int]:
+    return int(data["querySet"]), int(data["identity"]), decode_ts(data["ts"])
+
+
+def _query_event(modification: Mapping[str, Any], ts: int) -> QueryResultEvent | None:
+    kind = modification.get("type")
+    if kind == "QueryUpdated":
+        return QueryResultEvent(
+            int(modification["queryId"]), from_json(modification["value"]), ts=ts
+        )
+    if kind == "QueryFailed":
+        has_data = "errorData" in modification
+        return QueryResultEvent(
+            int(modification["queryId"]),
+            None,
+            str(modification["errorMessage"]),
+            from_json(modification["errorData"]) if has_data else None,
+            has_data,
+            ts,
+        )
+    return None
+
+
+def _dump(message: Mapping[str, Any]) -> str:
+    return orjson.dumps(message).decode()
