@@ -86,6 +86,9 @@ class LiveTable(anywidget.AnyWidget):
         self._handle: CallbackHandle | None = None
         if subscription is not None:
             self._handle = subscription.on_result(self._on_result)
+        on_status = getattr(source, "on_status", None)  # remote clients report reconnects
+        if callable(on_status):
+            on_status(self._on_connection_status)
         else:
             self._paged = PagedQuery(
                 lambda page_args: source.subscribe(ref, page_args), dict(args or {}), self._on_pages
@@ -106,6 +109,11 @@ class LiveTable(anywidget.AnyWidget):
             self._dirty = True
             self._reason = "data"
         self._schedule()
+
+    def _on_connection_status(self, status: str) -> None:
+        """Show "reconnecting" (keeping the last rows) until the connection is back."""
+        with self._lock:
+            self.status = "reconnecting" if status == "reconnecting" else self._state
 
     def _on_pages(self, rows: list[Any], done: bool, error: BaseException | None) -> None:
         if error is not None:

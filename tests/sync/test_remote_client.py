@@ -74,3 +74,23 @@ def test_reconnects_after_server_restart(server_factory):
         assert client.mutation("counter:inc", name="again", by=1) == 4.0
     finally:
         client.close()
+
+
+def test_live_table_shows_reconnecting_then_catches_up(server_factory):
+    from widgets import LiveTable
+
+    server = server_factory()
+    client = kernel_ext.connect(server.url)
+    try:
+        table = LiveTable(client, "counter:get", {"name": "w"})
+        table.send = lambda *a, **k: None
+        wait_for(lambda: table.status == "ready")
+        server.stop(signal.SIGTERM)
+        wait_for(lambda: table.status == "reconnecting")
+        server.start()
+        with kernel_ext.connect(server.url) as other:
+            other.mutation("counter:inc", name="w", by=2)
+        wait_for(lambda: table.status == "ready" and table.model.rows == [2.0], timeout=20)
+        table.close()
+    finally:
+        client.close()
