@@ -245,6 +245,28 @@ def run_all_cells(page: Any) -> None:
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
 
+_DESCRIBE: Final = """() => {
+  const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+  const outputs = [...document.querySelectorAll('.jp-OutputArea-output')].map((o) => o.innerText);
+  return JSON.stringify({
+    current: w ? w.title.label : null,
+    kernel: k ? k.status : null,
+    prompts: [...document.querySelectorAll('.jp-InputPrompt')].map((p) => p.innerText),
+    outputs: outputs.map((t) => t.slice(0, 400)),
+  });
+}"""
+
+
+def describe(page: Any) -> str:
+    """What the page shows (for error messages): current document, kernel status, prompts and
+    the start of each output."""
+    try:
+        return str(page.evaluate(_DESCRIBE))
+    except Exception as error:  # the page may be gone
+        return f"(page not readable: {error})"
+
+
 def shutdown_kernel(page: Any) -> None:
     """Shut down the open notebook's kernel (it owns its store file) and close the page."""
     try:

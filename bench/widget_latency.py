@@ -38,8 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
 from bench._browser import (
     chromium,
+    describe,
     ensure_widget_store,
     execute,
     jupyter_lab,
@@ -163,7 +166,10 @@ def _open(browser: Any, server: Any, config: Config, store: Path) -> Run:
         for code in _SETUP[1:]:
             execute(page, code)
         run_all_cells(page)
-        page.wait_for_function(_ROW_SHOWN, timeout=180_000)
+        try:
+            page.wait_for_function(_ROW_SHOWN, timeout=120_000)
+        except PlaywrightTimeout:
+            raise RuntimeError(f"{config.label}: the table did not show: {describe(page)}") from None
         execute(page, _INSTRUMENT)
         if page.evaluate(_OBSERVE) < 0:
             raise RuntimeError("no `name` column in the table")

@@ -26,6 +26,8 @@ ALLOWED = {
     },
     # The server takes a ready backend: it opens no store itself (`__main__` does).
     "sync": {"store", "engine", "functions", "client.auth", "sync"},
+    # The jupyter-server extension opens the shared store and mounts the sync server.
+    "server_ext": {"store", "persistence", "engine", "functions", "sync", "server_ext"},
 }
 # Sans-I/O modules outside `store`: they take decoded input and return output, nothing else.
 PURE_MODULES = [

@@ -86,13 +86,13 @@ class LiveTable(anywidget.AnyWidget):
         self._handle: CallbackHandle | None = None
         if subscription is not None:
             self._handle = subscription.on_result(self._on_result)
-        on_status = getattr(source, "on_status", None)  # remote clients report reconnects
-        if callable(on_status):
-            on_status(self._on_connection_status)
         else:
             self._paged = PagedQuery(
                 lambda page_args: source.subscribe(ref, page_args), dict(args or {}), self._on_pages
             )
+        on_status = getattr(source, "on_status", None)  # remote clients report reconnects
+        if callable(on_status):
+            on_status(self._on_connection_status)
 
     # -- results from the store ----------------------------------------------------------
 

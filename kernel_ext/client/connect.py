@@ -52,6 +52,7 @@ def connect(
     *,
     auth: Mapping[str, Any] | AuthConfig | None = None,
     admin_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Any:
     """Connect to a store.
 
@@ -61,6 +62,8 @@ def connect(
         auth: `{"issuer", "secret" | "public_key", "audience"?}` to verify tokens passed to
             `client.set_auth`; without it the embedded client trusts the token's claims.
         admin_key: for a server URL: act as admin (internal functions, pushing functions).
+        headers: for a server URL: extra headers of the WebSocket upgrade (e.g. Jupyter's
+            `Authorization: token ...`).
 
     Returns:
         a `Client` (embedded) or a `RemoteClient` (server URL), with the same methods.
@@ -76,7 +79,7 @@ def connect(
             )
         from kernel_ext.client.remote import RemoteClient
 
-        return RemoteClient(url, admin_key=admin_key)
+        return RemoteClient(url, admin_key=admin_key, headers=headers)
     path = resolve_location(url)
     if path is None:
         backend = Backend(Store(SqlitePersistence(None)))

@@ -87,6 +87,7 @@ class SubscriptionManager:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the worker waits for commits here
         self._done = threading.Condition(self._lock)  # wait_processed waits here
+        self._waiting = 0  # threads in wait_processed: a commit notifies only if there are any
         self._queries: dict[Hashable, LiveQuery] = {}
         self._index = SubscriptionIndex()
         self._commits: list[Commit] = []
@@ -147,7 +148,13 @@ class SubscriptionManager:
         if self._processed_ts >= ts:  # it only grows: no need to lock to see that it is done
             return True
         with self._lock:
-            return self._done.wait_for(lambda: self._processed_ts >= ts or self._closed, timeout)
+            self._waiting += 1
+            try:
+                return self._done.wait_for(
+                    lambda: self._processed_ts >= ts or self._closed, timeout
+                )
+            finally:
+                self._waiting -= 1
 
     def close(self) -> None:
         """Stop the worker; idempotent."""
@@ -167,7 +174,8 @@ class SubscriptionManager:
                 # Nothing live depends on this commit: it is processed already, and the worker
                 # need not wake up.
                 self._processed_ts = commit.ts
-                self._done.notify_all()
+                if self._waiting:
+                    self._done.notify_all()
                 return
             self._commits.append(commit)
             self._work.notify_all()
@@ -195,7 +203,8 @@ class SubscriptionManager:
                 self._busy = False
                 if commits:
                     self._processed_ts = max(self._processed_ts, commits[-1].ts)
-                self._done.notify_all()
+                if self._waiting:
+                    self._done.notify_all()
 
     def _round(self, to_run: set[LiveQuery]) -> None:
         if not to_run:

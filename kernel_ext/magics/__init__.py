@@ -51,8 +51,16 @@ class DefinedFunction:
 def _default_client() -> Client:
     import kernel_ext
 
-    url = os.environ.get("CONVEX_URL")
-    client: Client = kernel_ext.connect(url or None, admin_key=os.environ.get("CONVEX_ADMIN_KEY"))
+    admin_key = os.environ.get("CONVEX_ADMIN_KEY")
+    if url := os.environ.get("CONVEX_URL"):
+        client: Client = kernel_ext.connect(url, admin_key=admin_key)
+    elif shared := os.environ.get("CONVEX_JUPYTER_URL"):
+        # The shared store of the Jupyter server this kernel runs under.
+        token = os.environ.get("CONVEX_JUPYTER_TOKEN", "")
+        headers = {"Authorization": f"token {token}"} if token else {}
+        client = kernel_ext.connect(shared, admin_key=admin_key, headers=headers)
+    else:
+        client = kernel_ext.connect()
     return client
 
 

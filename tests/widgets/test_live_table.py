@@ -220,3 +220,10 @@ def test_paginated_pages_keep_their_boundaries(paged_app):
     time.sleep(0.2)
     assert table.model.key_at(199) == first_page_end
     table.close()
+
+
+def test_plain_query_is_not_paged(app):
+    table = LiveTable(app, "t:items")
+    assert table._paged is None
+    assert table.sortable
+    table.close()

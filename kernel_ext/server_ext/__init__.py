@@ -1,0 +1,67 @@
+"""The jupyter-server extension: one shared store for every notebook of a Jupyter server.
+
+The store lives in the Jupyter server process (kernel restarts don't touch it), at
+`<root_dir>/.convex/shared.db` (or `$CONVEX_JUPYTER_DB`), with the functions folder
+`<root_dir>/convex/` loaded when it exists (or `$CONVEX_JUPYTER_FUNCTIONS`). It is served
+under the server's base URL, behind Jupyter's own authentication:
+
+    <base_url>convex/api/sync, <base_url>convex/api/<version>/sync   the sync WebSocket
+    <base_url>convex/api/...                                          the HTTP API
+
+Kernels started by this server find it through environment variables the extension sets in
+the server process (kernels inherit them): `CONVEX_JUPYTER_URL`, `CONVEX_JUPYTER_TOKEN` and
+`CONVEX_ADMIN_KEY` (the notebook owner may push functions and call internal ones).
+
+Enable it with `jupyter server extension enable kernel_ext.server_ext`, or start a server
+with `--ServerApp.jpserver_extensions="{'kernel_ext.server_ext': True}"`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SHARED_DB", "_jupyter_server_extension_points", "_load_jupyter_server_extension"]
+
+#: The shared store's file, relative to the Jupyter server's root directory.
+SHARED_DB = Path(".convex") / "shared.db"
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "kernel_ext.server_ext"}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    """Open the shared store, mount its routes, and tell future kernels where it is."""
+    import tornado.ioloop
+    from jupyter_server.utils import url_path_join
+
+    from kernel_ext.engine.store import Store
+    from kernel_ext.functions.backend import Backend
+    from kernel_ext.persistence.sqlite import SqlitePersistence
+    from kernel_ext.server_ext.handlers import handlers_for
+    from kernel_ext.sync.auth import admin_key_path, generate_admin_key, write_admin_key
+    from kernel_ext.sync.server import SyncServer
+
+    root = Path(serverapp.root_dir)
+    db = Path(os.environ.get("CONVEX_JUPYTER_DB") or root / SHARED_DB)
+    persistence = SqlitePersistence(db)
+    backend = Backend(Store(persistence))
+    functions = Path(os.environ.get("CONVEX_JUPYTER_FUNCTIONS") or root / "convex")
+    if functions.is_dir():
+        backend.load_functions(functions)
+    admin_key = generate_admin_key()
+    write_admin_key(admin_key_path(db), admin_key)
+    server = SyncServer(backend, admin_key=admin_key)
+    prefix = url_path_join(serverapp.base_url, "convex")
+    serverapp.web_app.add_handlers(".*$", handlers_for(server, prefix, admin_key))
+    ticker = tornado.ioloop.PeriodicCallback(server._tick, server.tick_interval * 1000)
+    ticker.start()
+    url = url_path_join(serverapp.connection_url, "convex")
+    persistence.set_owner_info(url)
+    os.environ["CONVEX_JUPYTER_URL"] = url
+    os.environ["CONVEX_JUPYTER_TOKEN"] = getattr(serverapp.identity_provider, "token", "") or ""
+    os.environ["CONVEX_ADMIN_KEY"] = admin_key
+    serverapp.log.info("convex-notebook: shared store %s served at %s", db, url)
+    serverapp._convex_backend = backend  # closed with the process
