@@ -12,6 +12,9 @@ BENCHMARKS = [
     "open_store",
     "widget_bytes",
     "widget_latency",
+    "server_roundtrip",
+    "server_fanout",
+    "server_load",
 ]
 
 

@@ -8,6 +8,7 @@ JSON lines over its stdin/stdout. Everything listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -81,8 +82,14 @@ class LineProcess:
     def tail(self, n: int = 20) -> str:
         return "\n".join(self.output[-n:])
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit status."""
+    def stop(self, grace: float = 5.0, timeout: float = 15.0) -> int | None:
+        """Close stdin (a worker exits at EOF) and wait `grace` seconds, then SIGTERM, then
+        SIGKILL if it still runs after `timeout`; returns the exit status."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):  # it has gone already
+                self.proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(grace)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -90,8 +97,6 @@ class LineProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             status = self.proc.wait()
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
         self._reader.join(5)
         return status
 

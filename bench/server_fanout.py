@@ -59,7 +59,7 @@ def main() -> None:
                     worker("fanout", CONNECTIONS, SUBSCRIPTIONS, p * per_process, HOT, server.url)
                 )
             setup = [s.expect("ready", 120) for s in subscribers]
-            for seconds, value, count in setup:
+            for _seconds, value, count in setup:
                 assert value == 0.0 and count == per_process, (value, count)
             subscribed = time.perf_counter() - started
             writer = worker("writer", server.url)
@@ -108,9 +108,7 @@ def main() -> None:
             if writer is not None:
                 writer.stop()
             for s in subscribers:
-                s.send("quit")
-            for s in subscribers:
-                s.stop()
+                s.stop()  # EOF on stdin: each subscriber process exits
             server.stop()
 
     latencies.sort()

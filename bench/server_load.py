@@ -74,9 +74,7 @@ def main() -> None:
             rss_after = server.rss_kib()
             cpu = server.cpu_seconds() - cpu_before
             for c in clients:
-                c.send("quit")
-            for c in clients:
-                c.stop()
+                c.stop()  # EOF on stdin: each client process exits
             time.sleep(1.0)
             rss_idle = server.rss_kib()
             problems = server.problems()
@@ -105,9 +103,7 @@ def main() -> None:
         f"  latency mutation p50 {mutation_stats['p50'] / 1000:7.2f} ms  "
         f"p99 {mutation_stats['p99'] / 1000:7.2f} ms  max {mutation_stats['max'] / 1000:7.2f} ms"
     )
-    print(
-        f"  server CPU {cpu:.1f} s in {elapsed:.1f} s ({cpu / elapsed * 100:.0f}% of one core)"
-    )
+    print(f"  server CPU {cpu:.1f} s in {elapsed:.1f} s ({cpu / elapsed * 100:.0f}% of one core)")
     trend = ", ".join(f"{t:.0f}s {kib / 1024:.1f}" for t, kib in samples)
     print(
         f"  server RSS (MiB): at start {rss_start / 1024:.1f}, before (after warm-up) "

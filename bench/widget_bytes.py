@@ -4,7 +4,8 @@ the same DataFrame, measured in the same run.
 
 Data (`bench._browser.make_frame`, the mix of WIDGETS.md §5): int, 2 floats, 2 strs, a datetime
 as an ISO string, bool, float with ~10% NaN, a 3-level str, int. The LiveTable's notebook loads
-it with `convex.import_dataframe` into its own store file and shows `LiveTable(convex,
+it with `convex.import_dataframe` into its own embedded store file (`%convex connect
+sqlite:///live-table.db`, in the notebook's scratch folder) and shows `LiveTable(convex,
 "items:all")` over `db.query("items").collect()`; the other two get the DataFrame itself.
 
 Each widget gets its own notebook and kernel. The page counts every frame it receives on the
@@ -66,6 +67,7 @@ def as_row(frame, i):  # JSON-able values of one row, in column order (NaN -> No
 
 LIVE_SETUP: Final = [
     "%load_ext kernel_ext",
+    "%convex connect sqlite:///live-table.db",  # an embedded store file in the notebook's folder
     f"{_FRAME}\nfrom widgets import LiveTable\n"
     "ids = convex.import_dataframe('items', df, batch_size=20_000, progress=False)",
     "%%convex_query items:all\nreturn db.query('items').collect()",

@@ -169,7 +169,8 @@ def _open(browser: Any, server: Any, config: Config, store: Path) -> Run:
         try:
             page.wait_for_function(_ROW_SHOWN, timeout=120_000)
         except PlaywrightTimeout:
-            raise RuntimeError(f"{config.label}: the table did not show: {describe(page)}") from None
+            shows = describe(page)
+            raise RuntimeError(f"{config.label}: the table did not show: {shows}") from None
         execute(page, _INSTRUMENT)
         if page.evaluate(_OBSERVE) < 0:
             raise RuntimeError("no `name` column in the table")

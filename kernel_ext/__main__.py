@@ -108,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
                 admin_key=admin_key,
                 auth=provider,
                 on_ready=ready,
+                push_dir=Path(args.db).resolve().parent / "pushed",
             )
         except OSError as exc:  # the address is taken or not ours
             print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)

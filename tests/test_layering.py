@@ -25,9 +25,18 @@ ALLOWED = {
         "sync.client_protocol",
     },
     # The server takes a ready backend: it opens no store itself (`__main__` does).
-    "sync": {"store", "engine", "functions", "client.auth", "sync"},
+    "sync": {
+        "store",
+        "engine",
+        "functions",
+        "client.auth",
+        "sync",
+        "magics.cells",
+        "magics.parsing",
+    },
     # The jupyter-server extension opens the shared store and mounts the sync server.
     "server_ext": {"store", "persistence", "engine", "functions", "sync", "server_ext"},
+    "magics": {"store", "functions", "client", "magics"},
 }
 # Sans-I/O modules outside `store`: they take decoded input and return output, nothing else.
 PURE_MODULES = [

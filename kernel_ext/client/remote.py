@@ -20,6 +20,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import websockets
@@ -304,6 +305,64 @@ class RemoteClient:
             else:
                 text = self._session.authenticate("None", None)
         self._send(text)
+
+    # -- pushing functions (admin) -------------------------------------------------------
+
+    def _post(self, route: str, body: Mapping[str, Any]) -> Any:
+        import json
+        import urllib.error
+        import urllib.request
+
+        parts = urllib.parse.urlsplit(self.url)
+        target = urllib.parse.urlunsplit(
+            (parts.scheme, parts.netloc, parts.path.rstrip("/") + route, parts.query, "")
+        )
+        headers = {"Content-Type": "application/json", **self._headers}
+        if "Authorization" not in headers and self._admin_key is not None:
+            headers["Authorization"] = f"Convex {self._admin_key}"
+        request = urllib.request.Request(
+            target, data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=_CALL_TIMEOUT) as response:
+                return json.loads(response.read())["value"]
+        except urllib.error.HTTPError as exc:
+            with exc:
+                detail = json.loads(exc.read() or b"{}").get("message", exc.reason)
+            raise FunctionError(f"The server refused the push ({exc.code}): {detail}") from None
+
+    def push_cell(self, source: str) -> list[str]:
+        """Send a magic cell (`%%convex_query ...`, `%%convex_schema`) for the server to
+        compile and register; needs the admin key. Returns what it defined."""
+        self._check_open()
+        return list(self._post("/api/push", {"cell": source}))
+
+    def register(self, path: str, function: Any) -> str:
+        """Push a function defined by a magic cell (its source travels, not its globals)."""
+        source = getattr(function, "source", None)
+        if not isinstance(source, str) or not source.startswith("%%convex_"):
+            raise FunctionError(
+                "Only functions defined by %%convex_* cells can be pushed one by one; put "
+                "decorated functions in a folder and use load_functions(folder)"
+            )
+        return self.push_cell(source)[0]
+
+    def load_functions(self, folder: str | Path) -> list[str]:
+        """Push every module of a functions folder (and its schema.py); needs the admin key."""
+        root = Path(folder)
+        files = {
+            p.relative_to(root).as_posix(): p.read_text()
+            for p in sorted(root.rglob("*.py"))
+            if not any(part.startswith((".", "__")) for part in p.relative_to(root).parts)
+        }
+        return list(self._post("/api/push", {"files": files}))
+
+    def set_schema(self, schema: Any) -> None:
+        """A schema object cannot travel; push its cell or its folder instead."""
+        raise FunctionError(
+            "A remote store takes its schema as source: run a %%convex_schema cell or "
+            "load_functions(folder) with a schema.py"
+        )
 
     # -- DataFrames ----------------------------------------------------------------------
 

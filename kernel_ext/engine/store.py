@@ -18,8 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 from kernel_ext.errors import ConflictError, SchemaError, ValidationError
 from kernel_ext.persistence.sqlite import CommitRecord, IndexChange, SqlitePersistence
@@ -51,8 +50,7 @@ ALL_KEYS: Final[WrittenKey] = (ALL, b"")
 _RETRY_DELAYS: Final = (0.0, 0.001, 0.005, 0.02, 0.05)
 
 
-@dataclass(frozen=True)
-class Commit:
+class Commit(NamedTuple):
     """What one commit changed, as told to listeners (subscriptions, scheduler)."""
 
     ts: int
@@ -105,13 +103,10 @@ def _same_suffix(
 ) -> bytes:
     """The `document_suffix` of `new`: `old_suffix` if `old` is a version of it (system fields
     never change), computed otherwise."""
-    if (
-        old is not None
-        and old_suffix is not None
-        and old["_id"] == new["_id"]
-        and same_value(old["_creationTime"], new["_creationTime"])
-    ):
-        return old_suffix
+    if old is not None and old_suffix is not None and old["_id"] == new["_id"]:
+        old_time, new_time = old["_creationTime"], new["_creationTime"]
+        if old_time is new_time or same_value(old_time, new_time):
+            return old_suffix
     return document_suffix(new)
 
 
@@ -379,7 +374,11 @@ class Store:
             tables = self._tables_for(txn.catalog, writes)
             records, keys = self._records(writes, tables)
             ts = self._next_ts()
-            new_tables = [t for t in tables.values() if self.catalog.table(t.name) is None]
+            new_tables = (
+                [t for t in tables.values() if self.catalog.table(t.name) is None]
+                if txn.catalog.new_tables
+                else []
+            )
             # Tables go into the catalog before their rows reach storage: a snapshot that sees
             # the rows must also see the tables.
             for info in new_tables:

@@ -8,13 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from kernel_ext.magics.parsing import (
-    FunctionHeader,
-    HeaderError,
-    build_handler_ast,
-    parse_header,
-    parse_key_values,
-)
+from kernel_ext.magics.cells import compile_function, compile_schema
+from kernel_ext.magics.parsing import FunctionHeader, HeaderError, parse_key_values
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -87,24 +82,14 @@ def _make_magics(shell: InteractiveShell) -> Any:
         def convex_schema(self, line: str, cell: str) -> Any:
             """Define the schema: `name = define_table({...}).index(...)` per table, or
             `schema = define_schema({...})`."""
-            from kernel_ext import define_schema, define_table, v
-            from kernel_ext.store.schema import SchemaDefinition, TableDefinition
-
-            namespace: dict[str, Any] = dict(self._ip.user_ns)
-            namespace.update(v=v, define_table=define_table, define_schema=define_schema)
-            code = self._ip.compile(cell, self._ip.compile.cache(cell), "exec")
-            local: dict[str, Any] = {}
-            exec(code, namespace, local)
-            schema = local.get("schema")
-            if not isinstance(schema, SchemaDefinition):
-                tables = {k: x for k, x in local.items() if isinstance(x, TableDefinition)}
-                if not tables:
-                    raise HeaderError(
-                        "%%convex_schema: define tables as `name = define_table({...})` or set "
-                        "`schema = define_schema({...})`"
-                    )
-                schema = define_schema(tables)
-            self.client.set_schema(schema)
+            source = f"%%convex_schema {line}\n{cell}"
+            schema = compile_schema(cell, dict(self._ip.user_ns), self._ip.compile.cache(cell))
+            client = self.client
+            push = getattr(client, "push_cell", None)
+            if push is not None:  # a server compiles the cell itself (admin key needed)
+                push(source)
+            else:
+                client.set_schema(schema)
             return _SchemaSummary(schema)
 
         @cell_magic
@@ -123,15 +108,19 @@ def _make_magics(shell: InteractiveShell) -> Any:
             return self._define("action", line, cell)
 
         def _define(self, kind: str, line: str, cell: str) -> Any:
-            header = parse_header(line)
-            function = _build_function(self._ip, kind, header, line, cell)
-            self.client.register(header.path, function)
+            header, function = _build_function(self._ip, kind, header_line=line, body=cell)
+            client = self.client
+            push = getattr(client, "push_cell", None)
+            if push is not None:  # a server compiles the cell itself (admin key needed)
+                push(function.source)
+            else:
+                client.register(header.path, function)
             if header.live:
                 from IPython.display import display
 
                 from widgets import LiveTable
 
-                table = LiveTable(self.client, header.path, header.live_args)
+                table = LiveTable(client, header.path, header.live_args)
                 display(table)  # type: ignore[no-untyped-call]
                 return None
             return DefinedFunction(kind, header)
@@ -153,6 +142,11 @@ def _make_magics(shell: InteractiveShell) -> Any:
 
         def _cmd_status(self, args: list[str]) -> None:
             client = self.client
+            if not hasattr(client, "backend"):
+                print(
+                    f"convex: store served at {client.location} ({getattr(client, 'status', '?')})"
+                )
+                return
             print(f"convex: embedded store at {client.location}")
             print(f"  {len(client.tables())} tables, {len(client.functions())} functions")
 
@@ -167,10 +161,16 @@ def _make_magics(shell: InteractiveShell) -> Any:
                 old.close()
             self._cmd_status([])
 
+        def _embedded(self, command: str) -> Client:
+            client = self.client
+            if not hasattr(client, "backend"):
+                raise HeaderError(f"%convex {command} needs the embedded store")
+            return client
+
         def _cmd_functions(self, args: list[str]) -> Any:
             import pandas as pd
 
-            registry = self.client.backend.registry
+            registry = self._embedded("functions").backend.registry
             rows = []
             for path in registry.paths():
                 fn = registry.get(path)
@@ -181,7 +181,7 @@ def _make_magics(shell: InteractiveShell) -> Any:
         def _cmd_tables(self, args: list[str]) -> Any:
             import pandas as pd
 
-            store = self.client.backend.store
+            store = self._embedded("tables").backend.store
             rows = [
                 {"table": t.name, "indexes": ", ".join(sorted(t.indexes))}
                 for t in store.catalog.tables()
@@ -192,10 +192,12 @@ def _make_magics(shell: InteractiveShell) -> Any:
         def _call(self, kind: str, args: list[str]) -> Any:
             if not args:
                 raise HeaderError(f"Usage: %convex {kind} PATH key=value ...")
+            client = self.client
+            values = parse_key_values(args[1:])
+            if not hasattr(client, "backend"):  # remote: the owner's admin key allows internals
+                return getattr(client, kind)(args[0], values)
             # The line magics act for the notebook's owner: internal functions are allowed.
-            return self.client.backend.call(
-                args[0], parse_key_values(args[1:]), kind=kind, identity=None, public_only=False
-            )
+            return client.backend.call(args[0], values, kind=kind, identity=None, public_only=False)
 
         def _cmd_query(self, args: list[str]) -> Any:
             from kernel_ext.client.dataframe import to_dataframe
@@ -205,7 +207,8 @@ def _make_magics(shell: InteractiveShell) -> Any:
         def _cmd_mutation(self, args: list[str]) -> Any:
             result = self._call("mutation", args)
             client = self.client
-            client.backend.subscriptions.wait_processed(client.backend.store.ts)
+            if hasattr(client, "backend"):
+                client.backend.subscriptions.wait_processed(client.backend.store.ts)
             return result
 
         def _cmd_action(self, args: list[str]) -> Any:
@@ -227,41 +230,13 @@ class _SchemaSummary:
 
 
 def _build_function(
-    shell: InteractiveShell, kind: str, header: FunctionHeader, line: str, cell: str
-) -> Any:
-    """Compile the cell body into a registered-ready `FunctionDefinition`; nothing is
-    registered if anything fails."""
-    from kernel_ext import UNDEFINED, v
-    from kernel_ext.functions.registration import FunctionDefinition
-
-    source = f"%%convex_{kind} {line}\n{cell}"
+    shell: InteractiveShell, kind: str, *, header_line: str, body: str
+) -> tuple[FunctionHeader, Any]:
+    """Compile the cell body against the notebook's namespace (helpers from earlier cells
+    work); nothing is registered if anything fails."""
+    source = f"%%convex_{kind} {header_line}\n{body}"
     filename = shell.compile.cache(source)
-    tree = build_handler_ast(header, cell, filename)
-    code = compile(tree, filename, "exec")
-    namespace: dict[str, Any] = dict(shell.user_ns)
-    namespace.setdefault("v", v)
-    validators = {}
-    for param in header.params:
-        try:
-            validators[param.name] = eval(param.validator, namespace)
-        except Exception as exc:
-            raise HeaderError(
-                f"The validator of {param.name!r} ({param.validator}) failed: {exc}"
-            ) from exc
-    local: dict[str, Any] = {}
-    exec(code, shell.user_ns, local)
-    handler = local["handler"]
-    handler.__name__ = handler.__qualname__ = header.name
-    if header.params:  # an optional argument left out is UNDEFINED in the body
-        handler.__kwdefaults__ = dict.fromkeys((p.name for p in header.params), UNDEFINED)
-    return FunctionDefinition(
-        kind,  # type: ignore[arg-type]
-        handler,
-        v.object(validators),  # type: ignore[arg-type]
-        None,
-        header.internal,
-        source,
-    )
+    return compile_function(kind, header_line, body, shell.user_ns, filename)  # type: ignore[arg-type]
 
 
 def load_ipython_extension(shell: InteractiveShell) -> None:

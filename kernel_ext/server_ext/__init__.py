@@ -53,7 +53,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         backend.load_functions(functions)
     admin_key = generate_admin_key()
     write_admin_key(admin_key_path(db), admin_key)
-    server = SyncServer(backend, admin_key=admin_key)
+    server = SyncServer(backend, admin_key=admin_key, push_dir=db.parent / "pushed")
     prefix = url_path_join(serverapp.base_url, "convex")
     serverapp.web_app.add_handlers(".*$", handlers_for(server, prefix, admin_key))
     ticker = tornado.ioloop.PeriodicCallback(server._tick, server.tick_interval * 1000)

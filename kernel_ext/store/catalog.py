@@ -40,7 +40,14 @@ def id_key(doc_id: str) -> bytes:
 def document_suffix(doc: dict[str, Value]) -> bytes:
     """The encoded `[_creationTime, _id]` that ends every index key of a document but `by_id`
     (the same for every version of the document)."""
-    return encode_key((doc["_creationTime"], doc["_id"]))
+    return _suffix(doc["_creationTime"], doc["_id"])
+
+
+@functools.lru_cache(maxsize=1 << 12, typed=True)
+def _suffix(creation_time: float, doc_id: str) -> bytes:
+    # Cached: a commit needs it for the old and the new version of each document, and a
+    # document written often (a counter) is written again soon.
+    return encode_key((creation_time, doc_id))
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ class ReadSet:
 
     def add_point(self, index: str, key: bytes) -> None:
         """Record a point read (e.g. `db.get`), whether or not a document was there."""
-        self.add(index, key, key_successor(key))
+        self.intervals.setdefault(index, []).append((key, key_successor(key)))
 
     def track(self, scan: ScanProgress) -> ScanProgress:
         """Track a scan whose interval is decided when the read set is finalized."""

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kernel_ext.errors import (
     DocumentNotFound,
@@ -61,8 +60,7 @@ class Snapshot(Protocol):
         """Rows of an index (`index_id` None: `by_id`) with keys in `[lo, hi)`, in order."""
 
 
-@dataclass(frozen=True)
-class Write:
+class Write(NamedTuple):
     """One document's change in a commit: `old` None for an insert, `new` None for a delete."""
 
     table: str
@@ -387,10 +385,7 @@ class Transaction:
             new.pop(k, None)
         new.update(updates)
         self._validate(table.name, new)
-        changed = any(k in current for k in removed) or any(
-            k not in current or not same_value(x, current[k]) for k, x in updates.items()
-        )
-        if changed:  # a no-op patch records no write
+        if _changes(current, updates, removed):  # a no-op patch records no write
             self._put(table.name, doc_id, current, new)
 
     def replace(self, doc_id: str, value: Mapping[str, Any], *, system: bool = False) -> None:
@@ -409,6 +404,20 @@ class Transaction:
         """Delete the document."""
         table, current = self._existing(doc_id, "delete", system)
         self._put(table.name, doc_id, current, None)
+
+
+def _changes(current: dict[str, Value], updates: dict[str, Value], removed: list[str]) -> bool:
+    """True if setting `updates` and removing `removed` changes the document `current`."""
+    for k in removed:
+        if k in current:
+            return True
+    for k, x in updates.items():
+        if k not in current:
+            return True
+        y = current[k]
+        if x is not y and not same_value(x, y):
+            return True
+    return False
 
 
 def _check_system_fields(value: Mapping[str, Any], current: dict[str, Value]) -> None:

@@ -149,6 +149,9 @@ def same_value(a: Value, b: Value) -> bool:
     so an `==` match counts only if the types match all the way down."""
     if a == b:
         return _same_types(a, b)
+    t = type(a)
+    if t is int or t is str or t is bool or a is None:
+        return False  # holds no NaN: Python's inequality is Convex's
     # Unequal for Python but equal for Convex only with NaN (which Python never equates).
     return _contains_nan(a) and compare(a, b) == 0
 

@@ -138,9 +138,15 @@ class HttpApi:
         authenticator: turns the `Authorization` header into an identity.
     """
 
-    def __init__(self, runner: ApiRunner, authenticator: HeaderAuthenticator) -> None:
+    def __init__(
+        self,
+        runner: ApiRunner,
+        authenticator: HeaderAuthenticator,
+        deploy: Callable[[Mapping[str, Any]], Any] | None = None,
+    ) -> None:
         self._runner = runner
         self._authenticator = authenticator
+        self._deploy = deploy
         self._routes: dict[str, Callable[[HttpRequest, Identity], HttpResponse]] = {
             "/api/query": self._query,
             "/api/mutation": lambda r, i: self._call(r, i, "mutation"),
@@ -149,6 +155,7 @@ class HttpApi:
             "/api/query_ts": self._query_ts,
             "/api/query_at_ts": self._query_at_ts,
             "/api/query_batch": self._query_batch,
+            "/api/push": self._push,
         }
 
     def handles(self, path: str) -> bool:
@@ -262,6 +269,18 @@ class HttpApi:
             )
         return _json_response(200, _udf_response(outcome, encode))
 
+    def _push(self, request: HttpRequest, identity: Identity) -> HttpResponse:
+        """Define functions or the schema from pushed source (admin only)."""
+        if self._deploy is None:
+            raise HttpError(404, "NotFound", "This server does not accept pushed functions")
+        if not identity.admin:
+            raise HttpError(403, "Forbidden", "Pushing functions needs the admin key")
+        try:
+            defined = self._deploy(_body(request))
+        except Exception as exc:  # bad pushed code is the pusher's problem, reported as 400
+            raise _push_error(exc) from exc
+        return _json_response(200, {"status": "success", "value": defined})
+
     def _query_batch(self, request: HttpRequest, identity: Identity) -> HttpResponse:
         items = _body(request).get("queries")
         if not isinstance(items, list) or not all(isinstance(q, dict) for q in items):
@@ -277,6 +296,10 @@ class HttpApi:
 
 
 # -- request parsing ----------------------------------------------------------------------
+
+
+def _push_error(exc: Exception) -> HttpError:
+    return HttpError(400, "BadPush", f"{type(exc).__name__}: {exc}")
 
 
 def _check_client_version(value: str | None) -> None:

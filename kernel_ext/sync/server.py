@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import tornado.httpserver
@@ -30,6 +31,7 @@ import tornado.websocket
 from kernel_ext.functions.backend import Backend
 from kernel_ext.sync.auth import AuthProvider, ServerAuthenticator
 from kernel_ext.sync.connection import MutationLog, SyncConnection
+from kernel_ext.sync.deploy import Deployer
 from kernel_ext.sync.http import HttpApi, HttpRequest
 from kernel_ext.sync.protocol import PING_INTERVAL
 from kernel_ext.sync.runner import BackendRunner
@@ -160,6 +162,7 @@ class SyncServer:
         ping_interval: idle seconds before a JSON Ping.
         tick_interval: how often connections check pings and token expiry.
         workers: threads for mutations and HTTP calls (and as many for actions).
+        push_dir: where modules pushed by an admin are written (a temporary folder if None).
     """
 
     def __init__(
@@ -171,11 +174,12 @@ class SyncServer:
         ping_interval: float = PING_INTERVAL,
         tick_interval: float = 1.0,
         workers: int = 16,
+        push_dir: Path | None = None,
     ) -> None:
         self.backend = backend
         self.runner = BackendRunner(backend)
         self.authenticator = ServerAuthenticator(admin_key, auth)
-        self.http_api = HttpApi(self.runner, self.authenticator)
+        self.http_api = HttpApi(self.runner, self.authenticator, Deployer(backend, push_dir))
         self.ping_interval, self.tick_interval = ping_interval, tick_interval
         self.executor = concurrent.futures.ThreadPoolExecutor(workers, "convex-calls")
         self.action_executor = concurrent.futures.ThreadPoolExecutor(workers, "convex-actions")

@@ -467,3 +467,32 @@ def test_mismatch_message_shows_value_and_type():
     message = str(info.value)
     assert "Value: [1, 2] (array)" in message
     assert "Validator: v.string()" in message
+
+
+_DOC_VALIDATOR = v.object(
+    {"a": v.string(), "b": v.optional(v.array(v.int64())), "c": v.object({"d": v.float64()})}
+)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"a": "x", "c": {"d": 1.0}},
+        {"a": "x", "b": [1, 2], "c": {"d": 1.0}},
+        {"a": 1, "c": {"d": 1.0}},  # wrong type
+        {"c": {"d": 1.0}},  # missing
+        {"a": "x", "c": {"d": 1.0}, "z": 1},  # extra
+        {"a": "x", "b": [1, "2"], "c": {"d": 1.0}},  # nested
+        {"a": "x", "c": {"d": 1}},  # int is not a float64
+    ],
+)
+def test_check_fields_raises_what_check_raises_without_the_ignored_fields(fields):
+    doc = {"_id": "id", "_creationTime": 1.0, **fields}
+    try:
+        _DOC_VALIDATOR.check(fields)
+    except ValidationError as exc:
+        with pytest.raises(ValidationError) as info:
+            _DOC_VALIDATOR.check_fields(doc, ("_id", "_creationTime"), lambda n: None)
+        assert str(info.value) == str(exc)
+    else:
+        _DOC_VALIDATOR.check_fields(doc, ("_id", "_creationTime"), lambda n: None)

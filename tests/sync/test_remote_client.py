@@ -94,3 +94,48 @@ def test_live_table_shows_reconnecting_then_catches_up(server_factory):
         table.close()
     finally:
         client.close()
+
+
+def test_push_cells_and_modules_need_the_admin_key(server_factory, tmp_path):
+    server = server_factory()
+    cell = '%%convex_query pushed:hello(name: v.string())\nreturn "hello " + name'
+    with kernel_ext.connect(server.url) as anonymous:
+        with pytest.raises(kernel_ext.errors.FunctionError, match="403"):
+            anonymous.push_cell(cell)
+    with kernel_ext.connect(server.url, admin_key=server.admin_key) as owner:
+        assert owner.push_cell(cell) == ["pushed:hello"]
+        assert owner.query("pushed:hello", name="ada") == "hello ada"
+        with pytest.raises(kernel_ext.errors.FunctionError, match="SyntaxError"):
+            owner.push_cell("%%convex_query pushed:broken\nreturn (")
+        folder = tmp_path / "fns"
+        folder.mkdir()
+        (folder / "extra.py").write_text(
+            "from kernel_ext import query\n\n@query\ndef ping(ctx):\n    return 'pong'\n"
+        )
+        assert "extra:ping" in owner.load_functions(folder)
+        assert owner.query("extra:ping") == "pong"
+
+
+def test_magics_against_a_served_store(server_factory, tmp_path, monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    server = server_factory()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONVEX_URL", server.url)
+    monkeypatch.setenv("CONVEX_ADMIN_KEY", server.admin_key)
+    ip = InteractiveShell.instance()
+    try:
+        ip.run_line_magic("load_ext", "kernel_ext")
+        assert isinstance(ip.user_ns["convex"], RemoteClient)
+        for cell in (
+            '%%convex_schema\nnotes = define_table({"text": v.string()})',
+            "%%convex_mutation notes:add(text: v.string())\nreturn db.insert('notes', {'text': text})",
+            "%%convex_query notes:all\nreturn [n['text'] for n in db.query('notes').collect()]",
+        ):
+            result = ip.run_cell(cell)
+            assert result.success, result.error_in_exec
+        ip.run_line_magic("convex", "mutation notes:add text='from a magic'")
+        assert ip.user_ns["convex"].query("notes:all") == ["from a magic"]
+    finally:
+        ip.run_line_magic("unload_ext", "kernel_ext")
+        InteractiveShell.clear_instance()

@@ -1,0 +1,83 @@
+"""Pushing functions to a server: compile cells and modules sent by an admin.
+
+Only requests that carry the admin key get here (`HttpApi` checks). A pushed cell carries
+only its own source: it runs with the names `kernel_ext` exports (`v`, `ConvexError`,
+`UNDEFINED`, ...) but none of the sending notebook's globals.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kernel_ext.errors import ValidationError
+from kernel_ext.functions.backend import Backend
+from kernel_ext.magics.cells import (
+    KINDS,
+    base_namespace,
+    compile_function,
+    compile_schema,
+    split_cell,
+)
+
+__all__ = ["Deployer"]
+
+
+class Deployer:
+    """Applies pushes to a backend.
+
+    Args:
+        backend: where functions and the schema go.
+        folder: where pushed modules are written (a temporary folder if None).
+    """
+
+    def __init__(self, backend: Backend, folder: Path | None = None) -> None:
+        self.backend = backend
+        self.folder = (
+            folder if folder is not None else Path(tempfile.mkdtemp(prefix="convex-push-"))
+        )
+
+    def __call__(self, body: Mapping[str, Any]) -> list[str]:
+        """Apply `{"cell": "%%convex_... source"}` or `{"files": {"dir/x.py": source}}`;
+        returns what was defined (function paths, or "schema").
+
+        Raises:
+            ValidationError: the body is neither.
+            HeaderError, SyntaxError, SchemaError, ...: the pushed code is bad; nothing changed.
+        """
+        if isinstance(body.get("cell"), str):
+            return self._cell(body["cell"])
+        files = body.get("files")
+        if isinstance(files, Mapping) and files:
+            return self._files(files)
+        raise ValidationError('A push is {"cell": "%%convex_query ..."} or {"files": {...}}')
+
+    def _cell(self, source: str) -> list[str]:
+        name, line, cell = split_cell(source)
+        if name == "convex_schema":
+            self.backend.store.set_schema(compile_schema(cell, base_namespace(), "<pushed schema>"))
+            return ["schema"]
+        header, function = compile_function(
+            KINDS[name], line, cell, base_namespace(), f"<pushed {line.strip()[:60]}>"
+        )
+        return [self.backend.register(header.path, function)]
+
+    def _files(self, files: Mapping[str, Any]) -> list[str]:
+        for name, text in files.items():
+            relative = PurePosixPath(str(name))
+            if (
+                relative.is_absolute()
+                or ".." in relative.parts
+                or relative.suffix != ".py"
+                or not isinstance(text, str)
+            ):
+                raise ValidationError(
+                    f"Pushed module {name!r} must be a relative .py path with text"
+                )
+        for name, text in files.items():
+            target = self.folder / PurePosixPath(str(name))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        return self.backend.load_functions(self.folder)
