@@ -34,6 +34,7 @@ def jupyter(tmp_path: Path):
         **os.environ,
         "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
         "CONVEX_JUPYTER_FUNCTIONS": str(Path(__file__).parent / "app"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
     }
     for name in ("CONVEX_URL", "CONVEX_JUPYTER_URL", "CONVEX_JUPYTER_TOKEN", "CONVEX_ADMIN_KEY"):
         env.pop(name, None)
@@ -108,3 +109,53 @@ def test_websocket_needs_jupyter_auth(jupyter):
         assert client.status != "connected"
     finally:
         client.close()
+
+
+def start_kernel(base: str, token: str, runtime: Path):
+    """A kernel started by the Jupyter server (so it inherits the server's environment)."""
+    from jupyter_client import BlockingKernelClient
+
+    request = urllib.request.Request(
+        f"{base}/api/kernels", data=b"{}", method="POST",
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        kernel_id = json.loads(response.read())["id"]
+    client = BlockingKernelClient()
+    client.load_connection_file(str(runtime / f"kernel-{kernel_id}.json"))
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    return client
+
+
+def run(kernel, code: str, expression: str | None = None):
+    reply = kernel.execute_interactive(
+        code, user_expressions={"x": expression} if expression else None, timeout=60,
+        output_hook=lambda msg: None,
+    )  # fmt: skip
+    assert reply["content"]["status"] == "ok", reply["content"]
+    if expression:
+        return reply["content"]["user_expressions"]["x"]["data"]["text/plain"]
+    return None
+
+
+def test_two_kernels_share_the_store(jupyter, tmp_path):
+    base, token, _ = jupyter
+    runtime = tmp_path / "runtime"
+    a, b = start_kernel(base, token, runtime), start_kernel(base, token, runtime)
+    try:
+        run(a, "%load_ext kernel_ext")
+        assert "RemoteClient" in run(a, "", "type(convex).__name__")
+        run(a, 'sub = convex.subscribe("counter:get", name="kernels")')
+        assert run(a, "", "sub.value") == "0.0"
+        run(b, "%load_ext kernel_ext")
+        run(b, 'convex.mutation("counter:inc", name="kernels", by=7)')
+        run(
+            a,
+            "import time\nfor _ in range(200):\n    if sub.value == 7.0: break\n    time.sleep(0.05)",
+        )
+        assert run(a, "", "sub.value") == "7.0"
+    finally:
+        for kernel in (a, b):
+            kernel.shutdown()
+            kernel.stop_channels()
