@@ -18,8 +18,11 @@ a MutationObserver in the page records `performance.timeOrigin + performance.now
 row's `name` cell shows the new text. Both clocks are this machine's wall clock (the offset
 between them is printed). The latency splits at the moment the LiveTable sends its `rows`
 message (its `send` is wrapped in the benchmark's kernel to record the time): kernel (commit ->
-send: query re-run, table model, coalescing timer) and front end (send -> DOM: ZMQ, Jupyter
-server, WebSocket, anywidget, requestAnimationFrame, drawRows).
+send: query re-run, table model, coalescing timer) and front end (send -> DOM), and the front
+end again when that message arrives on the page's WebSocket (an init script wraps
+`window.WebSocket` to timestamp custom comm messages before JupyterLab handles them): wire
+(ZMQ, Jupyter server, WebSocket) and page (JupyterLab, anywidget, requestAnimationFrame,
+drawRows).
 
 The two paginated tables are open at the same time (two notebooks, two kernels, two pages of
 one Chromium) and take their changes in turn, so that the machine's load (a shared VM) affects
@@ -119,6 +122,31 @@ _EXPECT: Final = """([pos, text]) => {
   window.__lat.pos = pos; window.__lat.text = text; window.__lat.t = null;
 }"""
 _NOW: Final = "() => performance.timeOrigin + performance.now()"
+# Before any page script: every WebSocket records when a widget's custom comm_msg (the
+# LiveTable's `rows` message) arrives, before JupyterLab's own handler sees it (v1 protocol:
+# 8-byte offset count, offsets, channel, header, parent header, metadata, content, buffers).
+_TAP_WEBSOCKETS: Final = """(() => {
+  const Native = window.WebSocket;
+  const text = new TextDecoder();
+  window.__customArrivals = [];
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) => {
+        const at = performance.timeOrigin + performance.now();
+        if (!(event.data instanceof ArrayBuffer)) return;
+        try {
+          const view = new DataView(event.data);
+          const offset = (i) => Number(view.getBigUint64(8 * (i + 1), true));
+          const part = (i) =>
+            text.decode(new Uint8Array(event.data, offset(i), offset(i + 1) - offset(i)));
+          if (JSON.parse(part(1)).msg_type !== "comm_msg") return;
+          if (part(4).includes('"method":"custom"')) window.__customArrivals.push(at);
+        } catch (error) { /* not a v1 kernel message */ }
+      });
+    }
+  };
+})();"""
 
 
 @dataclass
@@ -131,6 +159,8 @@ class Run:
     total_ms: list[float] = field(default_factory=list)  # commit -> DOM
     kernel_ms: list[float] = field(default_factory=list)  # commit -> rows message sent
     front_ms: list[float] = field(default_factory=list)  # sent -> DOM
+    wire_ms: list[float] = field(default_factory=list)  # sent -> arrived in the page
+    page_ms: list[float] = field(default_factory=list)  # arrived -> DOM
     mutation_ms: list[float] = field(default_factory=list)  # commit -> mutation returned
     changes_made: int = 0
     rows_shown: str = ""
@@ -154,6 +184,7 @@ def _clock_offset(page: Any) -> float:
 def _open(browser: Any, server: Any, config: Config, store: Path) -> Run:
     """Open a notebook on `store`, show the LiveTable, instrument it."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.add_init_script(_TAP_WEBSOCKETS)
     try:
         open_notebook(
             page,
@@ -194,13 +225,17 @@ def _change(run: Run) -> None:
         t1="_t1",
     )
     page.wait_for_function("() => window.__lat.t !== null", timeout=60_000)
-    seen = float(page.evaluate("() => window.__lat.t"))
+    seen, arrivals = page.evaluate("() => [window.__lat.t, window.__customArrivals.splice(0)]")
     sent = float(execute(page, "", sent="_sent[-1]")["sent"]) * 1e3
     t0, t1 = float(times["t0"]) * 1e3, float(times["t1"]) * 1e3
+    # The rows message is the last custom message that arrived before the DOM showed it.
+    arrived = max((a for a in arrivals if a <= seen), default=float("nan"))
     if i >= WARMUP:
         run.total_ms.append(seen - t0)
         run.kernel_ms.append(sent - t0)
         run.front_ms.append(seen - sent)
+        run.wire_ms.append(arrived - sent)
+        run.page_ms.append(seen - arrived)
         run.mutation_ms.append(t1 - t0)
     run.changes_made += 1
     page.wait_for_timeout(GAP_MS)
@@ -270,6 +305,8 @@ def main() -> None:
         print(f"    commit -> DOM         {_fmt(run.total_ms)}")
         print(f"    commit -> rows sent   {_fmt(run.kernel_ms)}  (kernel)")
         print(f"    rows sent -> DOM      {_fmt(run.front_ms)}  (front end)")
+        print(f"      sent -> in page     {_fmt(run.wire_ms)}  (ZMQ, server, WebSocket)")
+        print(f"      in page -> DOM      {_fmt(run.page_ms)}  (JupyterLab, anywidget, JS)")
         print(f"    commit -> mutation returned {_fmt(run.mutation_ms)}")
 
     big = runs["paginate, 1,000,000 docs"]

@@ -210,8 +210,13 @@ def _path(ref: Any) -> str:
 def _is_paginated(client: Any, ref: Any) -> bool:
     """True if the query declares a `paginationOpts` argument."""
     backend = getattr(client, "backend", None)
-    if backend is None:
-        return False
+    if backend is None:  # a remote client asks the server (needs the admin key)
+        try:
+            info = client.function_info(ref)
+        except Exception:  # not an admin, or an older server: show it unpaged
+            return False
+        fields = ((info or {}).get("args") or {}).get("value") or {}
+        return "paginationOpts" in fields
     function = backend.registry.get(_path(ref))
     return (
         function is not None

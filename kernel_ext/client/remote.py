@@ -357,6 +357,16 @@ class RemoteClient:
         }
         return list(self._post("/api/push", {"files": files}))
 
+    def functions(self) -> list[str]:
+        """The paths of the server's functions (admin)."""
+        return [f["path"] for f in self._post("/api/push", {"functions": True})]
+
+    def function_info(self, path: str) -> dict[str, Any] | None:
+        """`{path, kind, visibility, args}` of one function (admin), or None."""
+        wanted = path_of(path)
+        infos = self._post("/api/push", {"functions": True})
+        return next((f for f in infos if f["path"] == wanted), None)
+
     def set_schema(self, schema: Any) -> None:
         """A schema object cannot travel; push its cell or its folder instead."""
         raise FunctionError(
@@ -367,10 +377,33 @@ class RemoteClient:
     # -- DataFrames ----------------------------------------------------------------------
 
     def table_df(self, table: str) -> pd.DataFrame:
-        """Not available remotely: define a query that returns the table."""
-        raise FunctionError(
-            f"table_df({table!r}) needs the embedded store; query the server instead"
-        )
+        """Every document of `table` as a DataFrame (admin)."""
+        from kernel_ext.client.dataframe import to_dataframe
+        from kernel_ext.store.values import from_json
+
+        return to_dataframe([from_json(d) for d in self._post("/api/push", {"table": table})])
+
+    def import_dataframe(
+        self, table: str, frame: pd.DataFrame, *, batch_size: int = 1000, progress: bool = True
+    ) -> list[str]:
+        """Insert every row of `frame` into `table` in batches (admin), with a progress bar;
+        each batch is one transaction; returns the new ids in row order."""
+        from tqdm.auto import tqdm
+
+        from kernel_ext.client.dataframe import rows_from_dataframe
+        from kernel_ext.store.values import normalize, to_json
+
+        ids: list[str] = []
+        rows = rows_from_dataframe(frame)
+        with tqdm(
+            total=len(frame), desc=f"import {table}", unit="row", disable=not progress
+        ) as bar:
+            while batch := [
+                to_json(normalize(r)) for _, r in zip(range(batch_size), rows, strict=False)
+            ]:
+                ids += self._post("/api/push", {"import": table, "rows": batch})
+                bar.update(len(batch))
+        return ids
 
     # -- closing -------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from kernel_ext.magics.cells import (
     compile_schema,
     split_cell,
 )
+from kernel_ext.store.catalog import BY_CREATION_TIME
+from kernel_ext.store.values import from_json, to_json
 
 __all__ = ["Deployer"]
 
@@ -39,9 +41,15 @@ class Deployer:
             folder if folder is not None else Path(tempfile.mkdtemp(prefix="convex-push-"))
         )
 
-    def __call__(self, body: Mapping[str, Any]) -> list[str]:
-        """Apply `{"cell": "%%convex_... source"}` or `{"files": {"dir/x.py": source}}`;
-        returns what was defined (function paths, or "schema").
+    def __call__(self, body: Mapping[str, Any]) -> Any:
+        """Apply an admin request:
+
+        - `{"cell": "%%convex_... source"}` or `{"files": {"dir/x.py": source}}`: define
+          functions (or the schema); returns what was defined (paths, or "schema");
+        - `{"import": table, "rows": [documents as Convex JSON]}`: insert rows in one
+          mutation; returns their ids;
+        - `{"table": name}`: every document of a table (Convex JSON), in creation order;
+        - `{"functions": true}`: `[{path, kind, visibility, args}]` (args: validator JSON).
 
         Raises:
             ValidationError: the body is neither.
@@ -49,6 +57,12 @@ class Deployer:
         """
         if isinstance(body.get("cell"), str):
             return self._cell(body["cell"])
+        if isinstance(body.get("import"), str) and isinstance(body.get("rows"), list):
+            return self._import(body["import"], body["rows"])
+        if isinstance(body.get("table"), str):
+            return self._table(body["table"])
+        if body.get("functions") is True:
+            return self._functions()
         files = body.get("files")
         if isinstance(files, Mapping) and files:
             return self._files(files)
@@ -63,6 +77,32 @@ class Deployer:
             KINDS[name], line, cell, base_namespace(), f"<pushed {line.strip()[:60]}>"
         )
         return [self.backend.register(header.path, function)]
+
+    def _import(self, table: str, rows: list[Any]) -> list[str]:
+        documents = [from_json(row) for row in rows]
+        ids, ts = self.backend.store.mutate(
+            lambda txn: [txn.insert(table, doc) for doc in documents]
+        )
+        self.backend.subscriptions.wait_processed(ts)
+        return ids
+
+    def _table(self, table: str) -> list[Any]:
+        docs = self.backend.store.read(
+            lambda txn: txn.query(table).with_index(BY_CREATION_TIME).collect()
+        )[0]
+        return [to_json(doc) for doc in docs]
+
+    def _functions(self) -> list[dict[str, Any]]:
+        registry = self.backend.registry
+        out = []
+        for path in registry.paths():
+            fn = registry.get(path)
+            if fn is not None:
+                args = None if fn.args is None else fn.args.to_json()
+                out.append(
+                    {"path": path, "kind": fn.kind, "visibility": fn.visibility, "args": args}
+                )
+        return out
 
     def _files(self, files: Mapping[str, Any]) -> list[str]:
         for name, text in files.items():

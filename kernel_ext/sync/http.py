@@ -274,7 +274,7 @@ class HttpApi:
         if self._deploy is None:
             raise HttpError(404, "NotFound", "This server does not accept pushed functions")
         if not identity.admin:
-            raise HttpError(403, "Forbidden", "Pushing functions needs the admin key")
+            raise HttpError(403, "Forbidden", "This needs the admin key")
         try:
             defined = self._deploy(_body(request))
         except Exception as exc:  # bad pushed code is the pusher's problem, reported as 400

@@ -139,3 +139,30 @@ def test_magics_against_a_served_store(server_factory, tmp_path, monkeypatch):
     finally:
         ip.run_line_magic("unload_ext", "kernel_ext")
         InteractiveShell.clear_instance()
+
+
+def test_remote_bulk_import_table_df_and_paged_live_table(server_factory):
+    import pandas as pd
+
+    from widgets import LiveTable
+
+    server = server_factory()
+    with kernel_ext.connect(server.url, admin_key=server.admin_key) as owner:
+        ids = owner.import_dataframe(
+            "rows", pd.DataFrame({"n": range(450)}), batch_size=200, progress=False
+        )
+        assert len(ids) == 450
+        frame = owner.table_df("rows")
+        assert list(frame["n"]) == list(range(450))
+        assert list(frame.index) == ids
+        owner.push_cell(
+            "%%convex_query rows:page(paginationOpts: v.any())\n"
+            "return db.query('rows').paginate(paginationOpts)"
+        )
+        assert owner.function_info("rows:page")["kind"] == "query"
+        table = LiveTable(owner, "rows:page")
+        table.send = lambda *a, **k: None
+        assert table._paged is not None
+        table._on_front_end_message(table, {"type": "window", "offset": 400, "limit": 50}, [])
+        wait_for(lambda: table.total == 450 and table.complete, timeout=20)
+        table.close()
