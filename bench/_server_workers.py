@@ -92,7 +92,7 @@ def roundtrip(
     from websockets.sync.client import connect
 
     client = ConvexClient(url)
-    ws = connect(echo_url, compression=None, max_size=None)
+    ws = connect(echo_url, compression=None, max_size=None, legacy=True)
     rng = random.Random(7)
     counter = 0
 

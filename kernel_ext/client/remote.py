@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RemoteClient", "RemoteFunctionError"]
 
-_CLIENT_HEADER: Final = "python-0.1.0"
+_CLIENT_HEADER: Final = "convex-notebook-0.1.0"
 _MAX_BACKOFF: Final = 5.0
 _CALL_TIMEOUT: Final = 300.0
 

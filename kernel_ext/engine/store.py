@@ -34,7 +34,6 @@ from kernel_ext.store.catalog import (
 from kernel_ext.store.readset import ALL, ReadSet, WrittenKey
 from kernel_ext.store.schema import SchemaDefinition
 from kernel_ext.store.transaction import Snapshot, Transaction, Write
-from kernel_ext.store.values import Value, same_value
 
 __all__ = ["ALL_KEYS", "Commit", "SCHEDULED_FUNCTIONS", "Store"]
 
@@ -96,18 +95,6 @@ class _TxnCatalog:
         info = new_table_info(name, self._allocate_number(), -1)
         self.new_tables[name] = info
         return info
-
-
-def _same_suffix(
-    old: dict[str, Value] | None, new: dict[str, Value], old_suffix: bytes | None
-) -> bytes:
-    """The `document_suffix` of `new`: `old_suffix` if `old` is a version of it (system fields
-    never change), computed otherwise."""
-    if old is not None and old_suffix is not None and old["_id"] == new["_id"]:
-        old_time, new_time = old["_creationTime"], new["_creationTime"]
-        if old_time is new_time or same_value(old_time, new_time):
-            return old_suffix
-    return document_suffix(new)
 
 
 def _no_new_tables(name: str) -> TableInfo:
@@ -425,32 +412,31 @@ class Store:
     def _records(
         writes: dict[str, Write], tables: dict[str, TableInfo]
     ) -> tuple[list[CommitRecord], list[WrittenKey]]:
-        """The storage records of a commit, and the index keys it wrote: the old and the new
-        key of each written document in every index of its table (an unchanged key once)."""
+        """The storage records of a commit (each with the index entries that change), and the
+        index keys it wrote: the old and the new key of each written document in every index
+        of its table (an unchanged key once)."""
         records: list[CommitRecord] = []
         keys: list[WrittenKey] = []
         for doc_id, write in writes.items():
             table = tables[write.table]
             old_doc, new_doc = write.old, write.new
             old_suffix = None if old_doc is None else document_suffix(old_doc)
-            new_suffix = None if new_doc is None else _same_suffix(old_doc, new_doc, old_suffix)
+            new_suffix = None if new_doc is None else document_suffix(new_doc)
             changes = []
             for index in table.indexes.values():
                 name = f"{table.name}.{index.name}"
-                old = None if old_doc is None else index.key_of(old_doc, old_suffix)
-                if new_doc is None:
-                    new = None
-                elif (
-                    old_doc is not None
-                    and new_suffix is old_suffix
-                    and index.same_fields(old_doc, new_doc)
-                ):
-                    new = old  # most updates leave most keys alone: no need to encode
-                else:
-                    new = index.key_of(new_doc, new_suffix)
-                if old is not None:
+                old = None
+                if old_doc is not None:
+                    old = index.key_of(old_doc, old_suffix)
                     keys.append((name, old))
-                if new is not None and new is not old:
+                    if (
+                        new_doc is not None
+                        and new_suffix == old_suffix  # versions of one document: always, here
+                        and index.same_fields(old_doc, new_doc)
+                    ):
+                        continue  # most updates leave most keys alone: nothing to encode or store
+                new = None if new_doc is None else index.key_of(new_doc, new_suffix)
+                if new is not None:
                     keys.append((name, new))
                 if index.index_id is not None:
                     changes.append(IndexChange(index.index_id, old, new))

@@ -85,7 +85,7 @@ class Backend:
         """
         if args is None:
             args = {}
-        if not isinstance(args, Mapping):
+        if type(args) is not dict and not isinstance(args, Mapping):
             raise ArgumentError(
                 f"The arguments to a Convex function must be an object (a dict), got {args!r}"
             )

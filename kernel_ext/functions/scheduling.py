@@ -136,8 +136,10 @@ class SchedulerService:
         self._wake.set()
 
     def _on_commit(self, commit: Commit) -> None:
-        if any(w.table == SCHEDULED_FUNCTIONS for w in commit.writes.values()):
-            self._wake.set()
+        for write in commit.writes.values():  # a loop, not any(): this runs on every commit
+            if write.table == SCHEDULED_FUNCTIONS:
+                self._wake.set()
+                return
 
     def _jobs(self, kind: str) -> list[dict[str, Value]]:
         def read(txn: Transaction) -> list[dict[str, Value]]:

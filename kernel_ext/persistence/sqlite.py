@@ -46,10 +46,10 @@ __all__ = ["CommitRecord", "IndexChange", "SqlitePersistence", "SqliteSnapshot"]
 
 _FORMAT_VERSION: Final = 1
 _FIRST_BATCH: Final = 16
+_MAX_BATCH: Final = 1024
 #: How far ahead of a commit's ts the stored ceiling is raised (ns): at most ten `meta`
 #: writes a second, and after a restart timestamps run at most this far ahead of the clock.
 _TS_LEASE: Final = 100_000_000
-_MAX_BATCH: Final = 1024
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,10 +88,11 @@ class CommitRecord(NamedTuple):
 
 
 def _apply(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    """Run `sql` for each row (one `execute` for a single row: cheaper than `executemany`)."""
+    """Run `sql` for each of several rows (one `execute` for one row: cheaper than
+    `executemany`)."""
     if len(rows) == 1:
         conn.execute(sql, rows[0])
-    elif rows:
+    else:
         conn.executemany(sql, rows)
 
 
@@ -560,12 +561,20 @@ class SqlitePersistence:
                             if i.index_id is not None
                         ],
                     )
-                _apply(w, "DELETE FROM index_entries WHERE index_id=? AND key=?", removed)
-                _apply(w, "UPDATE index_entries SET key=? WHERE index_id=? AND key=?", moved)
-                _apply(w, "DELETE FROM documents WHERE table_number=? AND id_key=?", deletes)
-                _apply(w, "UPDATE documents SET body=? WHERE table_number=? AND id_key=?", updates)
-                _apply(w, "INSERT INTO documents VALUES (?, ?, ?)", inserts)
-                _apply(w, "INSERT INTO index_entries VALUES (?, ?, ?)", added)
+                if removed:
+                    _apply(w, "DELETE FROM index_entries WHERE index_id=? AND key=?", removed)
+                if moved:
+                    _apply(w, "UPDATE index_entries SET key=? WHERE index_id=? AND key=?", moved)
+                if deletes:
+                    _apply(w, "DELETE FROM documents WHERE table_number=? AND id_key=?", deletes)
+                if updates:
+                    _apply(
+                        w, "UPDATE documents SET body=? WHERE table_number=? AND id_key=?", updates
+                    )
+                if inserts:
+                    _apply(w, "INSERT INTO documents VALUES (?, ?, ?)", inserts)
+                if added:
+                    _apply(w, "INSERT INTO index_entries VALUES (?, ?, ?)", added)
                 ceiling = ts + _TS_LEASE if ts > self._ts_ceiling else None
                 if ceiling is not None:
                     w.execute("UPDATE meta SET value=? WHERE key='ts'", (str(ceiling),))

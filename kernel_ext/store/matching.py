@@ -23,6 +23,10 @@ class SubscriptionIndex:
     def __init__(self) -> None:
         self._points: dict[str, dict[bytes, set[Hashable]]] = {}
         self._trees: dict[str, IntervalTree] = {}
+        # Queries by range: the tree holds each distinct range once (the library hashes
+        # intervals by their bounds, so many equal ranges in one tree would make lookups
+        # quadratic), and this maps the range to every query that read it.
+        self._ranges: dict[str, dict[tuple[bytes, bytes], set[Hashable]]] = {}
         self._registered: dict[Hashable, list[Interval]] = {}
 
     def __len__(self) -> int:
@@ -39,7 +43,10 @@ class SubscriptionIndex:
             if hi == key_successor(lo):
                 self._points.setdefault(index, {}).setdefault(lo, set()).add(query_id)
             else:
-                self._trees.setdefault(index, IntervalTree()).addi(lo, hi, query_id)
+                holders = self._ranges.setdefault(index, {}).setdefault((lo, hi), set())
+                if not holders:
+                    self._trees.setdefault(index, IntervalTree()).addi(lo, hi)
+                holders.add(query_id)
         self._registered[query_id] = kept
 
     def remove(self, query_id: Hashable) -> None:
@@ -51,7 +58,11 @@ class SubscriptionIndex:
                 if not holders:
                     del self._points[index][lo]
             else:
-                self._trees[index].removei(lo, hi, query_id)
+                holders = self._ranges[index][(lo, hi)]
+                holders.discard(query_id)
+                if not holders:
+                    del self._ranges[index][(lo, hi)]
+                    self._trees[index].removei(lo, hi)
 
     def match(self, keys: Iterable[WrittenKey]) -> set[Hashable]:
         """The ids of queries with an interval containing any of the written keys."""
@@ -64,5 +75,7 @@ class SubscriptionIndex:
                 found |= points.get(key, set())
             tree = self._trees.get(index)
             if tree:
-                found.update(iv.data for iv in tree.at(key))
+                ranges = self._ranges[index]
+                for interval in tree.at(key):
+                    found |= ranges[(interval.begin, interval.end)]
         return found

@@ -181,7 +181,10 @@ class Transaction:
     # -- reads ---------------------------------------------------------------------------
 
     def _pending(self, doc_id: str) -> Write | None:
-        for layer in reversed(self._layers):
+        layers = self._layers
+        if len(layers) == 1:  # no nested mutation open: the common case
+            return layers[0].get(doc_id)
+        for layer in reversed(layers):
             write = layer.get(doc_id)
             if write is not None:
                 return write
@@ -371,7 +374,7 @@ class Transaction:
     def patch(self, doc_id: str, partial: Mapping[str, Any], *, system: bool = False) -> None:
         """Shallow-merge `partial` into the document; `UNDEFINED` removes a field."""
         table, current = self._existing(doc_id, "patch", system)
-        if not isinstance(partial, Mapping):
+        if type(partial) is not dict and not isinstance(partial, Mapping):
             raise ValidationError(f"db.patch() takes a dict of fields, got {partial!r}")
         if "_id" in partial or "_creationTime" in partial:
             _check_system_fields(partial, current)
@@ -430,7 +433,7 @@ def _check_system_fields(value: Mapping[str, Any], current: dict[str, Value]) ->
 
 
 def _user_fields(value: Any, method: str, *, system: bool) -> dict[str, Value]:
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise ValidationError(f"db.{method}() takes a dict of fields, got {value!r}")
     if "_id" not in value and "_creationTime" not in value:
         fields: dict[str, Value] = normalize(value)

@@ -91,6 +91,8 @@ class SyncConnection:
         action_executor: runs actions (concurrently).
         ping_interval: idle seconds before a Ping.
         mutation_log: answers re-sent mutations (shared by a server's connections).
+        keeps_session: the client re-uses its session id after a reconnect (JS does; the
+            Python and Rust clients do not, so their results are not recorded).
         clock: seconds since the epoch.
     """
 
@@ -105,6 +107,7 @@ class SyncConnection:
         action_executor: concurrent.futures.Executor,
         ping_interval: float = PING_INTERVAL,
         mutation_log: MutationLog | None = None,
+        keeps_session: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._loop = asyncio.get_running_loop()
@@ -113,6 +116,8 @@ class SyncConnection:
         self._executor, self._action_executor = executor, action_executor
         self._clock = clock
         self._mutation_log = MutationLog() if mutation_log is None else mutation_log
+        # Only a client that keeps its session id across sockets can ever look a result up.
+        self._keeps_session = keeps_session
         self.protocol = SyncProtocol(authenticator, now=clock(), ping_interval=ping_interval)
         self._subscriptions: dict[tuple[int, int], Callable[[], None]] = {}
         self._flush: asyncio.Handle | None = None
@@ -208,7 +213,7 @@ class SyncConnection:
                     self._mutation_log.put(key, outcome, ts)
                 done(event.request_id, outcome, ts)
 
-        key = self._mutation_key(event) if kind == "mutation" else None
+        key = self._mutation_key(event) if kind == "mutation" and self._keeps_session else None
         recorded = None if key is None else self._mutation_log.get(key)
         if recorded is not None:
             self._loop.call_soon(done, event.request_id, *recorded)

@@ -75,7 +75,12 @@ class SyncSocketHandler(tornado.websocket.WebSocketHandler, _Handler):
 
     def open(self, *args: str, **kwargs: str) -> None:
         """A client connected: start its session."""
-        self.connection = self.server.new_connection(self._send, self._close_with)
+        # Small frames go out at once: a mutation's response and its Transition are two
+        # frames, and Nagle's algorithm would hold the second for the peer's delayed ACK.
+        self.set_nodelay(True)
+        client = self.request.headers.get("Convex-Client", "")
+        keeps_session = not client.startswith(("python-", "rust-"))
+        self.connection = self.server.new_connection(self._send, self._close_with, keeps_session)
         self.server.sockets.add(self)
 
     def on_message(self, message: str | bytes) -> None:
@@ -211,7 +216,10 @@ class SyncServer:
         return self.allowed_hosts is None or host.strip("[]").lower() in self.allowed_hosts
 
     def new_connection(
-        self, send_text: Callable[[str], None], close: Callable[[int, str], None]
+        self,
+        send_text: Callable[[str], None],
+        close: Callable[[int, str], None],
+        keeps_session: bool = True,
     ) -> SyncConnection:
         """A pump for a new WebSocket."""
         return SyncConnection(
@@ -223,6 +231,7 @@ class SyncServer:
             action_executor=self.action_executor,
             ping_interval=self.ping_interval,
             mutation_log=self.mutation_log,
+            keeps_session=keeps_session,
         )
 
     async def run_http(self, request: HttpRequest) -> Any:
