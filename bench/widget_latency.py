@@ -34,6 +34,7 @@ documents at most 1.5x the p50 over 1,000 documents (same run).
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from contextlib import ExitStack
@@ -189,7 +190,7 @@ def _open(browser: Any, server: Any, config: Config, store: Path) -> Run:
         open_notebook(
             page,
             server,
-            f"{config.query.split(':')[1]}-{config.docs}",
+            re.sub(r"[^a-z0-9]+", "-", config.label.lower()).strip("-"),  # one per table
             [f"table = LiveTable(convex, {config.query!r})\ntable"],
         )
         execute(page, _SETUP[0])
@@ -255,8 +256,9 @@ def _measure(
     change in the machine's load affects them alike), then close them."""
     with ExitStack() as stack:
         runs = []
-        for config in configs:
-            store = stack.enter_context(store_copy(stores[config.docs], f"latency-{config.docs}"))
+        for n, config in enumerate(configs):  # one scratch folder per open table
+            copy = store_copy(stores[config.docs], f"latency-{n}-{config.docs}")
+            store = stack.enter_context(copy)
             run = _open(browser, server, config, store)
             stack.callback(_close, run)
             runs.append(run)

@@ -1,14 +1,17 @@
 """Live queries: run once, re-run when a commit writes into their read set, push changes.
 
-One worker thread does all query executions for subscriptions, in rounds. A round takes the
+Query executions for subscriptions happen in rounds, one round at a time. A round takes the
 commits published since the last round, finds the live queries whose read sets contain a
 written key (`SubscriptionIndex`, cost proportional to the matches), and re-runs those plus
 newly subscribed ones together on a single snapshot, so every result of a round comes from one
 timestamp. A result equal to the previous one is not delivered. Identical subscriptions (same
 key) share one execution.
 
-`wait_processed(ts)` blocks until every live query reflects commit `ts`: the client calls it
-after a mutation so that its subscriptions read its writes.
+A worker thread runs the rounds, except that `wait_processed(ts)` (which blocks until every
+live query reflects commit `ts`: the client calls it after a mutation so that its subscriptions
+read its writes) runs a pending round itself if the worker has not started it yet: the caller
+would wait for that round anyway, and waking the worker would add a thread hand-off to the
+latency of every update.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class SubscriptionManager:
         self._commits: list[Commit] = []
         self._new: list[LiveQuery] = []
         self._processed_ts = store.ts
-        self._busy = False  # the worker is in a round: later commits must queue behind it
+        self._busy = False  # a round is running: later commits queue behind it
         self._closed = False
         store.add_listener(self._on_commit)
         self._thread = threading.Thread(target=self._run, name="convex-subscriptions", daemon=True)
@@ -109,7 +112,8 @@ class SubscriptionManager:
     ) -> Callable[[], None]:
         """Call `on_update(result)` with the query's current result and each changed one.
 
-        `on_update` runs on the worker thread and must return quickly. Returns a function that
+        `on_update` runs on the thread that runs the round (the worker, or one waiting in
+        `wait_processed`), one call at a time, and must return quickly. Returns a function that
         unsubscribes.
         """
         with self._lock:
@@ -144,9 +148,12 @@ class SubscriptionManager:
             self._work.notify_all()
 
     def wait_processed(self, ts: int, timeout: float | None = None) -> bool:
-        """Block until every live query reflects commit `ts`; False on timeout."""
+        """Block until every live query reflects commit `ts`; False on timeout. Without a
+        timeout, the caller may run the pending round itself (see the module docstring)."""
         if self._processed_ts >= ts:  # it only grows: no need to lock to see that it is done
             return True
+        if timeout is None:
+            self._run_pending_round()
         with self._lock:
             self._waiting += 1
             try:
@@ -183,28 +190,57 @@ class SubscriptionManager:
     def _run(self) -> None:
         while True:
             with self._lock:
-                self._work.wait_for(lambda: self._closed or self._commits or self._new)
+                self._work.wait_for(
+                    lambda: self._closed or ((self._commits or self._new) and not self._busy)
+                )
                 if self._closed:
                     return
-                commits, self._commits = self._commits, []
-                fresh, self._new = self._new, []
-                self._busy = True
-                affected = {
-                    self._queries[k]
-                    for c in commits
-                    for k in self._index.match(c.keys)
-                    if k in self._queries
-                }
-            try:
-                self._round(affected | set(fresh))
-            except Exception:  # a broken store must not kill the worker silently
-                _log.exception("live query round failed")
+                commits, to_run = self._take_round()
+            self._run_round(commits, to_run)
+
+    def _run_pending_round(self) -> None:
+        """Run the next round on this thread, unless there is none or one is running."""
+        with self._lock:
+            if self._closed or self._busy or not (self._commits or self._new):
+                return
+            commits, to_run = self._take_round()
+        self._run_round(commits, to_run)
+
+    def _take_round(self) -> tuple[list[Commit], set[LiveQuery]]:
+        """Claim the queued work for a round (call with the lock held)."""
+        commits, self._commits = self._commits, []
+        fresh, self._new = self._new, []
+        self._busy = True
+        to_run = {
+            self._queries[k]
+            for c in commits
+            for k in self._index.match(c.keys)
+            if k in self._queries
+        }
+        to_run.update(fresh)
+        return commits, to_run
+
+    def _run_round(self, commits: list[Commit], to_run: set[LiveQuery]) -> None:
+        try:
+            self._round(to_run)
+        except Exception:  # a broken store must not kill the worker silently
+            _log.exception("live query round failed")
+        except BaseException:
+            # Interrupted (a waiting caller's KeyboardInterrupt): the next round redoes it.
             with self._lock:
+                self._commits[:0] = commits
+                self._new.extend(to_run)
                 self._busy = False
-                if commits:
-                    self._processed_ts = max(self._processed_ts, commits[-1].ts)
-                if self._waiting:
-                    self._done.notify_all()
+                self._work.notify_all()
+            raise
+        with self._lock:
+            self._busy = False
+            if commits:
+                self._processed_ts = max(self._processed_ts, commits[-1].ts)
+            if self._waiting:
+                self._done.notify_all()
+            if self._commits or self._new:
+                self._work.notify_all()  # queued meanwhile; the worker waits while `_busy`
 
     def _round(self, to_run: set[LiveQuery]) -> None:
         if not to_run:

@@ -4,6 +4,7 @@ results are not delivered, errors are results too."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -164,3 +165,130 @@ def test_redefining_a_function_reruns_its_subscriptions(counted):
     client.backend.register("c:indexed", indexed)
     assert changed.wait(5)
     assert sub.value == ["redefined", "r"]
+
+
+# -- who runs a round --------------------------------------------------------------------
+
+
+def _manager_with_a_live_query(client):
+    """The client's subscription manager, a live `c:indexed` query on key "w", the thread
+    names its on_update ran on, and the id of a document in its range."""
+    manager = client.backend.subscriptions
+    doc_id = client.mutation("c:put", key="w", n=1)
+    threads: list[str] = []
+    delivered = threading.Event()
+
+    def on_update(result):
+        threads.append(threading.current_thread().name)
+        delivered.set()
+
+    client.backend.subscribe("c:indexed", {"key": "w"}, None, on_update)
+    assert delivered.wait(5)
+    return manager, threads, doc_id
+
+
+def _queue_commit_quietly(client, doc_id, n):
+    """Commit a change to the live query's document while keeping the commit from waking
+    the worker: queued, as if the worker had not been scheduled yet."""
+    manager = client.backend.subscriptions
+    work = manager._work
+    deadline = time.monotonic() + 5
+    while not work._waiters:  # until the worker is parked, waiting for work
+        assert time.monotonic() < deadline, "the worker never went idle"
+        time.sleep(0.001)
+    manager._work = threading.Condition(manager._lock)  # notifications go nowhere
+    try:
+        _, ts = client.backend.call_with_ts(
+            "c:set_n", {"id": doc_id, "n": n}, kind="mutation", identity=None, public_only=True
+        )
+    finally:
+        manager._work = work
+    assert manager._commits, "the commit should be queued for the next round"
+    return ts
+
+
+def _wait_in_thread(manager, ts):
+    """`manager.wait_processed(ts)` on a thread named "caller"; returns what it returned or
+    raised (None if it did not return within 5 s: then the worker is woken to end it)."""
+    outcome: list[object] = []
+
+    def wait():
+        try:
+            outcome.append(manager.wait_processed(ts))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait, name="caller")
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():
+        with manager._lock:
+            manager._work.notify_all()
+        thread.join(5)
+        return None
+    return outcome[0]
+
+
+def test_a_waiting_caller_runs_the_pending_round_itself(counted):
+    """The caller would wait for the round anyway; running it saves waking the worker."""
+    client, _ = counted
+    manager, threads, doc_id = _manager_with_a_live_query(client)
+    ts = _queue_commit_quietly(client, doc_id, 2)
+    assert _wait_in_thread(manager, ts) is True
+    assert threads[-1] == "caller"
+
+
+def test_a_round_interrupted_in_a_waiting_caller_is_redone(counted):
+    client, _ = counted
+    manager, _, doc_id = _manager_with_a_live_query(client)
+    calls = []
+
+    def interrupt_once(result):
+        calls.append(result)
+        if len(calls) == 2:  # the first call is the current result, during subscribe()
+            raise KeyboardInterrupt
+
+    client.backend.subscribe("c:indexed", {"key": "w"}, None, interrupt_once)
+    assert len(calls) == 1
+    ts = _queue_commit_quietly(client, doc_id, 3)
+    assert isinstance(_wait_in_thread(manager, ts), KeyboardInterrupt)
+    assert manager.wait_processed(ts, timeout=5)  # redone (by the worker or by this call)
+    assert client.query("c:indexed", key="w") == [3]
+
+
+def test_rounds_never_overlap_when_callers_and_the_worker_run_them(counted):
+    client, _ = counted
+    manager = client.backend.subscriptions
+    running, overlaps = [0], []
+    round_ = manager._round
+
+    def counted_round(to_run):
+        running[0] += 1
+        if running[0] > 1:
+            overlaps.append(to_run)
+        try:
+            round_(to_run)
+        finally:
+            running[0] -= 1
+
+    manager._round = counted_round
+    ids = {k: client.mutation("c:put", key=k, n=0) for k in "abcd"}
+    subs = {k: client.subscribe("c:indexed", key=k) for k in ids}
+    errors: list[BaseException] = []
+
+    def writer(k):
+        try:
+            for n in range(1, 31):
+                client.mutation("c:set_n", id=ids[k], n=n)
+                assert subs[k].value == [n]  # read your writes: processed before returning
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors[0]
+    assert not overlaps
+    assert all(sub.value == [30] for sub in subs.values())
