@@ -136,9 +136,15 @@ class LiveTable(anywidget.AnyWidget):
             if self._timer is not None:
                 return  # a flush is already pending: it will carry this change too
             wait = max(0.0, self._last_flush + _MIN_INTERVAL - time.monotonic())
-            self._timer = threading.Timer(wait, self._flush)
-            self._timer.daemon = True
-            self._timer.start()
+            if wait == 0.0:
+                inline = True  # no flush in the last 1/30 s: send now, no timer thread
+            else:
+                inline = False
+                self._timer = threading.Timer(wait, self._flush)
+                self._timer.daemon = True
+                self._timer.start()
+        if inline:
+            self._flush()
 
     def _flush(self) -> None:
         with self._lock:

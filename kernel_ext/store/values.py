@@ -313,13 +313,15 @@ def _normalize_object(value: Any, path: str, depth: int) -> dict[str, Value]:
         raise ValidationError(f"Object at {path or 'top level'} has more than 1024 fields")
     out = {}
     for k, item in value.items():
+        if item is UNDEFINED:
+            continue  # a missing field: dropped, its name unchecked
         if k not in _VALID_NAMES:
             _remember_name(k, path)
         t = type(item)
         # The common immutable leaves inline (documents are mostly these); the rest recurse.
         if (t is str and item.isascii()) or t is float or t is bool or item is None:
             out[k] = item
-        elif item is not UNDEFINED:
+        else:
             out[k] = _normalize(item, path, k, depth + 1)
     return out
 

@@ -120,6 +120,10 @@ def test_normalize_drops_undefined_fields_at_every_depth():
     assert normalize({"a": UNDEFINED, "b": 1, "c": {"d": UNDEFINED}}) == {"b": 1, "c": {}}
 
 
+def test_normalize_drops_undefined_fields_without_checking_their_names():
+    assert normalize({"$not a name": UNDEFINED, "b": 1}) == {"b": 1}
+
+
 def test_normalize_rejects_undefined_in_arrays():
     with pytest.raises(ValidationError, match=r"undefined is not a valid Convex value.*\.a\[1\]"):
         normalize({"a": [1, UNDEFINED]})

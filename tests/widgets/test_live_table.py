@@ -111,6 +111,7 @@ def test_sort_click_sorts_in_kernel(app):
         app.mutation("t:add", n=n)
     table = LiveTable(app, "t:items")
     rec = Recorder(table)
+    table._on_front_end_message(table, {"type": "ready"}, [])
     rec.until(lambda m: m["total"] == 3)
     count = rec.settle()
     table._on_front_end_message(table, {"type": "sort", "column": "n"}, [])

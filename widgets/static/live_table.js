@@ -144,9 +144,16 @@ function render({ model, el }) {
   }
 
   function schedule(flash) {
+    if (flash) {
+      // New data is drawn at once (the kernel already coalesces to ~30 updates/s);
+      // scroll and state redraws wait for the next frame.
+      drawChrome();
+      drawRows(true);
+      return;
+    }
     if (pending) return;
     pending = true;
-    requestAnimationFrame(() => { pending = false; drawChrome(); drawRows(flash); });
+    requestAnimationFrame(() => { pending = false; drawChrome(); drawRows(false); });
   }
 
   model.on("msg:custom", (msg, buffers) => {
