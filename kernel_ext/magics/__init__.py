@@ -23,7 +23,9 @@ _USAGE = """%convex status                 which store this notebook uses
 %convex functions              the registered functions
 %convex tables                 the tables
 %convex query PATH k=v ...     run a query, returns a DataFrame
-%convex mutation PATH k=v ...  run a mutation, returns its result"""
+%convex mutation PATH k=v ...  run a mutation, returns its result
+%convex serve [--port N]       serve this kernel's store (official Convex clients can connect)
+%convex serve stop             stop serving"""
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,29 @@ def _make_magics(shell: InteractiveShell) -> Any:
             if hasattr(client, "backend"):
                 client.backend.subscriptions.wait_processed(client.backend.store.ts)
             return result
+
+        def _cmd_serve(self, args: list[str]) -> None:
+            """`serve [--port N]`: serve this kernel's store; `serve stop` stops it."""
+            from kernel_ext.sync.background import BackgroundServer
+
+            current = getattr(self, "_server", None)
+            if args == ["stop"]:
+                if current is not None:
+                    current.stop()
+                    self._server = None
+                    print("convex: stopped serving")
+                return
+            if current is not None:
+                print(f"convex: already serving {current.url}")
+                return
+            port = 0
+            if args[:1] == ["--port"] and len(args) == 2 and args[1].isdigit():
+                port = int(args[1])
+            elif args:
+                raise HeaderError("Usage: %convex serve [--port N] | %convex serve stop")
+            self._server = BackgroundServer(self._embedded("serve").backend, port=port)
+            print(f"convex: serving {self._server.url}")
+            print(f"  admin key: {self._server.admin_key}")
 
         def _cmd_action(self, args: list[str]) -> Any:
             return self._call("action", args)

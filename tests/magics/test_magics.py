@@ -172,3 +172,17 @@ def test_convex_error_from_magic_function(ip):
 def test_connect_rebinds_convex(ip):
     ip.run_line_magic("convex", "connect memory")
     assert ip.user_ns["convex"].location == "memory"
+
+
+def test_serve_the_kernels_store(ip, capsys):
+    import kernel_ext
+
+    run(ip, "%%convex_query hello\nreturn 'served'")
+    ip.run_line_magic("convex", "serve")
+    out = capsys.readouterr().out
+    url = out.split("serving ")[1].split()[0]
+    try:
+        with kernel_ext.connect(url) as remote:
+            assert remote.query("notebook:hello") == "served"
+    finally:
+        ip.run_line_magic("convex", "serve stop")
