@@ -36,7 +36,7 @@ ALLOWED = {
     },
     # The jupyter-server extension opens the shared store and mounts the sync server.
     "server_ext": {"store", "persistence", "engine", "functions", "sync", "server_ext"},
-    "magics": {"store", "functions", "client", "magics"},
+    "magics": {"store", "functions", "client", "magics", "sync.background"},
 }
 # Sans-I/O modules outside `store`: they take decoded input and return output, nothing else.
 PURE_MODULES = [
