@@ -80,6 +80,8 @@ class LiveQuery:
     subscribers: list[Callable[[QueryResult], None]] = field(default_factory=list)
     result: QueryResult | None = None
     fingerprint: Any = None
+    #: The read set's intervals as last registered in the subscription index.
+    intervals: dict[str, list[tuple[bytes, bytes]]] | None = None
 
 
 class SubscriptionManager:
@@ -270,8 +272,10 @@ class SubscriptionManager:
         with self._lock:
             if self._queries.get(live.key) is not live:
                 return  # unsubscribed meanwhile
-            if read_set is not None:
+            # A re-run usually reads the same ranges: compare them (in C) before re-registering.
+            if read_set is not None and read_set.intervals != live.intervals:
                 self._index.register(live.key, read_set.all_intervals())
+                live.intervals = read_set.intervals
             if live.result is not None and fingerprint == live.fingerprint:
                 return
             live.result, live.fingerprint = result, fingerprint
