@@ -27,13 +27,12 @@ from kernel_ext.store.catalog import (
     BY_ID,
     Catalog,
     TableInfo,
-    document_suffix,
     id_key,
     new_table_info,
 )
 from kernel_ext.store.readset import ALL, ReadSet, WrittenKey
 from kernel_ext.store.schema import SchemaDefinition
-from kernel_ext.store.transaction import Snapshot, Transaction, Write
+from kernel_ext.store.transaction import Snapshot, Transaction, Write, index_keys
 
 __all__ = ["ALL_KEYS", "Commit", "SCHEDULED_FUNCTIONS", "Store"]
 
@@ -418,31 +417,18 @@ class Store:
         records: list[CommitRecord] = []
         keys: list[WrittenKey] = []
         for doc_id, write in writes.items():
-            table = tables[write.table]
-            old_doc, new_doc = write.old, write.new
-            old_suffix = None if old_doc is None else document_suffix(old_doc)
-            new_suffix = None if new_doc is None else document_suffix(new_doc)
             changes = []
-            for index in table.indexes.values():
-                name = f"{table.name}.{index.name}"
-                old = None
-                if old_doc is not None:
-                    old = index.key_of(old_doc, old_suffix)
-                    keys.append((name, old))
-                    if (
-                        new_doc is not None
-                        and new_suffix == old_suffix  # versions of one document: always, here
-                        and index.same_fields(old_doc, new_doc)
-                    ):
-                        continue  # most updates leave most keys alone: nothing to encode or store
-                new = None if new_doc is None else index.key_of(new_doc, new_suffix)
-                if new is not None:
-                    keys.append((name, new))
-                if index.index_id is not None:
-                    changes.append(IndexChange(index.index_id, old, new))
+            for k in index_keys(tables[write.table], write):
+                keys.extend((k.name, key) for key in (k.old, k.new) if key is not None)
+                if k.info.index_id is not None and not k.unchanged:
+                    changes.append(IndexChange(k.info.index_id, k.old, k.new))
             records.append(
                 CommitRecord(
-                    table.number, id_key(doc_id), new_doc, tuple(changes), old_doc is not None
+                    tables[write.table].number,
+                    id_key(doc_id),
+                    write.new,
+                    tuple(changes),
+                    write.old is not None,
                 )
             )
         return records, keys

@@ -26,6 +26,7 @@ from kernel_ext.store.catalog import (
     CatalogView,
     IndexInfo,
     TableInfo,
+    document_suffix,
     id_key,
 )
 from kernel_ext.store.ids import decode_id, new_id
@@ -43,7 +44,15 @@ from kernel_ext.store.values import (
     same_value,
 )
 
-__all__ = ["Snapshot", "Transaction", "Write", "copy_value", "written_keys"]
+__all__ = [
+    "IndexKeys",
+    "Snapshot",
+    "Transaction",
+    "Write",
+    "copy_value",
+    "index_keys",
+    "written_keys",
+]
 
 
 class Snapshot(Protocol):
@@ -83,14 +92,44 @@ def copy_value(value: Value) -> Value:
     return value
 
 
+class IndexKeys(NamedTuple):
+    """A written document's keys in one index: `old` (None: inserted) and `new` (None:
+    deleted, or `unchanged`: the new key equals the old one and was not encoded again)."""
+
+    info: IndexInfo
+    name: str
+    old: bytes | None
+    new: bytes | None
+    unchanged: bool
+
+
+def index_keys(table: TableInfo, write: Write) -> list[IndexKeys]:
+    """The old and new key of one written document in every index of its table. Most updates
+    leave most keys alone: an index whose fields did not change is not encoded twice."""
+    old_doc, new_doc = write.old, write.new
+    old_suffix = None if old_doc is None else document_suffix(old_doc)
+    new_suffix = None if new_doc is None else document_suffix(new_doc)
+    out = []
+    for index in table.indexes.values():
+        name = f"{table.name}.{index.name}"
+        old = None if old_doc is None else index.key_of(old_doc, old_suffix)
+        unchanged = (
+            old_doc is not None
+            and new_doc is not None
+            and new_suffix == old_suffix  # versions of one document: always, here
+            and index.same_fields(old_doc, new_doc)
+        )
+        new = None if new_doc is None or unchanged else index.key_of(new_doc, new_suffix)
+        out.append(IndexKeys(index, name, old, new, unchanged))
+    return out
+
+
 def written_keys(table: TableInfo, write: Write) -> list[WrittenKey]:
     """The old and new index keys, in every index of the table, of one written document."""
     keys: list[WrittenKey] = []
-    for index in table.indexes.values():
-        name = f"{table.name}.{index.name}"
-        for doc in (write.old, write.new):
-            if doc is not None:
-                keys.append((name, index.key_of(doc)))
+    for k in index_keys(table, write):
+        new = k.old if k.unchanged else k.new
+        keys.extend((k.name, key) for key in (k.old, new) if key is not None)
     return keys
 
 
