@@ -17,6 +17,8 @@ latency of every update.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Hashable
@@ -98,6 +100,9 @@ class SubscriptionManager:
         self._commits: list[Commit] = []
         self._new: list[LiveQuery] = []
         self._processed_ts = store.ts
+        # (ts, tie-breaker, callback) of `call_when_processed`, earliest ts first.
+        self._when_processed: list[tuple[int, int, Callable[[], None]]] = []
+        self._sequence = itertools.count()
         self._busy = False  # a round is running: later commits queue behind it
         self._closed = False
         store.add_listener(self._on_commit)
@@ -165,6 +170,19 @@ class SubscriptionManager:
             finally:
                 self._waiting -= 1
 
+    def call_when_processed(self, ts: int, callback: Callable[[], None]) -> None:
+        """Call `callback()` once every live query reflects commit `ts`: at once on this
+        thread if they do already, else on the thread that completes that work (after the
+        round's results were handed to their subscribers). It must return quickly. Never called
+        if the manager closes first."""
+        with self._lock:
+            if self._processed_ts < ts and not self._closed:
+                heapq.heappush(self._when_processed, (ts, next(self._sequence), callback))
+                return
+            if self._closed:
+                return
+        callback()
+
     def close(self) -> None:
         """Stop the worker; idempotent."""
         with self._lock:
@@ -182,12 +200,12 @@ class SubscriptionManager:
             if idle and (not self._queries or not self._index.match(commit.keys)):
                 # Nothing live depends on this commit: it is processed already, and the worker
                 # need not wake up.
-                self._processed_ts = commit.ts
-                if self._waiting:
-                    self._done.notify_all()
+                ready = self._advance(commit.ts)
+            else:
+                self._commits.append(commit)
+                self._work.notify_all()
                 return
-            self._commits.append(commit)
-            self._work.notify_all()
+        _call_all(ready)
 
     def _run(self) -> None:
         while True:
@@ -237,12 +255,22 @@ class SubscriptionManager:
             raise
         with self._lock:
             self._busy = False
-            if commits:
-                self._processed_ts = max(self._processed_ts, commits[-1].ts)
-            if self._waiting:
-                self._done.notify_all()
+            ready = self._advance(commits[-1].ts) if commits else []
             if self._commits or self._new:
                 self._work.notify_all()  # queued meanwhile; the worker waits while `_busy`
+        _call_all(ready)
+
+    def _advance(self, ts: int) -> list[Callable[[], None]]:
+        """Record that commits up to `ts` are processed, wake `wait_processed`, and return
+        the `call_when_processed` callbacks now due (call with the lock held; call them after
+        releasing it)."""
+        self._processed_ts = max(self._processed_ts, ts)
+        if self._waiting:
+            self._done.notify_all()
+        ready = []
+        while self._when_processed and self._when_processed[0][0] <= self._processed_ts:
+            ready.append(heapq.heappop(self._when_processed)[2])
+        return ready
 
     def _round(self, to_run: set[LiveQuery]) -> None:
         if not to_run:
@@ -285,3 +313,11 @@ class SubscriptionManager:
                 deliver(result)
             except Exception:
                 _log.exception("subscriber callback failed")
+
+
+def _call_all(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            _log.exception("call_when_processed callback failed")

@@ -4,10 +4,10 @@ It feeds the protocol the client's frames, sends what the protocol queues, and d
 the protocol asks for: subscriptions through the runner (results come back on the engine's
 worker thread and are handed to the loop), mutations and actions on thread pools.
 
-Transitions: when the protocol has one due at ts T, the pump waits (polling, never blocking
-the loop) until the engine has processed every commit up to max(T, latest commit), so every
-query of this client reflects the same timestamp, then lets the results already posted to
-the loop land, and only then asks the protocol to send the Transition.
+Transitions: when the protocol has one due at ts T, the pump asks the engine to report (never
+blocking the loop) when it has processed every commit up to max(T, latest commit), so every
+query of this client reflects the same timestamp; the results of that work reach the loop
+before the report does, and only then the protocol sends the Transition.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -40,7 +41,6 @@ __all__ = ["MutationLog", "SyncConnection"]
 
 _log = logging.getLogger(__name__)
 
-_POLL_DELAYS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
 #: After this many seconds of waiting for the engine, send the Transition anyway (logged).
 _MAX_WAIT: Final = 10.0
 
@@ -120,10 +120,13 @@ class SyncConnection:
         self._keeps_session = keeps_session
         self.protocol = SyncProtocol(authenticator, now=clock(), ping_interval=ping_interval)
         self._subscriptions: dict[tuple[int, int], Callable[[], None]] = {}
-        self._flush: asyncio.Handle | None = None
+        # Results from the engine's thread, drained on the loop in one go per round.
+        self._results: list[tuple[int, int, Outcome, int]] = []
+        self._results_lock = threading.Lock()
+        self._flush: asyncio.Handle | None = None  # a _try_flush is scheduled
         self._target: int | None = None  # the ts the pending Transition waits for
-        self._waiting_since: float | None = None
-        self._polls = 0
+        self._awaiting: int | None = None  # the ts the engine will report processed
+        self._deadline: asyncio.TimerHandle | None = None  # gives up waiting (_MAX_WAIT)
 
     # -- input ---------------------------------------------------------------------------
 
@@ -144,9 +147,11 @@ class SyncConnection:
         for unsubscribe in self._subscriptions.values():
             unsubscribe()
         self._subscriptions.clear()
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
+        for handle in (self._flush, self._deadline):
+            if handle is not None:
+                handle.cancel()
+        self._flush = self._deadline = None
+        self._awaiting = self._target = None
 
     # -- the pump ------------------------------------------------------------------------
 
@@ -178,7 +183,13 @@ class SyncConnection:
         key = (event.query_id, event.token)
 
         def on_result(outcome: Outcome, ts: int) -> None:  # any thread
-            self._post(self._query_result, event.query_id, event.token, outcome, ts)
+            # One loop wake-up per batch, not per result: a round that updates 1,000 queries
+            # would otherwise queue 1,000 callbacks (and self-pipe writes).
+            with self._results_lock:
+                first = not self._results
+                self._results.append((event.query_id, event.token, outcome, ts))
+            if first:
+                self._post(self._query_results)
 
         self._subscriptions[key] = self._runner.subscribe(
             event.path, event.args, event.identity, on_result
@@ -189,8 +200,11 @@ class SyncConnection:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback, *args)
 
-    def _query_result(self, query_id: int, token: int, outcome: Outcome, ts: int) -> None:
-        self.protocol.receive_query_result(query_id, token, outcome, ts)
+    def _query_results(self) -> None:
+        with self._results_lock:
+            results, self._results = self._results, []
+        for query_id, token, outcome, ts in results:
+            self.protocol.receive_query_result(query_id, token, outcome, ts)
         self._pump()
 
     def _run(
@@ -246,46 +260,55 @@ class SyncConnection:
     # -- transitions ---------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
-        if self._flush is None and self.protocol.transition_ts() is not None:
+        if (
+            self._flush is None
+            and self._awaiting is None
+            and self.protocol.transition_ts() is not None
+        ):
             self._flush = self._loop.call_soon(self._try_flush)
 
     def _try_flush(self) -> None:
+        """Choose the Transition's ts and ask the engine to tell when it is processed."""
         self._flush = None
         needed = self.protocol.transition_ts()
         if needed is None:
             return
-        now = time.monotonic()
-        if self._target is None:
-            # Fixed once chosen (raised only by a result from a later snapshot), so that a
-            # busy store cannot keep this Transition chasing the latest commit.
-            self._target, self._waiting_since, self._polls = (
-                max(needed, self._runner.latest_ts()),
-                now,
-                0,
+        # Fixed once chosen (raised only by a result from a later snapshot), so that a busy
+        # store cannot keep this Transition chasing the latest commit.
+        floor = self._runner.latest_ts() if self._target is None else self._target
+        target = self._target = max(needed, floor)
+        if self._deadline is None:
+            self._deadline = self._loop.call_later(_MAX_WAIT, self._lagging)
+        self._awaiting = target
+        self._runner.when_processed(target, lambda: self._post(self._processed, target))
+
+    def _processed(self, ts: int) -> None:
+        # The engine posts a round's results before it reports the round processed, so they
+        # have reached the protocol by now: they are part of this Transition.
+        if ts == self._awaiting:
+            self._awaiting = None
+            self._send_transition(ts)
+
+    def _lagging(self) -> None:
+        self._deadline = None
+        if self._target is not None:
+            _log.warning(
+                "live queries lag behind ts %d; sending the Transition anyway", self._target
             )
-        target = self._target = max(self._target, needed)
-        waited = now - (self._waiting_since or now)
-        if self._runner.is_processed(target) or waited > _MAX_WAIT:
-            if waited > _MAX_WAIT:
-                _log.warning("live queries lag behind ts %d; sending the Transition anyway", target)
-            # The engine hands results to the loop before it counts a commit as processed:
-            # queue behind them so they are part of this Transition.
-            self._flush = self._loop.call_soon(self._send_transition, target)
-            return
-        delay = _POLL_DELAYS[min(self._polls, len(_POLL_DELAYS) - 1)]
-        self._polls += 1
-        self._flush = self._loop.call_later(delay, self._try_flush)
+            self._awaiting = None  # a late notification is ignored
+            self._send_transition(self._target)
 
     def _send_transition(self, target: int) -> None:
-        self._flush = None
         needed = self.protocol.transition_ts()
-        if needed is None:
+        if needed is not None and needed > target:
+            self._try_flush()  # a result from a later snapshot arrived: catch up to it
             return
-        if needed > target:  # a result from a later snapshot arrived: catch up to it
-            self._try_flush()
-            return
-        self._target = self._waiting_since = None
-        self.protocol.send_transition(target)
+        self._target = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if needed is not None:
+            self.protocol.send_transition(target)
         self._pump()
 
 

@@ -30,9 +30,10 @@ class FunctionRunner(Protocol):
     def latest_ts(self) -> int:
         """The timestamp of the latest commit."""
 
-    def is_processed(self, ts: int) -> bool:
-        """True once every live query reflects the commits up to `ts` (and their results
-        have been handed to the subscribers' callbacks)."""
+    def when_processed(self, ts: int, callback: Callable[[], None]) -> None:
+        """Call `callback()` (from any thread, possibly before returning) once every live
+        query reflects the commits up to `ts` and their results have been handed to the
+        subscribers' callbacks."""
 
     def call(
         self, kind: FunctionKind | None, path: str, args: Any, identity: Identity
@@ -62,9 +63,9 @@ class BackendRunner:
         """The timestamp of the latest commit."""
         return self.backend.store.ts
 
-    def is_processed(self, ts: int) -> bool:
-        """True once every live query reflects commit `ts` (never blocks)."""
-        return self.backend.subscriptions.wait_processed(ts, timeout=0)
+    def when_processed(self, ts: int, callback: Callable[[], None]) -> None:
+        """Call `callback()` once every live query reflects commit `ts` (never blocks)."""
+        self.backend.subscriptions.call_when_processed(ts, callback)
 
     def call(
         self, kind: FunctionKind | None, path: str, args: Any, identity: Identity

@@ -292,3 +292,61 @@ def test_rounds_never_overlap_when_callers_and_the_worker_run_them(counted):
     assert not errors, errors[0]
     assert not overlaps
     assert all(sub.value == [30] for sub in subs.values())
+
+
+def test_call_when_processed_runs_after_the_round_delivered_its_results(counted):
+    """The sync server sends a Transition on this callback: the round's results must have
+    reached the subscribers before it runs, and it must run on the thread that did the work."""
+    client, _ = counted
+    manager, _, doc_id = _manager_with_a_live_query(client)
+    events: list[tuple[str, object]] = []
+    client.backend.subscribe(
+        "c:indexed", {"key": "w"}, None, lambda r: events.append(("result", r.value))
+    )
+    ts = _queue_commit_quietly(client, doc_id, 4)
+    called = threading.Event()
+
+    def processed():
+        events.append(("processed", threading.current_thread().name))
+        called.set()
+
+    manager.call_when_processed(ts, processed)
+    assert not called.is_set(), "the commit's round has not run yet"
+    with manager._lock:
+        manager._work.notify_all()  # wake the worker
+    assert called.wait(5)
+    assert events[-2:] == [("result", [4]), ("processed", "convex-subscriptions")]
+
+
+def test_call_when_processed_calls_at_once_when_already_processed(counted):
+    client, _ = counted
+    client.mutation("c:put", key="z", n=1)
+    calls = []
+    client.backend.subscriptions.call_when_processed(
+        client.backend.store.ts, lambda: calls.append(threading.current_thread())
+    )
+    assert calls == [threading.current_thread()]
+
+
+def test_call_when_processed_fires_for_commits_no_query_depends_on(counted):
+    """Such a commit is processed without a round; waiting callbacks still run, in ts order."""
+    client, _ = counted
+    manager = client.backend.subscriptions
+    calls: list[int] = []
+    ts = client.backend.store.ts
+    manager.call_when_processed(ts + 2, lambda: calls.append(2))
+    manager.call_when_processed(ts + 1, lambda: calls.append(1))
+    client.mutation("c:put", key="nobody-watches", n=1)
+    assert calls == [1, 2]
+
+
+def test_a_failing_call_when_processed_callback_does_not_stop_the_others(counted, caplog):
+    client, _ = counted
+    manager = client.backend.subscriptions
+    calls = []
+    ts = client.backend.store.ts + 1
+    manager.call_when_processed(ts, lambda: 1 / 0)
+    manager.call_when_processed(ts, lambda: calls.append("second"))
+    client.mutation("c:put", key="q", n=1)
+    assert calls == ["second"]
+    assert "call_when_processed callback failed" in caplog.text
