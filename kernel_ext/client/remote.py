@@ -51,6 +51,13 @@ class RemoteFunctionError(FunctionError):
     """A function failed on the server; the message is what the server chose to tell."""
 
 
+def print_log_lines(kind: str, path: str, lines: tuple[str, ...]) -> None:
+    """Print a call's log lines to standard output (in a notebook: the calling cell), the way
+    the official clients do: `[CONVEX Q(path)] [LOG] 'text'` (Q, M or A)."""
+    for line in lines:
+        print(f"[CONVEX {kind}({path})] {line}", flush=True)
+
+
 def _error_of(message: str | None, data: Any, has_data: bool) -> BaseException:
     if has_data:
         return ConvexError(data)
@@ -183,7 +190,7 @@ class RemoteClient:
                 if event.error is None
                 else _error_of(event.error, event.error_data, event.has_error_data)
             )
-            result = QueryResult(event.value, error, event.ts)
+            result = QueryResult(event.value, error, event.ts, event.log_lines)
             with self._lock:
                 query = self._queries.get(event.query_id)
                 if query is None:
@@ -210,8 +217,9 @@ class RemoteClient:
     ) -> Any:
         self._check_open()
         future: Future[RequestDone] = Future()
+        path = path_of(ref)
         with self._lock:
-            request_id, text = self._session.request(kind, path_of(ref), _merge(args, kwargs))  # type: ignore[arg-type]
+            request_id, text = self._session.request(kind, path, _merge(args, kwargs))  # type: ignore[arg-type]
             self._waiters[request_id] = future
         self._send(text)
         try:
@@ -220,6 +228,7 @@ class RemoteClient:
             raise ConnectionClosed(
                 f"No answer from {self.url} within {_CALL_TIMEOUT:.0f} s"
             ) from exc
+        print_log_lines(kind[0], path, done.log_lines)
         if not done.success:
             raise _error_of(done.error, done.error_data, done.has_error_data)
         return done.value
@@ -235,7 +244,11 @@ class RemoteClient:
     def query(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """Run a query (subscribe, take the first result, unsubscribe)."""
         with self.subscribe(ref, args, **kwargs) as sub:
-            return sub.value
+            result = sub.result()
+        print_log_lines("Q", sub.description, result.log_lines)
+        if result.error is not None:
+            raise result.error
+        return result.value
 
     def subscribe(
         self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any

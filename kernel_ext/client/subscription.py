@@ -117,6 +117,13 @@ class Subscription:
             return None if self._result is None else self._result.error
 
     @property
+    def log_lines(self) -> tuple[str, ...]:
+        """What the query printed (`print()`, `logging`) in its latest run, as log lines like
+        `[LOG] 'text'`; empty before the first result."""
+        with self._cond:
+            return () if self._result is None else self._result.log_lines
+
+    @property
     def df(self) -> pd.DataFrame:
         """The latest result as a pandas DataFrame (one row per document, `_id` as index)."""
         from kernel_ext.client.dataframe import to_dataframe

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from kernel_ext.engine.logs import capture_logs
 from kernel_ext.engine.store import Commit, Store
 from kernel_ext.store.keys import encode_value
 from kernel_ext.store.matching import SubscriptionIndex
@@ -43,14 +44,20 @@ Runner = Callable[[Transaction], Value]
 
 @dataclass(frozen=True)
 class QueryResult:
-    """One result of a live query: a value, or the error it raised, at timestamp `ts`."""
+    """One result of a live query: a value, or the error it raised, at timestamp `ts`, with
+    the log lines its execution printed (`engine.logs`)."""
 
     value: Value
     error: BaseException | None
     ts: int
+    log_lines: tuple[str, ...] = ()
 
     def fingerprint(self) -> Any:
-        """Equal for results a client should not be told about twice."""
+        """Equal for results a client should not be told about twice (value and log lines
+        alike, as Convex compares them)."""
+        return (self._value_fingerprint(), self.log_lines)
+
+    def _value_fingerprint(self) -> Any:
         if self.error is not None:
             return (
                 "error",
@@ -290,12 +297,14 @@ class SubscriptionManager:
             return live.runner(txn)
 
         read_set: ReadSet | None
-        try:
-            value, read_set, ts = self._store.read(run, snapshot)
-            result = QueryResult(value, None, ts)
-        except Exception as exc:  # the query's own error is its result
-            read_set = txn_holder[0].read_set.finalize() if txn_holder else None
-            result = QueryResult(None, exc, snapshot.ts)
+        with capture_logs() as logs:
+            try:
+                value, read_set, ts = self._store.read(run, snapshot)
+                error: Exception | None = None
+            except Exception as exc:  # the query's own error is its result
+                read_set = txn_holder[0].read_set.finalize() if txn_holder else None
+                value, error, ts = None, exc, snapshot.ts
+        result = QueryResult(value, error, ts, logs.finish())
         fingerprint = result.fingerprint()
         with self._lock:
             if self._queries.get(live.key) is not live:

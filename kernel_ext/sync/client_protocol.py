@@ -50,6 +50,7 @@ class QueryResultEvent:
     error_data: Value = None
     has_error_data: bool = False
     ts: int = 0
+    log_lines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class RequestDone:
     error_data: Value = None
     has_error_data: bool = False
     ts: int | None = None
+    log_lines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,7 @@ class ClientSession:
             from_json(message["errorData"]) if has_data else None,
             has_data,
             decode_ts(message["ts"]) if success and message.get("ts") is not None else None,
+            _log_lines(message),
         )
         if success and done.ts is not None:
             self.max_observed_ts = max(self.max_observed_ts, done.ts)
@@ -293,7 +296,10 @@ def _query_event(modification: Mapping[str, Any], ts: int) -> QueryResultEvent |
     kind = modification.get("type")
     if kind == "QueryUpdated":
         return QueryResultEvent(
-            int(modification["queryId"]), from_json(modification["value"]), ts=ts
+            int(modification["queryId"]),
+            from_json(modification["value"]),
+            ts=ts,
+            log_lines=_log_lines(modification),
         )
     if kind == "QueryFailed":
         has_data = "errorData" in modification
@@ -304,8 +310,17 @@ def _query_event(modification: Mapping[str, Any], ts: int) -> QueryResultEvent |
             from_json(modification["errorData"]) if has_data else None,
             has_data,
             ts,
+            _log_lines(modification),
         )
     return None
+
+
+def _log_lines(message: Mapping[str, Any]) -> tuple[str, ...]:
+    """The message's `logLines` (a server that sends something else gets it shown as text)."""
+    lines = message.get("logLines") or ()
+    if not isinstance(lines, list):
+        return (str(lines),)
+    return tuple(line if isinstance(line, str) else str(line) for line in lines)
 
 
 def _dump(message: Mapping[str, Any]) -> str:

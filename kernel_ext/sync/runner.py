@@ -8,8 +8,10 @@ it over a `Backend`. Calls block (SQLite, locks): transports run them on worker 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
+from kernel_ext.engine.logs import LogLines, capture_logs
 from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.registration import FunctionKind
@@ -70,14 +72,18 @@ class BackendRunner:
     def call(
         self, kind: FunctionKind | None, path: str, args: Any, identity: Identity
     ) -> tuple[Outcome, int | None]:
-        """Run a function; its errors become failed outcomes."""
-        try:
-            value, ts = self.backend.call_with_ts(
-                path, args, kind=kind, identity=identity.user, public_only=not identity.admin
-            )
-        except Exception as exc:
-            return outcome_of_error(exc), None
-        return Outcome.ok(value), ts
+        """Run a function; its errors become failed outcomes, its output log lines."""
+        error: Exception | None = None
+        with capture_logs() as logs:
+            try:
+                value, ts = self.backend.call_with_ts(
+                    path, args, kind=kind, identity=identity.user, public_only=not identity.admin
+                )
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            return _with_logs(outcome_of_error(error), logs), None
+        return Outcome.ok(value, logs.finish()), ts
 
     def query_batch(
         self, queries: Sequence[tuple[str, Any]], identity: Identity
@@ -95,12 +101,18 @@ class BackendRunner:
         return outcomes, ts
 
     def _query_in(self, txn: Transaction, path: str, args: Any, identity: Identity) -> Outcome:
-        try:
-            function = self.backend.registry.lookup(path, "query", public_only=not identity.admin)
-            value: Value = self.backend.invoke(function, args, txn, identity.user)
-        except Exception as exc:
-            return outcome_of_error(exc)
-        return Outcome.ok(value)
+        error: Exception | None = None
+        with capture_logs() as logs:
+            try:
+                function = self.backend.registry.lookup(
+                    path, "query", public_only=not identity.admin
+                )
+                value: Value = self.backend.invoke(function, args, txn, identity.user)
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            return _with_logs(outcome_of_error(error), logs)
+        return Outcome.ok(value, logs.finish())
 
     def subscribe(
         self, path: str, args: Any, identity: Identity, callback: ResultCallback
@@ -110,9 +122,10 @@ class BackendRunner:
 
         def on_update(result: QueryResult) -> None:
             if result.error is not None:
-                callback(outcome_of_error(result.error), result.ts)
+                outcome = replace(outcome_of_error(result.error), log_lines=result.log_lines)
+                callback(outcome, result.ts)
             else:
-                callback(Outcome.ok(result.value), result.ts)
+                callback(Outcome.ok(result.value, result.log_lines), result.ts)
 
         try:
             return self.backend.subscribe(
@@ -121,6 +134,12 @@ class BackendRunner:
         except Exception as exc:
             callback(outcome_of_error(exc), self.latest_ts())
             return _nothing
+
+
+def _with_logs(outcome: Outcome, logs: LogLines) -> Outcome:
+    # outcome_of_error runs after the capture: the server's own log records about a failure
+    # must never reach the caller's log lines.
+    return replace(outcome, log_lines=logs.finish())
 
 
 def _nothing() -> None:
