@@ -13,6 +13,7 @@
     ├── DocumentNotFound (also KeyError)          patch/replace/delete on a missing document
     ├── TransactionError
     │   ├── ConflictError                          OCC gave up after its retries
+    │   ├── HistoryUnavailable                     a read as of an earlier ts cannot be exact
     │   └── TransactionClosed (also RuntimeError)  a ctx used after its function returned
     ├── FunctionError
     │   ├── UnknownFunction (also LookupError)     no (public) function at that path
@@ -40,6 +41,7 @@ __all__ = [
     "ConvexError",
     "DocumentNotFound",
     "FunctionError",
+    "HistoryUnavailable",
     "PersistenceError",
     "ProtocolError",
     "QueryError",
@@ -98,6 +100,12 @@ class TransactionError(StoreError):
 
 class ConflictError(TransactionError):
     """Optimistic concurrency control kept failing: other commits changed what this read."""
+
+
+class HistoryUnavailable(TransactionError):
+    """A read as of an earlier timestamp was asked for, but the store keeps only the latest
+    version of each document and cannot show that nothing the read depends on changed since
+    (a later commit wrote into it, or that ts is older than the write history kept)."""
 
 
 class TransactionClosed(TransactionError, RuntimeError):

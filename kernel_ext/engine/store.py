@@ -18,9 +18,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
-from kernel_ext.errors import ConflictError, SchemaError, ValidationError
+from kernel_ext.errors import ConflictError, HistoryUnavailable, SchemaError, ValidationError
 from kernel_ext.persistence.sqlite import CommitRecord, IndexChange, SqlitePersistence
 from kernel_ext.store.catalog import (
     BY_CREATION_TIME,
@@ -46,6 +46,10 @@ SYSTEM_TABLES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
 #: A written key that every read set contains (schema changes invalidate everything).
 ALL_KEYS: Final[WrittenKey] = (ALL, b"")
 _RETRY_DELAYS: Final = (0.0, 0.001, 0.005, 0.02, 0.05)
+#: How far back (ns of commit time) the write log reaches for `read_as_of`, and how many
+#: commits it holds at most (memory stays bounded under a burst of writes).
+HISTORY_NS: Final = 30 * 1_000_000_000
+HISTORY_MAX_COMMITS: Final = 10_000
 
 
 class Commit(NamedTuple):
@@ -292,6 +296,53 @@ class Store:
             if snapshot is None:
                 self.close_snapshot(snap)
 
+    def read_as_of(self, ts: int, fn: Callable[[Transaction], T]) -> T:
+        """Run `fn` read-only and return what it returns (or raise what it raises) as of
+        commit `ts`.
+
+        The store keeps only the latest version of each document, so `fn` runs on the latest
+        snapshot, and its outcome is the one at `ts` exactly when no commit after `ts` wrote
+        into what it read; the write log (`HISTORY_NS`) says whether one did.
+
+        Raises:
+            HistoryUnavailable: `ts` is later than the latest commit, older than the write log
+                reaches, or a later commit changed what `fn` read.
+        """
+        if ts > self._ts:
+            raise HistoryUnavailable(
+                f"ts {ts} is later than the latest commit ({self._ts}); ask for a ts this "
+                "store has returned (query_ts)"
+            )
+        snap = self.persistence.snapshot()
+        txn = self.transaction(snap, writable=False)
+        value: Any = None
+        error: Exception | None = None
+        try:
+            value = fn(txn)
+        except Exception as exc:  # its error at `ts`, if nothing it read changed since
+            error = exc
+        finally:
+            txn.closed = True
+            self.close_snapshot(snap)
+        read_set = txn.read_set.finalize()
+        with self._commit_lock:
+            if ts < self._log_horizon:
+                raise HistoryUnavailable(
+                    f"ts {ts} is older than the write history this store keeps "
+                    f"({HISTORY_NS // 1_000_000_000} s); read at a recent ts (query_ts)"
+                )
+            for commit_ts, keys in reversed(self._log):
+                if commit_ts <= ts:
+                    break
+                if commit_ts <= snap.ts and read_set.overlaps(keys):
+                    raise HistoryUnavailable(
+                        f"What this query reads changed after ts {ts} (at {commit_ts}); this "
+                        "store keeps only the latest version of each document"
+                    )
+        if error is not None:
+            raise error
+        return cast("T", value)
+
     def mutate(self, fn: Callable[[Transaction], T]) -> tuple[T, int]:
         """Run `fn` in a writable transaction and commit it, retrying on conflicts.
 
@@ -434,9 +485,12 @@ class Store:
         return records, keys
 
     def _prune_log(self) -> None:
+        # Keep what running mutations validate against, and `HISTORY_NS` of commits for
+        # `read_as_of` (at most `HISTORY_MAX_COMMITS`).
         with self._counter_lock:
             oldest = min(self._active.values(), default=self._ts)
-        while self._log and self._log[0][0] <= oldest:
+        oldest = min(oldest, self._ts - HISTORY_NS)
+        while self._log and (self._log[0][0] <= oldest or len(self._log) > HISTORY_MAX_COMMITS):
             self._log_horizon = self._log.popleft()[0]
 
     def _next_ts(self) -> int:

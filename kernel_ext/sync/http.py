@@ -26,7 +26,12 @@ from typing import Any, Final, Literal, Protocol, TypeAlias
 
 import orjson
 
-from kernel_ext.errors import AuthenticationError, ProtocolError, ValidationError
+from kernel_ext.errors import (
+    AuthenticationError,
+    HistoryUnavailable,
+    ProtocolError,
+    ValidationError,
+)
 from kernel_ext.store.values import Value, from_json, to_json
 from kernel_ext.sync.messages import canonical_udf_path, check_json_depth, decode_ts, encode_ts
 from kernel_ext.sync.outcomes import Outcome, to_clean_json
@@ -109,6 +114,13 @@ class ApiRunner(Protocol):
         self, queries: Sequence[tuple[str, Any]], identity: Identity
     ) -> tuple[list[Outcome], int]:
         """Run queries on one snapshot; their outcomes and its ts."""
+
+    def query_at(self, path: str, args: Any, identity: Identity, ts: int) -> Outcome:
+        """Run a query as of commit `ts`.
+
+        Raises:
+            HistoryUnavailable: that result cannot be known exactly (`Store.read_as_of`).
+        """
 
 
 class HeaderAuthenticator(Protocol):
@@ -259,14 +271,10 @@ class HttpApi:
         args = _args(body.get("args"))
         if isinstance(args, Outcome):
             return _json_response(200, _udf_response(args, encode))
-        [outcome], ts = self._runner.query_batch([(path, args)], identity)
-        if ts != wanted:
-            # The store keeps only the latest version of each document.
-            raise HttpError(
-                400,
-                "HistoricalQueryUnsupported",
-                f"This server can only read at its latest timestamp ({encode_ts(ts)})",
-            )
+        try:
+            outcome = self._runner.query_at(path, args, identity, wanted)
+        except HistoryUnavailable as exc:
+            raise HttpError(400, "HistoricalQueryUnsupported", str(exc)) from exc
         return _json_response(200, _udf_response(outcome, encode))
 
     def _push(self, request: HttpRequest, identity: Identity) -> HttpResponse:

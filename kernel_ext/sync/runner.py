@@ -100,6 +100,16 @@ class BackendRunner:
             return [failure for _ in queries], self.latest_ts()
         return outcomes, ts
 
+    def query_at(self, path: str, args: Any, identity: Identity, ts: int) -> Outcome:
+        """Run a query as of commit `ts` (its errors become failed outcomes).
+
+        Raises:
+            HistoryUnavailable: that result cannot be known exactly.
+        """
+        return self.backend.store.read_as_of(
+            ts, lambda txn: self._query_in(txn, path, args, identity)
+        )
+
     def _query_in(self, txn: Transaction, path: str, args: Any, identity: Identity) -> Outcome:
         error: Exception | None = None
         with capture_logs() as logs:

@@ -223,3 +223,56 @@ def test_an_error_with_consistent_reads_is_raised_at_once(store_url):
     finally:
         client.close()
     assert runs == [1]
+
+
+# -- reads as of an earlier commit -------------------------------------------------------
+
+
+def test_read_as_of_is_exact_or_refused(store):
+    from kernel_ext.errors import HistoryUnavailable
+
+    a = _insert(store, 1)
+    before = store.ts
+    _insert(store, 2)  # a new document: a full-table read changed, a point read did not
+
+    assert store.read_as_of(before, lambda txn: txn.get(a)["n"]) == 1
+    with pytest.raises(HistoryUnavailable, match="changed after ts"):
+        store.read_as_of(before, _read_all_in)
+
+
+def test_read_as_of_reports_the_error_of_that_time_only_if_it_is_exact(store):
+    from kernel_ext.errors import HistoryUnavailable
+
+    a = _insert(store, 1)
+    before = store.ts
+
+    def fails(txn):
+        txn.get(a)
+        raise LookupError("the query's own error")
+
+    with pytest.raises(LookupError):
+        store.read_as_of(before, fails)
+    store.mutate(lambda txn: txn.patch(a, {"n": 5}))
+    with pytest.raises(HistoryUnavailable):  # its error then is unknown: refused, not guessed
+        store.read_as_of(before, fails)
+
+
+def test_the_history_survives_a_reopen_only_from_then_on(tmp_path):
+    from kernel_ext.errors import HistoryUnavailable
+
+    path = tmp_path / "store.db"
+    store = Store(SqlitePersistence(path))
+    _insert(store, 1)
+    before = store.ts
+    store.close()
+    store = Store(SqlitePersistence(path))
+    try:
+        with pytest.raises(HistoryUnavailable, match="older than the write history"):
+            store.read_as_of(before - 1, _read_all_in)
+        assert store.read_as_of(store.ts, _read_all_in) == [1]
+    finally:
+        store.close()
+
+
+def _read_all_in(txn):
+    return [d["n"] for d in txn.query("items").collect()]

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from kernel_ext.client.auth import make_dev_token
+from kernel_ext.engine import store as store_module
 from kernel_ext.engine.store import Store
 from kernel_ext.functions.backend import Backend
 from kernel_ext.persistence.sqlite import SqlitePersistence
@@ -198,16 +199,45 @@ def test_user_tokens_are_verified(api):
     assert r.json()["value"]["tokenIdentifier"] == "x|u9"
 
 
-def test_query_ts_at_ts_and_batch(api):
+def test_query_at_ts_answers_exactly_or_says_why_not(api, monkeypatch):
+    """The store keeps only the latest versions: a read as of an earlier ts is answered when
+    nothing it reads was written since, and refused otherwise (never a wrong answer)."""
+
+    def at(ts, name):
+        body = {"path": "counter:get", "args": {"name": name}, "ts": encode_ts(ts)}
+        return post(api, "/api/query_at_ts", body)
+
+    post(api, "/api/mutation", {"path": "counter:inc", "args": {"name": "old", "by": 5}})
+    post(api, "/api/mutation", {"path": "counter:inc", "args": {"name": "hot", "by": 1}})
+    before = decode_ts(post(api, "/api/query_ts", b"").json()["ts"])
+    post(api, "/api/mutation", {"path": "counter:inc", "args": {"name": "hot", "by": 1}})
+    latest = decode_ts(post(api, "/api/query_ts", b"").json()["ts"])
+    assert latest > before
+
+    unchanged = at(before, "old")  # not written since `before`: its value then is its value now
+    assert unchanged.status == 200 and unchanged.json()["value"] == 5.0
+    assert at(latest, "hot").json()["value"] == 2.0
+    changed = at(before, "hot")
+    assert changed.status == 400 and changed.json()["code"] == "HistoricalQueryUnsupported"
+    assert "changed after ts" in changed.json()["message"]
+    future = at(latest + 1, "old")
+    assert future.status == 400 and "later than the latest commit" in future.json()["message"]
+    # A ts from before the store existed: "old" did not exist then either.
+    assert "changed after ts" in at(1, "old").json()["message"]
+    # Beyond the write history kept, nothing can be shown unchanged.
+    monkeypatch.setattr(store_module, "HISTORY_MAX_COMMITS", 1)
+    post(api, "/api/mutation", {"path": "counter:inc", "args": {"name": "hot", "by": 1}})
+    ancient = at(before, "old")
+    assert ancient.status == 400 and "older than the write history" in ancient.json()["message"]
+    assert post(api, "/api/query_at_ts", {"path": "counter:get", "ts": "bad"}).status == 400
+
+
+def test_query_ts_and_batch(api):
     ts_text = post(api, "/api/query_ts", b"").json()["ts"]
-    ts = decode_ts(ts_text)
     r = post(
         api, "/api/query_at_ts", {"path": "counter:get", "args": {"name": "h1"}, "ts": ts_text}
     )
     assert r.json()["status"] == "success"
-    r = post(api, "/api/query_at_ts", {"path": "counter:get", "args": {}, "ts": encode_ts(ts - 1)})
-    assert r.status == 400 and r.json()["code"] == "HistoricalQueryUnsupported"
-    assert post(api, "/api/query_at_ts", {"path": "counter:get", "ts": "bad"}).status == 400
     r = post(
         api,
         "/api/query_batch",

@@ -50,6 +50,16 @@ def test_http_client_errors(seen):
     assert "Could not find public function" in seen["http internal hidden"]["message"]
 
 
+def test_http_client_consistent_query(seen):
+    """consistentQuery reads at one earlier ts: answered while what it reads is unchanged,
+    refused (never answered wrongly) once a later commit changed it."""
+    assert seen["consistent first"] == 0
+    assert seen["consistent unrelated"] == 0
+    changed = seen["consistent changed"]
+    assert changed["convexError"] is False
+    assert "HistoricalQueryUnsupported" in changed["message"]
+
+
 def test_http_client_admin_and_user_auth(seen):
     assert seen["http internal"] == "internal data"
     assert seen["http whoami"]["subject"] == "grace" and seen["http whoami"]["name"] == "Grace"

@@ -58,6 +58,13 @@ async function http() {
     client.setAuth(process.env.TEST_TOKEN);
     emit("http whoami", await client.query(ref("who:ami"), {}));
   }
+  // consistentQuery: every read at the ts of the client's first one (query_ts + query_at_ts).
+  const consistent = new ConvexHttpClient(url);
+  emit("consistent first", await consistent.consistentQuery(ref("counter:get"), { name: "c1" }));
+  await client.mutation(ref("counter:inc"), { name: "c2", by: 1 }); // not read by c1's query
+  emit("consistent unrelated", await consistent.consistentQuery(ref("counter:get"), { name: "c1" }));
+  await client.mutation(ref("counter:inc"), { name: "c1", by: 1 }); // changes what it reads
+  emit("consistent changed", await caught(consistent.consistentQuery(ref("counter:get"), { name: "c1" })));
 }
 
 async function websocket() {
