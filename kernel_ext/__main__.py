@@ -1,4 +1,5 @@
-"""The command line: `python -m kernel_ext serve ...` (API.md, Command line)."""
+"""The command line (API.md, Command line): `python -m kernel_ext serve ...` serves a store;
+`python -m kernel_ext token ...` mints a development user token (HS256) for it."""
 
 from __future__ import annotations
 
@@ -31,6 +32,23 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--auth-secret", help="HS256 shared secret")
     keys.add_argument("--auth-public-key", type=Path, help="PEM public key file (RS256/ES256)")
     keys.add_argument("--auth-jwks", type=Path, help="JSON Web Key Set file")
+    token = commands.add_parser(
+        "token",
+        help="print a development user token (HS256) for a server's --auth-secret",
+        description="Mint a signed user token (HS256) for development and tests.",
+    )
+    token.add_argument("subject", help="the `sub` claim (the user)")
+    token.add_argument("--secret", required=True, help="the server's --auth-secret")
+    token.add_argument("--issuer", required=True, help="the server's --auth-issuer")
+    token.add_argument("--audience", help="the server's --auth-audience, if it has one")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    token.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another claim, e.g. email=ada@example.com (repeatable; VALUE as JSON if it parses)",
+    )
     return parser
 
 
@@ -38,7 +56,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "token":
+        return _token(args)
     return _serve(args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    import json
+
+    from kernel_ext.client.auth import make_dev_token
+
+    claims: dict[str, object] = {}
+    for item in args.claim:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            print(f"error: --claim {item!r} is not NAME=VALUE", file=sys.stderr)
+            return 2
+        try:
+            claims[name] = json.loads(text)
+        except ValueError:
+            claims[name] = text  # a plain string needs no JSON quotes
+    print(
+        make_dev_token(
+            args.subject,
+            secret=args.secret,
+            issuer=args.issuer,
+            audience=args.audience,
+            ttl_s=args.ttl,
+            **claims,
+        )
+    )
+    return 0
 
 
 def _auth_provider(args: argparse.Namespace) -> object:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 import time
 
 import jwt
 import pytest
+import sync_peers
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -145,3 +148,61 @@ def test_admin_key_file_is_private(tmp_path):
     write_admin_key(path, key)
     assert path.read_text() == key + "\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# -- `python -m kernel_ext token` ----------------------------------------------------------
+
+
+def test_the_token_command_mints_a_token_the_server_accepts(server_factory):
+    issuer, secret = sync_peers.issuer, sync_peers.secret
+    minted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kernel_ext",
+            "token",
+            "ada",
+            "--secret",
+            secret,
+            "--issuer",
+            issuer,
+            "--claim",
+            "email=ada@example.com",
+            "--claim",
+            'roles=["admin"]',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = minted.stdout.strip()
+    server = server_factory("--auth-issuer", issuer, "--auth-secret", secret)
+    client = sync_peers.RawClient(server.url).connect()
+    client.send({"type": "Authenticate", "baseVersion": 0, "tokenType": "User", "value": token})
+    client.identity = 1
+    transition = client.add(0, "who:ami")
+    identity = transition["modifications"][0]["value"]
+    assert identity["subject"] == "ada" and identity["email"] == "ada@example.com"
+    assert identity["roles"] == ["admin"]
+    assert identity["tokenIdentifier"] == f"{issuer}|ada"
+
+
+def test_the_token_command_refuses_a_malformed_claim():
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kernel_ext",
+            "token",
+            "ada",
+            "--secret",
+            "s" * 32,
+            "--issuer",
+            "i",
+            "--claim",
+            "no-equals-sign",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "is not NAME=VALUE" in done.stderr
