@@ -154,7 +154,7 @@ def test_admin_key_file_is_private(tmp_path):
 
 
 def test_the_token_command_mints_a_token_the_server_accepts(server_factory):
-    issuer, secret = sync_peers.issuer, sync_peers.secret
+    issuer, secret = sync_peers.ISSUER, sync_peers.SECRET
     minted = subprocess.run(
         [
             sys.executable,
