@@ -49,7 +49,7 @@ _RETRY_DELAYS: Final = (0.0, 0.001, 0.005, 0.02, 0.05)
 #: How far back (ns of commit time) the write log reaches for `read_as_of`, and how many
 #: commits it holds at most (memory stays bounded under a burst of writes).
 HISTORY_NS: Final = 30 * 1_000_000_000
-HISTORY_MAX_COMMITS: Final = 10_000
+HISTORY_MAX_COMMITS: Final = 5_000
 
 
 class Commit(NamedTuple):
