@@ -50,6 +50,13 @@ def backend():
     backend.close()
 
 
+def _run(coroutine):
+    """asyncio.run on a thread of its own: the main thread may already run a loop (the
+    browser tests' Playwright does, for the whole session)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result(timeout=60)
+
+
 async def _session(backend):
     """A connected SyncConnection and the list its frames (decoded) land in."""
     frames: list[dict] = []
@@ -127,7 +134,7 @@ def test_a_transition_waits_for_the_live_queries_of_its_ts(backend):
         conn.connection_lost()
         executor.shutdown()
 
-    asyncio.run(scenario())
+    _run(scenario())
 
 
 def test_a_lagging_live_query_delays_the_transition_only_up_to_the_limit(
@@ -157,5 +164,5 @@ def test_a_lagging_live_query_delays_the_transition_only_up_to_the_limit(
         executor.shutdown()
 
     with caplog.at_level(logging.WARNING):
-        asyncio.run(scenario())
+        _run(scenario())
     assert "live queries lag behind ts" in caplog.text
