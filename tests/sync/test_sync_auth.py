@@ -153,28 +153,21 @@ def test_admin_key_file_is_private(tmp_path):
 # -- `python -m kernel_ext token` ----------------------------------------------------------
 
 
+def _token_command(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m kernel_ext token ARGS...`"""
+    return subprocess.run(
+        [sys.executable, "-m", "kernel_ext", "token", *args], capture_output=True, text=True
+    )
+
+
 def test_the_token_command_mints_a_token_the_server_accepts(server_factory):
     issuer, secret = sync_peers.ISSUER, sync_peers.SECRET
-    minted = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kernel_ext",
-            "token",
-            "ada",
-            "--secret",
-            secret,
-            "--issuer",
-            issuer,
-            "--claim",
-            "email=ada@example.com",
-            "--claim",
-            'roles=["admin"]',
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    minted = _token_command(
+        "ada",
+        *("--secret", secret, "--issuer", issuer),
+        *("--claim", "email=ada@example.com", "--claim", 'roles=["admin"]'),
     )
+    assert minted.returncode == 0, minted.stderr
     token = minted.stdout.strip()
     server = server_factory("--auth-issuer", issuer, "--auth-secret", secret)
     client = sync_peers.RawClient(server.url).connect()
@@ -188,21 +181,5 @@ def test_the_token_command_mints_a_token_the_server_accepts(server_factory):
 
 
 def test_the_token_command_refuses_a_malformed_claim():
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kernel_ext",
-            "token",
-            "ada",
-            "--secret",
-            "s" * 32,
-            "--issuer",
-            "i",
-            "--claim",
-            "no-equals-sign",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = _token_command("ada", "--secret", "s" * 32, "--issuer", "i", "--claim", "no-equals")
     assert done.returncode == 2 and "is not NAME=VALUE" in done.stderr
