@@ -69,3 +69,34 @@ def test_notebook_runs_on_a_served_store(path: Path, tmp_path: Path, served, mon
         monkeypatch.setenv(name, value)
     run_notebook(path, tmp_path)
     assert not (tmp_path / ".convex").exists()  # nothing embedded: all went to the server
+
+
+def test_function_output_in_a_real_kernel(tmp_path: Path, monkeypatch) -> None:
+    """In a kernel: a direct call prints into its cell, a live query's output is kept in
+    `Subscription.log_lines`, and the cell output keeps working after live queries ran (their
+    capture replaces sys.stdout with a router that passes everything else through)."""
+    for name in ("CONVEX_URL", "CONVEX_ADMIN_KEY", "CONVEX_JUPYTER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    cells = [
+        "%load_ext kernel_ext\n%convex connect memory",
+        '%%convex_query greet:hello(name: v.string())\nprint("hello", name)\nreturn name.upper()',
+        'live = convex.subscribe("greet:hello", name="live")\nprint(live.value, live.log_lines)',
+        'convex.query("greet:hello", name="direct")',
+        'print("plain output")',
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+
+    def text(cell: int) -> str:
+        outputs = notebook.cells[cell].outputs
+        assert not [o for o in outputs if o.output_type == "error"], outputs
+        return "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+
+    assert text(2) == "LIVE (\"[LOG] 'hello live'\",)\n"
+    assert text(3) == "hello direct\n"
+    assert text(4) == "plain output\n"
