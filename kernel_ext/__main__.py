@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Mint a signed user token (HS256) for development and tests.",
     )
     token.add_argument("subject", help="the `sub` claim (the user)")
-    token.add_argument("--secret", required=True, help="the server's --auth-secret")
+    token.add_argument(
+        "--secret",
+        default=os.environ.get("CONVEX_AUTH_SECRET"),
+        help="the server's --auth-secret (default: $CONVEX_AUTH_SECRET, which keeps it out of "
+        "the process list and the shell history)",
+    )
     token.add_argument("--issuer", required=True, help="the server's --auth-issuer")
     token.add_argument("--audience", help="the server's --auth-audience, if it has one")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
@@ -61,16 +67,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(args)
 
 
+#: Claims the token command sets from its own arguments.
+_SET_BY_OPTIONS = {
+    "sub": "the SUBJECT argument",
+    "iss": "--issuer",
+    "aud": "--audience",
+    "exp": "--ttl",
+    "iat": "--ttl",
+}
+
+
 def _token(args: argparse.Namespace) -> int:
     import json
 
     from kernel_ext.client.auth import make_dev_token
 
+    if not args.secret:
+        print("error: give --secret or set CONVEX_AUTH_SECRET", file=sys.stderr)
+        return 2
     claims: dict[str, object] = {}
     for item in args.claim:
         name, sep, text = item.partition("=")
         if not sep or not name:
             print(f"error: --claim {item!r} is not NAME=VALUE", file=sys.stderr)
+            return 2
+        if name in _SET_BY_OPTIONS:
+            print(f"error: set {name!r} with {_SET_BY_OPTIONS[name]}, not --claim", file=sys.stderr)
             return 2
         try:
             claims[name] = json.loads(text)
@@ -83,7 +105,7 @@ def _token(args: argparse.Namespace) -> int:
             issuer=args.issuer,
             audience=args.audience,
             ttl_s=args.ttl,
-            **claims,
+            extra_claims=claims,
         )
     )
     return 0

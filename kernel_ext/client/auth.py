@@ -69,15 +69,19 @@ def make_dev_token(
     issuer: str,
     audience: str | None = None,
     ttl_s: float = 3600.0,
+    extra_claims: Mapping[str, Any] | None = None,
     **claims: Any,
 ) -> str:
-    """A signed HS256 token for development and tests."""
+    """A signed HS256 token for development and tests: `sub`, `iss`, `iat`, `exp` (and
+    `aud`), plus `claims` (and `extra_claims`, for names that are also this function's
+    parameters, such as `secret`)."""
     now = int(time.time())
     payload: dict[str, Any] = {
         "sub": subject,
         "iss": issuer,
         "iat": now,
         "exp": now + int(ttl_s),
+        **(extra_claims or {}),
         **claims,
     }
     if audience is not None:

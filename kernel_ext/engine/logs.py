@@ -4,9 +4,15 @@ While `capture_logs()` is active in the current context (thread), what a handler
 standard output (`print()`) becomes `[LOG] '<line>'`, and its `logging` records (any logger but
 this library's own, at the levels the logging configuration lets through) become `[DEBUG]`,
 `[INFO]`, `[WARN]` or `[ERROR]` lines: the format Convex sends in `logLines` and its clients
-print. Outside a capture, output goes where it always went (standard output is replaced by a
-thin router that passes through). Standard error is left alone: logging's own handlers write
-there, and capturing it would report each record twice.
+print. Outside a capture, output goes where it always went.
+
+How, and what that changes for the process: the first capture replaces `sys.stdout` with a
+router that passes writes through unless a capture is active (it is never removed; anything
+that replaces `sys.stdout` later gets routed again at the next capture), and wraps the log
+record factory (a factory, not a handler: a handler on the root logger would disable
+`logging.basicConfig` and the last-resort handler). Standard error is left alone: logging's
+handlers write there, and capturing it would report each record twice; for the same reason a
+`logging.StreamHandler` writing to standard output is not captured as `[LOG]`.
 
 Limits, as Convex's: 256 lines per execution (then one `[WARN]` line saying how many were
 left out) and 4 KiB per line (cut, with a marker).
@@ -19,19 +25,26 @@ import contextvars
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, TextIO
 
-__all__ = ["MAX_LINE_BYTES", "MAX_LINES", "LogLines", "capture_logs", "format_line"]
+__all__ = [
+    "MAX_LINES",
+    "MAX_LINE_BYTES",
+    "LogLines",
+    "capture_logs",
+    "checkpoint",
+    "format_line",
+]
 
 MAX_LINES: Final = 256
 MAX_LINE_BYTES: Final = 4096
 _TRUNCATED: Final = " (truncated)"
+_LEVELS: Final = {"WARNING": "WARN", "CRITICAL": "ERROR"}
 
 _current: contextvars.ContextVar[LogLines | None] = contextvars.ContextVar(
     "convex_log_lines", default=None
 )
-_install_lock = threading.Lock()
 
 
 def format_line(level: str, text: str) -> str:
@@ -45,38 +58,71 @@ def format_line(level: str, text: str) -> str:
 
 
 class LogLines:
-    """The log lines of one execution, in order."""
+    """The log lines of one execution, in order. Thread-safe (a captured context may be
+    copied to other threads); text written after `finish()` goes to the real output."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._lines: list[str] = []
         self._omitted = 0
-        self._partial: dict[str, str] = {}  # text written without a newline yet, per level
+        # Standard output written without a newline yet: its pieces, and their length, which
+        # stops growing past a line's limit (a progress bar must not grow it without end).
+        self._partial: list[str] = []
+        self._partial_length = 0
+        self.finished = False
 
-    def write(self, level: str, text: str) -> None:
-        """Text written to a stream: each completed line becomes a log line."""
-        pending = self._partial.pop(level, "") + text
-        *complete, rest = pending.split("\n")
-        for line in complete:
-            self.add(level, line)
-        if rest:
-            self._partial[level] = rest
+    def write(self, text: str) -> None:
+        """Standard output: each completed line becomes a `[LOG]` line."""
+        with self._lock:
+            *complete, rest = text.split("\n")
+            for piece in complete:
+                self._append_partial(piece)
+                self._add("LOG", "".join(self._partial))
+                self._partial.clear()
+                self._partial_length = 0
+            self._append_partial(rest)
 
     def add(self, level: str, text: str) -> None:
         """One log line (beyond `MAX_LINES`, only counted)."""
+        with self._lock:
+            self._add(level, text)
+
+    def finish(self) -> tuple[str, ...]:
+        """The lines, including any unterminated text and the overflow notice; later writes
+        are not captured."""
+        with self._lock:
+            self.finished = True
+            if self._partial:
+                self._add("LOG", "".join(self._partial))
+                self._partial.clear()
+            if self._omitted:
+                notice = f"Log overflow (maximum {MAX_LINES}): {self._omitted} lines omitted"
+                return (*self._lines, format_line("WARN", notice))
+            return tuple(self._lines)
+
+    def mark(self) -> tuple[int, int]:
+        """A point to `rollback` to."""
+        with self._lock:
+            return len(self._lines), self._omitted
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        """Forget what was captured after `mark` (the output of a discarded attempt)."""
+        with self._lock:
+            del self._lines[mark[0] :]
+            self._omitted = mark[1]
+            self._partial.clear()
+            self._partial_length = 0
+
+    def _append_partial(self, piece: str) -> None:
+        if piece and self._partial_length <= MAX_LINE_BYTES:
+            self._partial.append(piece)
+            self._partial_length += len(piece)
+
+    def _add(self, level: str, text: str) -> None:
         if len(self._lines) < MAX_LINES:
             self._lines.append(format_line(level, text))
         else:
             self._omitted += 1
-
-    def finish(self) -> tuple[str, ...]:
-        """The lines, including any unterminated text and the overflow notice."""
-        for level, rest in list(self._partial.items()):
-            self.add(level, rest)
-        self._partial.clear()
-        if self._omitted:
-            notice = f"Log overflow (maximum {MAX_LINES}): {self._omitted} lines omitted"
-            return (*self._lines, format_line("WARN", notice))
-        return tuple(self._lines)
 
 
 @contextlib.contextmanager
@@ -92,19 +138,38 @@ def capture_logs() -> Iterator[LogLines]:
         _current.reset(token)
 
 
-class _Router:
-    """Stands in for `sys.stdout`: writes go to the current capture, if any, else
-    to the stream it replaced (everything else is that stream's)."""
+def checkpoint() -> Callable[[], None]:
+    """A function that forgets what the current capture (if any) captures after this call:
+    a mutation that is retried keeps only its last attempt's output."""
+    lines = _current.get()
+    if lines is None:
+        return _nothing
+    mark = lines.mark()
+    return lambda: lines.rollback(mark)
 
-    def __init__(self, stream: TextIO, level: str) -> None:
+
+def _nothing() -> None:
+    """Forget nothing."""
+
+
+def _capturing(lines: LogLines | None) -> bool:
+    return lines is not None and not lines.finished
+
+
+class _Router:
+    """Stands in for `sys.stdout`: writes go to the current capture, if any, else to the
+    stream it replaced (everything else is that stream's)."""
+
+    def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._level = level
 
     def write(self, text: str) -> int:
         lines = _current.get()
-        if lines is None:
+        # A logging handler writing here is reporting a record the capture has already.
+        if not _capturing(lines) or sys._getframe(1).f_code is _STREAM_HANDLER_EMIT:
             return self._stream.write(text)
-        lines.write(self._level, text)
+        assert lines is not None
+        lines.write(text)
         return len(text)
 
     def writelines(self, texts: Any) -> None:
@@ -112,26 +177,26 @@ class _Router:
             self.write(text)
 
     def flush(self) -> None:
-        if _current.get() is None:
+        if not _capturing(_current.get()):
             self._stream.flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
-_LEVELS: Final = {"WARNING": "WARN", "CRITICAL": "ERROR"}
+_STREAM_HANDLER_EMIT: Final = logging.StreamHandler.emit.__code__
 
 
-def _capturing_factory(make: Any) -> Any:
-    """Wraps the log record factory: a record made inside a capture also becomes one of its
-    lines. (A factory, not a handler: a handler on the root logger would disable
-    `logging.basicConfig` and the last-resort handler for the whole process.)"""
+def _capturing_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """Wraps the log record factory: a record made inside a capture also becomes a line."""
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record: logging.LogRecord = make(*args, **kwargs)
+        record = make(*args, **kwargs)
         lines = _current.get()
         # The library's own records are about the server, not the function: never the caller's.
-        if lines is not None and not record.name.startswith("kernel_ext"):
+        own = record.name == "kernel_ext" or record.name.startswith("kernel_ext.")
+        if _capturing(lines) and not own:
+            assert lines is not None
             try:
                 message = record.getMessage()
             except Exception:  # a bad format string in the handler's own call
@@ -139,20 +204,22 @@ def _capturing_factory(make: Any) -> Any:
             lines.add(_LEVELS.get(record.levelname, record.levelname), message)
         return record
 
-    factory.capturing = True  # type: ignore[attr-defined]
     return factory
 
 
+_install_lock = threading.Lock()
+_factory_installed = False
+
+
 def _install() -> None:
-    """Route standard output and logging through the captures (idempotent; again if
-    something has replaced standard output since)."""
-    if isinstance(sys.stdout, _Router) and getattr(
-        logging.getLogRecordFactory(), "capturing", False
-    ):
+    """Route standard output and log records through the captures (idempotent; routes
+    standard output again if something has replaced it since)."""
+    global _factory_installed
+    if _factory_installed and (sys.stdout is None or isinstance(sys.stdout, _Router)):
         return
     with _install_lock:
         if sys.stdout is not None and not isinstance(sys.stdout, _Router):
-            sys.stdout = _Router(sys.stdout, "LOG")
-        make = logging.getLogRecordFactory()
-        if not getattr(make, "capturing", False):
-            logging.setLogRecordFactory(_capturing_factory(make))
+            sys.stdout = _Router(sys.stdout)
+        if not _factory_installed:
+            logging.setLogRecordFactory(_capturing_factory(logging.getLogRecordFactory()))
+            _factory_installed = True

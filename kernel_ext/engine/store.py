@@ -16,10 +16,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
+from kernel_ext.engine import logs
+from kernel_ext.engine.write_log import HISTORY_MAX_KEYS, HISTORY_NS, WriteLog
 from kernel_ext.errors import ConflictError, HistoryUnavailable, SchemaError, ValidationError
 from kernel_ext.persistence.sqlite import CommitRecord, IndexChange, SqlitePersistence
 from kernel_ext.store.catalog import (
@@ -46,10 +47,6 @@ SYSTEM_TABLES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
 #: A written key that every read set contains (schema changes invalidate everything).
 ALL_KEYS: Final[WrittenKey] = (ALL, b"")
 _RETRY_DELAYS: Final = (0.0, 0.001, 0.005, 0.02, 0.05)
-#: How far back (ns of commit time) the write log reaches for `read_as_of`, and how many
-#: commits it holds at most (memory stays bounded under a burst of writes).
-HISTORY_NS: Final = 30 * 1_000_000_000
-HISTORY_MAX_COMMITS: Final = 5_000
 
 
 class Commit(NamedTuple):
@@ -118,8 +115,11 @@ class Store:
         self._commit_lock = threading.RLock()
         self._counter_lock = threading.Lock()
         self._ts = persistence.last_ts()
-        self._log: deque[tuple[int, list[WrittenKey]]] = deque()
-        self._log_horizon = self._ts  # commits at or before this are no longer in the log
+        self._writes = WriteLog(horizon=self._ts)
+        # The ts of the latest change outside the documents (`record_change`), and how many
+        # there have been: reads as of an earlier ts cannot show what was there before it.
+        self._changed_ts = self._ts
+        self._changes = 0
         self._active: dict[int, int] = {}  # id(txn) -> snapshot ts of in-flight mutations
         self._listeners: list[Callable[[Commit], None]] = []
         self._last_creation_time = 0.0
@@ -210,8 +210,21 @@ class Store:
             ts = self._next_ts()
             self.persistence.write_commit(ts, [])
             self._ts = ts
-            self._log.append((ts, [ALL_KEYS]))
+            self._writes.append(ts, [ALL_KEYS])
             self._publish(Commit(ts, {}, [ALL_KEYS]))
+
+    def record_change(self, change: Callable[[], T]) -> T:
+        """Make `change()` (a change outside the documents, such as redefining functions) a
+        commit without writes: it gets a ts, live queries see a commit, and reads as of an
+        earlier ts are no longer answered from the latest state. Returns what it returns."""
+        with self._commit_lock:
+            result = change()
+            ts = self._next_ts()
+            self.persistence.write_commit(ts, [])
+            self._ts = self._changed_ts = ts
+            self._changes += 1
+            self._publish(Commit(ts, {}, []))
+        return result
 
     def _check_existing_documents(self, schema: SchemaDefinition) -> None:
         if not schema.schema_validation:
@@ -301,18 +314,20 @@ class Store:
         commit `ts`.
 
         The store keeps only the latest version of each document, so `fn` runs on the latest
-        snapshot, and its outcome is the one at `ts` exactly when no commit after `ts` wrote
-        into what it read; the write log (`HISTORY_NS`) says whether one did.
+        snapshot, and its outcome is the one at `ts` exactly when nothing after `ts` changed
+        what it read: no commit wrote into its read set, no schema change and no
+        `record_change` came since. The write log's history says which commits came.
 
         Raises:
-            HistoryUnavailable: `ts` is later than the latest commit, older than the write log
-                reaches, or a later commit changed what `fn` read.
+            HistoryUnavailable: `ts` is later than the latest commit or older than the history
+                reaches, or something after `ts` changed what `fn` read.
         """
         if ts > self._ts:
             raise HistoryUnavailable(
                 f"ts {ts} is later than the latest commit ({self._ts}); ask for a ts this "
                 "store has returned (query_ts)"
             )
+        changes = self._changes
         snap = self.persistence.snapshot()
         txn = self.transaction(snap, writable=False)
         value: Any = None
@@ -325,20 +340,28 @@ class Store:
             txn.closed = True
             self.close_snapshot(snap)
         read_set = txn.read_set.finalize()
-        with self._commit_lock:
-            if ts < self._log_horizon:
+        with self._commit_lock:  # waits for a schema change in progress to be logged
+            later = self._writes.after(ts)
+            changed = self._changes != changes or self._changed_ts > ts
+        if later is None:
+            raise HistoryUnavailable(
+                f"ts {ts} is older than the write history this store keeps (the last "
+                f"{HISTORY_NS // 1_000_000_000} s, {HISTORY_MAX_KEYS:,} written keys); read at "
+                "a recent ts (query_ts)"
+            )
+        if changed:
+            raise HistoryUnavailable(
+                f"The functions were redefined after ts {ts}: what they returned then is not "
+                "known; read at a recent ts (query_ts)"
+            )
+        for commit_ts, keys in later:
+            # A schema change counts even if it is later than the snapshot: it altered the
+            # catalog before it was logged.
+            if (commit_ts <= snap.ts or ALL_KEYS in keys) and read_set.overlaps(keys):
                 raise HistoryUnavailable(
-                    f"ts {ts} is older than the write history this store keeps "
-                    f"({HISTORY_NS // 1_000_000_000} s); read at a recent ts (query_ts)"
+                    f"What this query reads changed after ts {ts} (at {commit_ts}); this "
+                    "store keeps only the latest version of each document"
                 )
-            for commit_ts, keys in reversed(self._log):
-                if commit_ts <= ts:
-                    break
-                if commit_ts <= snap.ts and read_set.overlaps(keys):
-                    raise HistoryUnavailable(
-                        f"What this query reads changed after ts {ts} (at {commit_ts}); this "
-                        "store keeps only the latest version of each document"
-                    )
         if error is not None:
             raise error
         return cast("T", value)
@@ -354,8 +377,10 @@ class Store:
             Exception: whatever `fn` raised, if its reads validate; nothing was written.
         """
         conflicts: set[str] = set()
+        forget_output = logs.checkpoint()
         for delay in _RETRY_DELAYS:
             if delay:
+                forget_output()  # a discarded attempt's log lines are not the mutation's
                 time.sleep(delay)
             # Register the start ts before reading anything, so that pruning keeps every
             # commit this transaction must be validated against.
@@ -427,20 +452,15 @@ class Store:
                     self.catalog.remove_table(info.name)
                 raise
             self._ts = ts
-            self._log.append((ts, keys))
+            self._writes.append(ts, keys)
             self._prune_log()
             self._publish(Commit(ts, writes, keys))
             return ts
 
     def _validate(self, since: int, read_set: ReadSet) -> None:
-        if since < self._log_horizon:
+        tables = self._writes.tables_overlapping(since, read_set)
+        if tables is None:
             raise _Conflict(set())  # the commits it would need to check were pruned
-        tables: set[str] = set()
-        for ts, keys in reversed(self._log):
-            if ts <= since:
-                break
-            if read_set.overlaps(keys):
-                tables |= {k[0].split(".", 1)[0] for k in keys}
         if tables:
             raise _Conflict(tables)
 
@@ -485,13 +505,9 @@ class Store:
         return records, keys
 
     def _prune_log(self) -> None:
-        # Keep what running mutations validate against, and `HISTORY_NS` of commits for
-        # `read_as_of` (at most `HISTORY_MAX_COMMITS`).
         with self._counter_lock:
             oldest = min(self._active.values(), default=self._ts)
-        oldest = min(oldest, self._ts - HISTORY_NS)
-        while self._log and (self._log[0][0] <= oldest or len(self._log) > HISTORY_MAX_COMMITS):
-            self._log_horizon = self._log.popleft()[0]
+        self._writes.prune(self._ts, oldest)
 
     def _next_ts(self) -> int:
         """The ts for the next commit; `self._ts` moves only once the commit is stored, so a

@@ -179,9 +179,11 @@ class SubscriptionManager:
 
     def call_when_processed(self, ts: int, callback: Callable[[], None]) -> None:
         """Call `callback()` once every live query reflects commit `ts`: at once on this
-        thread if they do already, else on the thread that completes that work (after the
-        round's results were handed to their subscribers). It must return quickly. Never called
-        if the manager closes first."""
+        thread if they do already, else on the thread that completes that work: the worker
+        (after the round's results were handed to their subscribers) or, for a commit no live
+        query depends on, the committing thread while it holds the store's commit lock. So it
+        must return quickly and must not use the store. Never called if the manager closes
+        first."""
         with self._lock:
             if self._processed_ts < ts and not self._closed:
                 heapq.heappush(self._when_processed, (ts, next(self._sequence), callback))
@@ -194,6 +196,7 @@ class SubscriptionManager:
         """Stop the worker; idempotent."""
         with self._lock:
             self._closed = True
+            self._when_processed.clear()  # never called now: drop what they hold on to
             self._work.notify_all()
             self._done.notify_all()
         if self._thread is not threading.current_thread():

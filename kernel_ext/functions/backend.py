@@ -64,15 +64,21 @@ class Backend:
         loaded = load_folder(folder)
         if loaded.schema is not None:
             self.store.set_schema(loaded.schema)
-        for path, function in loaded.functions.items():
-            self.registry.register(path, function)
+
+        def register_all() -> None:
+            for path, function in loaded.functions.items():
+                self.registry.register(path, function)
+
+        # A commit of its own: reads as of an earlier ts must not run the new code.
+        self.store.record_change(register_all)
         self.subscriptions.rerun(lambda key: True)
         self.scheduler.functions_changed()
         return sorted(loaded.functions)
 
     def register(self, path: str, function: FunctionDefinition) -> str:
         """Register one function and re-run the live queries of that path."""
-        canonical = self.registry.register(path, function)
+        # A commit of its own: reads as of an earlier ts must not run the new code.
+        canonical = self.store.record_change(lambda: self.registry.register(path, function))
         self.subscriptions.rerun(lambda key: isinstance(key, tuple) and key[0] == canonical)
         self.scheduler.functions_changed()
         return canonical

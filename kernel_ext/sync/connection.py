@@ -201,11 +201,14 @@ class SyncConnection:
             self._loop.call_soon_threadsafe(callback, *args)
 
     def _query_results(self) -> None:
+        self._take_results()
+        self._pump()
+
+    def _take_results(self) -> None:
         with self._results_lock:
             results, self._results = self._results, []
         for query_id, token, outcome, ts in results:
             self.protocol.receive_query_result(query_id, token, outcome, ts)
-        self._pump()
 
     def _run(
         self,
@@ -283,10 +286,12 @@ class SyncConnection:
         self._runner.when_processed(target, lambda: self._post(self._processed, target))
 
     def _processed(self, ts: int) -> None:
-        # The engine posts a round's results before it reports the round processed, so they
-        # have reached the protocol by now: they are part of this Transition.
         if ts == self._awaiting:
             self._awaiting = None
+            # The engine hands a round's results over before it reports the round processed,
+            # and their batch is queued on the loop ahead of this call; taking any that are
+            # still in the batch makes that independent of the loop's queue order.
+            self._take_results()
             self._send_transition(ts)
 
     def _lagging(self) -> None:

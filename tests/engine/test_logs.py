@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
@@ -118,3 +119,87 @@ def test_a_replaced_stdout_is_routed_again(capsys):
         print("to the buffer")
     assert logs.finish() == ("[LOG] 'captured'",)
     assert buffer.getvalue() == "to the buffer\n"
+
+
+def test_a_progress_bar_without_newlines_costs_linear_time_and_bounded_memory():
+    with capture_logs() as logs:
+        for _ in range(100_000):
+            print("x" * 50, end="")  # would be quadratic if the line were re-copied each time
+    (line,) = logs.finish()
+    assert line.startswith("[LOG] 'xxx") and line.endswith(" (truncated)")
+    assert len(line.encode()) <= MAX_LINE_BYTES
+
+
+def test_a_stream_handler_on_stdout_does_not_report_records_twice():
+    log = logging.getLogger("user.stdout_handler")
+    handler = logging.StreamHandler(sys.stdout)  # sys.stdout is the router by now
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with capture_logs() as logs:
+            log.warning("once")
+    finally:
+        log.removeHandler(handler)
+    assert logs.finish() == ("[WARN] 'once'",)
+
+
+def test_only_the_librarys_own_loggers_are_left_out():
+    with capture_logs() as logs:
+        logging.getLogger("kernel_extras").warning("a user package with a similar name")
+        logging.getLogger("kernel_ext.sync").warning("the server's business")
+    assert logs.finish() == ("[WARN] 'a user package with a similar name'",)
+
+
+def test_output_after_finish_goes_to_the_real_stdout(capsys):
+    leaked = {}
+
+    def later() -> None:
+        print("after the execution")  # e.g. a thread the handler started
+
+    with capture_logs() as logs:
+        leaked["context"] = contextvars.copy_context()
+    logs.finish()
+    leaked["context"].run(later)
+    assert capsys.readouterr().out == "after the execution\n"
+
+
+def test_checkpoint_forgets_a_discarded_attempts_lines():
+    from kernel_ext.engine.logs import checkpoint
+
+    with capture_logs() as logs:
+        print("before")
+        forget = checkpoint()
+        print("attempt 1")
+        forget()
+        print("attempt 2")
+    assert logs.finish() == ("[LOG] 'before'", "[LOG] 'attempt 2'")
+    checkpoint()()  # outside a capture: nothing to forget
+
+
+def test_a_retried_mutation_reports_only_its_last_attempt(tmp_path):
+    from kernel_ext.engine.store import Store
+    from kernel_ext.persistence.sqlite import SqlitePersistence
+
+    store = Store(SqlitePersistence(tmp_path / "store.db"))
+    try:
+        doc = store.mutate(lambda txn: txn.insert("items", {"n": 0}))[0]
+        attempts = []
+
+        def bump(txn):
+            attempts.append(len(attempts) + 1)
+            print(f"attempt {attempts[-1]}")
+            n = txn.get(doc)["n"]
+            if len(attempts) == 1:  # another writer commits meanwhile: this attempt conflicts
+                other = threading.Thread(
+                    target=lambda: store.mutate(lambda t: t.patch(doc, {"n": 100}))
+                )
+                other.start()
+                other.join()
+            txn.patch(doc, {"n": n + 1})
+
+        with capture_logs() as logs:
+            store.mutate(bump)
+        assert attempts == [1, 2]
+        assert logs.finish() == ("[LOG] 'attempt 2'",)
+    finally:
+        store.close()

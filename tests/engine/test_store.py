@@ -276,3 +276,20 @@ def test_the_history_survives_a_reopen_only_from_then_on(tmp_path):
 
 def _read_all_in(txn):
     return [d["n"] for d in txn.query("items").collect()]
+
+
+def test_read_as_of_refuses_across_a_schema_change_or_a_recorded_change(store):
+    from kernel_ext.errors import HistoryUnavailable
+
+    a = _insert(store, 1)
+    before = store.ts
+    store.set_schema(None)  # a schema change: every read depends on it
+    with pytest.raises(HistoryUnavailable, match="changed after ts"):
+        store.read_as_of(before, lambda txn: txn.get(a)["n"])
+    after_schema = store.ts
+    assert store.read_as_of(after_schema, lambda txn: txn.get(a)["n"]) == 1
+    assert store.record_change(lambda: "done") == "done"
+    assert store.ts > after_schema  # the change has a ts of its own
+    with pytest.raises(HistoryUnavailable, match="redefined after ts"):
+        store.read_as_of(after_schema, lambda txn: txn.get(a)["n"])
+    assert store.read_as_of(store.ts, lambda txn: txn.get(a)["n"]) == 1

@@ -128,9 +128,12 @@ def test_a_transition_waits_for_the_live_queries_of_its_ts(backend):
         await _until(frames, _is_transition_with(0.0))
         _mutate(conn, 1, 7.0)
         response = await _until(frames, lambda f: f["type"] == "MutationResponse")
-        transition = await _until(frames, _is_transition_with(7.0))
+        # The first Transition that reaches the mutation's ts already has the new result.
+        transition = await _until(
+            frames, lambda f: f["type"] == "Transition" and f["endVersion"]["ts"] == response["ts"]
+        )
         assert frames.index(response) < frames.index(transition)
-        assert transition["endVersion"]["ts"] == response["ts"]
+        assert _is_transition_with(7.0)(transition), transition
         conn.connection_lost()
         executor.shutdown()
 
@@ -155,7 +158,7 @@ def test_a_lagging_live_query_delays_the_transition_only_up_to_the_limit(
             frames, lambda f: f["type"] == "Transition" and f["endVersion"]["ts"] == response["ts"]
         )
         waited = asyncio.get_running_loop().time() - started
-        assert 0.2 < waited < 3, waited
+        assert 0.2 < waited < 8, waited  # _MAX_WAIT is 0.3 s; the rest is slack for CI
         assert transition["modifications"] == []  # the lagging query's result is not in it
         assert not any(_is_transition_with(1.0)(f) for f in frames)
         backend.gate.set()  # the round finishes: its result follows in a later Transition

@@ -9,8 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from kernel_ext import query, v
 from kernel_ext.client.auth import make_dev_token
-from kernel_ext.engine import store as store_module
+from kernel_ext.engine import write_log
 from kernel_ext.engine.store import Store
 from kernel_ext.functions.backend import Backend
 from kernel_ext.persistence.sqlite import SqlitePersistence
@@ -199,9 +200,19 @@ def test_user_tokens_are_verified(api):
     assert r.json()["value"]["tokenIdentifier"] == "x|u9"
 
 
-def test_query_at_ts_answers_exactly_or_says_why_not(api, monkeypatch):
+@pytest.fixture
+def fresh_api():
+    """An API over a backend of its own (these tests redefine functions, prune history)."""
+    b = Backend(Store(SqlitePersistence(None)))
+    b.load_functions(APP)
+    yield HttpApi(BackendRunner(b), ServerAuthenticator("the-admin-key")), b
+    b.close()
+
+
+def test_query_at_ts_answers_exactly_or_says_why_not(fresh_api, monkeypatch):
     """The store keeps only the latest versions: a read as of an earlier ts is answered when
     nothing it reads was written since, and refused otherwise (never a wrong answer)."""
+    api, _ = fresh_api
 
     def at(ts, name):
         body = {"path": "counter:get", "args": {"name": name}, "ts": encode_ts(ts)}
@@ -222,14 +233,30 @@ def test_query_at_ts_answers_exactly_or_says_why_not(api, monkeypatch):
     assert "changed after ts" in changed.json()["message"]
     future = at(latest + 1, "old")
     assert future.status == 400 and "later than the latest commit" in future.json()["message"]
-    # A ts from before the store existed: "old" did not exist then either.
-    assert "changed after ts" in at(1, "old").json()["message"]
-    # Beyond the write history kept, nothing can be shown unchanged.
-    monkeypatch.setattr(store_module, "HISTORY_MAX_COMMITS", 1)
+    assert post(api, "/api/query_at_ts", {"path": "counter:get", "ts": "bad"}).status == 400
+
+    # Beyond the history kept, nothing can be shown unchanged.
+    monkeypatch.setattr(write_log, "HISTORY_MAX_KEYS", 0)
     post(api, "/api/mutation", {"path": "counter:inc", "args": {"name": "hot", "by": 1}})
     ancient = at(before, "old")
     assert ancient.status == 400 and "older than the write history" in ancient.json()["message"]
-    assert post(api, "/api/query_at_ts", {"path": "counter:get", "ts": "bad"}).status == 400
+
+
+def test_query_at_ts_refuses_a_read_across_a_function_redefinition(fresh_api):
+    api, backend = fresh_api
+    before = decode_ts(post(api, "/api/query_ts", b"").json()["ts"])
+
+    @query(args={"name": v.optional(v.string())})
+    def get(ctx, name="main"):
+        return "redefined"
+
+    backend.register("counter:get", get)
+    body = {"path": "counter:get", "args": {"name": "x"}, "ts": encode_ts(before)}
+    refused = post(api, "/api/query_at_ts", body)
+    assert refused.status == 400 and "redefined after ts" in refused.json()["message"]
+    now = post(api, "/api/query_ts", b"").json()["ts"]
+    answered = post(api, "/api/query_at_ts", {**body, "ts": now})
+    assert answered.json()["value"] == "redefined"
 
 
 def test_query_ts_and_batch(api):

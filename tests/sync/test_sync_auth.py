@@ -183,3 +183,19 @@ def test_the_token_command_mints_a_token_the_server_accepts(server_factory):
 def test_the_token_command_refuses_a_malformed_claim():
     done = _token_command("ada", "--secret", "s" * 32, "--issuer", "i", "--claim", "no-equals")
     assert done.returncode == 2 and "is not NAME=VALUE" in done.stderr
+
+
+def test_the_token_command_takes_the_secret_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CONVEX_AUTH_SECRET", "s" * 32)
+    done = _token_command("ada", "--issuer", "i", "--claim", "secret=not-a-parameter")
+    assert done.returncode == 0, done.stderr
+    claims = jwt.decode(done.stdout.strip(), "s" * 32, algorithms=["HS256"], issuer="i")
+    assert claims["sub"] == "ada" and claims["secret"] == "not-a-parameter"
+
+
+def test_the_token_command_explains_missing_and_reserved_options(monkeypatch):
+    monkeypatch.delenv("CONVEX_AUTH_SECRET", raising=False)
+    missing = _token_command("ada", "--issuer", "i")
+    assert missing.returncode == 2 and "CONVEX_AUTH_SECRET" in missing.stderr
+    reserved = _token_command("ada", "--secret", "s" * 32, "--issuer", "i", "--claim", "exp=1")
+    assert reserved.returncode == 2 and "set 'exp' with --ttl" in reserved.stderr
