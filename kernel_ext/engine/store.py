@@ -309,6 +309,12 @@ class Store:
             if snapshot is None:
                 self.close_snapshot(snap)
 
+    def keep_history(self) -> None:
+        """Keep recent history in the write log, so that `read_as_of` can answer reads as of
+        a ts of the last `HISTORY_NS` (without it, only as of the latest commit)."""
+        with self._commit_lock:
+            self._writes.keep_history()
+
     def read_as_of(self, ts: int, fn: Callable[[Transaction], T]) -> T:
         """Run `fn` read-only and return what it returns (or raise what it raises) as of
         commit `ts`.
@@ -462,7 +468,7 @@ class Store:
         if tables is None:
             raise _Conflict(set())  # the commits it would need to check were pruned
         if tables:
-            raise _Conflict(tables)
+            raise _Conflict(set(tables))
 
     def _tables_for(self, catalog: _TxnCatalog, writes: dict[str, Write]) -> dict[str, TableInfo]:
         tables: dict[str, TableInfo] = {}
@@ -489,10 +495,13 @@ class Store:
         keys: list[WrittenKey] = []
         for doc_id, write in writes.items():
             changes = []
-            for k in index_keys(tables[write.table], write):
-                keys.extend((k.name, key) for key in (k.old, k.new) if key is not None)
-                if k.info.index_id is not None and not k.unchanged:
-                    changes.append(IndexChange(k.info.index_id, k.old, k.new))
+            for info, name, old, new, unchanged in index_keys(tables[write.table], write):
+                if old is not None:
+                    keys.append((name, old))
+                if new is not None:
+                    keys.append((name, new))
+                if info.index_id is not None and not unchanged:
+                    changes.append(IndexChange(info.index_id, old, new))
             records.append(
                 CommitRecord(
                     tables[write.table].number,
@@ -505,9 +514,12 @@ class Store:
         return records, keys
 
     def _prune_log(self) -> None:
+        self._writes.prune(self._ts, self._oldest_active)
+
+    def _oldest_active(self) -> int:
+        """The start ts of the oldest running mutation (the latest ts if none runs)."""
         with self._counter_lock:
-            oldest = min(self._active.values(), default=self._ts)
-        self._writes.prune(self._ts, oldest)
+            return min(self._active.values(), default=self._ts)
 
     def _next_ts(self) -> int:
         """The ts for the next commit; `self._ts` moves only once the commit is stored, so a

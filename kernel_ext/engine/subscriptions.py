@@ -209,7 +209,12 @@ class SubscriptionManager:
             idle = not (self._busy or self._commits or self._new)
             if idle and (not self._queries or not self._index.match(commit.keys)):
                 # Nothing live depends on this commit: it is processed already, and the worker
-                # need not wake up.
+                # need not wake up. (The common case of an embedded store: kept lean.)
+                self._processed_ts = commit.ts
+                if self._waiting:
+                    self._done.notify_all()
+                if not self._when_processed:
+                    return
                 ready = self._advance(commit.ts)
             else:
                 self._commits.append(commit)

@@ -2,9 +2,12 @@
 
 Two readers use it. OCC validation asks which commits after a mutation's start ts wrote into
 its reads; `Store.read_as_of` asks whether anything a read depends on was written after an
-earlier ts. So it keeps every commit a running mutation may still be validated against, plus
-recent history for reads as of an earlier ts: commits of the last `HISTORY_NS`, at most
-`HISTORY_MAX_KEYS` written keys in all (bulk imports write many keys per commit).
+earlier ts. So it keeps every commit a running mutation may still be validated against, and,
+once `keep_history()` was called (a server does: its HTTP API reads as of an earlier ts),
+recent history too: commits of the last `HISTORY_NS`, at most `HISTORY_MAX_KEYS` written keys
+in all (bulk imports write many keys per commit). History is not free (~2 µs per mutation in
+the mutation benchmark, memory that leaves the caches), so a store nobody reads that way keeps
+none.
 
 Not thread-safe: the store uses it under its commit lock. Entries are never changed once
 appended, so a copy of some of them can be checked outside that lock.
@@ -13,6 +16,7 @@ appended, so a copy of some of them can be checked outside that lock.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Sequence, Set
 from typing import Final
 
 from kernel_ext.store.readset import ReadSet, WrittenKey
@@ -25,7 +29,9 @@ HISTORY_NS: Final = 30 * 1_000_000_000
 HISTORY_MAX_KEYS: Final = 20_000
 
 #: (commit ts, the keys it wrote)
-Entry = tuple[int, list[WrittenKey]]
+Entry = tuple[int, tuple[WrittenKey, ...]]
+
+_NONE: Final[frozenset[str]] = frozenset()
 
 
 class WriteLog:
@@ -39,32 +45,44 @@ class WriteLog:
     def __init__(self, horizon: int) -> None:
         self._entries: deque[Entry] = deque()
         self._keys = 0
+        self._history_ns = 0
+        self._history_keys = 0
         #: Commits at or before this ts are not in the log (any more).
         self.horizon = horizon
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def append(self, ts: int, keys: list[WrittenKey]) -> None:
+    def keep_history(self) -> None:
+        """From now on keep `HISTORY_NS` of commits (at most `HISTORY_MAX_KEYS` keys)."""
+        self._history_ns, self._history_keys = HISTORY_NS, HISTORY_MAX_KEYS
+
+    def append(self, ts: int, keys: Sequence[WrittenKey]) -> None:
         """Record a commit (ts increasing)."""
-        self._entries.append((ts, keys))
+        # As a tuple: thousands of entries of immutable tuples are untracked by the cyclic
+        # garbage collector, where lists would make every full collection walk them.
+        self._entries.append((ts, tuple(keys)))
         self._keys += len(keys)
 
-    def prune(self, latest_ts: int, needed_after: int) -> None:
+    def prune(self, latest_ts: int, needed_after: Callable[[], int]) -> None:
         """Drop what neither a running mutation nor the history needs.
 
         Args:
             latest_ts: the latest commit's ts (the history's age is measured from it).
-            needed_after: running mutations are validated against the commits after this ts
-                (the oldest start ts among them; the latest ts when none runs).
+            needed_after: returns the ts after which running mutations may still be
+                validated against commits (the oldest start ts among them; the latest ts when
+                none runs); asked only if the oldest commit is beyond the history.
         """
         entries = self._entries
+        needed: int | None = None
         while entries:
             ts, keys = entries[0]
-            if ts > needed_after:
-                break  # a running mutation may still be validated against it
-            if ts > latest_ts - HISTORY_NS and self._keys <= HISTORY_MAX_KEYS:
+            if ts > latest_ts - self._history_ns and self._keys <= self._history_keys:
                 break  # recent history, within its size
+            if needed is None:
+                needed = needed_after()
+            if ts > needed:
+                break  # a running mutation may still be validated against it
             entries.popleft()
             self._keys -= len(keys)
             self.horizon = ts
@@ -82,11 +100,13 @@ class WriteLog:
         found.reverse()
         return found
 
-    def tables_overlapping(self, since: int, read_set: ReadSet) -> set[str] | None:
+    def tables_overlapping(self, since: int, read_set: ReadSet) -> Set[str] | None:
         """The tables of the commits after `since` that wrote into `read_set` (empty: none
         did), or None if the log no longer reaches back to `since`."""
         if since < self.horizon:
             return None
+        if not self._entries or self._entries[-1][0] <= since:
+            return _NONE  # no commit since: the usual case for a mutation
         tables: set[str] = set()
         for ts, keys in reversed(self._entries):
             if ts <= since:

@@ -92,15 +92,10 @@ def copy_value(value: Value) -> Value:
     return value
 
 
-class IndexKeys(NamedTuple):
-    """A written document's keys in one index: `old` (None: inserted) and `new` (None:
-    deleted, or `unchanged`: the new key equals the old one and was not encoded again)."""
-
-    info: IndexInfo
-    name: str
-    old: bytes | None
-    new: bytes | None
-    unchanged: bool
+#: A written document's keys in one index: `(index, "table.index", old, new, unchanged)`;
+#: `old` None: inserted; `new` None: deleted, or `unchanged` (the new key equals the old one
+#: and was not encoded again). A plain tuple: one is made per index of every write.
+IndexKeys = tuple[IndexInfo, str, bytes | None, bytes | None, bool]
 
 
 def index_keys(table: TableInfo, write: Write) -> list[IndexKeys]:
@@ -109,27 +104,28 @@ def index_keys(table: TableInfo, write: Write) -> list[IndexKeys]:
     old_doc, new_doc = write.old, write.new
     old_suffix = None if old_doc is None else document_suffix(old_doc)
     new_suffix = None if new_doc is None else document_suffix(new_doc)
-    out = []
-    for index in table.indexes.values():
-        name = f"{table.name}.{index.name}"
+    # Versions of one document (always, here) can share keys; then compare fields, not keys.
+    comparable = old_suffix is not None and new_suffix == old_suffix
+    prefix = table.name + "."
+    out: list[IndexKeys] = []
+    for index in table.indexes.values():  # this runs for every index of every write: lean
         old = None if old_doc is None else index.key_of(old_doc, old_suffix)
-        unchanged = (
-            old_doc is not None
-            and new_doc is not None
-            and new_suffix == old_suffix  # versions of one document: always, here
-            and index.same_fields(old_doc, new_doc)
-        )
-        new = None if new_doc is None or unchanged else index.key_of(new_doc, new_suffix)
-        out.append(IndexKeys(index, name, old, new, unchanged))
+        if new_doc is None:
+            new, unchanged = None, False
+        elif comparable and index.same_fields(old_doc, new_doc):  # type: ignore[arg-type]
+            new, unchanged = None, True
+        else:
+            new, unchanged = index.key_of(new_doc, new_suffix), False
+        out.append((index, prefix + index.name, old, new, unchanged))
     return out
 
 
 def written_keys(table: TableInfo, write: Write) -> list[WrittenKey]:
     """The old and new index keys, in every index of the table, of one written document."""
     keys: list[WrittenKey] = []
-    for k in index_keys(table, write):
-        new = k.old if k.unchanged else k.new
-        keys.extend((k.name, key) for key in (k.old, new) if key is not None)
+    for _, name, old, new, unchanged in index_keys(table, write):
+        written = old if unchanged else new
+        keys.extend((name, key) for key in (old, written) if key is not None)
     return keys
 
 

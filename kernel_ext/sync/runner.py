@@ -60,6 +60,7 @@ class BackendRunner:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        backend.store.keep_history()  # for reads as of an earlier ts (`query_at`)
 
     def latest_ts(self) -> int:
         """The timestamp of the latest commit."""

@@ -231,6 +231,8 @@ def test_an_error_with_consistent_reads_is_raised_at_once(store_url):
 def test_read_as_of_is_exact_or_refused(store):
     from kernel_ext.errors import HistoryUnavailable
 
+    store.keep_history()
+
     a = _insert(store, 1)
     before = store.ts
     _insert(store, 2)  # a new document: a full-table read changed, a point read did not
@@ -242,6 +244,8 @@ def test_read_as_of_is_exact_or_refused(store):
 
 def test_read_as_of_reports_the_error_of_that_time_only_if_it_is_exact(store):
     from kernel_ext.errors import HistoryUnavailable
+
+    store.keep_history()
 
     a = _insert(store, 1)
     before = store.ts
@@ -266,6 +270,7 @@ def test_the_history_survives_a_reopen_only_from_then_on(tmp_path):
     before = store.ts
     store.close()
     store = Store(SqlitePersistence(path))
+    store.keep_history()
     try:
         with pytest.raises(HistoryUnavailable, match="older than the write history"):
             store.read_as_of(before - 1, _read_all_in)
@@ -281,6 +286,8 @@ def _read_all_in(txn):
 def test_read_as_of_refuses_across_a_schema_change_or_a_recorded_change(store):
     from kernel_ext.errors import HistoryUnavailable
 
+    store.keep_history()
+
     a = _insert(store, 1)
     before = store.ts
     store.set_schema(None)  # a schema change: every read depends on it
@@ -293,3 +300,15 @@ def test_read_as_of_refuses_across_a_schema_change_or_a_recorded_change(store):
     with pytest.raises(HistoryUnavailable, match="redefined after ts"):
         store.read_as_of(after_schema, lambda txn: txn.get(a)["n"])
     assert store.read_as_of(store.ts, lambda txn: txn.get(a)["n"]) == 1
+
+
+def test_without_kept_history_only_the_latest_ts_is_answered(store):
+    from kernel_ext.errors import HistoryUnavailable
+
+    a = _insert(store, 1)
+    before = store.ts
+    assert store.read_as_of(before, lambda txn: txn.get(a)["n"]) == 1
+    _insert(store, 2)
+    _insert(store, 3)  # the log keeps only what the running mutation needed
+    with pytest.raises(HistoryUnavailable, match="older than the write history"):
+        store.read_as_of(before, lambda txn: txn.get(a)["n"])

@@ -212,7 +212,7 @@ def fresh_api():
 def test_query_at_ts_answers_exactly_or_says_why_not(fresh_api, monkeypatch):
     """The store keeps only the latest versions: a read as of an earlier ts is answered when
     nothing it reads was written since, and refused otherwise (never a wrong answer)."""
-    api, _ = fresh_api
+    api, backend = fresh_api
 
     def at(ts, name):
         body = {"path": "counter:get", "args": {"name": name}, "ts": encode_ts(ts)}
@@ -237,6 +237,7 @@ def test_query_at_ts_answers_exactly_or_says_why_not(fresh_api, monkeypatch):
 
     # Beyond the history kept, nothing can be shown unchanged.
     monkeypatch.setattr(write_log, "HISTORY_MAX_KEYS", 0)
+    backend.store.keep_history()  # with the smaller limit
     post(api, "/api/mutation", {"path": "counter:inc", "args": {"name": "hot", "by": 1}})
     ancient = at(before, "old")
     assert ancient.status == 400 and "older than the write history" in ancient.json()["message"]
