@@ -51,6 +51,14 @@ class RemoteFunctionError(FunctionError):
     """A function failed on the server; the message is what the server chose to tell."""
 
 
+def _query_key(path: str, args: dict[str, Any]) -> tuple[str, bytes]:
+    """Identical queries of one client share one server subscription under this key."""
+    from kernel_ext.store.keys import encode_value
+    from kernel_ext.store.values import normalize
+
+    return (path, encode_value(normalize(args)))
+
+
 def print_log_lines(kind: str, path: str, lines: tuple[str, ...]) -> None:
     """Print a call's log lines to standard output (in a notebook: the calling cell), the way
     the official clients do: `[CONVEX Q(path)] [LOG] 'text'` (Q, M or A)."""
@@ -242,10 +250,17 @@ class RemoteClient:
         return self._request("Action", ref, args, kwargs)
 
     def query(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-        """Run a query (subscribe, take the first result, unsubscribe)."""
+        """Run a query (subscribe, take the first result, unsubscribe). Prints the log lines
+        of the execution it reports, unless another subscription of this client had that
+        result already (they were printed, or are kept there)."""
+        path = path_of(ref)
+        with self._lock:
+            held = self._by_key.get(_query_key(path, _merge(args, kwargs)))
+            cached = None if held is None else held.result
         with self.subscribe(ref, args, **kwargs) as sub:
             result = sub.result()
-        print_log_lines("Q", sub.description, result.log_lines)
+        if result is not cached:
+            print_log_lines("Q", path, result.log_lines)
         if result.error is not None:
             raise result.error
         return result.value
@@ -267,10 +282,7 @@ class RemoteClient:
     def _listen(
         self, path: str, args: dict[str, Any], listener: Callable[[QueryResult], None]
     ) -> Callable[[], None]:
-        from kernel_ext.store.keys import encode_value
-        from kernel_ext.store.values import normalize
-
-        key = (path, encode_value(normalize(args)))
+        key = _query_key(path, args)
         with self._lock:
             query = self._by_key.get(key)
             text = None

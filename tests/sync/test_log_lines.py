@@ -104,6 +104,9 @@ def test_the_remote_client_prints_call_lines_and_keeps_live_ones(server, capsys)
         with client.subscribe("logs:greet", name="eve") as sub:
             assert sub.value == "hi eve"
             assert sub.log_lines == ("[LOG] 'hello eve'", "[WARN] 'careful, eve'")
+            # A query answered from that subscription's result does not print its lines again.
+            assert client.query("logs:greet", name="eve") == "hi eve"
+            assert capsys.readouterr().out == ""
     finally:
         client.close()
 
