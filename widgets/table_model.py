@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from kernel_ext.store.values import UNDEFINED, compare
 
-__all__ = ["Cell", "TableModel", "WindowPatch", "format_cell"]
+__all__ = ["KIND_CODES", "Cell", "TableModel", "WindowPatch", "format_cell"]
 
 HIDDEN_BY_DEFAULT: Final = ("_id", "_creationTime")
 _MAX_TEXT: Final = 200
@@ -24,6 +24,19 @@ _FLOAT_SAFE: Final = 2**53
 #: A formatted cell: (display text, kind) where kind is one of "int", "float", "str", "bool",
 #: "null", "missing", "bytes", "array", "object", "id".
 Cell = tuple[str, str]
+#: One letter per kind on the wire (the front end maps them back; keep the two in step).
+KIND_CODES: Final = {
+    "int": "i",
+    "float": "f",
+    "str": "s",
+    "bool": "b",
+    "null": "n",
+    "missing": "m",
+    "bytes": "y",
+    "array": "a",
+    "object": "o",
+    "id": "d",
+}
 
 
 def _short(text: str) -> str:
@@ -84,11 +97,24 @@ class WindowPatch:
     columns: list[str] | None = None
 
     def to_message(self) -> dict[str, Any]:
-        """The JSON-able message for the front end."""
+        """The JSON-able message for the front end. A row is `[position, key, texts]`, plus
+        its cells' kinds as a string of `KIND_CODES` letters when they differ from the
+        message's `kinds` (rows of one query mostly share them: sent once, not per cell)."""
+        rows: list[list[Any]] = []
+        shared: str | None = None
+        for position, key, cells in self.rows:
+            texts = [text for text, _ in cells]
+            kinds = "".join([KIND_CODES[kind] for _, kind in cells])
+            if shared is None:
+                shared = kinds
+            rows.append(
+                [position, key, texts] if kinds == shared else [position, key, texts, kinds]
+            )
         message: dict[str, Any] = {
             "total": self.total,
             "offset": self.offset,
-            "rows": [[pos, key, [list(c) for c in cells]] for pos, key, cells in self.rows],
+            "kinds": shared or "",
+            "rows": rows,
         }
         if self.columns is not None:
             message["columns"] = self.columns

@@ -21,6 +21,12 @@ ROW_TEXT = """(n) => {
 }"""
 
 
+ROW_KINDS = """(n) => {
+  const tr = document.querySelector(`.convex-live-table tr[data-position="${n}"]`);
+  return tr ? [...tr.cells].map(td => td.dataset.kind) : null;
+}"""
+
+
 def test_mutation_patches_row_in_place(lab, browser):
     notebook = write_notebook(lab.root, "patch", [SETUP, SCHEMA, ADD, SET, SEED, LIVE])
     page = browser.new_page()
@@ -31,6 +37,8 @@ def test_mutation_patches_row_in_place(lab, browser):
             timeout=60_000,
         )
         assert page.evaluate(ROW_TEXT, 3) == ["3", "row 3"]
+        # Kinds travel as letters and style the cells (numbers right-aligned, etc.).
+        assert page.evaluate(ROW_KINDS, 3) == ["int", "str"]
         # Mark the table element and scroll a bit: both must survive the update.
         page.evaluate(
             "() => { const t = document.querySelector('.convex-live-table table'); t.__marker = 'same'; document.querySelector('.clt-scroller').scrollTop = 56; }"

@@ -79,3 +79,39 @@ def test_non_document_results():
     assert model.cells_at(0) == [("42", "int")]
     model.set_rows({"page": docs(1), "isDone": True, "continueCursor": "x"})
     assert model.columns == ["n"]
+
+
+def test_the_wire_message_sends_kinds_once_per_message_unless_a_row_differs():
+    from widgets.table_model import WindowPatch
+
+    patch = WindowPatch(
+        total=3,
+        offset=0,
+        rows=[
+            (0, "a", [("1", "int"), ("x", "str")]),
+            (1, "b", [("2", "int"), ("", "missing")]),
+            (2, "c", [("3", "int"), ("y", "str")]),
+        ],
+        columns=["n", "s"],
+    )
+    assert patch.to_message() == {
+        "total": 3,
+        "offset": 0,
+        "kinds": "is",
+        "rows": [[0, "a", ["1", "x"]], [1, "b", ["2", ""], "im"], [2, "c", ["3", "y"]]],
+        "columns": ["n", "s"],
+    }
+    assert WindowPatch(total=0, offset=0, rows=[]).to_message()["kinds"] == ""
+
+
+def test_every_kind_has_a_wire_letter_the_front_end_knows():
+    """The front end maps the letters back (widgets/static/live_table.js, KINDS)."""
+    import re
+    from pathlib import Path
+
+    from widgets.table_model import KIND_CODES
+
+    js = (Path(__file__).parents[2] / "widgets" / "static" / "live_table.js").read_text()
+    table = dict(re.findall(r"(\w): \"(\w+)\"", js.split("const KINDS = {", 1)[1].split("}", 1)[0]))
+    assert table == {letter: kind for kind, letter in KIND_CODES.items()}
+    assert len(set(KIND_CODES.values())) == len(KIND_CODES)

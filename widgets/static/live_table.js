@@ -3,6 +3,11 @@
 // margin) and asks for another window when the user scrolls.
 
 const MARGIN = 40;
+// The kernel sends each cell's kind as one letter (widgets/table_model.py KIND_CODES).
+const KINDS = {
+  i: "int", f: "float", s: "str", b: "bool", n: "null",
+  m: "missing", y: "bytes", a: "array", o: "object", d: "id",
+};
 
 /** @param {{ model: any, el: HTMLElement }} ctx */
 function render({ model, el }) {
@@ -169,7 +174,9 @@ function render({ model, el }) {
     for (const pos of [...cache.keys()]) {
       if (pos >= data.total || pos < data.offset || pos >= end) cache.delete(pos);
     }
-    for (const [pos, key, cells] of data.rows) cache.set(pos, { key, cells });
+    for (const [pos, key, texts, kinds = data.kinds] of data.rows) {
+      cache.set(pos, { key, cells: texts.map((text, i) => [text, KINDS[kinds[i]]]) });
+    }
     schedule(data.reason === "data");
   });
   model.on("change:columns", () => { columns = model.get("columns"); drawHeader(); });
