@@ -20,12 +20,11 @@ left out) and 4 KiB per line (cut, with a marker).
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final, TextIO
 
 __all__ = [
@@ -125,17 +124,21 @@ class LogLines:
             self._omitted += 1
 
 
-@contextlib.contextmanager
-def capture_logs() -> Iterator[LogLines]:
+class capture_logs:  # noqa: N801 (used like a function: `with capture_logs() as lines`)
     """Capture this context's output as log lines until the block ends (see the module
-    docstring). Nested captures each get their own lines."""
-    _install()
-    lines = LogLines()
-    token = _current.set(lines)
-    try:
-        yield lines
-    finally:
-        _current.reset(token)
+    docstring). Nested captures each get their own lines. (A class rather than a generator
+    context manager: it wraps every live query execution, and this costs a third as much.)"""
+
+    __slots__ = ("_lines", "_token")
+
+    def __enter__(self) -> LogLines:
+        _install()
+        self._lines = LogLines()
+        self._token = _current.set(self._lines)
+        return self._lines
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._token)
 
 
 def checkpoint() -> Callable[[], None]:

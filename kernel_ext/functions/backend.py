@@ -21,7 +21,7 @@ from kernel_ext.functions.registry import FunctionRegistry, load_folder
 from kernel_ext.functions.scheduling import Scheduler, SchedulerService
 from kernel_ext.store.keys import encode_value
 from kernel_ext.store.query import Query
-from kernel_ext.store.transaction import Transaction
+from kernel_ext.store.transaction import Transaction, copy_value
 from kernel_ext.store.values import UNDEFINED, Value, normalize
 
 __all__ = ["Backend", "SubscriptionKey"]
@@ -105,12 +105,20 @@ class Backend:
         return values
 
     def invoke(
-        self, function: FunctionDefinition, args: Any, txn: Transaction | None, identity: Any
+        self,
+        function: FunctionDefinition,
+        args: Any,
+        txn: Transaction | None,
+        identity: Any,
+        *,
+        prepared: bool = False,
     ) -> Value:
-        """Validate `args`, run the handler (in `txn` for queries and mutations), check and
-        normalize its result. Exceptions from the handler propagate with a note naming the
-        function; a `ConvexError` propagates as it is."""
-        values = self.prepare_args(function, args)
+        """Validate `args` (unless `prepared`: they came from `prepare_args` for this very
+        function), run the handler (in `txn` for queries and mutations), check and normalize
+        its result. Exceptions from the handler propagate with a note naming the function; a
+        `ConvexError` propagates as it is."""
+        # Prepared arguments are copied all the same: a handler may change what it is given.
+        values = copy_value(args) if prepared else self.prepare_args(function, args)
         ctx: QueryCtx | ActionCtx
         if function.kind == "action":
             ctx = ActionCtx(identity, self)
@@ -215,8 +223,10 @@ class Backend:
         key: Hashable = (path, encode_value(values), encode_value(identity or {}))
 
         def run(txn: Transaction) -> Value:
+            # Every re-run looks the function up (it may have been redefined); the arguments
+            # were validated for this definition already (a redefined one checks them again).
             current = self.registry.lookup(path, "query", public_only=False)
-            return self.invoke(current, values, txn, identity)
+            return self.invoke(current, values, txn, identity, prepared=current is function)
 
         return self.subscriptions.subscribe(key, run, on_update)
 

@@ -350,3 +350,23 @@ def test_a_failing_call_when_processed_callback_does_not_stop_the_others(counted
     client.mutation("c:put", key="q", n=1)
     assert calls == ["second"]
     assert "call_when_processed callback failed" in caplog.text
+
+
+def test_a_rerun_gets_a_fresh_copy_of_its_arguments(counted):
+    """Re-runs skip validating arguments again, not copying them: a handler that changes
+    what it was given does not change the next run's arguments."""
+    client, _ = counted
+    seen = []
+
+    @query(args={"keys": v.array(v.string())})
+    def greedy(ctx, keys):
+        seen.append(list(keys))
+        keys.append("extra")  # changes its own argument
+        return len(ctx.db.query("items").collect())
+
+    client.backend.register("c:greedy", greedy)
+    sub = client.subscribe("c:greedy", keys=["a"])
+    assert sub.value == 0
+    client.mutation("c:put", key="k", n=1)
+    assert sub.value == 1
+    assert seen == [["a"], ["a"]]
