@@ -317,7 +317,9 @@ def _query_event(modification: Mapping[str, Any], ts: int) -> QueryResultEvent |
 
 def _log_lines(message: Mapping[str, Any]) -> tuple[str, ...]:
     """The message's `logLines` (a server that sends something else gets it shown as text)."""
-    lines = message.get("logLines") or ()
+    lines = message.get("logLines")
+    if not lines:
+        return ()
     if not isinstance(lines, list):
         return (str(lines),)
     return tuple(line if isinstance(line, str) else str(line) for line in lines)

@@ -95,6 +95,7 @@ def test_the_remote_client_prints_call_lines_and_keeps_live_ones(server, capsys)
     try:
         assert client.query("logs:greet", name="ada") == "hi ada"
         client.mutation("logs:count", n=1.0)
+        assert client.query("values:default") == "the default export"  # prints nothing
         printed = capsys.readouterr().out.splitlines()
         assert printed == [
             "[CONVEX Q(logs:greet)] [LOG] 'hello ada'",
