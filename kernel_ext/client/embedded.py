@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kernel_ext.client.arguments import merge_args
 from kernel_ext.client.auth import AuthConfig, claims_of
 from kernel_ext.client.subscription import Subscription
 from kernel_ext.errors import TransactionClosed, ValidationError
@@ -26,16 +27,6 @@ if TYPE_CHECKING:
     from kernel_ext.store.transaction import Transaction
 
 __all__ = ["Client"]
-
-
-def _merge_args(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Any:
-    if args is None:
-        return kwargs
-    if kwargs:
-        if not isinstance(args, Mapping):
-            raise ValidationError("Pass arguments as a dict or as keywords, not both")
-        return {**args, **kwargs}
-    return args
 
 
 def _inserter(table: str, rows: list[dict[str, Any]]) -> Callable[[Transaction], list[str]]:
@@ -92,7 +83,7 @@ class Client:
         """Run a public query and return its result."""
         self._check_open()
         return self.backend.call(
-            ref, _merge_args(args, kwargs), kind="query", identity=self._identity, public_only=True
+            ref, merge_args(args, kwargs), kind="query", identity=self._identity, public_only=True
         )
 
     def mutation(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -101,7 +92,7 @@ class Client:
         self._check_open()
         value, ts = self.backend.call_with_ts(
             ref,
-            _merge_args(args, kwargs),
+            merge_args(args, kwargs),
             kind="mutation",
             identity=self._identity,
             public_only=True,
@@ -114,7 +105,7 @@ class Client:
         """Run a public action and return its result."""
         self._check_open()
         value = self.backend.call(
-            ref, _merge_args(args, kwargs), kind="action", identity=self._identity, public_only=True
+            ref, merge_args(args, kwargs), kind="action", identity=self._identity, public_only=True
         )
         # The action's mutations are visible to this client's subscriptions when it returns.
         self.backend.subscriptions.wait_processed(self.backend.store.ts)
@@ -125,7 +116,7 @@ class Client:
     ) -> Subscription:
         """Subscribe to a public query: the returned `Subscription` stays up to date."""
         self._check_open()
-        values = _merge_args(args, kwargs)
+        values = merge_args(args, kwargs)
         path = path_of(ref)
         # Fail now (unknown function, bad args) rather than in the first result.
         self.backend.registry.lookup(path, "query", public_only=True)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import websockets
 
+from kernel_ext.client.arguments import merge_args
 from kernel_ext.client.subscription import Subscription
 from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.errors import ConnectionClosed, ConvexError, FunctionError, TransactionClosed
@@ -227,7 +228,7 @@ class RemoteClient:
         future: Future[RequestDone] = Future()
         path = path_of(ref)
         with self._lock:
-            request_id, text = self._session.request(kind, path, _merge(args, kwargs))  # type: ignore[arg-type]
+            request_id, text = self._session.request(kind, path, merge_args(args, kwargs))  # type: ignore[arg-type]
             self._waiters[request_id] = future
         self._send(text)
         try:
@@ -255,7 +256,7 @@ class RemoteClient:
         result already (they were printed, or are kept there)."""
         path = path_of(ref)
         with self._lock:
-            held = self._by_key.get(_query_key(path, _merge(args, kwargs)))
+            held = self._by_key.get(_query_key(path, merge_args(args, kwargs)))
             cached = None if held is None else held.result
         with self.subscribe(ref, args, **kwargs) as sub:
             result = sub.result()
@@ -272,7 +273,7 @@ class RemoteClient:
         "reconnecting" to `on_status` listeners while the connection is down)."""
         self._check_open()
         path = path_of(ref)
-        values = _merge(args, kwargs)
+        values = merge_args(args, kwargs)
 
         def start(on_result: Callable[[QueryResult], None]) -> Callable[[], None]:
             return self._listen(path, values, on_result)
@@ -454,10 +455,6 @@ class RemoteClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _merge(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {**(args or {}), **kwargs}
 
 
 def _sync_url(url: str) -> str:

@@ -101,3 +101,12 @@ def test_identity(client):
         "issuer": "local",
         "name": "Ada",
     }
+
+
+def test_an_argument_given_both_ways_is_an_error(client):
+    from kernel_ext.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="'text' given twice"):
+        client.mutation("tasks:add", {"text": "x"}, text="y")
+    with pytest.raises(ValidationError, match="not both"):
+        client.mutation("tasks:add", ["x"], text="y")

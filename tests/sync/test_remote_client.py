@@ -11,6 +11,7 @@ import pytest
 import kernel_ext
 from kernel_ext import ConvexError
 from kernel_ext.client.remote import RemoteClient, RemoteFunctionError
+from kernel_ext.errors import ValidationError
 
 
 def wait_for(predicate, timeout=10.0):
@@ -34,6 +35,8 @@ def test_query_mutation_action_and_errors(server_factory):
         assert client.query("counter:get", name="r2") == 0.0
         with pytest.raises(RemoteFunctionError, match="Could not find public function"):
             client.query("counter:secret")
+        with pytest.raises(ValidationError, match="'name' given twice"):
+            client.mutation("counter:inc", {"name": "r1"}, name="r3")
 
 
 def test_admin_key_reaches_internal_functions(server_factory):
