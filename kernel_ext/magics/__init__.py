@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from kernel_ext.magics.cells import compile_function, compile_schema
-from kernel_ext.magics.parsing import FunctionHeader, HeaderError, parse_key_values
+from kernel_ext.magics.parsing import (
+    FunctionHeader,
+    HeaderError,
+    parse_key_values,
+    split_words,
+    unquote,
+)
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -24,6 +30,8 @@ _USAGE = """%convex status                 which store this notebook uses
 %convex tables                 the tables
 %convex query PATH k=v ...     run a query, returns a DataFrame
 %convex mutation PATH k=v ...  run a mutation, returns its result
+%convex action PATH k=v ...    run an action, returns its result
+                               (values: Python literals, n=3 code='1'; else strings, tag=red)
 %convex serve [--port N]       serve this kernel's store (official Convex clients can connect)
 %convex serve stop             stop serving"""
 
@@ -130,13 +138,13 @@ def _make_magics(shell: InteractiveShell) -> Any:
         @line_magic
         def convex(self, line: str) -> Any:
             """`%convex status|connect|functions|tables|query|mutation ...`."""
-            import shlex
-
-            words = shlex.split(line)
+            words = split_words(line)
             if not words:
                 print(_USAGE)
                 return None
             command, args = words[0], words[1:]
+            if command not in ("query", "mutation", "action"):  # their values are literals
+                args = [unquote(a) for a in args]
             handler = getattr(self, f"_cmd_{command}", None)
             if handler is None:
                 raise HeaderError(f"Unknown %convex command {command!r}. Usage:\n{_USAGE}")

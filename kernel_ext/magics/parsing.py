@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import io
 import re
-import shlex
 import tokenize
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -26,6 +25,8 @@ __all__ = [
     "build_handler_ast",
     "parse_header",
     "parse_key_values",
+    "split_words",
+    "unquote",
 ]
 
 GRAMMAR: Final = (
@@ -138,9 +139,66 @@ def _parse_params(name: str, signature: str) -> tuple[Param, ...]:
 
 def _split_flags(text: str) -> list[str]:
     try:
-        return shlex.split(text)
-    except ValueError as exc:
-        raise _error(f"Cannot read the options {text.strip()!r}: {exc}.") from None
+        return split_words(text)
+    except HeaderError as exc:
+        raise _error(f"Cannot read the options {text.strip()!r}: {exc}") from None
+
+
+def split_words(text: str) -> list[str]:
+    """Split at whitespace outside quotes and brackets, keeping the quotes: `x='1' t='a b'
+    y=[1, 2]` -> `["x='1'", "t='a b'", "y=[1, 2]"]`, so that `'1'` stays a string literal
+    (shell-style splitting would strip the quotes and make it the number 1).
+
+    Raises:
+        HeaderError: a quote is not closed.
+    """
+    words: list[str] = []
+    current: list[str] = []
+    quote: str | None = None
+    escaped = False
+    depth = 0
+    for ch in text:
+        if quote is not None:
+            current.append(ch)
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+            continue
+        if ch.isspace() and depth == 0:
+            if current:
+                words.append("".join(current))
+                current = []
+            continue
+        if ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}" and depth:
+            depth -= 1
+        current.append(ch)
+    if quote is not None:
+        raise HeaderError(
+            f"A {quote} quote is not closed in {text.strip()!r}; quote a value that holds one "
+            'with the other kind, e.g. note="don\'t"'
+        )
+    if current:
+        words.append("".join(current))
+    return words
+
+
+def unquote(word: str) -> str:
+    """A word without its quotes if it is one quoted string (`'a b'` -> `a b`)."""
+    if len(word) >= 2 and word[0] == word[-1] and word[0] in "'\"":
+        try:
+            value = ast.literal_eval(word)
+        except (ValueError, SyntaxError):
+            return word
+        if isinstance(value, str):
+            return value
+    return word
 
 
 def _parse_flags(flags: list[str]) -> tuple[bool, bool, dict[str, Any]]:
@@ -161,7 +219,8 @@ def _parse_flags(flags: list[str]) -> tuple[bool, bool, dict[str, Any]]:
 
 
 def parse_key_values(tokens: list[str]) -> dict[str, Any]:
-    """`["n=3", "title=a b"]` -> `{"n": 3, "title": "a b"}`: Python literals, else strings.
+    """`["n=3", "title='a b'", "x='1'", "tag=red"]` (words from `split_words`) ->
+    `{"n": 3, "title": "a b", "x": "1", "tag": "red"}`: Python literals, else strings.
 
     Raises:
         HeaderError: a token is not `key=value`.

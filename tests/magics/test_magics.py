@@ -148,9 +148,11 @@ def test_line_magics(ip, capsys):
     run(ip, "%%convex_query tasks:list\nreturn db.query('tasks').collect()")
     ip.run_line_magic("convex", "mutation tasks:add title='a b'")
     ip.run_line_magic("convex", "mutation tasks:add title=plain")
+    ip.run_line_magic("convex", "mutation tasks:add title='1'")  # a quoted literal: a string
+    ip.run_line_magic("convex", 'mutation tasks:add title="True"')
     df = ip.run_line_magic("convex", "query tasks:list")
     assert isinstance(df, pd.DataFrame)
-    assert list(df["title"]) == ["a b", "plain"]
+    assert list(df["title"]) == ["a b", "plain", "1", "True"]
     assert df.index.name == "_id"
     functions = ip.run_line_magic("convex", "functions")
     assert set(functions["path"]) == {"tasks:add", "tasks:list"}
