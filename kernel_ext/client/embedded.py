@@ -227,6 +227,27 @@ class Client:
         """The paths of the registered functions."""
         return self.backend.registry.paths()
 
+    def describe_functions(self) -> list[dict[str, Any]]:
+        """`[{path, kind, visibility, args}]` of the registered functions."""
+        registry = self.backend.registry
+        out = []
+        for path in registry.paths():
+            fn = registry.get(path)
+            if fn is not None:
+                args = None if fn.args is None else fn.args.to_json()
+                out.append(
+                    {"path": path, "kind": fn.kind, "visibility": fn.visibility, "args": args}
+                )
+        return out
+
+    def describe_tables(self) -> list[dict[str, Any]]:
+        """`[{table, indexes}]` of the user tables."""
+        return [
+            {"table": t.name, "indexes": sorted(t.indexes)}
+            for t in self.backend.store.catalog.tables()
+            if not t.name.startswith("_")
+        ]
+
     # -- closing -------------------------------------------------------------------------
 
     def close(self) -> None:

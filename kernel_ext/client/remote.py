@@ -17,6 +17,7 @@ import contextlib
 import random
 import threading
 import urllib.parse
+import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +29,13 @@ import websockets
 from kernel_ext.client.arguments import merge_args
 from kernel_ext.client.subscription import Subscription
 from kernel_ext.engine.subscriptions import QueryResult
-from kernel_ext.errors import ConnectionClosed, ConvexError, FunctionError, TransactionClosed
+from kernel_ext.errors import (
+    AuthenticationError,
+    ConnectionClosed,
+    ConvexError,
+    FunctionError,
+    TransactionClosed,
+)
 from kernel_ext.functions.registry import path_of
 from kernel_ext.sync.client_protocol import (
     ClientSession,
@@ -92,6 +99,7 @@ class RemoteClient:
             query string such as Jupyter's `?token=`).
         admin_key: sent as admin auth: allows internal functions and pushing functions.
         headers: extra HTTP headers for the WebSocket upgrade (e.g. Jupyter's Authorization).
+        acting_as: with `admin_key`: act as this user identity (`with_identity` makes these).
     """
 
     def __init__(
@@ -100,6 +108,7 @@ class RemoteClient:
         *,
         admin_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        acting_as: Mapping[str, Any] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.location = self.url
@@ -110,12 +119,15 @@ class RemoteClient:
         self._queries: dict[int, _Query] = {}
         self._by_key: dict[tuple[str, bytes], _Query] = {}
         self._waiters: dict[int, Future[RequestDone]] = {}
+        self._auth_waiters: list[Future[None]] = []  # set_auth calls awaiting the verdict
         self._status_listeners: list[Callable[[str], None]] = []
         self.status = "connecting"
         self._closed = False
         self._admin_key = admin_key
+        self._acting_as = acting_as
+        self._extra_headers = dict(headers or {})
         if admin_key is not None:
-            self._session.authenticate("Admin", admin_key)
+            self._session.authenticate("Admin", admin_key, acting_as)
         self._dispatcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convex-callbacks")
         self._loop = asyncio.new_event_loop()
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
@@ -167,6 +179,8 @@ class RemoteClient:
                     events = self._session.receive(frame)
                 for event in events:
                     if isinstance(event, Reconnect):
+                        if event.auth:
+                            self._auth_refused(event.reason)
                         return event.reason
                     self._handle(event)
             return "ServerClosed"
@@ -210,6 +224,11 @@ class RemoteClient:
                 listener(result)
         elif isinstance(event, TransitionApplied):
             self._set_status("connected")
+            if event.auth_current:
+                with self._lock:
+                    waiters, self._auth_waiters = self._auth_waiters, []
+                for waiter in waiters:
+                    waiter.set_result(None)
         elif isinstance(event, RequestDone):
             future = self._waiters.pop(event.request_id, None)
             if future is not None:
@@ -318,30 +337,88 @@ class RemoteClient:
     # -- auth ----------------------------------------------------------------------------
 
     def set_auth(self, token: str) -> None:
-        """Act as the user of a JWT (the server verifies it)."""
+        """Act as the user of a JWT. Returns once the server has accepted it.
+
+        Raises:
+            AuthenticationError: the server refused it (expired, forged, or the server verifies
+                no tokens); the client carries on without it.
+            ConnectionClosed: no answer within the call timeout.
+        """
+        verdict: Future[None] = Future()
         with self._lock:
+            self._auth_waiters.append(verdict)
             text = self._session.authenticate("User", token)
         self._send(text)
+        try:
+            verdict.result(timeout=_CALL_TIMEOUT)
+        except TimeoutError as exc:
+            raise ConnectionClosed(
+                f"No answer from {self.url} to the auth token within {_CALL_TIMEOUT:.0f} s"
+            ) from exc
 
     def clear_auth(self) -> None:
         """Act anonymously (or as admin, if the client has an admin key)."""
         with self._lock:
-            if self._admin_key is not None:
-                text = self._session.authenticate("Admin", self._admin_key)
-            else:
-                text = self._session.authenticate("None", None)
+            text = self._session.authenticate(*self._without_user(), self._acting_as)
         self._send(text)
+
+    def _without_user(self) -> tuple[str, str | None]:
+        return ("None", None) if self._admin_key is None else ("Admin", self._admin_key)
+
+    def with_identity(self, claims: Mapping[str, Any]) -> RemoteClient:
+        """A client (a connection of its own: close it) acting as the user with these claims
+        (`sub`, `iss`, ...), without a token. Needs the admin key, as in Convex.
+
+        Raises:
+            AuthenticationError: this client has no admin key.
+        """
+        from kernel_ext.functions.context import identity_from_claims
+
+        if self._admin_key is None:
+            raise AuthenticationError(
+                "with_identity on a server needs the admin key (it acts as a user without "
+                "their token); connect with admin_key=..., or use set_auth(token)"
+            )
+        return RemoteClient(
+            self.url,
+            admin_key=self._admin_key,
+            headers=self._extra_headers,
+            acting_as=identity_from_claims(claims),
+        )
+
+    def _auth_refused(self, reason: str) -> None:
+        """The server refused the token: carry on without it (as the official clients do), and
+        tell whoever set it. Without that, every reconnect would be refused again."""
+        with self._lock:
+            refused = self._session.token_type
+            if refused == "User":
+                self._session.authenticate(*self._without_user(), self._acting_as)
+            else:
+                self._session.authenticate("None", None)  # sent when the next socket opens
+            waiters, self._auth_waiters = self._auth_waiters, []
+        message = reason.removeprefix("AuthError: ")
+        if waiters:
+            for waiter in waiters:
+                waiter.set_exception(AuthenticationError(message))
+        else:  # an expired token, or a refused admin key: nobody is waiting for a verdict
+            warnings.warn(
+                f"{self.url} refused this client's {refused.lower()} credentials ({message}); "
+                "continuing without them",
+                stacklevel=1,
+            )
 
     # -- pushing functions (admin) -------------------------------------------------------
 
-    def _post(self, route: str, body: Mapping[str, Any]) -> Any:
+    def _admin(self, what: str, body: Mapping[str, Any]) -> Any:
+        """An admin request (`/api/push`, see `kernel_ext.sync.deploy`); `what` names it in
+        errors."""
         import json
         import urllib.error
         import urllib.request
 
         parts = urllib.parse.urlsplit(self.url)
         target = urllib.parse.urlunsplit(
-            (parts.scheme, parts.netloc, parts.path.rstrip("/") + route, parts.query, "")
+            (parts.scheme, parts.netloc, parts.path.rstrip("/") + "/api/push", parts.query, "")
         )
         headers = {"Content-Type": "application/json", **self._headers}
         if "Authorization" not in headers and self._admin_key is not None:
@@ -355,13 +432,18 @@ class RemoteClient:
         except urllib.error.HTTPError as exc:
             with exc:
                 detail = json.loads(exc.read() or b"{}").get("message", exc.reason)
-            raise FunctionError(f"The server refused the push ({exc.code}): {detail}") from None
+            if exc.code in (401, 403):
+                raise AuthenticationError(
+                    f"{what} needs the admin key: {self.url} answered {exc.code} ({detail}); "
+                    "connect with admin_key=..."
+                ) from None
+            raise FunctionError(f"{self.url} refused {what} ({exc.code}): {detail}") from None
 
     def push_cell(self, source: str) -> list[str]:
         """Send a magic cell (`%%convex_query ...`, `%%convex_schema`) for the server to
         compile and register; needs the admin key. Returns what it defined."""
         self._check_open()
-        return list(self._post("/api/push", {"cell": source}))
+        return list(self._admin("Pushing a cell", {"cell": source}))
 
     def register(self, path: str, function: Any) -> str:
         """Push a function defined by a magic cell (its source travels, not its globals)."""
@@ -381,16 +463,28 @@ class RemoteClient:
             for p in sorted(root.rglob("*.py"))
             if not any(part.startswith((".", "__")) for part in p.relative_to(root).parts)
         }
-        return list(self._post("/api/push", {"files": files}))
+        return list(self._admin("Pushing functions", {"files": files}))
 
     def functions(self) -> list[str]:
         """The paths of the server's functions (admin)."""
-        return [f["path"] for f in self._post("/api/push", {"functions": True})]
+        return [f["path"] for f in self.describe_functions()]
+
+    def describe_functions(self) -> list[dict[str, Any]]:
+        """`[{path, kind, visibility, args}]` of the server's functions (admin)."""
+        return list(self._admin("Listing the functions", {"functions": True}))
+
+    def tables(self) -> list[str]:
+        """The names of the user tables (admin)."""
+        return [t["table"] for t in self.describe_tables()]
+
+    def describe_tables(self) -> list[dict[str, Any]]:
+        """`[{table, indexes}]` of the user tables (admin)."""
+        return list(self._admin("Listing the tables", {"tables": True}))
 
     def function_info(self, path: str) -> dict[str, Any] | None:
         """`{path, kind, visibility, args}` of one function (admin), or None."""
         wanted = path_of(path)
-        infos = self._post("/api/push", {"functions": True})
+        infos = self.describe_functions()
         return next((f for f in infos if f["path"] == wanted), None)
 
     def set_schema(self, schema: Any) -> None:
@@ -407,7 +501,9 @@ class RemoteClient:
         from kernel_ext.client.dataframe import to_dataframe
         from kernel_ext.store.values import from_json
 
-        return to_dataframe([from_json(d) for d in self._post("/api/push", {"table": table})])
+        return to_dataframe(
+            [from_json(d) for d in self._admin(f"Reading table {table!r}", {"table": table})]
+        )
 
     def import_dataframe(
         self, table: str, frame: pd.DataFrame, *, batch_size: int = 1000, progress: bool = True
@@ -427,7 +523,7 @@ class RemoteClient:
             while batch := [
                 to_json(normalize(r)) for _, r in zip(range(batch_size), rows, strict=False)
             ]:
-                ids += self._post("/api/push", {"import": table, "rows": batch})
+                ids += self._admin(f"Importing into {table!r}", {"import": table, "rows": batch})
                 bar.update(len(batch))
         return ids
 

@@ -180,22 +180,15 @@ def _make_magics(shell: InteractiveShell) -> Any:
         def _cmd_functions(self, args: list[str]) -> Any:
             import pandas as pd
 
-            registry = self._embedded("functions").backend.registry
-            rows = []
-            for path in registry.paths():
-                fn = registry.get(path)
-                assert fn is not None
-                rows.append({"path": path, "kind": fn.kind, "visibility": fn.visibility})
+            rows = self.client.describe_functions()  # a served store: needs the admin key
             return pd.DataFrame(rows, columns=["path", "kind", "visibility"])
 
         def _cmd_tables(self, args: list[str]) -> Any:
             import pandas as pd
 
-            store = self._embedded("tables").backend.store
             rows = [
-                {"table": t.name, "indexes": ", ".join(sorted(t.indexes))}
-                for t in store.catalog.tables()
-                if not t.name.startswith("_")
+                {"table": t["table"], "indexes": ", ".join(t["indexes"])}
+                for t in self.client.describe_tables()
             ]
             return pd.DataFrame(rows, columns=["table", "indexes"])
 

@@ -69,9 +69,11 @@ class RequestDone:
 
 @dataclass(frozen=True)
 class TransitionApplied:
-    """A Transition was applied; the client's queries now reflect `ts`."""
+    """A Transition was applied; the client's queries now reflect `ts`. `auth_current`: it
+    reflects every Authenticate sent so far (the server accepted the current token)."""
 
     ts: int
+    auth_current: bool = True
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class ClientSession:
     _next_request_id: int = 0
     _requests: dict[int, _Request] = field(default_factory=dict)
     _token: tuple[str, str | None] = ("None", None)
+    _acting_as: Mapping[str, Any] | None = None  # the user an admin key acts as
     _query_set_version: int = 0
     _identity_version: int = 0
     _end_version: tuple[int, int, int] = (0, 0, 0)
@@ -195,9 +198,18 @@ class ClientSession:
         self._requests[request_id] = _Request(kind, message)
         return request_id, (_dump(message) if self.connected else None)
 
-    def authenticate(self, token_type: str, value: str | None) -> str | None:
-        """Set the auth token ("User", "Admin" or "None"); returns the message to send."""
+    @property
+    def token_type(self) -> str:
+        """The kind of the current auth token: "User", "Admin" or "None"."""
+        return self._token[0]
+
+    def authenticate(
+        self, token_type: str, value: str | None, acting_as: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Set the auth token ("User", "Admin" or "None"; an admin key may act as the user
+        identity `acting_as`); returns the message to send."""
         self._token = (token_type, value)
+        self._acting_as = acting_as if token_type == "Admin" else None
         if not self.connected:
             return None
         return _dump(self._authenticate_message())
@@ -211,6 +223,8 @@ class ClientSession:
         }
         if value is not None:
             message["value"] = value
+        if self._acting_as is not None:
+            message["impersonating"] = dict(self._acting_as)
         self._identity_version += 1
         return message
 
@@ -249,7 +263,7 @@ class ClientSession:
             event = _query_event(modification, ts)
             if event is not None and event.query_id in self._queries:
                 events.append(event)
-        events.append(TransitionApplied(ts))
+        events.append(TransitionApplied(ts, auth_current=end[1] == self._identity_version))
         for request_id, request in list(self._requests.items()):
             done = request.response
             if done is not None and (done.ts or 0) <= ts:

@@ -49,7 +49,8 @@ class Deployer:
         - `{"import": table, "rows": [documents as Convex JSON]}`: insert rows in one
           mutation; returns their ids;
         - `{"table": name}`: every document of a table (Convex JSON), in creation order;
-        - `{"functions": true}`: `[{path, kind, visibility, args}]` (args: validator JSON).
+        - `{"functions": true}`: `[{path, kind, visibility, args}]` (args: validator JSON);
+        - `{"tables": true}`: `[{table, indexes}]` of the user tables.
 
         Raises:
             ValidationError: the body is neither.
@@ -63,6 +64,8 @@ class Deployer:
             return self._table(body["table"])
         if body.get("functions") is True:
             return self._functions()
+        if body.get("tables") is True:
+            return self._tables()
         files = body.get("files")
         if isinstance(files, Mapping) and files:
             return self._files(files)
@@ -103,6 +106,13 @@ class Deployer:
                     {"path": path, "kind": fn.kind, "visibility": fn.visibility, "args": args}
                 )
         return out
+
+    def _tables(self) -> list[dict[str, Any]]:
+        return [
+            {"table": t.name, "indexes": sorted(t.indexes)}
+            for t in self.backend.store.catalog.tables()
+            if not t.name.startswith("_")
+        ]
 
     def _files(self, files: Mapping[str, Any]) -> list[str]:
         for name, text in files.items():

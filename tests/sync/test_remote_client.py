@@ -103,8 +103,11 @@ def test_push_cells_and_modules_need_the_admin_key(server_factory, tmp_path):
     server = server_factory()
     cell = '%%convex_query pushed:hello(name: v.string())\nreturn "hello " + name'
     with kernel_ext.connect(server.url) as anonymous:
-        with pytest.raises(kernel_ext.errors.FunctionError, match="403"):
+        with pytest.raises(kernel_ext.errors.AuthenticationError, match="needs the admin key"):
             anonymous.push_cell(cell)
+        for read in (anonymous.tables, anonymous.functions, lambda: anonymous.table_df("t")):
+            with pytest.raises(kernel_ext.errors.AuthenticationError, match="needs the admin"):
+                read()
     with kernel_ext.connect(server.url, admin_key=server.admin_key) as owner:
         assert owner.push_cell(cell) == ["pushed:hello"]
         assert owner.query("pushed:hello", name="ada") == "hello ada"
@@ -139,6 +142,10 @@ def test_magics_against_a_served_store(server_factory, tmp_path, monkeypatch):
             assert result.success, result.error_in_exec
         ip.run_line_magic("convex", "mutation notes:add text='from a magic'")
         assert ip.user_ns["convex"].query("notes:all") == ["from a magic"]
+        functions = ip.run_line_magic("convex", "functions")
+        assert {"notes:add", "notes:all"} <= set(functions["path"])
+        tables = ip.run_line_magic("convex", "tables")
+        assert "notes" in set(tables["table"])
     finally:
         ip.run_line_magic("unload_ext", "kernel_ext")
         InteractiveShell.clear_instance()
@@ -169,3 +176,73 @@ def test_remote_bulk_import_table_df_and_paged_live_table(server_factory):
         table._on_front_end_message(table, {"type": "window", "offset": 400, "limit": 50}, [])
         wait_for(lambda: table.total == 450 and table.complete, timeout=20)
         table.close()
+
+
+# -- auth ------------------------------------------------------------------------------------
+
+
+def test_set_auth_returns_once_accepted_and_raises_when_refused(server_factory):
+    from sync_peers import ISSUER, SECRET
+
+    from kernel_ext.client.auth import make_dev_token
+    from kernel_ext.errors import AuthenticationError
+
+    server = server_factory("--auth-issuer", ISSUER, "--auth-secret", SECRET)
+    with kernel_ext.connect(server.url) as client:
+        client.set_auth(make_dev_token("ada", secret=SECRET, issuer=ISSUER))
+        assert client.query("who:ami")["subject"] == "ada"
+        expired = make_dev_token("bob", secret=SECRET, issuer=ISSUER, ttl_s=-10)
+        started = time.monotonic()
+        with pytest.raises(AuthenticationError, match="expired"):
+            client.set_auth(expired)
+        assert time.monotonic() - started < 5
+        # The client carries on without the refused token, and does not keep reconnecting.
+        assert client.query("who:ami") is None
+        connections = client._session.connection_count
+        time.sleep(1.0)
+        assert client._session.connection_count == connections
+        client.set_auth(make_dev_token("eve", secret=SECRET, issuer=ISSUER))
+        assert client.query("who:ami")["subject"] == "eve"
+        client.clear_auth()
+        assert client.query("who:ami") is None
+
+
+def test_a_server_that_verifies_no_tokens_refuses_them_clearly(server_factory):
+    from kernel_ext.errors import AuthenticationError
+
+    server = server_factory()
+    with kernel_ext.connect(server.url) as client:
+        with pytest.raises(AuthenticationError, match="No auth provider"):
+            client.set_auth("any.token.at-all")
+        assert client.query("counter:get", name="anon") == 0.0
+
+
+def test_a_refused_admin_key_warns_and_the_client_carries_on(server_factory):
+    server = server_factory()
+    with pytest.warns(UserWarning, match="refused this client's admin credentials"):
+        client = kernel_ext.connect(server.url, admin_key="not-the-key")
+        try:
+            assert client.query("counter:get", name="x") == 0.0
+        finally:
+            client.close()
+
+
+def test_tables_functions_and_with_identity_like_the_embedded_client(server_factory):
+    server = server_factory()
+    with kernel_ext.connect(server.url, admin_key=server.admin_key) as owner:
+        owner.mutation("counter:inc", name="t1")
+        assert "counters" in owner.tables()
+        assert {"table": "counters", "indexes": ["by_creation_time", "by_id", "by_name"]} in (
+            owner.describe_tables()
+        )
+        assert "counter:get" in owner.functions()
+        as_ada = owner.with_identity({"sub": "ada", "iss": "https://issuer", "email": "a@x"})
+        try:
+            identity = as_ada.query("who:ami")
+            assert identity["subject"] == "ada" and identity["email"] == "a@x"
+            assert identity["tokenIdentifier"] == "https://issuer|ada"
+        finally:
+            as_ada.close()
+    with kernel_ext.connect(server.url) as anonymous:
+        with pytest.raises(kernel_ext.errors.AuthenticationError, match="needs the admin key"):
+            anonymous.with_identity({"sub": "ada", "iss": "https://issuer"})
