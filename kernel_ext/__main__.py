@@ -30,7 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--auth-issuer", help="the `iss` tokens must have")
     auth.add_argument("--auth-audience", help="the `aud` tokens must have")
     keys = auth.add_mutually_exclusive_group()
-    keys.add_argument("--auth-secret", help="HS256 shared secret")
+    keys.add_argument(
+        "--auth-secret",
+        help="HS256 shared secret (default with --auth-issuer and no other key option: "
+        "$CONVEX_AUTH_SECRET, which keeps it out of the process list)",
+    )
     keys.add_argument("--auth-public-key", type=Path, help="PEM public key file (RS256/ES256)")
     keys.add_argument("--auth-jwks", type=Path, help="JSON Web Key Set file")
     token = commands.add_parser(
@@ -115,6 +119,8 @@ def _auth_provider(args: argparse.Namespace) -> object:
     from kernel_ext.sync.auth import AuthProvider
 
     has_key = any(x is not None for x in (args.auth_secret, args.auth_public_key, args.auth_jwks))
+    if args.auth_issuer is not None and not has_key and os.environ.get("CONVEX_AUTH_SECRET"):
+        args.auth_secret, has_key = os.environ["CONVEX_AUTH_SECRET"], True
     if args.auth_issuer is None:
         if has_key or args.auth_audience is not None:
             raise ValueError("--auth-audience and the key options need --auth-issuer")

@@ -126,6 +126,17 @@ def test_user_tokens_over_the_socket(server_factory):
     assert client.expect("AuthError")["baseVersion"] == 1
 
 
+def test_the_auth_secret_may_come_from_the_environment(server_factory, monkeypatch):
+    secret = "a-secret-from-the-environment-long-enough"
+    monkeypatch.setenv("CONVEX_AUTH_SECRET", secret)
+    server = server_factory("--auth-issuer", "https://iss")
+    client = RawClient(server.url).connect()
+    client.add(0, "who:ami")
+    token = make_dev_token("env", secret=secret, issuer="https://iss")
+    client.send({"type": "Authenticate", "baseVersion": 0, "tokenType": "User", "value": token})
+    assert client.expect("Transition")["modifications"][0]["value"]["subject"] == "env"
+
+
 def test_admin_key_over_the_socket(server_factory):
     server = server_factory()
     client = RawClient(server.url).connect()
