@@ -5,10 +5,11 @@ and the `%convex` line magic. Thin adapters: parse (`parsing.py`), build, hand t
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from kernel_ext.magics.cells import compile_function, compile_schema
+from kernel_ext.magics.cells import compile_function, compile_schema, names_left_behind
 from kernel_ext.magics.parsing import (
     FunctionHeader,
     HeaderError,
@@ -122,6 +123,15 @@ def _make_magics(shell: InteractiveShell) -> Any:
             client = self.client
             push = getattr(client, "push_cell", None)
             if push is not None:  # a server compiles the cell itself (admin key needed)
+                missing = names_left_behind(header, cell, self._ip.user_ns)
+                if missing:
+                    warnings.warn(
+                        f"{header.path} uses {', '.join(missing)} from this notebook, but a "
+                        "served store gets only the cell's own source: calling it will fail "
+                        "with NameError there. Define them inside the cell, or push a module "
+                        "with convex.load_functions(folder).",
+                        stacklevel=2,
+                    )
                 push(function.source)
             else:
                 client.register(header.path, function)

@@ -105,3 +105,35 @@ def compile_schema(body: str, namespace: dict[str, Any], filename: str) -> Schem
             "`schema = define_schema({...})`"
         )
     return define_schema(tables)
+
+
+def names_left_behind(header: FunctionHeader, body: str, notebook: dict[str, Any]) -> list[str]:
+    """The names a cell's body reads that only the notebook defines: a served store compiles
+    the pushed cell with `base_namespace()` alone, so they would be undefined there.
+
+    Conservative (it may miss a name, it does not invent one): every name the body binds
+    anywhere (assignments, imports, definitions, loop and comprehension targets) counts as
+    its own.
+    """
+    import ast
+    import builtins
+
+    try:
+        tree = ast.parse(body)
+    except SyntaxError:
+        return []  # compiling the cell reports it
+    read: set[str] = set()
+    bound = {p.name for p in header.params} | {"ctx", "db", "auth"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    known = bound | set(base_namespace()) | set(dir(builtins))
+    return sorted(name for name in read - known if name in notebook)

@@ -47,3 +47,19 @@ def test_unquote_only_strips_one_quoted_string():
     assert unquote("'/tmp/a b'") == "/tmp/a b"
     assert unquote("plain") == "plain"
     assert unquote("'1'") == "1" and unquote("x='1'") == "x='1'"
+
+
+def test_names_a_pushed_cell_would_miss():
+    from kernel_ext.magics.cells import names_left_behind
+    from kernel_ext.magics.parsing import parse_header
+
+    header = parse_header("m:q(n: v.number())")
+    body = (
+        "import math\n"
+        "def local(x):\n    return x\n"
+        "total = helper(n) + local(n) + math.pi + len(db.query('t').collect())\n"
+        "return [fmt(i) for i in range(n)] + [k for k in other] + [v.string(), total]\n"
+    )
+    notebook = {"helper": 1, "fmt": 2, "math": 3, "other": 4, "total": 5, "v": 6, "len": 7}
+    assert names_left_behind(header, body, notebook) == ["fmt", "helper", "other"]
+    assert names_left_behind(header, "return (", notebook) == []  # compiling reports that

@@ -142,6 +142,10 @@ def test_magics_against_a_served_store(server_factory, tmp_path, monkeypatch):
             assert result.success, result.error_in_exec
         ip.run_line_magic("convex", "mutation notes:add text='from a magic'")
         assert ip.user_ns["convex"].query("notes:all") == ["from a magic"]
+        ip.run_cell("def shout(text):\n    return text.upper()")
+        with pytest.warns(UserWarning, match="uses shout from this notebook"):
+            result = ip.run_cell("%%convex_query notes:loud\nreturn [shout(t) for t in ['a']]")
+        assert result.success  # pushed all the same: the warning says what will fail
         functions = ip.run_line_magic("convex", "functions")
         assert {"notes:add", "notes:all"} <= set(functions["path"])
         tables = ip.run_line_magic("convex", "tables")
