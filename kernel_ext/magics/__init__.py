@@ -94,7 +94,8 @@ def _make_magics(shell: InteractiveShell) -> Any:
             """Define the schema: `name = define_table({...}).index(...)` per table, or
             `schema = define_schema({...})`."""
             source = f"%%convex_schema {line}\n{cell}"
-            schema = compile_schema(cell, dict(self._ip.user_ns), self._ip.compile.cache(cell))
+            filename = self._ip.compile.cache(source)  # tracebacks show the cell's lines
+            schema = compile_schema(cell, dict(self._ip.user_ns), filename)
             client = self.client
             push = getattr(client, "push_cell", None)
             if push is not None:  # a server compiles the cell itself (admin key needed)

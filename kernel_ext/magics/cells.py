@@ -94,7 +94,8 @@ def compile_schema(body: str, namespace: dict[str, Any], filename: str) -> Schem
 
     scope = {**namespace, "v": v, "define_table": define_table, "define_schema": define_schema}
     local: dict[str, Any] = {}
-    exec(compile(body, filename, "exec"), scope, local)
+    # One blank line for the `%%convex_schema` line: errors name the cell's own line numbers.
+    exec(compile("\n" + body, filename, "exec"), scope, local)
     schema = local.get("schema")
     if isinstance(schema, SchemaDefinition):
         return schema

@@ -132,6 +132,14 @@ def test_runtime_error_traceback_shows_cell_lines(ip):
     assert last.line == "return 1 / 0"
 
 
+def test_schema_cell_errors_name_the_cells_own_line(ip):
+    result = ip.run_cell('%%convex_schema\nok = define_table({"a": v.string()})\nbad = 1 / 0')
+    error = result.error_in_exec
+    assert isinstance(error, ZeroDivisionError)
+    last = traceback.extract_tb(error.__traceback__)[-1]
+    assert (last.lineno, last.line) == (3, "bad = 1 / 0")
+
+
 def test_validator_error_registers_nothing(ip):
     with pytest.raises(HeaderError, match="validator of 'x'"):
         run(ip, "%%convex_query f(x: v.nonsense())\nreturn x")
