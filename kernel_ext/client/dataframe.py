@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -82,3 +82,42 @@ def rows_from_dataframe(frame: pd.DataFrame) -> Iterator[dict[str, Any]]:
             if cell is not _MISSING:
                 doc[name] = cell
         yield doc
+
+
+def import_in_batches(
+    table: str,
+    frame: pd.DataFrame,
+    insert: Callable[[list[dict[str, Any]]], list[str]],
+    *,
+    batch_size: int,
+    progress: bool,
+) -> list[str]:
+    """Insert the rows of `frame` with `insert(batch)` (one transaction per batch), with a
+    progress bar; returns the new ids in row order. A failing batch's error gets a note
+    saying which rows were imported and which were not.
+
+    Raises:
+        ValidationError: `batch_size` is below 1.
+    """
+    from tqdm.auto import tqdm
+
+    from kernel_ext.errors import ValidationError
+
+    if batch_size < 1:
+        raise ValidationError("batch_size must be at least 1")
+    ids: list[str] = []
+    rows = rows_from_dataframe(frame)
+    with tqdm(total=len(frame), desc=f"import {table}", unit="row", disable=not progress) as bar:
+        while batch := [row for _, row in zip(range(batch_size), rows, strict=False)]:
+            start, end = len(ids), len(ids) + len(batch) - 1
+            try:
+                ids += insert(batch)
+            except Exception as exc:
+                exc.add_note(
+                    f"import_dataframe: rows {start}..{end} of the DataFrame (index "
+                    f"{frame.index[start]!r}..{frame.index[end]!r}) were not imported; the "
+                    f"{start} rows before them were."
+                )
+                raise
+            bar.update(len(batch))
+    return ids

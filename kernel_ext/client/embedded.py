@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_ext.client.arguments import merge_args
 from kernel_ext.client.auth import AuthConfig, claims_of
 from kernel_ext.client.subscription import Subscription
-from kernel_ext.errors import TransactionClosed, ValidationError
+from kernel_ext.errors import TransactionClosed
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.context import identity_from_claims
 from kernel_ext.functions.registration import FunctionDefinition
@@ -30,7 +30,17 @@ __all__ = ["Client"]
 
 
 def _inserter(table: str, rows: list[dict[str, Any]]) -> Callable[[Transaction], list[str]]:
-    return lambda txn: [txn.insert(table, row) for row in rows]
+    def insert_all(txn: Transaction) -> list[str]:
+        ids = []
+        for position, row in enumerate(rows):
+            try:
+                ids.append(txn.insert(table, row))
+            except Exception as exc:
+                exc.add_note(f"(row {position} of its batch: {row!r:.200})")
+                raise
+        return ids
+
+    return insert_all
 
 
 class Client:
@@ -187,27 +197,16 @@ class Client:
         """Insert every row of `frame` as a document of `table`, in mutations of `batch_size`
         rows, with a progress bar. Missing values leave the field out. Each batch is atomic;
         returns the new ids in row order."""
-        from tqdm.auto import tqdm
-
-        from kernel_ext.client.dataframe import rows_from_dataframe
+        from kernel_ext.client.dataframe import import_in_batches
 
         self._check_open()
-        if batch_size < 1:
-            raise ValidationError("batch_size must be at least 1")
-        ids: list[str] = []
-        rows = rows_from_dataframe(frame)
-        with tqdm(
-            total=len(frame), desc=f"import {table}", unit="row", disable=not progress
-        ) as bar:
-            while True:
-                batch = [row for _, row in zip(range(batch_size), rows, strict=False)]
-                if not batch:
-                    break
-                new_ids, ts = self.backend.store.mutate(_inserter(table, batch))
-                self.backend.subscriptions.wait_processed(ts)
-                ids.extend(new_ids)
-                bar.update(len(batch))
-        return ids
+
+        def insert(batch: list[dict[str, Any]]) -> list[str]:
+            new_ids, ts = self.backend.store.mutate(_inserter(table, batch))
+            self.backend.subscriptions.wait_processed(ts)
+            return new_ids
+
+        return import_in_batches(table, frame, insert, batch_size=batch_size, progress=progress)
 
     def table_df(self, table: str) -> pd.DataFrame:
         """Every document of `table` (in creation order) as a DataFrame."""

@@ -510,22 +510,14 @@ class RemoteClient:
     ) -> list[str]:
         """Insert every row of `frame` into `table` in batches (admin), with a progress bar;
         each batch is one transaction; returns the new ids in row order."""
-        from tqdm.auto import tqdm
-
-        from kernel_ext.client.dataframe import rows_from_dataframe
+        from kernel_ext.client.dataframe import import_in_batches
         from kernel_ext.store.values import normalize, to_json
 
-        ids: list[str] = []
-        rows = rows_from_dataframe(frame)
-        with tqdm(
-            total=len(frame), desc=f"import {table}", unit="row", disable=not progress
-        ) as bar:
-            while batch := [
-                to_json(normalize(r)) for _, r in zip(range(batch_size), rows, strict=False)
-            ]:
-                ids += self._admin(f"Importing into {table!r}", {"import": table, "rows": batch})
-                bar.update(len(batch))
-        return ids
+        def insert(batch: list[dict[str, Any]]) -> list[str]:
+            rows = [to_json(normalize(row)) for row in batch]
+            return list(self._admin(f"Importing into {table!r}", {"import": table, "rows": rows}))
+
+        return import_in_batches(table, frame, insert, batch_size=batch_size, progress=progress)
 
     # -- closing -------------------------------------------------------------------------
 

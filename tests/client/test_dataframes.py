@@ -45,9 +45,14 @@ def test_import_is_atomic_per_batch_and_validated(bare_client):
     bare_client.set_schema(define_schema({"nums": define_table({"n": v.int64()})}))
     frame = pd.DataFrame({"n": [1, 2, 3, 4]}, dtype="object")
     frame.loc[3, "n"] = "four"
-    with pytest.raises(SchemaViolation):
+    with pytest.raises(SchemaViolation) as info:
         bare_client.import_dataframe("nums", frame, batch_size=2, progress=False)
     assert list(bare_client.table_df("nums")["n"]) == [1, 2]  # the first batch committed
+    # The error says which row failed and what was (not) imported.
+    notes = "\n".join(info.value.__notes__)
+    assert "(row 1 of its batch: {'n': 'four'})" in notes
+    assert "rows 2..3 of the DataFrame (index 2..3) were not imported" in notes
+    assert "the 2 rows before them were" in notes
 
 
 def test_subscription_df_and_empty_results(bare_client):
