@@ -228,24 +228,11 @@ class Client:
 
     def describe_functions(self) -> list[dict[str, Any]]:
         """`[{path, kind, visibility, args}]` of the registered functions."""
-        registry = self.backend.registry
-        out = []
-        for path in registry.paths():
-            fn = registry.get(path)
-            if fn is not None:
-                args = None if fn.args is None else fn.args.to_json()
-                out.append(
-                    {"path": path, "kind": fn.kind, "visibility": fn.visibility, "args": args}
-                )
-        return out
+        return self.backend.describe_functions()
 
     def describe_tables(self) -> list[dict[str, Any]]:
         """`[{table, indexes}]` of the user tables."""
-        return [
-            {"table": t.name, "indexes": sorted(t.indexes)}
-            for t in self.backend.store.catalog.tables()
-            if not t.name.startswith("_")
-        ]
+        return self.backend.describe_tables()
 
     # -- closing -------------------------------------------------------------------------
 

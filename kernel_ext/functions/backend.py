@@ -83,6 +83,27 @@ class Backend:
         self.scheduler.functions_changed()
         return canonical
 
+    def describe_functions(self) -> list[dict[str, Any]]:
+        """`[{path, kind, visibility, args}]` of the registered functions (args: validator
+        JSON or None)."""
+        out = []
+        for path in self.registry.paths():
+            fn = self.registry.get(path)
+            if fn is not None:
+                args = None if fn.args is None else fn.args.to_json()
+                out.append(
+                    {"path": path, "kind": fn.kind, "visibility": fn.visibility, "args": args}
+                )
+        return out
+
+    def describe_tables(self) -> list[dict[str, Any]]:
+        """`[{table, indexes}]` of the user tables (system tables start with `_`)."""
+        return [
+            {"table": t.name, "indexes": sorted(t.indexes)}
+            for t in self.store.catalog.tables()
+            if not t.name.startswith("_")
+        ]
+
     def prepare_args(self, function: FunctionDefinition, args: Any) -> dict[str, Value]:
         """Normalized, validated arguments.
 

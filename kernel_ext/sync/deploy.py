@@ -63,9 +63,9 @@ class Deployer:
         if isinstance(body.get("table"), str):
             return self._table(body["table"])
         if body.get("functions") is True:
-            return self._functions()
+            return self.backend.describe_functions()
         if body.get("tables") is True:
-            return self._tables()
+            return self.backend.describe_tables()
         files = body.get("files")
         if isinstance(files, Mapping) and files:
             return self._files(files)
@@ -94,25 +94,6 @@ class Deployer:
             lambda txn: txn.query(table).with_index(BY_CREATION_TIME).collect()
         )[0]
         return [to_json(doc) for doc in docs]
-
-    def _functions(self) -> list[dict[str, Any]]:
-        registry = self.backend.registry
-        out = []
-        for path in registry.paths():
-            fn = registry.get(path)
-            if fn is not None:
-                args = None if fn.args is None else fn.args.to_json()
-                out.append(
-                    {"path": path, "kind": fn.kind, "visibility": fn.visibility, "args": args}
-                )
-        return out
-
-    def _tables(self) -> list[dict[str, Any]]:
-        return [
-            {"table": t.name, "indexes": sorted(t.indexes)}
-            for t in self.backend.store.catalog.tables()
-            if not t.name.startswith("_")
-        ]
 
     def _files(self, files: Mapping[str, Any]) -> list[str]:
         for name, text in files.items():
