@@ -30,11 +30,16 @@ from kernel_ext.client.arguments import merge_args
 from kernel_ext.client.subscription import Subscription
 from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.errors import (
+    ArgumentError,
     AuthenticationError,
+    ConflictError,
     ConnectionClosed,
     ConvexError,
     FunctionError,
+    ReturnsError,
     TransactionClosed,
+    UnknownFunction,
+    WrongFunctionKind,
 )
 from kernel_ext.functions.registry import path_of
 from kernel_ext.sync.client_protocol import (
@@ -59,6 +64,39 @@ class RemoteFunctionError(FunctionError):
     """A function failed on the server; the message is what the server chose to tell."""
 
 
+# The server passes the library's own errors through as their messages
+# (`kernel_ext.sync.outcomes`); raised as these, `except ArgumentError` (etc.) works with
+# either client.
+class RemoteArgumentError(RemoteFunctionError, ArgumentError):
+    """The server refused the arguments."""
+
+
+class RemoteReturnsError(RemoteFunctionError, ReturnsError):
+    """The function's result failed its `returns` validator on the server."""
+
+
+class RemoteUnknownFunction(RemoteFunctionError, UnknownFunction):
+    """The server has no (public) function at that path."""
+
+
+class RemoteWrongFunctionKind(RemoteFunctionError, WrongFunctionKind):
+    """The function on the server is of another kind."""
+
+
+class RemoteConflictError(RemoteFunctionError, ConflictError):
+    """The mutation kept conflicting on the server."""
+
+
+_BY_PREFIX: Final = (
+    ("ArgumentValidationError", RemoteArgumentError),
+    ("ReturnsValidationError", RemoteReturnsError),
+    ("Could not find public function", RemoteUnknownFunction),
+    ("Could not find function", RemoteUnknownFunction),
+    ("Trying to execute ", RemoteWrongFunctionKind),
+    ("Documents read from or written to", RemoteConflictError),
+)
+
+
 def _query_key(path: str, args: dict[str, Any]) -> tuple[str, bytes]:
     """Identical queries of one client share one server subscription under this key."""
     from kernel_ext.store.keys import encode_value
@@ -77,7 +115,11 @@ def print_log_lines(kind: str, path: str, lines: tuple[str, ...]) -> None:
 def _error_of(message: str | None, data: Any, has_data: bool) -> BaseException:
     if has_data:
         return ConvexError(data)
-    return RemoteFunctionError(message or "Server Error")
+    text = message or "Server Error"
+    for prefix, error in _BY_PREFIX:
+        if text.startswith(prefix):
+            return error(text)
+    return RemoteFunctionError(text)
 
 
 @dataclass

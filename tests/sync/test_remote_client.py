@@ -250,3 +250,20 @@ def test_tables_functions_and_with_identity_like_the_embedded_client(server_fact
     with kernel_ext.connect(server.url) as anonymous:
         with pytest.raises(kernel_ext.errors.AuthenticationError, match="needs the admin key"):
             anonymous.with_identity({"sub": "ada", "iss": "https://issuer"})
+
+
+def test_library_errors_keep_their_classes_across_the_wire(server_factory):
+    """`except ArgumentError` (etc.) works the same with the embedded and the remote client."""
+    from kernel_ext.errors import ArgumentError, UnknownFunction, WrongFunctionKind
+
+    server = server_factory()
+    with kernel_ext.connect(server.url) as client:
+        with pytest.raises(ArgumentError, match="ArgumentValidationError"):
+            client.mutation("counter:inc", name=5)
+        with pytest.raises(UnknownFunction, match="Could not find public function"):
+            client.query("counter:nope")
+        with pytest.raises(WrongFunctionKind, match="defined as Mutation"):
+            client.query("counter:inc", name="x")
+        with pytest.raises(RemoteFunctionError, match="Uncaught ValueError") as info:
+            client.query("values:fail_plain")
+        assert type(info.value) is RemoteFunctionError  # a handler's own error: as text
