@@ -178,26 +178,21 @@ def test_signals_stop_the_server_cleanly(server_factory, sig):
     assert not any("Traceback" in line for line in server.output), server.output
 
 
-def test_a_second_server_on_the_same_store_is_refused(server_factory, tmp_path):
-    server = server_factory()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kernel_ext",
-            "serve",
-            "--functions",
-            str(APP),
-            "--db",
-            str(server.db),
-            "--port",
-            "0",
-        ],
+def run_serve(db: Path, *options: str, functions: Path = APP) -> subprocess.CompletedProcess[str]:
+    """`python -m kernel_ext serve` that is expected to exit at once (on an error)."""
+    command = [sys.executable, "-m", "kernel_ext", "serve", "--functions", str(functions)]
+    return subprocess.run(
+        [*command, "--db", str(db), *options],
         capture_output=True,
         text=True,
         timeout=30,
         cwd=ROOT,
     )
+
+
+def test_a_second_server_on_the_same_store_is_refused(server_factory, tmp_path):
+    server = server_factory()
+    done = run_serve(server.db, "--port", "0")
     assert done.returncode == 1
     assert server.url in done.stderr
 
@@ -212,25 +207,7 @@ def test_a_second_server_on_the_same_store_is_refused(server_factory, tmp_path):
     ],
 )
 def test_bad_auth_options(tmp_path, options):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kernel_ext",
-            "serve",
-            "--functions",
-            str(APP),
-            "--db",
-            str(tmp_path / "s.db"),
-            "--port",
-            "0",
-            *options,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    done = run_serve(tmp_path / "s.db", "--port", "0", *options)
     assert done.returncode == 2, done.stderr
     assert "Serving" not in done.stdout
 
@@ -354,20 +331,8 @@ def test_every_transition_shows_one_timestamp(server_factory):
 
 def test_a_taken_port_or_a_missing_folder_is_an_error(server_factory, tmp_path):
     server = server_factory()
-    base = [sys.executable, "-m", "kernel_ext", "serve", "--db", str(tmp_path / "other.db")]
-    done = subprocess.run(
-        [*base, "--functions", str(APP), "--port", str(server.port)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    other = tmp_path / "other.db"
+    done = run_serve(other, "--port", str(server.port))
     assert done.returncode == 1 and "cannot listen" in done.stderr
-    done = subprocess.run(
-        [*base, "--functions", str(tmp_path / "missing"), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    done = run_serve(other, "--port", "0", functions=tmp_path / "missing")
     assert done.returncode == 1 and "does not exist" in done.stderr
