@@ -367,22 +367,22 @@ def _parse_modify_query_set(f: _Fields) -> ModifyQuerySet:
     )
 
 
+def _request_fields(f: _Fields) -> dict[str, Any]:
+    """The fields Mutation and Action share (two message types on purpose, one layout)."""
+    return {
+        "request_id": f.u32("requestId"),
+        "udf_path": f.udf_path(),
+        "args": f.array("args"),
+        "component_path": f.optional_string("componentPath"),
+    }
+
+
 def _parse_mutation(f: _Fields) -> Mutation:
-    return Mutation(
-        request_id=f.u32("requestId"),
-        udf_path=f.udf_path(),
-        args=f.array("args"),
-        component_path=f.optional_string("componentPath"),
-    )
+    return Mutation(**_request_fields(f))
 
 
 def _parse_action(f: _Fields) -> Action:
-    return Action(
-        request_id=f.u32("requestId"),
-        udf_path=f.udf_path(),
-        args=f.array("args"),
-        component_path=f.optional_string("componentPath"),
-    )
+    return Action(**_request_fields(f))
 
 
 def _parse_authenticate(f: _Fields) -> Authenticate:
