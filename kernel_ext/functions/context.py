@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -139,14 +140,11 @@ class DatabaseReader:
 
     def __init__(self, txn: Transaction) -> None:
         self._txn = txn
-        self._system: _SystemReader | None = None
 
-    @property
+    @functools.cached_property
     def system(self) -> _SystemReader:
         """Read access to system tables (made on first use: few functions need it)."""
-        if self._system is None:
-            self._system = _SystemReader(self._txn)
-        return self._system
+        return _SystemReader(self._txn)
 
     def get(self, *args: Any) -> dict[str, Value] | None:
         """`get(id)` (or `get(table, id)`): the document or None."""
@@ -194,14 +192,11 @@ class QueryCtx:
     def __init__(self, txn: Transaction, identity: Any, runner: Runner) -> None:
         self._txn, self._identity, self._runner = txn, identity, runner
         self.db = self._database(txn)
-        self._auth: Auth | None = None
 
-    @property
+    @functools.cached_property
     def auth(self) -> Auth:
-        """Who is calling."""
-        if self._auth is None:
-            self._auth = Auth(self._identity)
-        return self._auth
+        """Who is calling (made on first use)."""
+        return Auth(self._identity)
 
     def run_query(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
         """Run another query in this transaction (same snapshot)."""
