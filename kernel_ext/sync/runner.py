@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from kernel_ext.engine.logs import LogLines, capture_logs
+from kernel_ext.engine.logs import capture_logs
 from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.registration import FunctionKind
@@ -21,6 +21,8 @@ from kernel_ext.sync.outcomes import Outcome, outcome_of_error
 from kernel_ext.sync.protocol import Identity
 
 __all__ = ["BackendRunner", "FunctionRunner", "ResultCallback"]
+
+T = TypeVar("T")
 
 #: Receives a subscribed query's outcome and the snapshot ts it was computed at.
 ResultCallback = Callable[[Outcome, int], None]
@@ -74,17 +76,15 @@ class BackendRunner:
         self, kind: FunctionKind | None, path: str, args: Any, identity: Identity
     ) -> tuple[Outcome, int | None]:
         """Run a function; its errors become failed outcomes, its output log lines."""
-        error: Exception | None = None
-        with capture_logs() as logs:
-            try:
-                value, ts = self.backend.call_with_ts(
-                    path, args, kind=kind, identity=identity.user, public_only=not identity.admin
-                )
-            except Exception as exc:
-                error = exc
-        if error is not None:
-            return _with_logs(outcome_of_error(error), logs), None
-        return Outcome.ok(value, logs.finish()), ts
+        result, error, lines = _captured(
+            lambda: self.backend.call_with_ts(
+                path, args, kind=kind, identity=identity.user, public_only=not identity.admin
+            )
+        )
+        if result is None:
+            return _outcome(None, error, lines), None
+        value, ts = result
+        return Outcome.ok(value, lines), ts
 
     def query_batch(
         self, queries: Sequence[tuple[str, Any]], identity: Identity
@@ -112,18 +112,11 @@ class BackendRunner:
         )
 
     def _query_in(self, txn: Transaction, path: str, args: Any, identity: Identity) -> Outcome:
-        error: Exception | None = None
-        with capture_logs() as logs:
-            try:
-                function = self.backend.registry.lookup(
-                    path, "query", public_only=not identity.admin
-                )
-                value: Value = self.backend.invoke(function, args, txn, identity.user)
-            except Exception as exc:
-                error = exc
-        if error is not None:
-            return _with_logs(outcome_of_error(error), logs)
-        return Outcome.ok(value, logs.finish())
+        def run() -> Value:
+            function = self.backend.registry.lookup(path, "query", public_only=not identity.admin)
+            return self.backend.invoke(function, args, txn, identity.user)
+
+        return _outcome(*_captured(run))
 
     def subscribe(
         self, path: str, args: Any, identity: Identity, callback: ResultCallback
@@ -132,11 +125,7 @@ class BackendRunner:
         failure through `callback` at once and returns a no-op unsubscribe."""
 
         def on_update(result: QueryResult) -> None:
-            if result.error is not None:
-                outcome = replace(outcome_of_error(result.error), log_lines=result.log_lines)
-                callback(outcome, result.ts)
-            else:
-                callback(Outcome.ok(result.value, result.log_lines), result.ts)
+            callback(_outcome(result.value, result.error, result.log_lines), result.ts)
 
         try:
             return self.backend.subscribe(
@@ -147,10 +136,22 @@ class BackendRunner:
             return _nothing
 
 
-def _with_logs(outcome: Outcome, logs: LogLines) -> Outcome:
-    # outcome_of_error runs after the capture: the server's own log records about a failure
-    # must never reach the caller's log lines.
-    return replace(outcome, log_lines=logs.finish())
+def _captured(run: Callable[[], T]) -> tuple[T | None, Exception | None, tuple[str, ...]]:
+    """`run()` with its output captured as log lines: `(result, None, lines)`, or
+    `(None, the exception it raised, lines)`."""
+    with capture_logs() as logs:
+        try:
+            return run(), None, logs.finish()
+        except Exception as exc:
+            return None, exc, logs.finish()
+
+
+def _outcome(value: Value, error: BaseException | None, lines: tuple[str, ...]) -> Outcome:
+    """What a client is told of one execution. `outcome_of_error` runs outside any capture:
+    the server's own log records about a failure must never reach the caller's log lines."""
+    if error is not None:
+        return replace(outcome_of_error(error), log_lines=lines)
+    return Outcome.ok(value, lines)
 
 
 def _nothing() -> None:
