@@ -210,12 +210,10 @@ class SubscriptionManager:
             if idle and (not self._queries or not self._index.match(commit.keys)):
                 # Nothing live depends on this commit: it is processed already, and the worker
                 # need not wake up. (The common case of an embedded store: kept lean.)
-                self._processed_ts = commit.ts
-                if self._waiting:
-                    self._done.notify_all()
+                self._mark_processed(commit.ts)
                 if not self._when_processed:
                     return
-                ready = self._advance(commit.ts)
+                ready = self._due_callbacks()
             else:
                 self._commits.append(commit)
                 self._work.notify_all()
@@ -270,18 +268,24 @@ class SubscriptionManager:
             raise
         with self._lock:
             self._busy = False
-            ready = self._advance(commits[-1].ts) if commits else []
+            ready = []
+            if commits:
+                self._mark_processed(commits[-1].ts)
+                ready = self._due_callbacks()
             if self._commits or self._new:
                 self._work.notify_all()  # queued meanwhile; the worker waits while `_busy`
         _call_all(ready)
 
-    def _advance(self, ts: int) -> list[Callable[[], None]]:
-        """Record that commits up to `ts` are processed, wake `wait_processed`, and return
-        the `call_when_processed` callbacks now due (call with the lock held; call them after
-        releasing it)."""
+    def _mark_processed(self, ts: int) -> None:
+        """Record that commits up to `ts` are processed and wake `wait_processed` (call with
+        the lock held)."""
         self._processed_ts = max(self._processed_ts, ts)
         if self._waiting:
             self._done.notify_all()
+
+    def _due_callbacks(self) -> list[Callable[[], None]]:
+        """Take the `call_when_processed` callbacks now due (call with the lock held; call
+        them after releasing it)."""
         ready = []
         while self._when_processed and self._when_processed[0][0] <= self._processed_ts:
             ready.append(heapq.heappop(self._when_processed)[2])
