@@ -46,6 +46,8 @@ SYSTEM_TABLES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
 }
 #: A written key that every read set contains (schema changes invalidate everything).
 ALL_KEYS: Final[WrittenKey] = (ALL, b"")
+#: The write log's mark of `record_change` (an index name no read set uses).
+_DEFINITIONS_CHANGED: Final[WrittenKey] = ("*definitions", b"")
 _RETRY_DELAYS: Final = (0.0, 0.001, 0.005, 0.02, 0.05)
 
 
@@ -116,10 +118,6 @@ class Store:
         self._counter_lock = threading.Lock()
         self._ts = persistence.last_ts()
         self._writes = WriteLog(horizon=self._ts)
-        # The ts of the latest change outside the documents (`record_change`), and how many
-        # there have been: reads as of an earlier ts cannot show what was there before it.
-        self._changed_ts = self._ts
-        self._changes = 0
         self._active: dict[int, int] = {}  # id(txn) -> snapshot ts of in-flight mutations
         self._listeners: list[Callable[[Commit], None]] = []
         self._last_creation_time = 0.0
@@ -221,8 +219,10 @@ class Store:
             result = change()
             ts = self._next_ts()
             self.persistence.write_commit(ts, [])
-            self._ts = self._changed_ts = ts
-            self._changes += 1
+            self._ts = ts
+            # In the write log only (no read set holds that key, so neither OCC nor live
+            # queries react to it): `read_as_of` sees a redefinition like any later commit.
+            self._writes.append(ts, [_DEFINITIONS_CHANGED])
             self._publish(Commit(ts, {}, []))
         return result
 
@@ -333,7 +333,6 @@ class Store:
                 f"ts {ts} is later than the latest commit ({self._ts}); ask for a ts this "
                 "store has returned (query_ts)"
             )
-        changes = self._changes
         snap = self.persistence.snapshot()
         txn = self.transaction(snap, writable=False)
         value: Any = None
@@ -348,19 +347,18 @@ class Store:
         read_set = txn.read_set.finalize()
         with self._commit_lock:  # waits for a schema change in progress to be logged
             later = self._writes.after(ts)
-            changed = self._changes != changes or self._changed_ts > ts
         if later is None:
             raise HistoryUnavailable(
                 f"ts {ts} is older than the write history this store keeps (the last "
                 f"{HISTORY_NS // 1_000_000_000} s, {HISTORY_MAX_KEYS:,} written keys); read at "
                 "a recent ts (query_ts)"
             )
-        if changed:
-            raise HistoryUnavailable(
-                f"The functions were redefined after ts {ts}: what they returned then is not "
-                "known; read at a recent ts (query_ts)"
-            )
         for commit_ts, keys in later:
+            if _DEFINITIONS_CHANGED in keys:  # even during the read: it may run the new code
+                raise HistoryUnavailable(
+                    f"The functions were redefined after ts {ts}: what they returned then is "
+                    "not known; read at a recent ts (query_ts)"
+                )
             # A schema change counts even if it is later than the snapshot: it altered the
             # catalog before it was logged.
             if (commit_ts <= snap.ts or ALL_KEYS in keys) and read_set.overlaps(keys):
