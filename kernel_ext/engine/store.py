@@ -466,7 +466,7 @@ class Store:
         if tables is None:
             raise _Conflict(set())  # the commits it would need to check were pruned
         if tables:
-            raise _Conflict(set(tables))
+            raise _Conflict(tables)
 
     def _tables_for(self, catalog: _TxnCatalog, writes: dict[str, Write]) -> dict[str, TableInfo]:
         tables: dict[str, TableInfo] = {}

@@ -16,7 +16,7 @@ appended, so a copy of some of them can be checked outside that lock.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from kernel_ext.store.readset import ReadSet, WrittenKey
@@ -30,8 +30,6 @@ HISTORY_MAX_KEYS: Final = 20_000
 
 #: (commit ts, the keys it wrote)
 Entry = tuple[int, tuple[WrittenKey, ...]]
-
-_NONE: Final[frozenset[str]] = frozenset()
 
 
 class WriteLog:
@@ -92,6 +90,8 @@ class WriteLog:
         to `ts`."""
         if ts < self.horizon:
             return None
+        if not self._entries or self._entries[-1][0] <= ts:
+            return []  # no commit since: the usual case for a mutation
         found: list[Entry] = []
         for entry in reversed(self._entries):
             if entry[0] <= ts:
@@ -100,17 +100,12 @@ class WriteLog:
         found.reverse()
         return found
 
-    def tables_overlapping(self, since: int, read_set: ReadSet) -> Set[str] | None:
+    def tables_overlapping(self, since: int, read_set: ReadSet) -> set[str] | None:
         """The tables of the commits after `since` that wrote into `read_set` (empty: none
         did), or None if the log no longer reaches back to `since`."""
-        if since < self.horizon:
+        later = self.after(since)
+        if later is None:
             return None
-        if not self._entries or self._entries[-1][0] <= since:
-            return _NONE  # no commit since: the usual case for a mutation
-        tables: set[str] = set()
-        for ts, keys in reversed(self._entries):
-            if ts <= since:
-                break
-            if read_set.overlaps(keys):
-                tables |= {k[0].split(".", 1)[0] for k in keys}
-        return tables
+        return {
+            key[0].split(".", 1)[0] for _, keys in later if read_set.overlaps(keys) for key in keys
+        }
