@@ -167,7 +167,6 @@ class RemoteClient:
         self._closed = False
         self._admin_key = admin_key
         self._acting_as = acting_as
-        self._extra_headers = dict(headers or {})
         if admin_key is not None:
             self._session.authenticate("Admin", admin_key, acting_as)
         self._dispatcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convex-callbacks")
@@ -424,7 +423,7 @@ class RemoteClient:
         return RemoteClient(
             self.url,
             admin_key=self._admin_key,
-            headers=self._extra_headers,
+            headers=self._headers,  # its Convex-Client entry is set again, the same
             acting_as=identity_from_claims(claims),
         )
 
