@@ -6,20 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 
 import kernel_ext
 
 APP = Path(__file__).parent.parent / "fixtures" / "scheduler_app"
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 @pytest.fixture

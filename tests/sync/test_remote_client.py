@@ -7,18 +7,12 @@ import threading
 import time
 
 import pytest
+from polling import wait_for
 
 import kernel_ext
 from kernel_ext import ConvexError
 from kernel_ext.client.remote import RemoteClient, RemoteFunctionError
 from kernel_ext.errors import ValidationError
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def test_query_mutation_action_and_errors(server_factory):

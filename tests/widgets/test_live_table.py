@@ -6,6 +6,7 @@ import time
 
 import orjson
 import pytest
+from polling import wait_for
 
 import kernel_ext
 from kernel_ext import ConvexError, mutation, query, v
@@ -180,24 +181,17 @@ def paged_app():
     client.close()
 
 
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
 def test_paginated_query_loads_pages_as_the_window_moves(paged_app):
     client, ids = paged_app
     table = LiveTable(client, "p:pages")
     rec = Recorder(table)
     assert not table.sortable
     table._on_front_end_message(table, {"type": "window", "offset": 0, "limit": 50}, [])
-    wait_until(lambda: table.total >= 200)
+    wait_for(lambda: table.total >= 200, timeout=5.0)
     assert table.complete is False
     pages_before = table._paged.page_count
     table._on_front_end_message(table, {"type": "window", "offset": 900, "limit": 50}, [])
-    wait_until(lambda: table.total == 1000 and table.complete)
+    wait_for(lambda: table.total == 1000 and table.complete, timeout=5.0)
     assert table._paged.page_count > pages_before
     rec.until(lambda m: any(r[0] == 949 for r in m["rows"]))
     # A change in the first page re-runs only that page and reaches the browser as one row.
@@ -215,7 +209,7 @@ def test_paginated_pages_keep_their_boundaries(paged_app):
     client, _ids = paged_app
     table = LiveTable(client, "p:pages")
     table._on_front_end_message(table, {"type": "window", "offset": 0, "limit": 50}, [])
-    wait_until(lambda: table.total >= 200)
+    wait_for(lambda: table.total >= 200, timeout=5.0)
     first_page_end = table.model.key_at(199)
     client.mutation("p:add", n=5000)  # appended at the end: the first page does not grow
     time.sleep(0.2)
