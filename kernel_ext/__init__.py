@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel_ext.client.auth import make_dev_token
 from kernel_ext.client.connect import connect
 from kernel_ext.client.embedded import Client
 from kernel_ext.client.subscription import Subscription
 from kernel_ext.errors import ConvexError
+from kernel_ext.functions.auth import make_dev_token
 from kernel_ext.functions.registration import (
     action,
     internal_action,

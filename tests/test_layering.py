@@ -29,7 +29,6 @@ ALLOWED = {
         "store",
         "engine",
         "functions",
-        "client.auth",
         "sync",
         "magics.cells",
         "magics.parsing",

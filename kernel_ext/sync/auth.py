@@ -22,8 +22,8 @@ from typing import Any
 
 import jwt
 
-from kernel_ext.client.auth import AuthConfig, claims_of
 from kernel_ext.errors import AuthenticationError, ValidationError
+from kernel_ext.functions.auth import AuthConfig, claims_of
 from kernel_ext.functions.context import identity_from_claims
 from kernel_ext.sync.protocol import Identity
 

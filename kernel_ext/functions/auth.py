@@ -1,0 +1,93 @@
+"""User tokens (JWTs): verification with PyJWT, and development tokens.
+
+Below both `client/` (embedded `set_auth`) and `sync/` (the server's `AuthProvider`), so
+neither imports the other for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from kernel_ext.errors import ValidationError
+
+__all__ = ["AuthConfig", "claims_of", "make_dev_token"]
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """How to verify tokens: the issuer, optional audience and an HS256 secret or a public key
+    (PEM) for RS256/ES256."""
+
+    issuer: str
+    secret: str | None = None
+    public_key: str | None = None
+    audience: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> AuthConfig:
+        """Build from `{"issuer", "secret" | "public_key", "audience"?}`."""
+        unknown = set(data) - {"issuer", "secret", "public_key", "audience"}
+        if unknown or "issuer" not in data or ("secret" in data) == ("public_key" in data):
+            raise ValidationError(
+                'auth= takes {"issuer": ..., "secret": ... or "public_key": ..., "audience": ...}'
+            )
+        return cls(**data)
+
+
+def claims_of(token: str, config: AuthConfig | None) -> dict[str, Any]:
+    """The claims of a token: verified (signature, issuer, audience, expiry) when `config` is
+    given, else read as they are (the embedded store trusts its own process).
+
+    Raises:
+        ValidationError: the token is malformed, forged, expired or for another issuer.
+    """
+    try:
+        if config is None:
+            return dict(jwt.decode(token, options={"verify_signature": False}))
+        key = config.secret if config.secret is not None else config.public_key
+        assert key is not None  # AuthConfig.from_mapping requires one of them
+        algorithms = ["HS256"] if config.secret is not None else ["RS256", "ES256"]
+        return dict(
+            jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                issuer=config.issuer,
+                audience=config.audience,
+                options={"verify_aud": config.audience is not None, "require": ["sub", "iss"]},
+            )
+        )
+    except jwt.PyJWTError as exc:
+        raise ValidationError(f"Invalid auth token: {exc}") from exc
+
+
+def make_dev_token(
+    subject: str,
+    *,
+    secret: str,
+    issuer: str,
+    audience: str | None = None,
+    ttl_s: float = 3600.0,
+    extra_claims: Mapping[str, Any] | None = None,
+    **claims: Any,
+) -> str:
+    """A signed HS256 token for development and tests: `sub`, `iss`, `iat`, `exp` (and
+    `aud`), plus `claims` (and `extra_claims`, for names that are also this function's
+    parameters, such as `secret`)."""
+    now = int(time.time())
+    payload: dict[str, Any] = {
+        "sub": subject,
+        "iss": issuer,
+        "iat": now,
+        "exp": now + int(ttl_s),
+        **(extra_claims or {}),
+        **claims,
+    }
+    if audience is not None:
+        payload["aud"] = audience
+    return jwt.encode(payload, secret, algorithm="HS256")
