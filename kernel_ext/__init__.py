@@ -14,7 +14,8 @@ from typing import Any
 
 from kernel_ext.client.connect import connect
 from kernel_ext.client.embedded import Client
-from kernel_ext.client.subscription import Subscription
+from kernel_ext.client.subscription import CallbackHandle, Subscription
+from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.errors import ConvexError
 from kernel_ext.functions.auth import make_dev_token
 from kernel_ext.functions.registration import (
@@ -25,19 +26,23 @@ from kernel_ext.functions.registration import (
     mutation,
     query,
 )
-from kernel_ext.functions.registry import FunctionReference, api, internal
+from kernel_ext.functions.registry import FunctionReference, api, internal, path_of
 from kernel_ext.store.schema import define_schema, define_table
 from kernel_ext.store.validators import v
 from kernel_ext.store.values import UNDEFINED
+from kernel_ext.store.values import compare as compare_values
 
 __all__ = [
     "UNDEFINED",
+    "CallbackHandle",
     "Client",
     "ConvexError",
     "FunctionReference",
+    "QueryResult",
     "Subscription",
     "action",
     "api",
+    "compare_values",
     "connect",
     "define_schema",
     "define_table",
@@ -47,6 +52,7 @@ __all__ = [
     "internal_query",
     "make_dev_token",
     "mutation",
+    "path_of",
     "query",
     "v",
 ]

@@ -17,8 +17,7 @@ import anywidget
 import orjson
 import traitlets
 
-from kernel_ext.client.subscription import CallbackHandle, Subscription
-from kernel_ext.engine.subscriptions import QueryResult
+from kernel_ext import CallbackHandle, QueryResult, Subscription
 from widgets.paging import PagedQuery
 from widgets.table_model import TableModel
 
@@ -208,7 +207,7 @@ class LiveTable(anywidget.AnyWidget):
 
 
 def _path(ref: Any) -> str:
-    from kernel_ext.functions.registry import path_of
+    from kernel_ext import path_of
 
     return path_of(ref)
 

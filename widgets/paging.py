@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from kernel_ext.client.subscription import CallbackHandle, Subscription
-from kernel_ext.engine.subscriptions import QueryResult
+from kernel_ext import CallbackHandle, QueryResult, Subscription
 
 __all__ = ["PAGE_SIZE", "PagedQuery"]
 

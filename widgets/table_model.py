@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from kernel_ext.store.values import UNDEFINED, compare
+from kernel_ext import UNDEFINED
+from kernel_ext import compare_values as compare
 
 __all__ = ["KIND_CODES", "Cell", "TableModel", "WindowPatch", "format_cell"]
 

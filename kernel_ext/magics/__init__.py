@@ -9,8 +9,8 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from kernel_ext.magics.cells import compile_function, compile_schema, names_left_behind
-from kernel_ext.magics.parsing import (
+from kernel_ext.functions.cells import compile_function, compile_schema, names_left_behind
+from kernel_ext.functions.headers import (
     FunctionHeader,
     HeaderError,
     parse_key_values,

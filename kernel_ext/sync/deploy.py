@@ -14,7 +14,7 @@ from typing import Any
 
 from kernel_ext.errors import ValidationError
 from kernel_ext.functions.backend import Backend
-from kernel_ext.magics.cells import (
+from kernel_ext.functions.cells import (
     KINDS,
     base_namespace,
     compile_function,

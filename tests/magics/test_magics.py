@@ -10,7 +10,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from kernel_ext import ConvexError
 from kernel_ext.errors import ArgumentError, UnknownFunction
-from kernel_ext.magics.parsing import HeaderError
+from kernel_ext.functions.headers import HeaderError
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernel_ext.magics.parsing import HeaderError, parse_key_values, split_words, unquote
+from kernel_ext.functions.headers import HeaderError, parse_key_values, split_words, unquote
 
 
 def test_words_keep_quotes_and_brackets_together():
@@ -50,8 +50,8 @@ def test_unquote_only_strips_one_quoted_string():
 
 
 def test_names_a_pushed_cell_would_miss():
-    from kernel_ext.magics.cells import names_left_behind
-    from kernel_ext.magics.parsing import parse_header
+    from kernel_ext.functions.cells import names_left_behind
+    from kernel_ext.functions.headers import parse_header
 
     header = parse_header("m:q(n: v.number())")
     body = (

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from kernel_ext.functions.headers import (
+    FunctionHeader,
+    HeaderError,
+    build_handler_ast,
+    parse_header,
+)
 from kernel_ext.functions.registration import FunctionDefinition, FunctionKind
-from kernel_ext.magics.parsing import FunctionHeader, HeaderError, build_handler_ast, parse_header
-from kernel_ext.store.schema import SchemaDefinition, TableDefinition, define_schema
+from kernel_ext.store.schema import (
+    SchemaDefinition,
+    TableDefinition,
+    define_schema,
+    define_table,
+)
 
 __all__ = ["KINDS", "base_namespace", "compile_function", "compile_schema", "split_cell"]
 
@@ -23,10 +33,31 @@ KINDS: Final[dict[str, FunctionKind]] = {
 
 
 def base_namespace() -> dict[str, Any]:
-    """The names a pushed cell may use without importing them."""
-    import kernel_ext
+    """The names every cell body may use without importing them, on every store: those
+    `%load_ext` promises (`api`, `v`, `define_schema`, `define_table`, `UNDEFINED`) and the
+    function-level names of `kernel_ext` (`ConvexError`, `query`, `internal`, ...). A pushed
+    cell gets these alone; a notebook's cell gets them under the notebook's own names.
+    """
+    from kernel_ext.errors import ConvexError
+    from kernel_ext.functions import registration
+    from kernel_ext.functions.registry import FunctionReference, api, internal
+    from kernel_ext.store.schema import define_table
+    from kernel_ext.store.validators import v
+    from kernel_ext.store.values import UNDEFINED
 
-    return {name: getattr(kernel_ext, name) for name in kernel_ext.__all__}
+    decorators = ("query", "mutation", "action")
+    return {
+        "UNDEFINED": UNDEFINED,
+        "ConvexError": ConvexError,
+        "FunctionReference": FunctionReference,
+        "api": api,
+        "internal": internal,
+        "v": v,
+        "define_schema": define_schema,
+        "define_table": define_table,
+        **{name: getattr(registration, name) for name in decorators},
+        **{f"internal_{name}": getattr(registration, f"internal_{name}") for name in decorators},
+    }
 
 
 def split_cell(source: str) -> tuple[str, str, str]:
@@ -52,7 +83,8 @@ def compile_function(
         HeaderError: a bad header or a validator that fails to evaluate.
         SyntaxError: in the body (at the cell's own line).
     """
-    from kernel_ext import UNDEFINED, v
+    from kernel_ext.store.validators import v
+    from kernel_ext.store.values import UNDEFINED
 
     header = parse_header(line)
     code = compile(build_handler_ast(header, body, filename), filename, "exec")
@@ -90,7 +122,7 @@ def compile_schema(body: str, namespace: dict[str, Any], filename: str) -> Schem
     Raises:
         HeaderError: the cell defines no table.
     """
-    from kernel_ext import define_table, v
+    from kernel_ext.store.validators import v
 
     scope = {**namespace, "v": v, "define_table": define_table, "define_schema": define_schema}
     local: dict[str, Any] = {}
