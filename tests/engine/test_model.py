@@ -6,8 +6,8 @@ balances. The threads start together and run their operations through the backen
 mutation returning what it read. Every committed mutation then gets its place in a serial order
 from its commit timestamp (a mutation that wrote nothing "commits" at its snapshot's timestamp,
 right after the commit it saw). Replaying that order on a plain-dict model must reproduce
-every mutation's reads and the final contents of the store. Mutations that gave up with
-`ConflictError` must leave no trace, so they are left out of the replay.
+every mutation's reads and the final contents of the store. No mutation may give up with
+`ConflictError`: after a few optimistic retries it runs serially (contention never fails it).
 """
 
 from __future__ import annotations
@@ -254,6 +254,8 @@ def _run_plan(url: str, plan: dict[str, Any], stats: Counter[str]) -> None:
     stats["mutations"] += len(done)
     stats["conflicts"] += len(conflicts)
     stats["retries"] += next(_runs) - runs_before - 1 - len(done) - len(conflicts)
+    # After a few optimistic retries a mutation runs serially: contention never fails it.
+    assert not conflicts, f"{len(conflicts)} mutations failed with ConflictError"
 
     # Each commit that wrote has its own timestamp, later than the setup's; one that wrote
     # nothing reports its snapshot's timestamp, which is the setup's or some writer's.
@@ -332,7 +334,8 @@ def test_scan_of_a_table_created_concurrently_is_validated(store_url: str) -> No
     document X; meanwhile B reads X, creates the table with its first insert and commits. If A
     then commits unchanged, no serial order explains the results (after B, A would have seen
     B's document; before B, B would have read A's write), so A's empty scan must be validated
-    like any other read: A re-runs (or fails with `ConflictError`)."""
+    like any other read: A re-runs (it never fails with `ConflictError`: after a few optimistic
+    attempts it runs serially)."""
     a_scanned, b_committed = threading.Event(), threading.Event()
 
     @mutation
@@ -386,9 +389,6 @@ def test_scan_of_a_table_created_concurrently_is_validated(store_url: str) -> No
         client.close()
 
     assert b_saw == 0 and [d["seen"] for d in late] == [0]
-    if isinstance(outcome["a"], ConflictError):
-        assert x_now == 0  # A left no trace
-        return
     if isinstance(outcome["a"], Exception):
         raise outcome["a"]
     a_saw, a_ts = outcome["a"]

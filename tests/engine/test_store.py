@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from cpu_load import cpu_load
 
 import kernel_ext
 from kernel_ext import mutation
@@ -223,6 +225,46 @@ def test_an_error_with_consistent_reads_is_raised_at_once(store_url):
     finally:
         client.close()
     assert runs == [1]
+
+
+# -- contention ---------------------------------------------------------------------------
+
+
+@mutation
+def _increment(ctx, id):
+    value = ctx.db.get(id)["n"]
+    time.sleep(0.001)  # a handler that computes a little between its read and its write
+    ctx.db.patch(id, {"n": value + 1})
+
+
+def test_contended_mutations_never_fail_for_contention(tmp_path):
+    """8 threads x 25 increments of one document, with a CPU-heavy process beside them: the
+    optimistic attempts keep conflicting, then each mutation runs serially and commits."""
+    client = kernel_ext.connect(tmp_path / "store.db")
+    errors: list[BaseException] = []
+    try:
+        client.backend.register("c:inc", _increment)
+        client.backend.register("c:make", mutation(lambda ctx: ctx.db.insert("c", {"n": 0})))
+        doc = client.mutation("c:make")
+
+        def worker() -> None:
+            try:
+                for _ in range(25):
+                    client.mutation("c:inc", id=doc)
+            except BaseException as exc:
+                errors.append(exc)
+
+        with cpu_load():
+            threads = [threading.Thread(target=worker) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+        assert not any(thread.is_alive() for thread in threads)
+        assert errors == []
+        assert client.backend.store.read(lambda txn: txn.get(doc)["n"])[0] == 200
+    finally:
+        client.close()
 
 
 # -- reads as of an earlier commit -------------------------------------------------------
