@@ -27,19 +27,17 @@ from typing import TYPE_CHECKING, Any, Final
 import websockets
 
 from kernel_ext.client.arguments import merge_args
+from kernel_ext.client.base import CallKind, ClientKind
 from kernel_ext.client.subscription import Subscription
 from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.errors import (
-    ArgumentError,
     AuthenticationError,
-    ConflictError,
     ConnectionClosed,
     ConvexError,
     FunctionError,
-    ReturnsError,
+    RemoteFunctionError,
     TransactionClosed,
-    UnknownFunction,
-    WrongFunctionKind,
+    remote_error,
 )
 from kernel_ext.functions.registry import path_of
 from kernel_ext.sync.client_protocol import (
@@ -60,43 +58,6 @@ _MAX_BACKOFF: Final = 5.0
 _CALL_TIMEOUT: Final = 300.0
 
 
-class RemoteFunctionError(FunctionError):
-    """A function failed on the server; the message is what the server chose to tell."""
-
-
-# The server passes the library's own errors through as their messages
-# (`kernel_ext.sync.outcomes`); raised as these, `except ArgumentError` (etc.) works with
-# either client.
-class RemoteArgumentError(RemoteFunctionError, ArgumentError):
-    """The server refused the arguments."""
-
-
-class RemoteReturnsError(RemoteFunctionError, ReturnsError):
-    """The function's result failed its `returns` validator on the server."""
-
-
-class RemoteUnknownFunction(RemoteFunctionError, UnknownFunction):
-    """The server has no (public) function at that path."""
-
-
-class RemoteWrongFunctionKind(RemoteFunctionError, WrongFunctionKind):
-    """The function on the server is of another kind."""
-
-
-class RemoteConflictError(RemoteFunctionError, ConflictError):
-    """The mutation kept conflicting on the server."""
-
-
-_BY_PREFIX: Final = (
-    ("ArgumentValidationError", RemoteArgumentError),
-    ("ReturnsValidationError", RemoteReturnsError),
-    ("Could not find public function", RemoteUnknownFunction),
-    ("Could not find function", RemoteUnknownFunction),
-    ("Trying to execute ", RemoteWrongFunctionKind),
-    ("Documents read from or written to", RemoteConflictError),
-)
-
-
 def _query_key(path: str, args: dict[str, Any]) -> tuple[str, bytes]:
     """Identical queries of one client share one server subscription under this key."""
     from kernel_ext.store.keys import encode_value
@@ -112,14 +73,14 @@ def print_log_lines(kind: str, path: str, lines: tuple[str, ...]) -> None:
         print(f"[CONVEX {kind}({path})] {line}", flush=True)
 
 
-def _error_of(message: str | None, data: Any, has_data: bool) -> BaseException:
+def _error_of(
+    message: str | None, data: Any, has_data: bool, code: str | None = None
+) -> BaseException:
+    """A failure as the caller sees it: `ConvexError` with its data, or the library's error
+    class for the server's `errorCode` (`kernel_ext.errors.remote_error`)."""
     if has_data:
         return ConvexError(data)
-    text = message or "Server Error"
-    for prefix, error in _BY_PREFIX:
-        if text.startswith(prefix):
-            return error(text)
-    return RemoteFunctionError(text)
+    return remote_error(code, message or "Server Error")
 
 
 @dataclass
@@ -175,8 +136,20 @@ class RemoteClient:
         self._thread = threading.Thread(target=self._run_loop, name="convex-remote", daemon=True)
         self._thread.start()
 
+    #: The store runs in a server (`kernel_ext.ConvexClient`).
+    kind: ClientKind = "remote"
+
     def __repr__(self) -> str:
         return f"<kernel_ext.RemoteClient {self.url} ({self.status})>"
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` ran."""
+        return self._closed
+
+    def call_as_owner(self, kind: CallKind, ref: Any, args: Mapping[str, Any]) -> Any:
+        """Run any function as the owner: internal ones need the admin key."""
+        return getattr(self, kind)(ref, args)
 
     # -- connection ----------------------------------------------------------------------
 
@@ -252,7 +225,9 @@ class RemoteClient:
             error = (
                 None
                 if event.error is None
-                else _error_of(event.error, event.error_data, event.has_error_data)
+                else _error_of(
+                    event.error, event.error_data, event.has_error_data, event.error_code
+                )
             )
             result = QueryResult(event.value, error, event.ts, event.log_lines)
             with self._lock:
@@ -299,7 +274,7 @@ class RemoteClient:
             ) from exc
         print_log_lines(kind[0], path, done.log_lines)
         if not done.success:
-            raise _error_of(done.error, done.error_data, done.has_error_data)
+            raise _error_of(done.error, done.error_data, done.has_error_data, done.error_code)
         return done.value
 
     def mutation(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -338,7 +313,7 @@ class RemoteClient:
         def start(on_result: Callable[[QueryResult], None]) -> Callable[[], None]:
             return self._listen(path, values, on_result)
 
-        return Subscription(start, self._dispatcher, path)
+        return Subscription(start, self._dispatcher, path, column_kinds=self._column_kinds)
 
     def _listen(
         self, path: str, args: dict[str, Any], listener: Callable[[QueryResult], None]
@@ -542,9 +517,21 @@ class RemoteClient:
         from kernel_ext.client.dataframe import to_dataframe
         from kernel_ext.store.values import from_json
 
-        return to_dataframe(
-            [from_json(d) for d in self._admin(f"Reading table {table!r}", {"table": table})]
-        )
+        docs = [from_json(d) for d in self._admin(f"Reading table {table!r}", {"table": table})]
+        return to_dataframe(docs, self._column_kinds())
+
+    def _column_kinds(self) -> dict[int, dict[str, dict[str, Any]]]:
+        """The column kinds `import_dataframe` recorded, by table number (admin; without
+        the admin key DataFrames show the stored values: datetimes as float ms)."""
+        from kernel_ext.store.values import from_json
+
+        if self._admin_key is None and "Authorization" not in self._headers:
+            return {}
+        try:
+            records = from_json(self._admin("Reading column kinds", {"columnKinds": True}))
+        except (AuthenticationError, FunctionError):  # not an admin after all, or an old server
+            return {}
+        return {int(n): {str(k["column"]): k for k in kinds} for n, kinds in records}
 
     def import_dataframe(
         self, table: str, frame: pd.DataFrame, *, batch_size: int = 1000, progress: bool = True
@@ -554,9 +541,10 @@ class RemoteClient:
         from kernel_ext.client.dataframe import import_in_batches
         from kernel_ext.store.values import normalize, to_json
 
-        def insert(batch: list[dict[str, Any]]) -> list[str]:
+        def insert(batch: list[dict[str, Any]], kinds: list[dict[str, Any]]) -> list[str]:
             rows = [to_json(normalize(row)) for row in batch]
-            return list(self._admin(f"Importing into {table!r}", {"import": table, "rows": rows}))
+            body = {"import": table, "rows": rows, "kinds": to_json(kinds)}
+            return list(self._admin(f"Importing into {table!r}", body))
 
         return import_in_batches(table, frame, insert, batch_size=batch_size, progress=progress)
 

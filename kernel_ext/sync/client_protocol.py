@@ -51,6 +51,7 @@ class QueryResultEvent:
     has_error_data: bool = False
     ts: int = 0
     log_lines: tuple[str, ...] = ()
+    error_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class RequestDone:
     has_error_data: bool = False
     ts: int | None = None
     log_lines: tuple[str, ...] = ()
+    error_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,7 @@ class ClientSession:
             has_data,
             decode_ts(message["ts"]) if success and message.get("ts") is not None else None,
             _log_lines(message),
+            _error_code(message),
         )
         if success and done.ts is not None:
             self.max_observed_ts = max(self.max_observed_ts, done.ts)
@@ -325,8 +328,15 @@ def _query_event(modification: Mapping[str, Any], ts: int) -> QueryResultEvent |
             has_data,
             ts,
             _log_lines(modification),
+            _error_code(modification),
         )
     return None
+
+
+def _error_code(message: Mapping[str, Any]) -> str | None:
+    """The library error's code the server sent with a failure (`errorCode`), if any."""
+    code = message.get("errorCode")
+    return code if isinstance(code, str) else None
 
 
 def _log_lines(message: Mapping[str, Any]) -> tuple[str, ...]:

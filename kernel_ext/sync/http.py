@@ -27,6 +27,7 @@ from typing import Any, Final, Literal, Protocol, TypeAlias
 import orjson
 
 from kernel_ext.errors import (
+    ArgumentError,
     AuthenticationError,
     HistoryUnavailable,
     ProtocolError,
@@ -44,6 +45,7 @@ __all__ = [
     "HttpError",
     "HttpRequest",
     "HttpResponse",
+    "scrub_uri",
     "to_clean_json",
 ]
 
@@ -53,6 +55,9 @@ _CLIENT_VERSION: Final = re.compile(
     r"^[A-Za-z][A-Za-z0-9_]*(?:-[A-Za-z][A-Za-z0-9_]*)*-\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]*)?$"
 )
 _CORS_METHODS: Final = "GET, POST, OPTIONS, PATCH, DELETE, PUT"
+#: Names of query parameters that may hold credentials (a match anywhere in the name, any
+#: case, like jupyter_server's log scrubbing): their values are never logged.
+_CREDENTIAL: Final = re.compile("token|auth|key|secret|password|xsrf", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -215,10 +220,16 @@ class HttpApi:
         return headers
 
     def _identity(self, request: HttpRequest) -> Identity:
+        # Credentials come in headers only: a query string ends up in access logs, proxies
+        # and browser history (Convex also accepts `?adminKey=`; this server does not).
+        if "adminKey" in request.query:
+            raise HttpError(
+                401,
+                "Unauthenticated",
+                "The admin key is not accepted in the URL (it would be logged): send the "
+                "header 'Authorization: Convex <admin key>'",
+            )
         header = request.headers.get("authorization")
-        admin_key = request.query.get("adminKey")
-        if not header and admin_key:
-            header = f"Convex {admin_key}"
         try:
             return self._authenticator.authenticate_header(header)
         except AuthenticationError as exc:
@@ -303,6 +314,20 @@ class HttpApi:
         return _json_response(200, {"results": results})
 
 
+def scrub_uri(uri: str) -> str:
+    """`uri` with the value of every credential-like query parameter (`adminKey`, `token`,
+    `auth`, `secret`, `password`, `_xsrf`...) replaced by `[secret]`, for logs."""
+    path, question, query = uri.partition("?")
+    if not question:
+        return uri
+    parts = [
+        name + "=[secret]" if _CREDENTIAL.search(name) else part
+        for part in query.split("&")
+        for name in [part.partition("=")[0]]
+    ]
+    return f"{path}?{'&'.join(parts)}"
+
+
 # -- request parsing ----------------------------------------------------------------------
 
 
@@ -357,11 +382,13 @@ def _args(raw: object) -> dict[str, Value] | Outcome:
     if isinstance(raw, list) and len(raw) == 1:
         raw = raw[0]
     if not isinstance(raw, dict):
-        return Outcome.failure("ArgumentValidationError: the arguments must be an object")
+        return Outcome.failure(
+            "ArgumentValidationError: the arguments must be an object", code=ArgumentError.code
+        )
     try:
         args = from_json(raw)
     except ValidationError as exc:
-        return Outcome.failure(f"ArgumentValidationError: {exc}")
+        return Outcome.failure(f"ArgumentValidationError: {exc}", code=ArgumentError.code)
     assert isinstance(args, dict)
     return args
 
@@ -372,6 +399,8 @@ def _udf_response(outcome: Outcome, encode: Callable[[Value], Any]) -> dict[str,
         body = {"status": "success", "value": encode(outcome.value)}
     else:
         body = {"status": "error", "errorMessage": outcome.error_message}
+        if outcome.error_code is not None:
+            body["errorCode"] = outcome.error_code
         if outcome.has_error_data:
             body["errorData"] = encode(outcome.error_data)
     if outcome.log_lines:

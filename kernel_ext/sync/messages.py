@@ -465,8 +465,7 @@ def query_failed(query_id: QueryId, outcome: Outcome) -> Modification:
         "logLines": _log_lines(outcome),
         "journal": None,
     }
-    if outcome.has_error_data:
-        entry["errorData"] = to_json(outcome.error_data)
+    _add_error_details(entry, outcome)
     return entry
 
 
@@ -495,8 +494,7 @@ def mutation_response(request_id: RequestId, outcome: Outcome, ts: int | None) -
         message |= {"success": True, "result": to_json(outcome.value), "ts": encode_ts(ts)}
     else:
         message |= {"success": False, "result": outcome.error_message, "ts": None}
-        if outcome.has_error_data:
-            message["errorData"] = to_json(outcome.error_data)
+        _add_error_details(message, outcome)
     message["logLines"] = _log_lines(outcome)
     return message
 
@@ -510,9 +508,18 @@ def action_response(request_id: RequestId, outcome: Outcome) -> ServerMessage:
         "result": to_json(outcome.value) if outcome.success else outcome.error_message,
         "logLines": _log_lines(outcome),
     }
-    if not outcome.success and outcome.has_error_data:
-        message["errorData"] = to_json(outcome.error_data)
+    if not outcome.success:
+        _add_error_details(message, outcome)
     return message
+
+
+def _add_error_details(message: dict[str, Any], outcome: Outcome) -> None:
+    """A failure's `errorData` (a ConvexError's data) and `errorCode` (the library error's
+    code, our extension: Convex's clients ignore fields they do not know)."""
+    if outcome.has_error_data:
+        message["errorData"] = to_json(outcome.error_data)
+    if outcome.error_code is not None:
+        message["errorCode"] = outcome.error_code
 
 
 def auth_error(error: str, base_version: int | None, *, attempted: bool) -> ServerMessage:

@@ -5,7 +5,7 @@ Errors cross the wire as data, never as exception objects or tracebacks:
 - `ConvexError`: the message plus its `data`, delivered to the client unchanged
   (`errorData`), so the official clients raise their own `ConvexError` with `.data`.
 - The library's own user-facing errors (unknown function, bad arguments, a conflict, ...):
-  their message, which says what to fix.
+  their message, which says what to fix, and their class's `code` (`errorCode`).
 - Any other exception a handler raised: `Uncaught <Type>: <message>`, with no traceback and
   no notes.
 - Anything else (a bug or a storage failure on the server): a generic `Server Error`; the
@@ -65,6 +65,8 @@ class Outcome:
         value: its (normalized Convex) value when `success`.
         error_message: the message shown to the client when not `success`.
         error_data: a `ConvexError`'s data, or `UNDEFINED` when there is none.
+        error_code: the library error's `code` (`errorCode` on the wire), so that clients
+            pick an error class by code, never by parsing the message; None otherwise.
         log_lines: console lines of the execution (`"[LOG] 'text'"`).
     """
 
@@ -73,6 +75,7 @@ class Outcome:
     error_message: str = ""
     error_data: Value = UNDEFINED
     log_lines: tuple[str, ...] = field(default=())
+    error_code: str | None = None
 
     @classmethod
     def ok(cls, value: Value, log_lines: tuple[str, ...] = ()) -> Outcome:
@@ -80,9 +83,10 @@ class Outcome:
         return cls(True, value, log_lines=log_lines)
 
     @classmethod
-    def failure(cls, message: str, data: Value = UNDEFINED) -> Outcome:
-        """A failed outcome; `data` only for a `ConvexError`."""
-        return cls(False, None, message, data)
+    def failure(cls, message: str, data: Value = UNDEFINED, code: str | None = None) -> Outcome:
+        """A failed outcome; `data` only for a `ConvexError`, `code` only for the library's
+        own errors (a `StoreError.code`)."""
+        return cls(False, None, message, data, error_code=code)
 
     @property
     def has_error_data(self) -> bool:
@@ -96,7 +100,7 @@ class Outcome:
             body = ["ok", to_json(self.value)]
         else:
             data = to_json(self.error_data) if self.has_error_data else None
-            body = ["err", self.error_message, self.has_error_data, data]
+            body = ["err", self.error_message, self.error_code, self.has_error_data, data]
         return orjson.dumps([*body, list(self.log_lines)])
 
 
@@ -106,9 +110,12 @@ def outcome_of_error(exc: BaseException) -> Outcome:
         return _convex_error(exc)
     notes = getattr(exc, "__notes__", ())
     if isinstance(exc, _USER_FACING) and not _raised_by_handler(notes):
-        return Outcome.failure(str(exc))
+        return Outcome.failure(str(exc), code=exc.code)
     if _raised_by_handler(notes):
-        return Outcome.failure(f"Uncaught {type(exc).__name__}: {exc}")
+        # A library error raised inside the handler (a bad index, a schema violation) keeps
+        # its code, so remote callers can catch it by class as embedded ones do.
+        code = exc.code if isinstance(exc, StoreError) else None
+        return Outcome.failure(f"Uncaught {type(exc).__name__}: {exc}", code=code)
     if isinstance(exc, StoreError):
         _log.error("function call failed: %s", exc, exc_info=exc)
     else:

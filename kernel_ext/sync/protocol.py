@@ -36,7 +36,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias, assert_never
 
-from kernel_ext.errors import AuthenticationError, ProtocolError, ValidationError
+from kernel_ext.errors import (
+    ArgumentError,
+    AuthenticationError,
+    ProtocolError,
+    ProtocolMisuse,
+    ValidationError,
+)
 from kernel_ext.store.values import Value
 from kernel_ext.sync import messages as m
 from kernel_ext.sync.outcomes import Outcome
@@ -354,7 +360,7 @@ class SyncProtocol:
         try:
             return m.decode_args(raw), None
         except ValidationError as exc:
-            return None, Outcome.failure(f"ArgumentValidationError: {exc}")
+            return None, Outcome.failure(f"ArgumentValidationError: {exc}", code=ArgumentError.code)
 
     def _receive_mutation(self, message: m.Mutation) -> None:
         args, failure = self._decode(message.args, message.component_path)
@@ -455,12 +461,12 @@ class SyncProtocol:
         MutationResponse, starts the next mutation, and makes a Transition due at >= `ts`.
 
         Raises:
-            RuntimeError: `request_id` is not the running mutation (a transport bug).
+            ProtocolMisuse: `request_id` is not the running mutation (a transport bug).
         """
         if self.closed:
             return
         if request_id != self._running_mutation:
-            raise RuntimeError(f"mutation {request_id} is not running")
+            raise ProtocolMisuse(f"mutation {request_id} is not running")
         self._running_mutation = None
         self._queue(m.mutation_response(request_id, outcome, ts if outcome.success else None))
         if ts is not None:
@@ -473,12 +479,12 @@ class SyncProtocol:
         client sees what the action wrote).
 
         Raises:
-            RuntimeError: no such action is running (a transport bug).
+            ProtocolMisuse: no such action is running (a transport bug).
         """
         if self.closed:
             return
         if request_id not in self._running_actions:
-            raise RuntimeError(f"action {request_id} is not running")
+            raise ProtocolMisuse(f"action {request_id} is not running")
         self._running_actions.discard(request_id)
         self._queue(m.action_response(request_id, outcome))
         self._transition_due = True
@@ -524,11 +530,11 @@ class SyncProtocol:
         at `ts` has been received.
 
         Raises:
-            RuntimeError: no Transition is due.
+            ProtocolMisuse: no Transition is due.
         """
         needed = self.transition_ts()
         if needed is None:
-            raise RuntimeError("no Transition is due")
+            raise ProtocolMisuse("no Transition is due")
         end = m.StateVersion(self._query_set_version, self._identity_version, max(ts, needed))
         modifications = []
         for query_id, (entry, fingerprint) in self._pending.items():

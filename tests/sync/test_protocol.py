@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel_ext import ConvexError
-from kernel_ext.errors import AuthenticationError
+from kernel_ext.errors import AuthenticationError, ProtocolMisuse
 from kernel_ext.sync import messages as m
 from kernel_ext.sync.outcomes import Outcome, outcome_of_error
 from kernel_ext.sync.protocol import (
@@ -238,9 +238,9 @@ def test_mutations_run_one_at_a_time_in_order_actions_concurrently():
     assert [(r["requestId"], r["success"]) for r in sent(s)] == [(0, True), (1, False)]
     assert s.events_received() == [RunMutation(2, "a:m", {"k": 2.0}, ANONYMOUS)]
     assert s.transition_ts() == 50
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ProtocolMisuse):
         s.receive_mutation_result(0, Outcome.ok(None), 60)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ProtocolMisuse):
         s.receive_action_result(4, Outcome.ok(None))
 
 
@@ -452,7 +452,7 @@ def test_close_unsubscribes_without_closing_twice():
     s.receive_query_result(0, 1, Outcome.ok(1.0), 5)
     s.receive_mutation_result(0, Outcome.ok(None), 5)  # ignored once closed
     assert s.transition_ts() is None and sent(s) == []
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ProtocolMisuse):
         s.send_transition(5)
 
 

@@ -6,13 +6,14 @@ import signal
 import threading
 import time
 
+import orjson
 import pytest
 from polling import wait_for
 
 import kernel_ext
 from kernel_ext import ConvexError
-from kernel_ext.client.remote import RemoteClient, RemoteFunctionError
-from kernel_ext.errors import ValidationError
+from kernel_ext.client.remote import RemoteClient, RemoteFunctionError, _error_of
+from kernel_ext.errors import QueryError, SchemaViolation, ValidationError
 
 
 def test_query_mutation_action_and_errors(server_factory):
@@ -261,3 +262,37 @@ def test_library_errors_keep_their_classes_across_the_wire(server_factory):
         with pytest.raises(RemoteFunctionError, match="Uncaught ValueError") as info:
             client.query("values:fail_plain")
         assert type(info.value) is RemoteFunctionError  # a handler's own error: as text
+        # Library errors raised inside a handler: the class comes from the wire's code, the
+        # message (which no prefix table knows) is kept as the server wrote it.
+        with pytest.raises(QueryError, match="by_nothing") as query_info:
+            client.query("values:bad_index")
+        assert isinstance(query_info.value, RemoteFunctionError)
+        with pytest.raises(SchemaViolation):
+            client.mutation("values:bad_insert")
+
+
+def test_conflict_code_maps_to_conflict_error():
+    """A MutationResponse with Convex's OCC code raises ConflictError, whatever its text."""
+    from kernel_ext.errors import ConflictError, RemoteConflictError
+    from kernel_ext.sync.client_protocol import ClientSession, RequestDone
+
+    session = ClientSession()
+    session.open_messages("InitialConnect")
+    request_id, _ = session.request("Mutation", "counter:inc", {})
+    [done] = session.receive(
+        orjson.dumps(
+            {
+                "type": "MutationResponse",
+                "requestId": request_id,
+                "success": False,
+                "result": "the text is free",
+                "ts": None,
+                "logLines": [],
+                "errorCode": "OptimisticConcurrencyControlFailure",
+            }
+        ).decode()
+    )
+    assert isinstance(done, RequestDone) and done.error_code is not None
+    error = _error_of(done.error, done.error_data, done.has_error_data, done.error_code)
+    assert type(error) is RemoteConflictError and isinstance(error, ConflictError)
+    assert str(error) == "the text is free"

@@ -1,6 +1,6 @@
 """Round trips of every Convex type."""
 
-from kernel_ext import ConvexError, action, query, v
+from kernel_ext import ConvexError, action, mutation, query, v
 
 
 @query
@@ -36,3 +36,15 @@ def fail_action(ctx, code):
 @action(args={"x": v.any()})
 def echo_action(ctx, x):
     return x
+
+
+@query
+def bad_index(ctx):
+    """A library error raised inside a handler (QueryError: no such index)."""
+    return ctx.db.query("counters").with_index("by_nothing").collect()
+
+
+@mutation
+def bad_insert(ctx):
+    """A write that breaks the schema (SchemaViolation), raised inside a handler."""
+    return ctx.db.insert("counters", {"name": 5, "value": 1.0})
