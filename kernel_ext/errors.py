@@ -8,6 +8,7 @@
     │   ├── ReturnsError                           a function's return value fails `returns=`
     │   └── SchemaViolation                        a write does not match the table's schema
     ├── SchemaError (also ValueError)             a schema definition is invalid
+    ├── HeaderError (also ValueError)             a magic cell's header breaks the grammar
     │   └── UnknownValidator (also AttributeError)  `v.strin()`: no such validator builder
     ├── QueryError (also ValueError)              an ill-formed query: bad index range, unknown
     │                                              index, bad filter expression, unique() with >1
@@ -79,6 +80,7 @@ __all__ = [
     "FunctionAborted",
     "FunctionError",
     "FunctionTimeout",
+    "HeaderError",
     "HistoryUnavailable",
     "PersistenceError",
     "ProtocolError",
@@ -149,6 +151,13 @@ class UnknownValidator(SchemaError, AttributeError):
 
 class StoreWarning(UserWarning):
     """Code that runs but likely does not do what was meant (see the module docstring)."""
+
+
+class HeaderError(StoreError, ValueError):
+    """A magic cell's header line (`[module:]name(arg: validator, ...) [--flags]`) does not
+    follow the grammar; the message shows where."""
+
+    code: ClassVar[str] = "HeaderError"
 
 
 class QueryError(StoreError, ValueError):

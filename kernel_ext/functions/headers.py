@@ -2,7 +2,7 @@
 
 Header grammar of `%%convex_query`, `%%convex_mutation`, `%%convex_action`::
 
-    [module:]name[(arg: validator, ...)] [--internal] [--live [key=value ...]]
+    [module:]name[(arg: validator, ...)] [--internal] [--live [key=value ...] [--name NAME]]
 
 Values in `key=value` are Python literals (`n=3`, `done=True`, `title='a b'`); anything else is
 taken as a string.
@@ -17,6 +17,8 @@ import tokenize
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from kernel_ext.errors import HeaderError
+
 __all__ = [
     "GRAMMAR",
     "FunctionHeader",
@@ -30,17 +32,14 @@ __all__ = [
 ]
 
 GRAMMAR: Final = (
-    "[module:]name[(arg: validator, ...)] [--internal] [--live [key=value ...]], e.g.\n"
+    "[module:]name[(arg: validator, ...)] [--internal] [--live [key=value ...] [--name NAME]],"
+    " e.g.\n"
     "  %%convex_query users:get_user_by_email(email: v.string())\n"
-    "  %%convex_query tasks:open --live"
+    "  %%convex_query tasks:open --live --name t"
 )
 DEFAULT_MODULE: Final = "notebook"
 RESERVED: Final = frozenset({"ctx", "db", "auth"})
 _NAME: Final = re.compile(r"\s*(?:(?P<module>[A-Za-z_][\w/]*):)?(?P<name>[A-Za-z_]\w*)")
-
-
-class HeaderError(ValueError):
-    """The magic's header line does not follow the grammar; the message shows it."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,8 @@ class FunctionHeader:
     internal: bool = False
     live: bool = False
     live_args: dict[str, Any] = field(default_factory=dict)
+    #: `--name t`: the notebook name the live table is bound to.
+    live_name: str | None = None
 
     @property
     def path(self) -> str:
@@ -70,6 +71,13 @@ class FunctionHeader:
     def signature(self) -> str:
         """`name(arg: validator, ...)` as the user wrote it."""
         return f"{self.path}({', '.join(f'{p.name}: {p.validator}' for p in self.params)})"
+
+    def live_title(self) -> str:
+        """What a live table of this function shows: `path`, or `path(k=v, ...)` with the
+        `--live` arguments."""
+        if not self.live_args:
+            return self.path
+        return f"{self.path}({', '.join(f'{k}={x!r}' for k, x in self.live_args.items())})"
 
 
 def _error(problem: str) -> HeaderError:
@@ -91,9 +99,15 @@ def parse_header(line: str, *, default_module: str = DEFAULT_MODULE) -> Function
         signature, rest = _split_parenthesized(rest.lstrip())
         params = _parse_params(match["name"], signature)
     flags = _split_flags(rest)
-    internal, live, live_args = _parse_flags(flags)
+    internal, live, live_args, live_name = _parse_flags(flags)
     return FunctionHeader(
-        match["module"] or default_module, match["name"], params, internal, live, live_args
+        match["module"] or default_module,
+        match["name"],
+        params,
+        internal,
+        live,
+        live_args,
+        live_name,
     )
 
 
@@ -201,21 +215,27 @@ def unquote(word: str) -> str:
     return word
 
 
-def _parse_flags(flags: list[str]) -> tuple[bool, bool, dict[str, Any]]:
+def _parse_flags(flags: list[str]) -> tuple[bool, bool, dict[str, Any], str | None]:
     internal = live = False
-    live_args: dict[str, Any] = {}
+    name: str | None = None
     pending: list[str] = []
-    for flag in flags:
+    words = iter(flags)
+    for flag in words:
         if flag == "--internal":
             internal = True
         elif flag == "--live":
             live = True
+        elif flag == "--name":
+            name = next(words, "")
+            if not name.isidentifier():
+                raise _error(f"--name takes a Python name for the live table, got {name!r}.")
         elif live and "=" in flag and not flag.startswith("--"):
             pending.append(flag)
         else:
             raise _error(f"Unknown option {flag!r}.")
-    live_args = parse_key_values(pending)
-    return internal, live, live_args
+    if name is not None and not live:
+        raise _error("--name names the live table: use it with --live.")
+    return internal, live, parse_key_values(pending), name
 
 
 def parse_key_values(tokens: list[str]) -> dict[str, Any]:
