@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = [
     "mutations",
+    "import_live",
     "point_query",
     "invalidation",
     "open_store",

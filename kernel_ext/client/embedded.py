@@ -196,17 +196,28 @@ class Client:
     ) -> list[str]:
         """Insert every row of `frame` as a document of `table`, in mutations of `batch_size`
         rows, with a progress bar. Missing values leave the field out. Each batch is atomic;
-        returns the new ids in row order."""
+        returns the new ids in row order.
+
+        Live queries do not slow the import down: it does not wait for them between batches
+        (they re-run in the background, once for all the batches committed while a re-run was
+        under way), and it waits once at the end, so that when it returns (or raises) every
+        subscription reflects every imported row (read your writes)."""
         from kernel_ext.client.dataframe import import_in_batches
 
         self._check_open()
+        last_ts = [0]
 
         def insert(batch: list[dict[str, Any]]) -> list[str]:
-            new_ids, ts = self.backend.store.mutate(_inserter(table, batch))
-            self.backend.subscriptions.wait_processed(ts)
+            # No wait for live queries here: they catch up in the background, and the batches
+            # committed while one of their rounds runs are merged into the next round.
+            new_ids, last_ts[0] = self.backend.store.mutate(_inserter(table, batch))
             return new_ids
 
-        return import_in_batches(table, frame, insert, batch_size=batch_size, progress=progress)
+        try:
+            return import_in_batches(table, frame, insert, batch_size=batch_size, progress=progress)
+        finally:
+            # Read your writes (also of the batches before a failing one): one wait, at the end.
+            self.backend.subscriptions.wait_processed(last_ts[0])
 
     def table_df(self, table: str) -> pd.DataFrame:
         """Every document of `table` (in creation order) as a DataFrame."""

@@ -370,3 +370,34 @@ def test_a_rerun_gets_a_fresh_copy_of_its_arguments(counted):
     client.mutation("c:put", key="k", n=1)
     assert sub.value == 1
     assert seen == [["a"], ["a"]]
+
+
+def test_import_dataframe_coalesces_live_reruns_and_reads_its_writes(tmp_path):
+    """import_dataframe does not wait for live queries between its batches: the batches
+    committed while a re-run is under way share the next one (fewer re-runs than batches),
+    and when it returns the subscription reflects every row."""
+    import pandas as pd
+
+    runs: list[int] = []
+
+    @query
+    def everything(ctx):
+        runs.append(1)
+        time.sleep(0.02)  # a live query that takes a while, as a big table's does
+        return [d["n"] for d in ctx.db.query("rows").collect()]
+
+    client = kernel_ext.connect(tmp_path / "store.db")
+    try:
+        client.register("live:everything", everything)
+        sub = client.subscribe("live:everything")
+        assert sub.value == []
+        runs_before = len(runs)
+        client.import_dataframe(
+            "rows", pd.DataFrame({"n": range(500)}), batch_size=10, progress=False
+        )
+        assert sorted(sub.value) == list(range(500))
+        reruns = len(runs) - runs_before
+        assert 1 <= reruns < 50, f"{reruns} re-runs for 50 batches"
+        sub.close()
+    finally:
+        client.close()
