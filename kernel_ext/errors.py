@@ -61,6 +61,7 @@ __all__ = [
     "RemoteReturnsError",
     "RemoteSchemaViolation",
     "RemoteSchemaError",
+    "RemoteHeaderError",
     "RemoteQueryError",
     "RemoteDocumentNotFound",
     "RemoteTransactionError",
@@ -327,6 +328,10 @@ class RemoteSchemaError(RemoteFunctionError, SchemaError):
     """The server refused a schema definition."""
 
 
+class RemoteHeaderError(RemoteFunctionError, HeaderError):
+    """The server refused a pushed cell's header."""
+
+
 class RemoteQueryError(RemoteFunctionError, QueryError):
     """A query on the server was ill-formed."""
 
@@ -365,6 +370,7 @@ _REMOTE_CLASSES: tuple[type[RemoteFunctionError], ...] = (
     RemoteReturnsError,
     RemoteSchemaViolation,
     RemoteSchemaError,
+    RemoteHeaderError,
     RemoteQueryError,
     RemoteDocumentNotFound,
     RemoteTransactionError,

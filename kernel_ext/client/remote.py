@@ -447,7 +447,11 @@ class RemoteClient:
                 return json.loads(response.read())["value"]
         except urllib.error.HTTPError as exc:
             with exc:
-                detail = json.loads(exc.read() or b"{}").get("message", exc.reason)
+                error = json.loads(exc.read() or b"{}")
+            detail = error.get("message", exc.reason)
+            raised = remote_error(error.get("code"), detail)
+            if type(raised) is not RemoteFunctionError:  # a library error: its own class
+                raise raised from None
             if exc.code in (401, 403):
                 raise AuthenticationError(
                     f"{what} needs the admin key: {self.url} answered {exc.code} ({detail}); "

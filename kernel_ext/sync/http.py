@@ -31,6 +31,7 @@ from kernel_ext.errors import (
     AuthenticationError,
     HistoryUnavailable,
     ProtocolError,
+    StoreError,
     ValidationError,
 )
 from kernel_ext.store.values import Value, from_json, to_json
@@ -332,7 +333,10 @@ def scrub_uri(uri: str) -> str:
 
 
 def _push_error(exc: Exception) -> HttpError:
-    return HttpError(400, "BadPush", f"{type(exc).__name__}: {exc}")
+    # The library's own errors (a bad schema, a bad header) keep their code, so the pusher
+    # raises the same class as when it defines the cell locally.
+    code = exc.code if isinstance(exc, StoreError) else "BadPush"
+    return HttpError(400, code, f"{type(exc).__name__}: {exc}")
 
 
 def _check_client_version(value: str | None) -> None:

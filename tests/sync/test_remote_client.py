@@ -108,6 +108,11 @@ def test_push_cells_and_modules_need_the_admin_key(server_factory, tmp_path):
         assert owner.query("pushed:hello", name="ada") == "hello ada"
         with pytest.raises(kernel_ext.errors.FunctionError, match="SyntaxError"):
             owner.push_cell("%%convex_query pushed:broken\nreturn (")
+        # The library's own errors keep their class through a push (by code, not by text).
+        with pytest.raises(kernel_ext.errors.SchemaError):
+            owner.push_cell('%%convex_schema\nbad = define_table({"x": v.strng()})')
+        with pytest.raises(kernel_ext.errors.HeaderError):
+            owner.push_cell("%%convex_query pushed:bad(x v.string())\nreturn x")
         folder = tmp_path / "fns"
         folder.mkdir()
         (folder / "extra.py").write_text(
