@@ -17,6 +17,7 @@ from kernel_ext.functions.context import identity_from_claims
 from kernel_ext.functions.registration import FunctionDefinition
 from kernel_ext.functions.registry import path_of
 from kernel_ext.store.catalog import BY_CREATION_TIME
+from kernel_ext.store.column_kinds import column_kinds_by_number, record_column_kinds
 from kernel_ext.store.schema import SchemaDefinition
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["Client"]
 
 
-def _inserter(table: str, rows: list[dict[str, Any]]) -> Callable[[Transaction], list[str]]:
+def _inserter(
+    table: str, rows: list[dict[str, Any]], kinds: list[dict[str, Any]]
+) -> Callable[[Transaction], list[str]]:
     def insert_all(txn: Transaction) -> list[str]:
         ids = []
         for position, row in enumerate(rows):
@@ -38,6 +41,7 @@ def _inserter(table: str, rows: list[dict[str, Any]]) -> Callable[[Transaction],
             except Exception as exc:
                 exc.add_note(f"(row {position} of its batch: {row!r:.200})")
                 raise
+        record_column_kinds(txn, table, kinds)  # same transaction: rows and kinds agree
         return ids
 
     return insert_all
@@ -134,7 +138,7 @@ class Client:
         def start(on_result: Any) -> Any:
             return self.backend.subscribe(path, values, self._identity, on_result)
 
-        sub = Subscription(start, self._dispatcher, path)
+        sub = Subscription(start, self._dispatcher, path, column_kinds=self._column_kinds)
         with self._lock:
             self._subscriptions.add(sub)
         return sub
@@ -196,7 +200,9 @@ class Client:
     ) -> list[str]:
         """Insert every row of `frame` as a document of `table`, in mutations of `batch_size`
         rows, with a progress bar. Missing values leave the field out. Each batch is atomic;
-        returns the new ids in row order.
+        returns the new ids in row order. Datetime, nullable and categorical columns keep
+        their dtype in `table_df` / `sub.df` (datetimes are stored as float ms since the
+        epoch, UTC; see `kernel_ext.client.dataframe`).
 
         Live queries do not slow the import down: it does not wait for them between batches
         (they re-run in the background, once for all the batches committed while a re-run was
@@ -207,10 +213,10 @@ class Client:
         self._check_open()
         last_ts = [0]
 
-        def insert(batch: list[dict[str, Any]]) -> list[str]:
+        def insert(batch: list[dict[str, Any]], kinds: list[dict[str, Any]]) -> list[str]:
             # No wait for live queries here: they catch up in the background, and the batches
             # committed while one of their rounds runs are merged into the next round.
-            new_ids, last_ts[0] = self.backend.store.mutate(_inserter(table, batch))
+            new_ids, last_ts[0] = self.backend.store.mutate(_inserter(table, batch, kinds))
             return new_ids
 
         try:
@@ -227,7 +233,11 @@ class Client:
         docs, _, _ = self.backend.store.read(
             lambda txn: txn.query(table).with_index(BY_CREATION_TIME).collect()
         )
-        return to_dataframe(docs)
+        return to_dataframe(docs, self._column_kinds())
+
+    def _column_kinds(self) -> dict[int, dict[str, dict[str, Any]]]:
+        """The column kinds `import_dataframe` recorded, by table number."""
+        return self.backend.store.read(column_kinds_by_number)[0]
 
     def tables(self) -> list[str]:
         """The names of the user tables."""

@@ -41,6 +41,8 @@ class Subscription:
         subscribe: starts the subscription: `subscribe(on_result) -> unsubscribe`.
         dispatcher: runs the callbacks (a single-threaded executor keeps them in order).
         description: the function path, for messages.
+        column_kinds: returns the column kinds `import_dataframe` recorded (by table
+            number), so `df` gives imported columns their dtype back.
     """
 
     def __init__(
@@ -48,8 +50,11 @@ class Subscription:
         subscribe: Callable[[Callable[[QueryResult], None]], Callable[[], None]],
         dispatcher: Executor,
         description: str,
+        *,
+        column_kinds: Callable[[], dict[int, dict[str, dict[str, Any]]]] | None = None,
     ) -> None:
         self._subscribe = subscribe
+        self._column_kinds = column_kinds
         self._dispatcher = dispatcher
         self.description = description
         self._cond = threading.Condition()
@@ -125,10 +130,13 @@ class Subscription:
 
     @property
     def df(self) -> pd.DataFrame:
-        """The latest result as a pandas DataFrame (one row per document, `_id` as index)."""
+        """The latest result as a pandas DataFrame (one row per document, `_id` as index).
+        `_creationTime` is a UTC datetime column; columns that `import_dataframe` brought in
+        get their dtype back (datetimes with their zone, `Int64`, categoricals)."""
         from kernel_ext.client.dataframe import to_dataframe
 
-        return to_dataframe(self.value)
+        value = self.value
+        return to_dataframe(value, self._column_kinds() if self._column_kinds else None)
 
     def on_change(self, callback: Callable[[Any], None]) -> CallbackHandle:
         """Call `callback(new_value)` for each later successful result."""

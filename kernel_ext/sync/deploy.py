@@ -22,6 +22,7 @@ from kernel_ext.functions.cells import (
     split_cell,
 )
 from kernel_ext.store.catalog import BY_CREATION_TIME
+from kernel_ext.store.column_kinds import column_kinds_by_number, record_column_kinds
 from kernel_ext.store.values import from_json, to_json
 
 __all__ = ["Deployer"]
@@ -46,8 +47,10 @@ class Deployer:
 
         - `{"cell": "%%convex_... source"}` or `{"files": {"dir/x.py": source}}`: define
           functions (or the schema); returns what was defined (paths, or "schema");
-        - `{"import": table, "rows": [documents as Convex JSON]}`: insert rows in one
-          mutation; returns their ids;
+        - `{"import": table, "rows": [documents as Convex JSON], "kinds": [...]}`: insert
+          rows in one mutation that also records their column kinds
+          (`kernel_ext.store.column_kinds`); returns their ids;
+        - `{"columnKinds": true}`: `[[table number, [kind, ...]]]` (Convex JSON);
         - `{"table": name}`: every document of a table (Convex JSON), in creation order;
         - `{"functions": true}`: `[{path, kind, visibility, args}]` (args: validator JSON);
         - `{"tables": true}`: `[{table, indexes}]` of the user tables.
@@ -59,7 +62,10 @@ class Deployer:
         if isinstance(body.get("cell"), str):
             return self._cell(body["cell"])
         if isinstance(body.get("import"), str) and isinstance(body.get("rows"), list):
-            return self._import(body["import"], body["rows"])
+            return self._import(body["import"], body["rows"], from_json(body.get("kinds", [])))
+        if body.get("columnKinds") is True:
+            kinds = self.backend.store.read(column_kinds_by_number)[0]
+            return to_json([[n, list(k.values())] for n, k in kinds.items()])
         if isinstance(body.get("table"), str):
             return self._table(body["table"])
         if body.get("functions") is True:
@@ -81,11 +87,15 @@ class Deployer:
         )
         return [self.backend.register(header.path, function)]
 
-    def _import(self, table: str, rows: list[Any]) -> list[str]:
+    def _import(self, table: str, rows: list[Any], kinds: list[Any]) -> list[str]:
         documents = [from_json(row) for row in rows]
-        ids, ts = self.backend.store.mutate(
-            lambda txn: [txn.insert(table, doc) for doc in documents]
-        )
+
+        def insert_all(txn: Any) -> list[str]:
+            ids = [txn.insert(table, doc) for doc in documents]
+            record_column_kinds(txn, table, kinds)  # same transaction as the rows
+            return ids
+
+        ids, ts = self.backend.store.mutate(insert_all)
         self.backend.subscriptions.wait_processed(ts)
         return ids
 
