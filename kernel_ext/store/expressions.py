@@ -24,7 +24,9 @@ from kernel_ext.store.values import (
     value_repr,
 )
 
-__all__ = ["Expression", "FilterBuilder", "field_value"]
+__all__ = ["Expression", "FilterBuilder", "field_value", "map_field_literals"]
+
+_COMPARISONS = frozenset(("eq", "neq", "lt", "lte", "gt", "gte"))
 
 
 def field_value(doc: dict[str, Value], path: str) -> Value:
@@ -153,6 +155,39 @@ def _as_expression(x: Any) -> Expression:
     if x is UNDEFINED:
         return _Literal(UNDEFINED)
     return _Literal(normalize(x))
+
+
+def map_field_literals(expression: Expression, adapt: Callable[[str, Value], Value]) -> Expression:
+    """`expression` with the literal of every comparison between a field and a literal
+    (`q.gt(q.field("w"), 4000)`, either order, at any depth) replaced by
+    `adapt(field path, literal)`; unchanged nodes are kept (and returned) as they are."""
+    if isinstance(expression, _Logic):
+        args = tuple(map_field_literals(a, adapt) for a in expression.args)
+        if all(a is b for a, b in zip(args, expression.args, strict=True)):
+            return expression
+        return _Logic(expression.is_and, args)
+    if not isinstance(expression, _Call):
+        return expression
+    if expression.name in _COMPARISONS:
+        a, b = expression.args
+        if isinstance(a, _Field) and isinstance(b, _Literal):
+            new = adapt(a.path, b.value)
+            return (
+                expression
+                if new is b.value
+                else _Call(expression.name, expression.function, (a, _Literal(new)))
+            )
+        if isinstance(a, _Literal) and isinstance(b, _Field):
+            new = adapt(b.path, a.value)
+            return (
+                expression
+                if new is a.value
+                else _Call(expression.name, expression.function, (_Literal(new), b))
+            )
+    args = tuple(map_field_literals(a, adapt) for a in expression.args)
+    if all(a is b for a, b in zip(args, expression.args, strict=True)):
+        return expression
+    return _Call(expression.name, expression.function, args)
 
 
 class FilterBuilder:

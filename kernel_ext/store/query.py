@@ -4,6 +4,17 @@ Builders are immutable: every method returns a new query, so a base query can be
 Nothing runs until a consumer (`collect`, `take`, `first`, `unique`, `paginate`, iteration).
 Rows stream from the source in index order; filters run after the range, so rows they drop
 still count as read (for reactivity and conflicts, as in Convex).
+
+Ints and floats in comparisons. An int64 sorts below every float64, so comparing a float field
+with an int (`q.gt("weight", 4000)`) would match every document or none. When the schema says
+the field holds only float64 (`v.number()`) and enforces it, the int bound (within +-2**53) is
+compared as the float it stands for: no document can hold an int there, so the int can only
+mean that float (Python has no separate literal for it, and the official Python client sends an
+int argument as a float for the same reason). Convex itself never converts in queries; here the
+answer is the same as Convex's for the float the user meant. Where the int cannot be read so
+(schema validation off, so stored values may be ints; an int beyond +-2**53; a float compared
+with a `v.int64()` field), the query runs as written and warns (`StoreWarning`, once per
+function and field), naming the field and the table.
 """
 
 from __future__ import annotations
@@ -16,15 +27,23 @@ from typing import Any, Final, Literal, Protocol
 
 from kernel_ext.errors import QueryError
 from kernel_ext.store.catalog import BY_CREATION_TIME, IndexInfo
-from kernel_ext.store.expressions import Expression, FilterBuilder, as_boolean
+from kernel_ext.store.expressions import (
+    Expression,
+    FilterBuilder,
+    as_boolean,
+    map_field_literals,
+)
 from kernel_ext.store.keys import key_successor
+from kernel_ext.store.notices import warn_once
 from kernel_ext.store.ranges import IndexRangeBuilder, KeyRange, RangeOp, compile_range
+from kernel_ext.store.validators import NumberKind
 from kernel_ext.store.values import Value
 
 __all__ = ["MAX_PAGE_SIZE", "Query", "QuerySource", "decode_cursor", "encode_cursor"]
 
 MAX_PAGE_SIZE: Final = 32000
 _END_CURSOR: Final = "_end"
+_FLOAT_SAFE_INT: Final = 2**53
 
 Row = tuple[bytes, dict[str, Value]]
 
@@ -43,6 +62,10 @@ class QuerySource(Protocol):
 
     def begin_paginate(self) -> None:
         """Called once per `paginate`; raises if the execution already paginated."""
+
+    def number_kind(self, table: str, path: str) -> tuple[NumberKind, bool] | None:
+        """The numeric type the schema gives field `path` of `table` and whether writes are
+        validated (so stored values have it), or None if the schema says nothing."""
 
 
 def encode_cursor(key: bytes) -> str:
@@ -91,7 +114,10 @@ class Query:
                     "The with_index callback must return the range builder, e.g. "
                     "lambda q: q.eq('field', value)"
                 )
-            ops = tuple(builder.ops)
+            ops = tuple(
+                op if type(op.value) not in (int, float) else self._agree(op, name)
+                for op in builder.ops
+            )
         # Positional construction: `dataclasses.replace` costs three times as much, on the
         # path of every indexed query.
         return Query(self._source, self.table, name, ops, self.descending, self.filters, True)
@@ -120,6 +146,9 @@ class Query:
                 "The filter callback must return an expression built with q, e.g. "
                 "lambda q: q.eq(q.field('done'), False)"
             )
+        expression = map_field_literals(
+            expression, lambda path, value: self._agreeing(path, value, "filter")
+        )
         return Query(
             self._source,
             self.table,
@@ -128,6 +157,42 @@ class Query:
             self.descending,
             (*self.filters, expression),
             self._indexed,
+        )
+
+    def _agree(self, op: RangeOp, index: str) -> RangeOp:
+        value = self._agreeing(op.field, op.value, f"with_index({index!r})")
+        return op if value is op.value else RangeOp(op.op, op.field, value)
+
+    def _agreeing(self, path: str, value: Value, where: str) -> Value:
+        """`value` as compared with field `path` (see the module docstring): an int made a
+        float for a float64-only field, else as it is, with a warning if the types differ."""
+        t = type(value)
+        if t is not int and t is not float:
+            return value
+        found = self._source.number_kind(self.table, path)
+        if found is None:
+            return value
+        kind, enforced = found
+        if kind == "float64" and t is int:
+            if enforced and -_FLOAT_SAFE_INT <= value <= _FLOAT_SAFE_INT:
+                return float(value)
+            why = (
+                "schema validation is off, so stored values may be ints or floats"
+                if enforced is False
+                else "it is beyond +-2**53, where a float cannot hold every int"
+            )
+            self._warn_mixed(path, where, f"v.number(), float64) with the int {value}", why)
+        elif kind == "int64" and t is float:
+            self._warn_mixed(path, where, f"v.int64()) with the float {value!r}", "")
+        return value
+
+    def _warn_mixed(self, path: str, where: str, what: str, why: str) -> None:
+        warn_once(
+            ("mixed-number", self.table, path),
+            f"{where} on table {self.table!r} compares field {path!r} (declared {what}"
+            f"{f' ({why})' if why else ''}: every int64 sorts below every float64, so this "
+            "comparison matches all documents or none. Compare with a value of the field's "
+            "type.",
         )
 
     # -- running -------------------------------------------------------------------------

@@ -5,7 +5,13 @@
     })
 
 Every rule is checked when the schema is built, so a bad schema fails at definition time with a
-`SchemaError` that names the table and index.
+`SchemaError` that names the table and index: an index on a field the table's validator cannot
+have is refused (a typo would otherwise index nothing). A table validator may list the system
+fields (`_id: v.id(table)`, `_creationTime: v.number()`, as `schema.doc(table)` does in Convex);
+writes check them against the stored document's own.
+
+`SchemaDefinition.validate_write` returns the document to store, with ints in `v.number()`
+fields made floats; `number_kind` tells queries what numeric type a field holds.
 """
 
 from __future__ import annotations
@@ -17,11 +23,17 @@ from typing import Any, Final
 
 from kernel_ext.errors import SchemaError, SchemaViolation, ValidationError
 from kernel_ext.store.validators import (
+    IdValidator,
+    NumberKind,
     ObjectValidator,
+    OptionalValidator,
+    RecordValidator,
     TableResolver,
     UnionValidator,
     Validator,
     _Any,
+    _Number,
+    number_kind,
     v,
 )
 from kernel_ext.store.values import Value
@@ -79,6 +91,10 @@ class TableDefinition:
 
     validator: Validator
     indexes: tuple[IndexDefinition, ...] = ()
+    #: `number_kind` answers by field path (a query asks for each of its comparisons).
+    _kinds: dict[str, NumberKind | None] = field(
+        default_factory=dict, compare=False, repr=False, hash=False
+    )
 
     def index(self, name: str, fields: Sequence[str] | Mapping[str, Any]) -> TableDefinition:
         """Return a copy with one more index; `fields` is a list or `{"fields": [...]}`."""
@@ -90,15 +106,87 @@ class TableDefinition:
             raise SchemaError(f"Index {name!r}: fields must be a list of field names")
         new = IndexDefinition(name, tuple(fields), staged)
         _check_index(new, self.indexes)
+        for path in new.fields:
+            if _leaves(self.validator, tuple(path.split("."))) == []:
+                raise SchemaError(
+                    f"Index {name!r}: field {path!r} is not in the table's validator "
+                    f"{self.validator!r}, so the index would hold no value of it. Fix the name, "
+                    "or declare the field (v.optional(...) if not every document has it)"
+                )
         return TableDefinition(self.validator, (*self.indexes, new))
 
-    def validate_document(self, doc: dict[str, Value], ids: TableResolver) -> None:
-        """Raise `ValidationError` if the document's user fields do not match the validator."""
-        if type(self.validator) is ObjectValidator:  # the common case, checked without copies
-            self.validator.check_fields(doc, SYSTEM_FIELDS, ids)
-            return
+    def validate_document(self, doc: dict[str, Value], ids: TableResolver) -> dict[str, Value]:
+        """The document to store (`doc`, or a copy with ints in float fields made floats).
+
+        System fields are checked only if the validator lists them.
+
+        Raises:
+            ValidationError: the document does not match the validator.
+        """
+        validator = self.validator
+        if type(validator) is ObjectValidator:  # the common case, checked without copies
+            return validator.check_fields(doc, SYSTEM_FIELDS, ids)
+        if isinstance(validator, UnionValidator):
+            for member in validator.members:
+                try:
+                    return self._check_member(member, doc, ids)
+                except ValidationError:
+                    continue
+        checked = self._check_member(validator, doc, ids)  # raises the mismatch for unions
+        return checked
+
+    @staticmethod
+    def _check_member(
+        validator: Validator, doc: dict[str, Value], ids: TableResolver
+    ) -> dict[str, Value]:
+        if isinstance(validator, ObjectValidator):
+            return validator.check_fields(doc, SYSTEM_FIELDS, ids)
+        if isinstance(validator, _Any):
+            return doc
         user_fields = {k: x for k, x in doc.items() if k not in SYSTEM_FIELDS}
-        self.validator.check(user_fields, "", ids)
+        checked = validator.check(user_fields, "", ids)
+        assert type(checked) is dict
+        return {**{k: doc[k] for k in SYSTEM_FIELDS if k in doc}, **checked}
+
+    def number_kind(self, path: str) -> NumberKind | None:
+        """The numeric type that field `path` ("a" or "a.b") holds when it holds a number:
+        "float64" if the validator admits only float64 numbers there, "int64" if only int64,
+        None if both, neither, or anything (`v.any()`)."""
+        try:
+            return self._kinds[path]
+        except KeyError:
+            pass
+        leaves = _leaves(self.validator, tuple(path.split(".")))
+        kinds = None if leaves is None else {number_kind(x) for x in leaves} - {None}
+        kind = next(iter(kinds)) if kinds is not None and len(kinds) == 1 else None
+        self._kinds[path] = kind
+        return kind
+
+
+def _leaves(validator: Validator, path: tuple[str, ...]) -> list[Validator] | None:
+    """The validators a value at `path` inside a `validator`-checked value may match: [] if
+    no value there can exist, None if any value can (`v.any()` on the way). Optional and
+    union wrappers are unwrapped; an empty path is the validator itself."""
+    if isinstance(validator, OptionalValidator):
+        return _leaves(validator.inner, path)
+    if isinstance(validator, _Any):
+        return None
+    if isinstance(validator, UnionValidator):
+        out: list[Validator] = []
+        for member in validator.members:
+            found = _leaves(member, path)
+            if found is None:
+                return None
+            out += found
+        return out
+    if not path:
+        return [validator]
+    if isinstance(validator, ObjectValidator):
+        inner = validator.fields.get(path[0])
+        return [] if inner is None else _leaves(inner, path[1:])
+    if isinstance(validator, RecordValidator):  # any key (ids are strings too)
+        return _leaves(validator.values, path[1:])
+    return []  # a scalar or an array has no fields (index paths do not enter arrays)
 
 
 def _check_index(new: IndexDefinition, existing: tuple[IndexDefinition, ...]) -> None:
@@ -146,10 +234,30 @@ def define_table(fields: Mapping[str, Validator] | Validator) -> TableDefinition
             f"objects or v.any(); got {fields!r}"
         )
     for obj in _object_members(validator):
-        for name in obj.fields:
-            if name.startswith("_"):
-                raise SchemaError(f"Field {name!r}: top-level fields cannot start with '_'")
+        for name, field_validator in obj.fields.items():
+            if name == "_creationTime" and not isinstance(field_validator, _Number):
+                raise SchemaError(
+                    f"Field '_creationTime' is the system creation time: declare it as "
+                    f"v.number(), not {field_validator!r}"
+                )
+            if name.startswith("_") and name not in SYSTEM_FIELDS:
+                raise SchemaError(
+                    f"Field {name!r}: top-level fields cannot start with '_' (only the system "
+                    "fields _id and _creationTime may be listed)"
+                )
     return TableDefinition(validator)
+
+
+def _check_system_fields(table: str, definition: TableDefinition) -> None:
+    for obj in _object_members(definition.validator):
+        declared = obj.fields.get("_id")
+        if declared is not None and not (
+            isinstance(declared, IdValidator) and declared.table == table
+        ):
+            raise SchemaError(
+                f"Table {table!r}: field '_id' is the system id: declare it as "
+                f"v.id({table!r}), not {declared!r}"
+            )
 
 
 def _object_members(validator: Validator) -> list[ObjectValidator]:
@@ -167,18 +275,30 @@ class SchemaDefinition:
     tables: Mapping[str, TableDefinition] = field(default_factory=dict)
     schema_validation: bool = True
 
-    def validate_write(self, table: str, doc: dict[str, Value], ids: TableResolver) -> None:
-        """Raise `SchemaViolation` if `doc` may not be stored in `table`."""
+    def validate_write(
+        self, table: str, doc: dict[str, Value], ids: TableResolver
+    ) -> dict[str, Value]:
+        """The document to store in `table`: `doc`, or a copy with ints in `v.number()` fields
+        made floats (a table outside the schema, or validation off: `doc` as it is).
+
+        Raises:
+            SchemaViolation: `doc` may not be stored in `table`.
+        """
         definition = self.tables.get(table)
         if definition is None or not self.schema_validation:
-            return
+            return doc
         try:
-            definition.validate_document(doc, ids)
+            return definition.validate_document(doc, ids)
         except ValidationError as exc:
             raise SchemaViolation(
                 f'Failed to insert or update a document in table "{table}" because it does not '
                 f"match the schema: {exc}"
             ) from exc
+
+    def number_kind(self, table: str, path: str) -> NumberKind | None:
+        """`TableDefinition.number_kind` of a declared table (None for other tables)."""
+        definition = self.tables.get(table)
+        return None if definition is None else definition.number_kind(path)
 
 
 def define_schema(
@@ -196,4 +316,5 @@ def define_schema(
         check_table_name(name)
         if not isinstance(definition, TableDefinition):
             raise SchemaError(f"Table {name!r} must be define_table(...), got {definition!r}")
+        _check_system_fields(name, definition)
     return SchemaDefinition(dict(tables), schema_validation)

@@ -31,10 +31,12 @@ from kernel_ext.store.catalog import (
 )
 from kernel_ext.store.ids import decode_id, new_id
 from kernel_ext.store.keys import KEY_MAX
+from kernel_ext.store.notices import warn_once
 from kernel_ext.store.query import Query, Row
 from kernel_ext.store.ranges import KeyRange
 from kernel_ext.store.readset import ReadSet, ScanProgress, WrittenKey
 from kernel_ext.store.schema import SYSTEM_FIELDS, SchemaDefinition, check_table_name
+from kernel_ext.store.validators import NumberKind
 from kernel_ext.store.values import (
     MAX_DOCUMENT_SIZE,
     UNDEFINED,
@@ -267,7 +269,30 @@ class Transaction:
                 if not system
                 else f"db.system.query() reads system tables, not {table!r}"
             )
+        if not system and self.schema is not None and table not in self.schema.tables:
+            self._check_declared(table)
         return Query(self, table)
+
+    def _check_declared(self, table: str) -> None:
+        """Warn if `table` is neither in the schema nor in the store: likely a typo, which
+        would return [] in silence (as in Convex)."""
+        if self.catalog.table(table) is not None:
+            return  # a table outside the schema that exists: allowed, never validated
+        declared = ", ".join(repr(t) for t in sorted(self.schema.tables)) or "none"  # type: ignore[union-attr]
+        warn_once(
+            ("undeclared-table", table),
+            f"db.query({table!r}): the schema does not declare table {table!r} and the store "
+            f"has no such table, so the query returns no documents. Declared tables: "
+            f"{declared}. Check the name (or declare the table in the schema).",
+        )
+
+    def number_kind(self, table: str, path: str) -> tuple[NumberKind, bool] | None:
+        """See `QuerySource.number_kind`."""
+        schema = self.schema
+        if schema is None:
+            return None
+        kind = schema.number_kind(table, path)
+        return None if kind is None else (kind, schema.schema_validation)
 
     def normalize_id(self, table: str, doc_id: str, *, system: bool = False) -> str | None:
         """`doc_id` if it is a well-formed id of `table`, else None (existence not checked)."""
@@ -362,12 +387,15 @@ class Transaction:
         if not self.writable:
             raise TransactionClosed(f"db.{method} is not available in a query; use a mutation")
 
-    def _validate(self, table: str, doc: dict[str, Value]) -> None:
+    def _validate(self, table: str, doc: dict[str, Value]) -> dict[str, Value]:
+        """The document to store: `doc`, or a copy with ints in `v.number()` fields made
+        floats by the schema. Raises if it may not be stored."""
         size = convex_size(doc)
         if size > MAX_DOCUMENT_SIZE:
             raise ValidationError(f"Value is too large ({size} bytes > maximum size 1 MiB)")
         if self.schema is not None:
-            self.schema.validate_write(table, doc, self.catalog.table_name)
+            return self.schema.validate_write(table, doc, self.catalog.table_name)
+        return doc
 
     def _put(
         self, table: str, doc_id: str, old: dict[str, Value] | None, new: dict[str, Value] | None
@@ -391,8 +419,7 @@ class Transaction:
         info = info or self._allocate_table(table)
         doc_id = new_id(info.number)
         doc = {"_id": doc_id, "_creationTime": self._creation_time(), **fields}
-        self._validate(table, doc)
-        self._put(table, doc_id, None, doc)
+        self._put(table, doc_id, None, self._validate(table, doc))
         return doc_id
 
     def _existing(
@@ -422,7 +449,9 @@ class Transaction:
         for k in removed:
             new.pop(k, None)
         new.update(updates)
-        self._validate(table.name, new)
+        stored = self._validate(table.name, new)
+        if stored is not new:  # ints made floats: compare what is stored
+            new, updates = stored, {k: stored[k] for k in updates}
         if _changes(current, updates, removed):  # a no-op patch records no write
             self._put(table.name, doc_id, current, new)
 
@@ -434,7 +463,7 @@ class Transaction:
         _check_system_fields(value, current)
         fields = _user_fields(value, "replace", system=system)
         new = {"_id": current["_id"], "_creationTime": current["_creationTime"], **fields}
-        self._validate(table.name, new)
+        new = self._validate(table.name, new)
         if not same_value(new, current):
             self._put(table.name, doc_id, current, new)
 

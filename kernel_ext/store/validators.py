@@ -1,16 +1,22 @@
 """Validators (`v.*`): check values against declared types, with messages that name the path.
 
 Each validator's `check(value, path, ids)` returns the accepted value (an int becomes a float
-for `v.number()` / `v.float64()` within +-2**53, the only coercion) or raises
-`ValidationError`. `ids` resolves the table of an id for `v.id(table)`.
+for `v.number()` / `v.float64()` within +-2**53 inclusive, the only coercion, at any depth) or
+raises `ValidationError`. `ids` resolves the table of an id for `v.id(table)`. The value to
+store is what `check` returns: writes keep it, so an int never lands in a float field (an int64
+sorts below every float64, and a float-bounded query would miss it).
+
+`v.strin()` (a builder that does not exist) raises `UnknownValidator`, a `SchemaError` that is
+also an `AttributeError`, listing the builders.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Container, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
-from kernel_ext.errors import ValidationError
+from kernel_ext.errors import UnknownValidator, ValidationError
 from kernel_ext.store.ids import table_number_of
 from kernel_ext.store.values import (
     INT64_MAX,
@@ -22,7 +28,7 @@ from kernel_ext.store.values import (
     value_repr,
 )
 
-__all__ = ["TableResolver", "Validator", "v"]
+__all__ = ["NumberKind", "TableResolver", "Validator", "number_kind", "v"]
 
 #: Maps a table number to its name (None if no such table); used by `v.id`.
 TableResolver = Callable[[int], str | None]
@@ -34,10 +40,17 @@ def _no_tables(_number: int) -> str | None:
     return None
 
 
+#: The numeric type a validator admits: "float64" (`v.number()`), "int64" (`v.int64()`).
+NumberKind = Literal["float64", "int64"]
+
+
 class Validator:
-    """Base class of every validator. `optional` is True only for `v.optional(x)`."""
+    """Base class of every validator. `optional` is True only for `v.optional(x)`; `coerces`
+    is True if `check` may return a value other than the one given (it holds a number
+    validator somewhere), so a caller may skip looking for changes otherwise."""
 
     optional: bool = False
+    coerces: bool = False
 
     def check(self, value: Value, path: str = "", ids: TableResolver = _no_tables) -> Value:
         """Return the accepted (possibly coerced) value or raise `ValidationError`."""
@@ -73,6 +86,8 @@ class _Simple(Validator):
 
 
 class _Number(Validator):
+    coerces = True
+
     def __init__(self, name: str) -> None:
         self._name = name
 
@@ -165,6 +180,7 @@ class ArrayValidator(Validator):
 
     def __init__(self, element: Validator) -> None:
         self.element = _require_validator(element, "v.array()")
+        self.coerces = self.element.coerces
 
     def check(self, value: Value, path: str = "", ids: TableResolver = _no_tables) -> Value:
         if type(value) is not list:
@@ -185,6 +201,7 @@ class ObjectValidator(Validator):
         if not isinstance(fields, Mapping):
             raise TypeError("v.object() takes a dict of field name -> validator")
         self.fields = {k: _require_validator(x, f"field {k!r}") for k, x in fields.items()}
+        self.coerces = any(x.coerces for x in self.fields.values())
 
     def check(self, value: Value, path: str = "", ids: TableResolver = _no_tables) -> Value:
         if type(value) is not dict:
@@ -212,11 +229,17 @@ class ObjectValidator(Validator):
 
     def check_fields(
         self, value: dict[str, Value], ignore: Container[str], ids: TableResolver
-    ) -> None:
-        """Raise what `check` would raise for `value` without its `ignore`d fields (a stored
-        document without its system fields), without building copies: this runs on every
-        write."""
+    ) -> dict[str, Value]:
+        """Check `value` as `check` would without its `ignore`d fields that the validator does
+        not declare (a stored document's system fields), and return the document to store:
+        `value` itself, or a copy if an int became a float somewhere. Copies only then: this
+        runs on every write.
+
+        Raises:
+            ValidationError: what `check` would raise.
+        """
         fields = self.fields
+        out = value
         for key in value:
             if key not in fields and key not in ignore:
                 break
@@ -228,13 +251,18 @@ class ObjectValidator(Validator):
                         continue
                     break
                 try:
-                    validator.check(item, "", ids)
+                    checked = validator.check(item, "", ids)
                 except ValidationError:
                     break
+                if validator.coerces and not _same_shape(checked, item):
+                    if out is value:
+                        out = dict(value)
+                    out[key] = checked
             else:
-                return
+                return out
         # Something does not match: `check` finds it again and words the error with its path.
-        self.check({k: x for k, x in value.items() if k not in ignore}, "", ids)
+        self.check({k: x for k, x in value.items() if k not in ignore or k in fields}, "", ids)
+        raise AssertionError("check_fields and check disagree")  # pragma: no cover
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -256,6 +284,7 @@ class RecordValidator(Validator):
     def __init__(self, keys: Validator, values: Validator) -> None:
         self.keys = _require_validator(keys, "v.record() keys")
         self.values = _require_validator(values, "v.record() values")
+        self.coerces = self.values.coerces
         if self.values.optional:
             raise TypeError("v.record() values cannot be v.optional(...)")
         if self.keys.optional:
@@ -285,6 +314,7 @@ class UnionValidator(Validator):
 
     def __init__(self, members: Iterable[Validator]) -> None:
         self.members = [_require_validator(x, "v.union() member") for x in members]
+        self.coerces = any(x.coerces for x in self.members)
 
     def check(self, value: Value, path: str = "", ids: TableResolver = _no_tables) -> Value:
         for member in self.members:
@@ -308,6 +338,7 @@ class OptionalValidator(Validator):
 
     def __init__(self, inner: Validator) -> None:
         self.inner = _require_validator(inner, "v.optional()")
+        self.coerces = self.inner.coerces
 
     def check(self, value: Value, path: str = "", ids: TableResolver = _no_tables) -> Value:
         return self.inner.check(value, path, ids)
@@ -317,6 +348,38 @@ class OptionalValidator(Validator):
 
     def __repr__(self) -> str:
         return f"v.optional({self.inner!r})"
+
+
+def _same_shape(checked: Value, given: Value) -> bool:
+    """True if `check` returned `given` unchanged: same object, or the same containers holding
+    the same scalars (an int that became a float is a new object)."""
+    if checked is given:
+        return True
+    t = type(checked)
+    if t is not type(given):
+        return False
+    if t is list:
+        return len(checked) == len(given) and all(
+            _same_shape(a, b) for a, b in zip(checked, given, strict=True)
+        )
+    if t is dict:
+        return checked.keys() == given.keys() and all(
+            _same_shape(x, given[k]) for k, x in checked.items()
+        )
+    return False
+
+
+def number_kind(validator: Validator) -> NumberKind | None:
+    """The numeric type a (non-union, non-optional) leaf validator admits, None if none:
+    `v.number()` and float literals admit float64, `v.int64()` and int literals int64."""
+    if isinstance(validator, _Number):
+        return "float64"
+    if isinstance(validator, _Simple) and validator._json_type == "bigint":
+        return "int64"
+    if isinstance(validator, LiteralValidator):
+        t = type(validator.literal)
+        return "float64" if t is float else "int64" if t is int else None
+    return None
 
 
 def _require_validator(x: object, where: str) -> Validator:
@@ -395,6 +458,21 @@ class _V:
     @staticmethod
     def nullable(inner: Validator) -> Validator:
         return UnionValidator([inner, _V.null()])
+
+    def __getattr__(self, name: str) -> Any:
+        """`v.strin` and other names that are not builders: a `SchemaError` (also an
+        `AttributeError`, so `hasattr(v, name)` stays False) listing the builders."""
+        if name.startswith("__"):  # protocol probes (copy, pickle): plain AttributeError
+            raise AttributeError(name)
+        builders = _builder_names()
+        close = difflib.get_close_matches(name, builders, n=1)
+        hint = f" Did you mean v.{close[0]}()?" if close else ""
+        listed = " ".join(f"v.{b}()" for b in builders)
+        raise UnknownValidator(f"v.{name} is not a validator.{hint} The validators are: {listed}")
+
+
+def _builder_names() -> list[str]:
+    return [n for n, x in vars(_V).items() if isinstance(x, staticmethod)]
 
 
 v: Final = _V()

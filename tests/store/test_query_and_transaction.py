@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from bisect import bisect_left
 from collections.abc import Iterator
 
@@ -18,6 +19,7 @@ from kernel_ext.errors import (
     DocumentNotFound,
     QueryError,
     SchemaViolation,
+    StoreWarning,
     TransactionClosed,
     ValidationError,
 )
@@ -1163,7 +1165,7 @@ def schema_store() -> MemoryStore:
 def test_schema_validates_inserts_naming_the_table(schema_store):
     txn = schema_store.begin()
     doc_id = txn.insert("tasks", {"text": "ok", "priority": 1})
-    assert txn.get(doc_id)["priority"] == 1  # stored as given (validation does not coerce)
+    assert txn.get(doc_id)["priority"] == 1.0  # v.number(): the int is stored as a float
     with pytest.raises(SchemaViolation, match='table "tasks"'):
         txn.insert("tasks", {"priority": 1})
     with pytest.raises(SchemaViolation, match="extra field `other`"):
@@ -1193,3 +1195,143 @@ def test_schema_checks_ids_against_the_catalog(schema_store):
 def test_tables_outside_the_schema_are_not_validated(schema_store):
     txn = schema_store.begin()
     txn.insert("users", {"anything": [1, {"goes": True}]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Ints in float fields: stored as floats, compared as floats
+
+
+def by_priority(txn: Transaction, **bounds) -> list:
+    def range_fn(q):
+        for op, value in bounds.items():
+            q = getattr(q, op)("priority", value)
+        return q
+
+    return priorities(txn.query("tasks").with_index("by_priority", range_fn).collect())
+
+
+def test_ints_in_number_fields_are_stored_as_floats_by_every_write(schema_store):
+    txn = schema_store.begin()
+    doc_id = txn.insert("tasks", {"text": "a", "priority": 4000})
+    assert type(txn.get(doc_id)["priority"]) is float
+    txn.patch(doc_id, {"priority": 5})
+    assert repr(txn.get(doc_id)["priority"]) == "5.0"
+    txn.replace(doc_id, {"text": "b", "priority": -(2**53)})
+    assert repr(txn.get(doc_id)["priority"]) == repr(-float(2**53))
+    schema_store.commit(txn)
+    stored = next(iter(schema_store.docs.values()))
+    assert type(stored["priority"]) is float
+
+
+def test_patching_an_int_equal_to_the_stored_float_writes_nothing(schema_store):
+    (doc_id,) = schema_store.seed("tasks", [{"text": "a", "priority": 3}])
+    txn = schema_store.begin()
+    txn.patch(doc_id, {"priority": 3})
+    txn.replace(doc_id, {"text": "a", "priority": 3})
+    assert txn.write_set() == {}
+
+
+def test_a_float_bound_finds_documents_inserted_with_ints(schema_store):
+    schema_store.seed("tasks", [{"text": str(p), "priority": p} for p in range(1, 11)])
+    txn = schema_store.begin(writable=False)
+    assert by_priority(txn, gt=4000.0) == []
+    assert by_priority(txn, gt=4.5) == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert by_priority(txn, gte=2.0, lt=4.0) == [2.0, 3.0]
+    found = txn.query("tasks").filter(lambda q: q.gt(q.field("priority"), 8.5)).collect()
+    assert priorities(found) == [9.0, 10.0]
+
+
+def test_an_int_bound_on_a_float_field_compares_as_that_float(schema_store):
+    schema_store.seed("tasks", [{"text": str(p), "priority": p} for p in range(1, 11)])
+    txn = schema_store.begin(writable=False)
+    assert by_priority(txn, gt=8) == [9.0, 10.0]
+    assert by_priority(txn, eq=3) == [3.0]
+    assert by_priority(txn, gte=2, lte=3) == [2.0, 3.0]
+    for predicate in (
+        lambda q: q.eq(q.field("priority"), 1),
+        lambda q: q.eq(1, q.field("priority")),
+        lambda q: q.not_(q.neq(q.field("priority"), 1)),
+        lambda q: q.and_(q.gte(q.field("priority"), 1), q.lt(q.field("priority"), 2)),
+    ):
+        assert priorities(txn.query("tasks").filter(predicate).collect()) == [1.0]
+
+
+def _int_schema_store(*, validation: bool = True) -> MemoryStore:
+    schema = define_schema(
+        {
+            "tasks": define_table({"text": v.string(), "priority": v.optional(v.number())}),
+            "counts": define_table({"n": v.int64(), "o": v.object({"x": v.float64()})}),
+        },
+        schema_validation=validation,
+    )
+    store = MemoryStore(schema)
+    store.seed("counts", [{"n": i, "o": {"x": float(i)}} for i in range(3)])
+    return store
+
+
+def test_a_float_compared_with_an_int64_field_warns_once_naming_field_and_table():
+    store = _int_schema_store()
+    txn = store.begin(writable=False)
+    with pytest.warns(StoreWarning) as record:
+        for _ in range(3):  # once per function and field
+            found = txn.query("counts").filter(lambda q: q.eq(q.field("n"), 1.0)).collect()
+            assert found == []  # as written: the types differ
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "field 'n'" in message and "table 'counts'" in message and "v.int64()" in message
+    assert record[0].filename == __file__  # points at the user's line
+
+
+def test_an_int_compared_with_a_float_field_warns_when_validation_is_off():
+    store = _int_schema_store(validation=False)
+    txn = store.begin(writable=False)
+    with pytest.warns(
+        StoreWarning, match=r"(?s)table 'tasks'.*field 'priority'.*validation is off"
+    ):
+        txn.query("tasks").filter(lambda q: q.gt(q.field("priority"), 3)).collect()
+    big = 2**53 + 1
+    store = _int_schema_store()
+    txn = store.begin(writable=False)
+    with pytest.warns(StoreWarning, match=r"(?s)field 'o\.x'.*beyond \+-2\*\*53"):
+        txn.query("counts").filter(lambda q: q.lt(q.field("o.x"), big)).collect()
+
+
+def test_same_types_and_untyped_fields_do_not_warn():
+    store = _int_schema_store()
+    txn = store.begin(writable=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(txn.query("counts").filter(lambda q: q.gte(q.field("n"), 1)).collect()) == 2
+        txn.query("counts").filter(lambda q: q.eq(q.field("o.x"), 1.0)).collect()
+        txn.query("counts").filter(lambda q: q.eq(q.field("other"), 1.5)).collect()
+        txn.query("counts").filter(lambda q: q.eq(q.field("n"), q.field("o.x"))).collect()
+
+
+# ---------------------------------------------------------------------------------------------
+# Typos: tables the schema does not declare
+
+
+def test_querying_an_undeclared_empty_table_warns_once_naming_the_declared_ones(schema_store):
+    txn = schema_store.begin(writable=False)
+    with pytest.warns(StoreWarning) as record:
+        for _ in range(2):
+            assert txn.query("taskz").collect() == []
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "'taskz'" in message and "Declared tables: 'tasks'" in message
+    assert record[0].filename == __file__
+
+
+def test_declared_and_existing_tables_do_not_warn(schema_store):
+    txn = schema_store.begin()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        txn.query("tasks").collect()
+        txn.query("users").collect()  # outside the schema but in the store: allowed
+        txn.query("_scheduled_functions", system=True).collect()
+        txn.insert("notes", {"text": "new table"})
+        txn.query("notes").collect()  # created by this transaction
+    plain = MemoryStore().begin()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plain.query("anything").collect() == []  # no schema: nothing to compare with

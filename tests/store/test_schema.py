@@ -53,7 +53,7 @@ def test_define_table_rejects_other_validators(bad):
         define_table(bad)
 
 
-@pytest.mark.parametrize("field", ["_id", "_creationTime", "_private"])
+@pytest.mark.parametrize("field", ["_private", "_ID", "_creation_time"])
 def test_define_table_rejects_underscore_fields(field):
     with pytest.raises(SchemaError, match=field):
         define_table({field: v.string()})
@@ -114,9 +114,9 @@ def test_index_needs_at_least_one_field():
 
 def test_index_field_limit_counts_creation_time():
     fields = [f"f{i}" for i in range(15)]
-    _table().index("wide", fields)
+    define_table(v.any()).index("wide", fields)
     with pytest.raises(SchemaError, match="too many fields"):
-        _table().index("wider", [*fields, "f15"])
+        define_table(v.any()).index("wider", [*fields, "f15"])
 
 
 def test_index_rejects_duplicate_fields():
@@ -162,7 +162,7 @@ def test_same_fields_in_another_order_are_a_different_index():
 
 
 def test_at_most_32_indexes():
-    table = _table()
+    table = define_table(v.any())
     for i in range(32):
         table = table.index(f"i{i}", [f"f{i}"])
     assert len(table.indexes) == 32
@@ -302,3 +302,105 @@ def test_default_schema_definition_is_empty_and_validating():
     schema = SchemaDefinition()
     assert dict(schema.tables) == {}
     assert schema.schema_validation is True
+
+
+# -- system fields in table validators ---------------------------------------------------------
+
+
+def _users_with_system_fields() -> TableDefinition:
+    return define_table(
+        {"_id": v.id("users"), "_creationTime": v.number(), "name": v.string(), "w": v.number()}
+    )
+
+
+def test_a_table_validator_may_list_the_system_fields():
+    schema = define_schema({"users": _users_with_system_fields().index("by_name", ["name"])})
+    doc = {"_id": new_id(1), "_creationTime": 1.0, "name": "Ada", "w": 3}
+    stored = schema.validate_write("users", doc, _resolve)
+    assert stored == {**doc, "w": 3.0}
+    with pytest.raises(SchemaViolation, match="extra field `z`"):
+        schema.validate_write("users", {**doc, "z": 1}, _resolve)
+    with pytest.raises(SchemaViolation, match="which does not match the table name"):
+        schema.validate_write("users", {**doc, "_id": new_id(2)}, _resolve)
+
+
+def test_system_fields_in_a_union_of_objects_and_in_v_object():
+    union = v.union(
+        v.object({"_id": v.id("users"), "kind": v.literal("a")}),
+        v.object({"kind": v.literal("b")}),
+    )
+    schema = define_schema(
+        {"users": define_table(union), "posts": define_table(v.object({"_creationTime": v.float64()}))}
+    )
+    for kind in ("a", "b"):
+        schema.validate_write("users", {**DOC_SYSTEM, "kind": kind}, _resolve)
+    schema.validate_write("posts", {"_id": new_id(2), "_creationTime": 2.0}, _resolve)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"_id": v.id("posts")}, r"_id.*v\.id\('users'\)"),
+        ({"_id": v.string()}, r"_id.*v\.id\('users'\)"),
+        ({"_creationTime": v.int64()}, r"_creationTime.*v\.number\(\)"),
+        ({"_creationTime": v.string()}, r"_creationTime.*v\.number\(\)"),
+    ],
+)
+def test_system_field_validators_must_describe_the_system_fields(fields, message):
+    with pytest.raises(SchemaError, match=message):
+        define_schema({"users": define_table({"name": v.string(), **fields})})
+
+
+# -- validate_write coerces ints in float fields -----------------------------------------------
+
+
+def test_validate_write_returns_the_document_to_store_with_ints_as_floats():
+    schema = define_schema({"items": _table()})
+    doc = {**DOC_SYSTEM, "a": "x", "b": 4000}
+    stored = schema.validate_write("items", doc, _resolve)
+    assert type(stored["b"]) is float and stored["b"] == 4000.0
+    assert stored["_id"] == doc["_id"]
+    union = define_schema(
+        {"items": define_table(v.union(v.object({"b": v.number()}), v.object({"c": v.string()})))}
+    )
+    assert type(union.validate_write("items", {**DOC_SYSTEM, "b": 1}, _resolve)["b"]) is float
+    untouched = {**DOC_SYSTEM, "b": 1}
+    assert schema.validate_write("other", untouched, _resolve) is untouched
+
+
+# -- index fields must exist in the table validator --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("validator", "fields"),
+    [
+        (v.object({"a": v.string()}), ["a"]),
+        (v.object({"a": v.optional(v.string())}), ["a"]),
+        (v.object({"a": v.object({"b": v.number()})}), ["a.b"]),
+        (v.object({"a": v.optional(v.object({"b": v.optional(v.number())}))}), ["a.b"]),
+        (v.object({"a": v.any()}), ["a.b.c"]),
+        (v.object({"a": v.union(v.string(), v.object({"b": v.string()}))}), ["a.b"]),
+        (v.object({"a": v.union(v.string(), v.any())}), ["a.zzz"]),
+        (v.object({"a": v.record(v.string(), v.object({"b": v.string()}))}), ["a.k.b"]),
+        (v.union(v.object({"a": v.string()}), v.object({"b": v.string()})), ["b"]),
+        (v.any(), ["anything"]),
+    ],
+)
+def test_index_fields_the_validator_can_have(validator, fields):
+    define_table(validator).index("by_x", fields)
+
+
+@pytest.mark.parametrize(
+    ("validator", "fields", "missing"),
+    [
+        (v.object({"a": v.string()}), ["b"], "'b'"),
+        (v.object({"a": v.string()}), ["a", "typo"], "'typo'"),
+        (v.object({"a": v.object({"b": v.number()})}), ["a.c"], "'a.c'"),
+        (v.object({"a": v.string()}), ["a.b"], "'a.b'"),
+        (v.union(v.object({"a": v.string()}), v.object({"b": v.string()})), ["c"], "'c'"),
+    ],
+)
+def test_index_on_a_field_the_validator_cannot_have_is_a_schema_error(validator, fields, missing):
+    with pytest.raises(SchemaError, match=f"Index 'by_x'.*field {missing}") as info:
+        define_table(validator).index("by_x", fields)
+    assert "v.optional" in str(info.value)  # says how to fix it

@@ -496,3 +496,59 @@ def test_check_fields_raises_what_check_raises_without_the_ignored_fields(fields
         assert str(info.value) == str(exc)
     else:
         _DOC_VALIDATOR.check_fields(doc, ("_id", "_creationTime"), lambda n: None)
+
+
+# -- ints in float fields, nested ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("validator", "value", "expected"),
+    [
+        (v.object({"w": v.number()}), {"w": 4000}, {"w": 4000.0}),
+        (v.object({"w": v.optional(v.float64())}), {"w": 2**53}, {"w": float(2**53)}),
+        (v.array(v.number()), [1, 2.5, -(2**53)], [1.0, 2.5, -float(2**53)]),
+        (v.record(v.string(), v.number()), {"a": 1, "b": 2}, {"a": 1.0, "b": 2.0}),
+        (v.union(v.string(), v.number()), 7, 7.0),
+        (v.nullable(v.number()), 7, 7.0),
+        (
+            v.object({"o": v.object({"xs": v.array(v.union(v.null(), v.number()))})}),
+            {"o": {"xs": [None, 3]}},
+            {"o": {"xs": [None, 3.0]}},
+        ),
+    ],
+)
+def test_number_coerces_ints_wherever_it_is_nested(validator, value, expected):
+    out = validator.check(value)
+    assert out == expected
+    assert repr(out) == repr(expected)  # 4000.0, not 4000: the type is float all the way down
+
+
+def test_check_fields_returns_the_document_with_ints_in_float_fields_coerced():
+    validator = v.object({"w": v.number(), "n": v.int64(), "o": v.object({"x": v.number()})})
+    doc = {"_id": "id", "_creationTime": 1.0, "w": 4000, "n": 3, "o": {"x": 1}}
+    out = validator.check_fields(doc, ("_id", "_creationTime"), resolve)
+    assert out == {"_id": "id", "_creationTime": 1.0, "w": 4000.0, "n": 3, "o": {"x": 1.0}}
+    assert type(out["w"]) is float
+    assert type(out["o"]["x"]) is float
+    assert type(out["n"]) is int
+    assert type(doc["w"]) is int  # the caller's document is left alone
+    plain = {"_id": "id", "_creationTime": 1.0, "w": 1.5, "n": 3, "o": {"x": 1.0}}
+    assert validator.check_fields(plain, ("_id", "_creationTime"), resolve) == plain
+
+
+# -- unknown builders --------------------------------------------------------------------------
+
+
+def test_unknown_builder_is_a_schema_error_listing_the_validators():
+    from kernel_ext.errors import SchemaError
+
+    with pytest.raises(SchemaError) as info:
+        v.strin()
+    message = str(info.value)
+    assert "v.strin" in message
+    assert "v.string()" in message  # the suggestion
+    for name in ("number", "float64", "int64", "object", "union", "optional", "nullable"):
+        assert f"v.{name}(" in message
+    assert isinstance(info.value, AttributeError)
+    assert not hasattr(v, "strin")
+    assert hasattr(v, "string")
