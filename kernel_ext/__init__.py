@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernel_ext.client.base import ConvexClient
 from kernel_ext.client.connect import connect
 from kernel_ext.client.embedded import Client
 from kernel_ext.client.subscription import CallbackHandle, Subscription
@@ -36,6 +37,7 @@ __all__ = [
     "UNDEFINED",
     "CallbackHandle",
     "Client",
+    "ConvexClient",
     "ConvexError",
     "FunctionReference",
     "QueryResult",

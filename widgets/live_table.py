@@ -58,6 +58,7 @@ class LiveTable(anywidget.AnyWidget):
         args: dict[str, Any] | None = None,
         *,
         show_system: bool = False,
+        title: str | None = None,
         **kwargs: Any,
     ) -> None:
         paged = not isinstance(source, Subscription) and _is_paginated(source, ref)
@@ -67,7 +68,8 @@ class LiveTable(anywidget.AnyWidget):
             subscription, self._owns = None, True
         else:
             subscription, self._owns = source.subscribe(ref, args or {}), True
-        title = subscription.description if subscription is not None else str(_path(ref))
+        if title is None:  # the caller may say more, e.g. the magic's `path(k=v)`
+            title = subscription.description if subscription is not None else str(_path(ref))
         super().__init__(
             show_system=show_system, title=title, sortable=not paged, complete=not paged, **kwargs
         )
@@ -213,18 +215,10 @@ def _path(ref: Any) -> str:
 
 
 def _is_paginated(client: Any, ref: Any) -> bool:
-    """True if the query declares a `paginationOpts` argument."""
-    backend = getattr(client, "backend", None)
-    if backend is None:  # a remote client asks the server (needs the admin key)
-        try:
-            info = client.function_info(ref)
-        except Exception:  # not an admin, or an older server: show it unpaged
-            return False
-        fields = ((info or {}).get("args") or {}).get("value") or {}
-        return "paginationOpts" in fields
-    function = backend.registry.get(_path(ref))
-    return (
-        function is not None
-        and function.args is not None
-        and ("paginationOpts" in function.args.fields)
-    )
+    """True if the query declares a `paginationOpts` argument (`kernel_ext.ConvexClient`)."""
+    try:
+        info = client.function_info(_path(ref))
+    except Exception:  # a remote client without the admin key: show it unpaged
+        return False
+    fields = ((info or {}).get("args") or {}).get("value") or {}
+    return "paginationOpts" in fields

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from kernel_ext.client.auth import AuthConfig
+from kernel_ext.client.base import ConvexClient
 from kernel_ext.client.embedded import Client
 from kernel_ext.engine.store import Store
 from kernel_ext.errors import StoreError, SyncError
@@ -53,7 +54,7 @@ def connect(
     auth: Mapping[str, Any] | AuthConfig | None = None,
     admin_key: str | None = None,
     headers: Mapping[str, str] | None = None,
-) -> Any:
+) -> ConvexClient:
     """Connect to a store.
 
     Args:
@@ -66,7 +67,8 @@ def connect(
             `Authorization: token ...`).
 
     Returns:
-        a `Client` (embedded) or a `RemoteClient` (server URL), with the same methods.
+        a `Client` (embedded) or a `RemoteClient` (server URL): both are a
+        `kernel_ext.ConvexClient` (`client.kind` says which).
 
     Clients of the same file in one process share one store (one process owns a file; a
     second process gets `StoreLocked` naming the owner).

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_ext.client.arguments import merge_args
 from kernel_ext.client.auth import AuthConfig, claims_of
+from kernel_ext.client.base import CallKind, ClientKind
 from kernel_ext.client.subscription import Subscription
 from kernel_ext.errors import TransactionClosed
 from kernel_ext.functions.backend import Backend
@@ -77,8 +78,34 @@ class Client:
         self._closed = False
         self._lock = threading.Lock()
 
+    #: The store runs in this process: always connected (`kernel_ext.ConvexClient`).
+    kind: ClientKind = "embedded"
+    status = "connected"
+
     def __repr__(self) -> str:
         return f"<kernel_ext.Client embedded store at {self.location}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` ran."""
+        return self._closed
+
+    def on_status(self, listener: Callable[[str], None]) -> None:
+        """Nothing to report: an embedded store is never connecting or lost."""
+
+    def call_as_owner(self, kind: CallKind, ref: Any, args: Mapping[str, Any]) -> Any:
+        """Run any function, internal ones too, as the store's owner; read your writes."""
+        self._check_open()
+        value, ts = self.backend.call_with_ts(
+            ref, dict(args), kind=kind, identity=None, public_only=False
+        )
+        self.backend.subscriptions.wait_processed(ts if ts is not None else self.backend.store.ts)
+        return value
+
+    def function_info(self, path: str) -> dict[str, Any] | None:
+        """`{path, kind, visibility, args}` of one function, or None."""
+        wanted = path_of(path)
+        return next((f for f in self.describe_functions() if f["path"] == wanted), None)
 
     @property
     def url(self) -> str:

@@ -28,6 +28,7 @@ import websockets
 
 from kernel_ext.client.arguments import merge_args
 from kernel_ext.client.base import CallKind, ClientKind
+from kernel_ext.client.base import CallKind, ClientKind
 from kernel_ext.client.subscription import Subscription
 from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.errors import (
@@ -139,8 +140,20 @@ class RemoteClient:
     #: The store runs in a server (`kernel_ext.ConvexClient`).
     kind: ClientKind = "remote"
 
+    #: The store runs in a server (`kernel_ext.ConvexClient`).
+    kind: ClientKind = "remote"
+
     def __repr__(self) -> str:
         return f"<kernel_ext.RemoteClient {self.url} ({self.status})>"
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` ran."""
+        return self._closed
+
+    def call_as_owner(self, kind: CallKind, ref: Any, args: Mapping[str, Any]) -> Any:
+        """Run any function as the owner: internal ones need the admin key."""
+        return getattr(self, kind)(ref, args)
 
     @property
     def closed(self) -> bool:

@@ -101,6 +101,8 @@ def compile_function(
     exec(code, namespace, local)
     handler = local["handler"]
     handler.__name__ = handler.__qualname__ = header.name
+    # Tracebacks and remote errors name the function, not the compiler's `handler`.
+    handler.__code__ = handler.__code__.replace(co_name=header.name, co_qualname=header.name)
     if header.params:  # an optional argument left out is UNDEFINED in the body
         handler.__kwdefaults__ = dict.fromkeys((p.name for p in header.params), UNDEFINED)
     source = f"%%convex_{kind} {line}\n{body}"

@@ -61,6 +61,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     url = url_path_join(serverapp.connection_url, "convex")
     persistence.set_owner_info(url)
     os.environ["CONVEX_JUPYTER_URL"] = url
+    os.environ["CONVEX_JUPYTER_STORE"] = str(db.resolve())  # what `%convex status` shows
     os.environ["CONVEX_JUPYTER_TOKEN"] = getattr(serverapp.identity_provider, "token", "") or ""
     os.environ["CONVEX_ADMIN_KEY"] = admin_key
     serverapp.log.info("convex-notebook: shared store %s served at %s", db, url)

@@ -18,6 +18,7 @@ import base64
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -115,12 +116,31 @@ def outcome_of_error(exc: BaseException) -> Outcome:
         # A library error raised inside the handler (a bad index, a schema violation) keeps
         # its code, so remote callers can catch it by class as embedded ones do.
         code = exc.code if isinstance(exc, StoreError) else None
-        return Outcome.failure(f"Uncaught {type(exc).__name__}: {exc}", code=code)
+        message = f"Uncaught {type(exc).__name__}: {exc}{_user_line(exc)}"
+        return Outcome.failure(message, code=code)
     if isinstance(exc, StoreError):
         _log.error("function call failed: %s", exc, exc_info=exc)
     else:
         _log.error("unexpected error in a function call", exc_info=exc)
     return Outcome.failure(SERVER_ERROR)
+
+
+# Frames of the library's own files; the deepest other frame is the user's line.
+_LIBRARY: Final = str(Path(__file__).parent.parent) + "/"
+
+
+def _user_line(exc: BaseException) -> str:
+    """`"\n    at name (file:line)"` for the deepest frame of user code in `exc`'s traceback
+    (a pushed cell's line counts from its `%%convex_*` header line); only the file's name,
+    not the server's folders."""
+    tb, where = exc.__traceback__, ""
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if not code.co_filename.startswith(_LIBRARY):
+            name = code.co_filename.rsplit("/", 1)[-1]
+            where = f"\n    at {code.co_name} ({name}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return where
 
 
 def _raised_by_handler(notes: Any) -> bool:

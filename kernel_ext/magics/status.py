@@ -1,0 +1,73 @@
+"""What `%convex status` says: which store, where it is, and how another process reaches it."""
+
+from __future__ import annotations
+
+import os
+
+from kernel_ext.client.base import ConvexClient
+
+__all__ = ["describe_store"]
+
+
+def describe_store(client: ConvexClient, *, serving: str | None = None) -> str:
+    """A few lines naming the store `client` uses, its file or URL, its state, and how a
+    script or another process reaches the same store. Never shows a token or key.
+
+    Args:
+        client: the notebook's client.
+        serving: the URL `%convex serve` serves this kernel's store at, if it does.
+    """
+    if client.kind == "embedded":
+        return "\n".join(_embedded(client, serving))
+    return "\n".join(_remote(client))
+
+
+def _embedded(client: ConvexClient, serving: str | None) -> list[str]:
+    if client.location == "memory":
+        lines = ["convex: embedded store in this kernel's memory (nothing is written to disk)"]
+    else:
+        lines = [f"convex: embedded store in this kernel, file {client.location}"]
+    lines.append(f"  {len(client.tables())} tables, {len(client.functions())} functions")
+    if serving is not None:
+        lines.append(
+            f"  served at {serving}: from a script or another process, "
+            f"kernel_ext.connect({serving!r}) (admin: admin_key=convex_admin_key's value)"
+        )
+    else:
+        lines.append(
+            "  this kernel owns it: another process cannot open it while the kernel runs; "
+            "`%convex serve` serves it and prints the URL to connect to"
+        )
+    return lines
+
+
+def _without_query(url: str) -> str:
+    """A URL without its query string (Jupyter's `?token=` must not be printed)."""
+    return url.partition("?")[0]
+
+
+def _remote(client: ConvexClient) -> list[str]:
+    state = "" if client.status == "connected" else f" ({_waiting(client)})"
+    shared = os.environ.get("CONVEX_JUPYTER_URL", "").rstrip("/")
+    url = _without_query(client.url)
+    if shared and client.url == shared:
+        lines = [f"convex: the Jupyter server's shared store, served at {url}{state}"]
+        if store_file := os.environ.get("CONVEX_JUPYTER_STORE"):
+            lines.append(f"  file: {store_file} (owned by the Jupyter server process)")
+        lines.append(
+            "  every notebook of this Jupyter server uses it; from a script or another "
+            "process run as the same user: kernel_ext.connect_jupyter()"
+        )
+        return lines
+    lines = [f"convex: store served at {url}{state}"]
+    lines.append(
+        f"  from a script or another process: kernel_ext.connect({url!r}) "
+        "(admin: admin_key=..., or $CONVEX_ADMIN_KEY for %load_ext)"
+    )
+    return lines
+
+
+def _waiting(client: ConvexClient) -> str:
+    if client.status == "reconnecting":
+        return "reconnecting: the server does not answer, retrying"
+    return "still connecting: waiting for the server to answer"
