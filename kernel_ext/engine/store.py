@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from kernel_ext.engine import logs
@@ -29,6 +29,7 @@ from kernel_ext.store.catalog import (
     BY_CREATION_TIME,
     BY_ID,
     Catalog,
+    IndexInfo,
     TableInfo,
     id_key,
     new_table_info,
@@ -37,14 +38,17 @@ from kernel_ext.store.readset import ALL, ReadSet, WrittenKey
 from kernel_ext.store.schema import SchemaDefinition
 from kernel_ext.store.transaction import Snapshot, Transaction, Write, index_keys
 
-__all__ = ["ALL_KEYS", "Commit", "SCHEDULED_FUNCTIONS", "Store"]
+__all__ = ["ALL_KEYS", "Commit", "MUTATION_RECEIPTS", "SCHEDULED_FUNCTIONS", "Store"]
 
 T = TypeVar("T")
 
 SCHEDULED_FUNCTIONS: Final = "_scheduled_functions"
+#: Receipts of mutations run for sync sessions (`functions.receipts`).
+MUTATION_RECEIPTS: Final = "_mutation_receipts"
 #: System tables and their indexes, created with every store.
 SYSTEM_TABLES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
     SCHEDULED_FUNCTIONS: {"by_state": ("state.kind", "scheduledTime")},
+    MUTATION_RECEIPTS: {"by_key": ("key",)},
 }
 #: A written key that every read set contains (schema changes invalidate everything).
 ALL_KEYS: Final[WrittenKey] = (ALL, b"")
@@ -125,8 +129,13 @@ class Store:
         self._active: dict[int, int] = {}  # id(txn) -> snapshot ts of in-flight mutations
         self._listeners: list[Callable[[Commit], None]] = []
         self._last_creation_time = 0.0
-        self._load_catalog()
-        self._ensure_system_tables()
+        try:
+            self._load_catalog()
+            self._repair_unfilled_indexes()
+            self._ensure_system_tables()
+        except BaseException:
+            persistence.close()  # releases the file's lock: the store did not open
+            raise
 
     @property
     def ts(self) -> int:
@@ -176,14 +185,28 @@ class Store:
         return self.catalog.install(info)
 
     def _create_index_now(self, table: TableInfo, name: str, fields: tuple[str, ...]) -> None:
+        # Created and filled in one storage transaction (a kill leaves no index, never an
+        # empty one), and known to the catalog only once it is stored complete.
         index_id = self._allocate_index_id()
-        self.persistence.create_index(index_id, table.number, name, fields)
-        self.catalog.add_index(table.name, name, index_id, fields)
-        index = table.indexes[name]
-        self.persistence.fill_index(
-            index_id,
-            ((index.key_of(doc), key) for key, doc in self.persistence.documents_of(table.number)),
+        index = IndexInfo(name, index_id, fields)
+        self.persistence.create_index(
+            index_id, table.number, name, fields, self._entries_of(table, index)
         )
+        self.catalog.add_index(table.name, name, index_id, fields)
+
+    def _entries_of(self, table: TableInfo, index: IndexInfo) -> Iterator[tuple[bytes, bytes]]:
+        """The `(key, id_key)` entries of `index` built from the stored documents."""
+        for key, doc in self.persistence.documents_of(table.number):
+            yield index.key_of(doc), key
+
+    def _repair_unfilled_indexes(self) -> None:
+        """Fill the indexes an earlier version left empty (created, then killed before it
+        filled them): a query by such an index would silently find nothing."""
+        unfilled = set(self.persistence.unfilled_indexes())
+        for table in self.catalog.tables():
+            for index in table.indexes.values():
+                if index.index_id in unfilled:
+                    self.persistence.fill_index(index.index_id, self._entries_of(table, index))
 
     def _ensure_system_tables(self) -> None:
         with self._commit_lock:

@@ -16,6 +16,7 @@ from kernel_ext.engine.store import Store
 from kernel_ext.engine.subscriptions import QueryResult, SubscriptionManager
 from kernel_ext.errors import ArgumentError, ConvexError, ReturnsError, ValidationError
 from kernel_ext.functions.context import ActionCtx, MutationCtx, QueryCtx
+from kernel_ext.functions.receipts import MutationReceipts
 from kernel_ext.functions.registration import FunctionDefinition, FunctionKind
 from kernel_ext.functions.registry import FunctionRegistry, load_folder
 from kernel_ext.functions.scheduling import Scheduler, SchedulerService
@@ -43,6 +44,7 @@ class Backend:
         self.registry = FunctionRegistry()
         self.subscriptions = SubscriptionManager(store)
         self.scheduler = SchedulerService(self)
+        self.receipts = MutationReceipts(store)
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -209,13 +211,33 @@ class Backend:
         ]
 
     def call_with_ts(
-        self, ref: Any, args: Any, *, kind: str | None, identity: Any, public_only: bool
+        self,
+        ref: Any,
+        args: Any,
+        *,
+        kind: str | None,
+        identity: Any,
+        public_only: bool,
+        receipt: str | None = None,
     ) -> tuple[Value, int | None]:
-        """Like `call`, also returning the commit ts of a mutation (else the read ts / None)."""
+        """Like `call`, also returning the commit ts of a mutation (else the read ts / None).
+
+        Args:
+            receipt: for a mutation, its receipt key (`receipts.receipt_key`): if a mutation
+                with that key committed, its recorded result is returned and nothing runs.
+        """
         function = self.registry.lookup(ref, _kind(kind), public_only=public_only)
         if function.kind == "query":
             value, _, ts = self.store.read(lambda txn: self.invoke(function, args, txn, identity))
             return value, ts
+        if function.kind == "mutation" and receipt is not None:
+            once = self.store.mutate(
+                lambda txn: self.receipts.run_once(
+                    txn, receipt, lambda: self.invoke(function, args, txn, identity)
+                )
+            )
+            self.receipts.prune_if_due()
+            return once
         if function.kind == "mutation":
             return self.store.mutate(lambda txn: self.invoke(function, args, txn, identity))
         return self.invoke(function, args, None, identity), None

@@ -25,6 +25,7 @@ documents.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -33,6 +34,7 @@ import sqlite3
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -42,7 +44,14 @@ from kernel_ext.store.catalog import TableInfo
 from kernel_ext.store.codec import decode_document, encode_document
 from kernel_ext.store.values import Value
 
-__all__ = ["CommitRecord", "IndexChange", "SqlitePersistence", "SqliteSnapshot"]
+__all__ = [
+    "CommitRecord",
+    "IndexChange",
+    "SqlitePersistence",
+    "SqliteSnapshot",
+    "check_store_file",
+    "storage_error",
+]
 
 _FORMAT_VERSION: Final = 1
 _FIRST_BATCH: Final = 16
@@ -64,6 +73,11 @@ CREATE TABLE IF NOT EXISTS index_entries (
     index_id INTEGER NOT NULL, key BLOB NOT NULL, id_key BLOB NOT NULL,
     PRIMARY KEY (index_id, key)) WITHOUT ROWID;
 """
+
+_STORE_TABLES: Final = frozenset({"meta", "tables", "indexes", "documents", "index_entries"})
+#: The first bytes of every SQLite database file.
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+_HEADER_SIZE: Final = 100
 
 Row = tuple[bytes, dict[str, Value]]
 
@@ -103,6 +117,93 @@ def _lock_owner_text(lock_path: Path) -> str:
         return "another process"
     text = f"process {info.get('pid')} ({info.get('command', '?')})"
     return text + (f", serving {info['url']}" if info.get("url") else "")
+
+
+def check_store_file(path: Path, *, existed: bool) -> None:
+    """Refuse a store file that is not an SQLite database or is shorter than its header
+    says (truncated), before SQLite opens it: SQLite would read the missing pages as absent
+    and may show an empty or damaged store, and the next write would overwrite what is left.
+
+    The length is checked only when no write-ahead log beside it holds frames: while it
+    does (a process was killed), the file may lag its header until the log is replayed.
+    A file that exists but is empty holds nothing and opens as a new store, with a warning
+    (it may be a store truncated to nothing).
+
+    Raises:
+        PersistenceError: the file is not a store or is truncated; it was not changed.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        if existed and not _has_wal_frames(path):
+            warnings.warn(
+                f"The store file {path} exists but is empty: starting a new store in it. "
+                "If it held data, it was truncated; restore it from a backup.",
+                stacklevel=4,
+            )
+        return
+    with open(path, "rb") as f:
+        header = f.read(_HEADER_SIZE)
+    if len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC):
+        raise PersistenceError(
+            f"{path} is not a store: it is {size:,} bytes and not an SQLite database "
+            "(truncated, or another kind of file). It was left unchanged; open the right "
+            "file, or restore the store from a backup."
+        )
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The in-header page count is valid only if the change counter matches
+    # "version-valid-for" (SQLite file format, section 1.3.7).
+    valid = pages > 0 and header[24:28] == header[92:96]
+    if valid and size < pages * page_size and not _has_wal_frames(path):
+        raise PersistenceError(
+            f"{path} is truncated: it is {size:,} bytes but its header says {pages:,} pages "
+            f"of {page_size:,} bytes ({pages * page_size:,} bytes). It was left unchanged; "
+            "restore the store from a backup (or recover what is left with "
+            f"`sqlite3 {path} .recover`)."
+        )
+
+
+def _has_wal_frames(path: Path) -> bool:
+    wal = path.with_name(path.name + "-wal")
+    try:
+        return wal.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+#: SQLite result codes (`sqlite_errorname`) by what they mean for the user.
+_DAMAGED: Final = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+_READ_ONLY: Final = frozenset(
+    {"SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH", "SQLITE_READONLY_DBMOVED"}
+)
+_READ_ONLY_ERRNOS: Final = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def storage_error(path: Path, action: str, exc: BaseException) -> PersistenceError:
+    """A `PersistenceError` for a failure of SQLite or the file system: names the file, what
+    failed, and what to do about it (chain it: `raise storage_error(...) from exc`)."""
+    if isinstance(exc, PersistenceError):
+        return exc
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    code = getattr(exc, "errno", None)
+    if name.split("_", 2)[:2] == ["SQLITE", "CORRUPT"] or name in _DAMAGED:
+        advice = (
+            f"the file is damaged. Restore it from a backup, or recover what is left with "
+            f"`sqlite3 {path} .recover | sqlite3 recovered.db` and open that"
+        )
+    elif name in _READ_ONLY or name.startswith("SQLITE_READONLY") or code in _READ_ONLY_ERRNOS:
+        advice = (
+            f"the file or its folder {path.parent} cannot be written (read-only file system "
+            f"or permissions). A store needs write access to both (SQLite writes "
+            f"{path.name}-wal and {path.name}-shm beside it): make them writable, or copy "
+            "the store to a writable folder"
+        )
+    elif name == "SQLITE_FULL" or code == errno.ENOSPC:
+        advice = "the disk is full. Free some space and try again"
+    else:
+        advice = "check the file and its folder"
+    return PersistenceError(f"{action} {path} failed: {exc} ({advice}).")
 
 
 _GET_SQL: Final = "SELECT body FROM documents WHERE table_number=? AND id_key=?"
@@ -191,7 +292,10 @@ class SqliteSnapshot:
         conn = self._conn
         if conn is None:
             raise PersistenceError("This snapshot is closed")
-        return conn.execute(sql, params).fetchall()
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise storage_error(self._owner.path, "Reading", exc) from exc
 
     def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
         """The document, or None."""
@@ -282,32 +386,56 @@ class SqlitePersistence:
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_file = self._acquire_lock()
-            self._writer = self._connect()
-            self._writer.executescript(_SCHEMA)
-            self._init_meta()
-        except sqlite3.Error as exc:
+            existed = self.path.exists()
+            self._lock_fd = self._acquire_lock()
+            check_store_file(self.path, existed=existed)
+            self._writer = self._open_writer()
+        except (sqlite3.Error, OSError) as exc:
             self._cleanup()
-            raise PersistenceError(f"Cannot open store {self.path}: {exc}") from exc
+            raise storage_error(self.path, "Cannot open the store", exc) from exc
         except BaseException:
             self._cleanup()
             raise
 
     # -- opening -------------------------------------------------------------------------
 
-    def _acquire_lock(self) -> Any:
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the store's lifetime
+    def _acquire_lock(self) -> int:
+        """Lock the database file itself; returns the descriptor that holds the lock.
+
+        The lock is a `flock` on the store file (created if missing), held for the store's
+        lifetime: it follows the file's inode, so deleting the `.lock` file or opening the
+        store through a hard link or another path cannot get around it. Why not the
+        alternatives: a POSIX `fcntl` lock on the file would be dropped as soon as SQLite
+        closes any of its own descriptors of that file in this process (POSIX locks belong to
+        the process and inode, not to a descriptor), and SQLite's `locking_mode=EXCLUSIVE`
+        would also shut out this process's own pooled reader connections (the lock belongs
+        to one connection), which the snapshots need. `flock` locks are separate from the
+        `fcntl` byte-range locks SQLite takes (on Linux and the BSDs), so SQLite's own
+        locking and other readers of the file are unaffected. The `.lock` file beside the
+        store only tells a second process who owns it.
+
+        Raises:
+            StoreLocked: another process (or another open store in this one) holds it.
+        """
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.close()
+            os.close(fd)
+            lock_path = self.path.with_name(self.path.name + ".lock")
             raise StoreLocked(
                 f"The store {self.path} is in use by {_lock_owner_text(lock_path)}. Connect to "
                 "that process's server URL instead, or close it first."
             ) from None
-        self.set_owner_info()
-        return handle
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            self.set_owner_info()
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
     def set_owner_info(self, url: str | None = None) -> None:
         """Record who owns the store (and the URL it serves, if any) in its lock file."""
@@ -315,24 +443,71 @@ class SqlitePersistence:
         info = {"pid": os.getpid(), "command": " ".join(sys.argv[:2]) or "python", "url": url}
         lock_path.write_text(json.dumps(info))
 
+    def _open_writer(self) -> sqlite3.Connection:
+        """The writer connection, once the file is known to be this store (or new): a file
+        that is another database, or whose store rows are gone, is refused before anything
+        is written to it (even the switch to WAL)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._check_catalog(conn)
+            self._configure(conn)
+            # One transaction: a store killed while it is created is either complete or
+            # still empty (then opened as new), never tables without their `meta` rows.
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.strip().split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            self._init_meta(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_catalog(self, conn: sqlite3.Connection) -> None:
+        """Refuse a database that is not a store: it has tables, yet no store format row
+        (a store gets one in the transaction that creates its tables). Empty store tables
+        without it are a creation that an earlier version left unfinished: opened as new."""
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" in names and conn.execute("SELECT 1 FROM meta WHERE key='format'").fetchone():
+            return
+        if names <= _STORE_TABLES and not any(
+            conn.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchone() for name in names
+        ):
+            return  # new, or its creation was interrupted before anything was stored
+        raise PersistenceError(
+            f"{self.path} is an SQLite database but not a store (or its store rows are "
+            f"gone: it has tables {sorted(names)[:5]} but no format row). Nothing was "
+            "written to it. Open the right file, or restore the store from a backup."
+        )
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._configure(conn)
+        return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'NORMAL' if self.durable else 'OFF'}")
         conn.execute("PRAGMA busy_timeout=10000")
-        return conn
 
-    def _init_meta(self) -> None:
-        row = self._writer.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+    def _init_meta(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
         if row is None:
-            self._writer.executemany(
+            conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)", [("format", str(_FORMAT_VERSION)), ("ts", "0")]
             )
         elif int(row[0]) != _FORMAT_VERSION:
             raise PersistenceError(
                 f"{self.path} has store format {row[0]}, this version reads {_FORMAT_VERSION}"
             )
-        (ceiling,) = self._writer.execute("SELECT value FROM meta WHERE key='ts'").fetchone()
+        ceiling_row = conn.execute("SELECT value FROM meta WHERE key='ts'").fetchone()
+        if ceiling_row is None:
+            raise PersistenceError(
+                f"{self.path} lacks its timestamp row: the store is damaged; restore it from "
+                "a backup"
+            )
+        (ceiling,) = ceiling_row
         # Every stored commit is at or before the ceiling: the state of the file is the state
         # at that ts, and the next commit gets a later one.
         self._committed_ts = self._ts_ceiling = int(ceiling)
@@ -342,12 +517,15 @@ class SqlitePersistence:
     ) -> tuple[list[tuple[int, str]], list[tuple[int, int, str, tuple[str, ...]]]]:
         """`(tables [(number, name)], indexes [(index_id, table_number, name, fields)])`."""
         with self._write_lock:
-            tables = self._writer.execute(
-                "SELECT number, name FROM tables ORDER BY number"
-            ).fetchall()
-            rows = self._writer.execute(
-                "SELECT index_id, table_number, name, fields FROM indexes ORDER BY index_id"
-            ).fetchall()
+            try:
+                tables = self._writer.execute(
+                    "SELECT number, name FROM tables ORDER BY number"
+                ).fetchall()
+                rows = self._writer.execute(
+                    "SELECT index_id, table_number, name, fields FROM indexes ORDER BY index_id"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise storage_error(self.path, "Reading the catalog of", exc) from exc
         indexes = [
             (index_id, table, name, tuple(json.loads(fields)))
             for index_id, table, name, fields in rows
@@ -385,7 +563,7 @@ class SqlitePersistence:
         except sqlite3.Error as exc:
             if conn is not None:
                 self._finish_read(conn)
-            raise PersistenceError(f"Cannot read {self.path}: {exc}") from exc
+            raise storage_error(self.path, "Reading", exc) from exc
         return SqliteSnapshot(self, txn)
 
     def _begin_read(self, conn: sqlite3.Connection, generation: int) -> _ReadTransaction:
@@ -455,7 +633,7 @@ class SqlitePersistence:
             try:
                 return self._writer.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise PersistenceError(f"Cannot read {self.path}: {exc}") from exc
+                raise storage_error(self.path, "Reading", exc) from exc
 
     def _begin_write(self) -> sqlite3.Connection:
         """Take the writer connection for one write; `_end_write` must follow. Ends the idle
@@ -483,6 +661,11 @@ class SqlitePersistence:
         writer = self._begin_write()
         try:
             yield writer
+        except sqlite3.Error as exc:
+            if writer.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    writer.execute("ROLLBACK")
+            raise storage_error(self.path, "Writing (nothing was written)", exc) from exc
         finally:
             self._end_write()
 
@@ -494,23 +677,53 @@ class SqlitePersistence:
             w.execute("INSERT INTO tables VALUES (?, ?)", (number, name))
 
     def create_index(
-        self, index_id: int, table_number: int, name: str, fields: tuple[str, ...]
+        self,
+        index_id: int,
+        table_number: int,
+        name: str,
+        fields: tuple[str, ...],
+        entries: Iterable[tuple[bytes, bytes]],
     ) -> None:
-        """Persist a new (empty) index."""
+        """Persist a new index with its `(key, id_key)` entries (built from the existing
+        documents), in one transaction: a process killed while it runs leaves no index
+        rather than an empty one, which queries would trust and find nothing in."""
         with self._writing() as w:
+            w.execute("BEGIN")
             w.execute(
                 "INSERT INTO indexes VALUES (?, ?, ?, ?)",
                 (index_id, table_number, name, json.dumps(list(fields))),
             )
+            w.executemany(
+                "INSERT INTO index_entries VALUES (?, ?, ?)", ((index_id, k, i) for k, i in entries)
+            )
+            w.execute("COMMIT")
 
     def fill_index(self, index_id: int, entries: Iterable[tuple[bytes, bytes]]) -> None:
-        """Add `(key, id_key)` entries to an index (building it from existing documents)."""
+        """Add `(key, id_key)` entries to an existing index, in one transaction (repairs an
+        index that an earlier version created empty, see `unfilled_indexes`)."""
         with self._writing() as w:
             w.execute("BEGIN")
             w.executemany(
                 "INSERT INTO index_entries VALUES (?, ?, ?)", ((index_id, k, i) for k, i in entries)
             )
             w.execute("COMMIT")
+
+    def unfilled_indexes(self) -> list[int]:
+        """The ids of the indexes that hold no entry although their table holds documents.
+
+        Earlier versions created an index and filled it in two transactions, so a process
+        killed in between left it empty for good. Cheap: two index lookups per index.
+        """
+        with self._write_lock:
+            try:
+                rows = self._writer.execute(
+                    "SELECT i.index_id FROM indexes i WHERE NOT EXISTS "
+                    "(SELECT 1 FROM index_entries e WHERE e.index_id=i.index_id) AND EXISTS "
+                    "(SELECT 1 FROM documents d WHERE d.table_number=i.table_number)"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise storage_error(self.path, "Reading the catalog of", exc) from exc
+        return [index_id for (index_id,) in rows]
 
     def drop_index(self, index_id: int) -> None:
         """Delete an index and its entries."""
@@ -582,7 +795,9 @@ class SqlitePersistence:
             except sqlite3.Error as exc:
                 if w.in_transaction:
                     w.execute("ROLLBACK")
-                raise PersistenceError(f"Commit failed, nothing was written: {exc}") from exc
+                raise storage_error(
+                    self.path, "Commit failed, nothing was written: writing", exc
+                ) from exc
             if ceiling is not None:
                 self._ts_ceiling = ceiling
             committed = ts
@@ -616,8 +831,9 @@ class SqlitePersistence:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        lock = getattr(self, "_lock_file", None)
-        if lock is not None:
-            lock.close()
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            self._lock_fd = None
+            os.close(fd)  # releases the lock
         if self._tempdir is not None:
             shutil.rmtree(self._tempdir, ignore_errors=True)

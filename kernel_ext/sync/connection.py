@@ -13,15 +13,16 @@ before the report does, and only then the protocol sends the Transition.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from kernel_ext.functions.receipts import receipt_key
 from kernel_ext.functions.registration import FunctionKind
 from kernel_ext.sync.outcomes import SERVER_ERROR, Outcome
 from kernel_ext.sync.protocol import (
@@ -37,46 +38,12 @@ from kernel_ext.sync.protocol import (
 )
 from kernel_ext.sync.runner import FunctionRunner
 
-__all__ = ["MutationLog", "SyncConnection"]
+__all__ = ["SyncConnection"]
 
 _log = logging.getLogger(__name__)
 
 #: After this many seconds of waiting for the engine, send the Transition anyway (logged).
 _MAX_WAIT: Final = 10.0
-
-
-#: (session id, request id, function path, caller) of a mutation.
-MutationKey = tuple[str, int, str, tuple[bool, str | None]]
-
-
-class MutationLog:
-    """The results of recent successful mutations, shared by every connection of a server.
-
-    The JS client keeps its `sessionId` across reconnects and re-sends every mutation it has
-    not seen reflected in a Transition, including ones already answered. Convex answers those
-    from a record of `(sessionId, requestId)` instead of running them twice; so does this.
-    (Python/Rust clients use a new sessionId per socket, so they never match.)
-
-    Args:
-        capacity: how many results to remember (oldest forgotten first).
-    """
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        self._capacity = capacity
-        self._results: collections.OrderedDict[MutationKey, tuple[Outcome, int | None]] = (
-            collections.OrderedDict()
-        )
-
-    def get(self, key: MutationKey) -> tuple[Outcome, int | None] | None:
-        """The recorded result of that mutation, or None."""
-        return self._results.get(key)
-
-    def put(self, key: MutationKey, outcome: Outcome, ts: int | None) -> None:
-        """Record a successful mutation's result."""
-        self._results[key] = (outcome, ts)
-        self._results.move_to_end(key)
-        while len(self._results) > self._capacity:
-            self._results.popitem(last=False)
 
 
 class SyncConnection:
@@ -90,9 +57,10 @@ class SyncConnection:
         executor: runs mutations (one at a time per connection; the protocol ensures it).
         action_executor: runs actions (concurrently).
         ping_interval: idle seconds before a Ping.
-        mutation_log: answers re-sent mutations (shared by a server's connections).
-        keeps_session: the client re-uses its session id after a reconnect (JS does; the
-            Python and Rust clients do not, so their results are not recorded).
+        keeps_session: the client re-uses its session id after a reconnect (JS and this
+            project's remote client do; the Python and Rust clients do not): its mutations
+            get durable receipts, so a re-sent one is answered instead of run twice
+            (`functions.receipts`).
         clock: seconds since the epoch.
     """
 
@@ -106,7 +74,6 @@ class SyncConnection:
         executor: concurrent.futures.Executor,
         action_executor: concurrent.futures.Executor,
         ping_interval: float = PING_INTERVAL,
-        mutation_log: MutationLog | None = None,
         keeps_session: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -115,8 +82,6 @@ class SyncConnection:
         self._send_text, self._close = send_text, close
         self._executor, self._action_executor = executor, action_executor
         self._clock = clock
-        self._mutation_log = MutationLog() if mutation_log is None else mutation_log
-        # Only a client that keeps its session id across sockets can ever look a result up.
         self._keeps_session = keeps_session
         self.protocol = SyncProtocol(authenticator, now=clock(), ping_interval=ping_interval)
         self._subscriptions: dict[tuple[int, int], Callable[[], None]] = {}
@@ -225,32 +190,35 @@ class SyncConnection:
                 _log.error("%s %s could not run", kind, event.path, exc_info=error)
                 done(event.request_id, Outcome.failure(SERVER_ERROR), None)
             else:
-                outcome, ts = future.result()
-                if key is not None and outcome.success:
-                    self._mutation_log.put(key, outcome, ts)
-                done(event.request_id, outcome, ts)
+                done(event.request_id, *future.result())
 
-        key = self._mutation_key(event) if kind == "mutation" and self._keeps_session else None
-        recorded = None if key is None else self._mutation_log.get(key)
-        if recorded is not None:
-            self._loop.call_soon(done, event.request_id, *recorded)
-            return
+        # Only a client that keeps its session id across sockets can ever re-send a request.
+        receipt = self._receipt_key(event) if kind == "mutation" and self._keeps_session else None
         try:
             future = self._loop.run_in_executor(
-                executor, self._runner.call, kind, event.path, event.args, event.identity
+                executor,
+                functools.partial(
+                    self._runner.call,
+                    kind,
+                    event.path,
+                    event.args,
+                    event.identity,
+                    receipt=receipt,
+                ),
             )
         except RuntimeError:  # executor shut down
             done(event.request_id, Outcome.failure("The server is shutting down"), None)
             return
         future.add_done_callback(finished)
 
-    def _mutation_key(self, event: RunMutation | RunAction) -> MutationKey | None:
+    def _receipt_key(self, event: RunMutation | RunAction) -> str | None:
+        """The mutation's durable receipt key: session, request id, path and caller."""
         session = self.protocol.session_id
         if session is None:
             return None
         user = event.identity.user
         caller = (event.identity.admin, None if user is None else str(user.get("tokenIdentifier")))
-        return (session, event.request_id, event.path, caller)
+        return receipt_key(session, event.request_id, event.path, caller)
 
     def _mutation_done(self, request_id: int, outcome: Outcome, ts: int | None) -> None:
         self.protocol.receive_mutation_result(request_id, outcome, ts)

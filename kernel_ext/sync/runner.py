@@ -40,10 +40,17 @@ class FunctionRunner(Protocol):
         subscribers' callbacks."""
 
     def call(
-        self, kind: FunctionKind | None, path: str, args: Any, identity: Identity
+        self,
+        kind: FunctionKind | None,
+        path: str,
+        args: Any,
+        identity: Identity,
+        *,
+        receipt: str | None = None,
     ) -> tuple[Outcome, int | None]:
         """Run a function of that kind (any kind for None) in its own transaction; returns
-        the outcome and, for a mutation, its commit ts (a query: its snapshot ts)."""
+        the outcome and, for a mutation, its commit ts (a query: its snapshot ts). A mutation
+        with a `receipt` key runs at most once: re-sent, it gets its first result."""
 
     def query_batch(
         self, queries: Sequence[tuple[str, Any]], identity: Identity
@@ -73,12 +80,24 @@ class BackendRunner:
         self.backend.subscriptions.call_when_processed(ts, callback)
 
     def call(
-        self, kind: FunctionKind | None, path: str, args: Any, identity: Identity
+        self,
+        kind: FunctionKind | None,
+        path: str,
+        args: Any,
+        identity: Identity,
+        *,
+        receipt: str | None = None,
     ) -> tuple[Outcome, int | None]:
-        """Run a function; its errors become failed outcomes, its output log lines."""
+        """Run a function; its errors become failed outcomes, its output log lines. A
+        mutation with a `receipt` key runs at most once (`functions.receipts`)."""
         result, error, lines = _captured(
             lambda: self.backend.call_with_ts(
-                path, args, kind=kind, identity=identity.user, public_only=not identity.admin
+                path,
+                args,
+                kind=kind,
+                identity=identity.user,
+                public_only=not identity.admin,
+                receipt=receipt,
             )
         )
         if result is None:

@@ -30,7 +30,7 @@ import tornado.websocket
 
 from kernel_ext.functions.backend import Backend
 from kernel_ext.sync.auth import AuthProvider, ServerAuthenticator
-from kernel_ext.sync.connection import MutationLog, SyncConnection
+from kernel_ext.sync.connection import SyncConnection
 from kernel_ext.sync.deploy import Deployer
 from kernel_ext.sync.http import HttpApi, HttpRequest
 from kernel_ext.sync.protocol import PING_INTERVAL
@@ -189,7 +189,6 @@ class SyncServer:
         self.executor = concurrent.futures.ThreadPoolExecutor(workers, "convex-calls")
         self.action_executor = concurrent.futures.ThreadPoolExecutor(workers, "convex-actions")
         self.sockets: set[SyncSocketHandler] = set()
-        self.mutation_log = MutationLog()
         self.allowed_hosts: set[str] | None = None
         self._http_server: tornado.httpserver.HTTPServer | None = None
         self._ticker: tornado.ioloop.PeriodicCallback | None = None
@@ -230,7 +229,6 @@ class SyncServer:
             executor=self.executor,
             action_executor=self.action_executor,
             ping_interval=self.ping_interval,
-            mutation_log=self.mutation_log,
             keeps_session=keeps_session,
         )
 
