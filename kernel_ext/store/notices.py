@@ -9,7 +9,6 @@ enough. Python's warning filters still apply (`error` turns it into an exception
 from __future__ import annotations
 
 import sys
-import threading
 import warnings
 from collections.abc import Hashable
 from pathlib import Path
@@ -21,8 +20,9 @@ from kernel_ext.errors import StoreWarning
 __all__ = ["warn_once"]
 
 _PACKAGE_DIR: Final = str(Path(__file__).resolve().parent.parent)
-_warned: set[tuple[str, str, int, Hashable]] = set()
-_lock = threading.Lock()
+#: Keys already warned about. `dict.setdefault` on it is atomic (one bytecode-level call on
+#: keys of str, int and tuples), so two threads never both warn for one key, without a lock.
+_warned: dict[tuple[str, str, int, Hashable], object] = {}
 
 
 def _user_frame() -> FrameType | None:
@@ -42,10 +42,9 @@ def warn_once(topic: Hashable, message: str) -> None:
         return
     code = frame.f_code
     key = (code.co_filename, code.co_qualname, code.co_firstlineno, topic)
-    with _lock:
-        if key in _warned:
-            return
-        _warned.add(key)
+    token = object()
+    if _warned.setdefault(key, token) is not token:
+        return
     module_globals = frame.f_globals
     warnings.warn_explicit(
         message,
