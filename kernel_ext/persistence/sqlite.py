@@ -384,6 +384,7 @@ class SqlitePersistence:
         self._committed_ts = 0  # ts of the latest commit (guarded like `_generation`)
         self._ts_ceiling = 0  # the stored ceiling (changed under the write lock)
         self._closed = False
+        self._lock_fd: int | None = None  # holds the store file's lock while open
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             existed = self.path.exists()
@@ -831,9 +832,8 @@ class SqlitePersistence:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        fd = getattr(self, "_lock_fd", None)
+        fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
-            self._lock_fd = None
             os.close(fd)  # releases the lock
         if self._tempdir is not None:
             shutil.rmtree(self._tempdir, ignore_errors=True)
