@@ -194,7 +194,7 @@ class LiveTable(anywidget.AnyWidget):
         data = bundle[0] if isinstance(bundle, tuple) else bundle
         if isinstance(data, dict):
             with self._lock:
-                data["text/html"] = self.model.snapshot_html()
+                data["text/html"] = self.model.snapshot_html(complete=self.complete)
         return bundle
 
     def close(self) -> None:

@@ -243,9 +243,10 @@ class TableModel:
         wanted = set(keys)
         return [p for p in range(len(self.rows)) if self.key_at(p) in wanted]
 
-    def snapshot_html(self, max_rows: int = 20) -> str:
+    def snapshot_html(self, max_rows: int = 20, *, complete: bool = True) -> str:
         """A static HTML table of the first rows and the row count (for viewers without a
-        kernel)."""
+        kernel), in a box that scrolls sideways when the table is wide. `complete=False`
+        (a paginated query with more pages): the count says more rows exist."""
         from html import escape
 
         head = "".join(f"<th>{escape(c)}</th>" for c in self.columns)
@@ -254,10 +255,14 @@ class TableModel:
             cells = "".join(f"<td>{escape(text)}</td>" for text, _ in self.cells_at(position))
             body.append(f"<tr>{cells}</tr>")
         more = len(self.rows) - min(max_rows, len(self.rows))
+        loaded = " loaded (the query has more)" if not complete else ""
         footer = (
-            f"<p>{len(self.rows)} rows" + (f" ({more} more not shown)" if more else "") + "</p>"
+            f"<p>{len(self.rows)} rows{loaded}"
+            + (f" ({more} more not shown)" if more else "")
+            + "</p>"
         )
         return (
+            "<div style='overflow-x: auto; max-width: 100%'>"
             f"<table class='convex-live-table-static'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>{footer}"
+            f"<tbody>{''.join(body)}</tbody></table></div>{footer}"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jupyter_harness import execute, open_and_run, write_notebook
+from playwright.sync_api import expect
 
 SETUP = """%load_ext kernel_ext"""
 SCHEMA = """%%convex_schema
@@ -15,16 +16,24 @@ SEED = """ids = [convex.mutation("items:add", n=i, label=f"row {i}") for i in ra
 LIVE = """%%convex_query items:list --live
 return db.query("items").with_index("by_n").collect()"""
 
-ROW_TEXT = """(n) => {
-  const tr = document.querySelector(`.convex-live-table tr[data-position="${n}"]`);
-  return tr ? [...tr.cells].map(td => td.textContent) : null;
-}"""
-
-
 ROW_KINDS = """(n) => {
   const tr = document.querySelector(`.convex-live-table tr[data-position="${n}"]`);
   return tr ? [...tr.cells].map(td => td.dataset.kind) : null;
 }"""
+
+
+ROW_IS = """([n, cells]) => {
+  const tr = document.querySelector(`.convex-live-table tr[data-position="${n}"]`);
+  return !!tr && JSON.stringify([...tr.cells].map(td => td.textContent)) === JSON.stringify(cells);
+}"""
+#: Resolves after the browser has handled pending scroll events and drawn a frame.
+NEXT_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+
+
+def wait_row(page, position: int, cells: list[str], timeout: float = 10_000) -> None:
+    """Wait until the row at `position` shows exactly `cells` (its content, not just its
+    element: a row is first drawn as an empty placeholder until its data arrives)."""
+    page.wait_for_function(ROW_IS, arg=[position, cells], timeout=timeout)
 
 
 def test_mutation_patches_row_in_place(lab, browser):
@@ -32,24 +41,17 @@ def test_mutation_patches_row_in_place(lab, browser):
     page = browser.new_page()
     try:
         open_and_run(page, lab, notebook)
-        page.wait_for_function(
-            "() => document.querySelector('.convex-live-table tr[data-position=\"0\"]')",
-            timeout=60_000,
-        )
-        assert page.evaluate(ROW_TEXT, 3) == ["3", "row 3"]
+        wait_row(page, 3, ["3", "row 3"], timeout=60_000)
         # Kinds travel as letters and style the cells (numbers right-aligned, etc.).
         assert page.evaluate(ROW_KINDS, 3) == ["int", "str"]
         # Mark the table element and scroll a bit: both must survive the update.
         page.evaluate(
             "() => { const t = document.querySelector('.convex-live-table table'); t.__marker = 'same'; document.querySelector('.clt-scroller').scrollTop = 56; }"
         )
-        page.wait_for_timeout(300)
+        page.evaluate(NEXT_FRAMES)  # the scroll handler has run before the mutation
         status = execute(page, 'convex.mutation("items:set_label", id=ids[3], label="changed!")')
         assert status == "ok"
-        page.wait_for_function(
-            "() => { const tr = document.querySelector('.convex-live-table tr[data-position=\"3\"]'); return tr && tr.cells[1].textContent === 'changed!'; }",
-            timeout=10_000,
-        )
+        wait_row(page, 3, ["3", "changed!"])
         assert (
             page.evaluate("() => document.querySelector('.convex-live-table table').__marker")
             == "same"
@@ -65,15 +67,9 @@ def test_mutation_patches_row_in_place(lab, browser):
             "() => document.querySelector(\".convex-live-table th[data-column='n']\").dataset.sort === 'desc'"
         )
         page.evaluate("() => { document.querySelector('.clt-scroller').scrollTop = 0; }")
-        page.wait_for_function(
-            "() => { const tr = document.querySelector('.convex-live-table tr[data-position=\"0\"]'); return tr && tr.cells[0].textContent === '49'; }",
-            timeout=10_000,
-        )
+        wait_row(page, 0, ["49", "row 49"])
         execute(page, 'convex.mutation("items:add", n=1000, label="top")')
-        page.wait_for_function(
-            "() => { const tr = document.querySelector('.convex-live-table tr[data-position=\"0\"]'); return tr && tr.cells[0].textContent === '1000'; }",
-            timeout=10_000,
-        )
+        wait_row(page, 0, ["1000", "top"])
         assert (
             page.evaluate(
                 "() => document.querySelector(\".convex-live-table th[data-column='n']\").dataset.sort"
@@ -84,7 +80,7 @@ def test_mutation_patches_row_in_place(lab, browser):
             page.evaluate("() => document.querySelector('.convex-live-table table').__marker")
             == "same"
         )
-        assert "51 rows" in page.inner_text(".convex-live-table .clt-count")
+        expect(page.locator(".convex-live-table .clt-count")).to_have_text("51 rows")
     finally:
         page.close()
 
@@ -98,8 +94,9 @@ raise ConvexError("the query failed on purpose")"""
     page = browser.new_page()
     try:
         open_and_run(page, lab, notebook)
-        page.wait_for_selector(".convex-live-table[data-status='error']", timeout=60_000)
-        assert "the query failed on purpose" in page.inner_text(".convex-live-table .clt-status")
+        expect(page.locator(".convex-live-table[data-status='error'] .clt-status")).to_contain_text(
+            "the query failed on purpose", timeout=60_000
+        )
     finally:
         page.close()
 
@@ -115,11 +112,8 @@ return db.query("big").with_index("by_n").collect()"""
     page = browser.new_page()
     try:
         open_and_run(page, lab, notebook)
-        page.wait_for_function(
-            "() => document.querySelector('.convex-live-table tr[data-position=\"0\"]')",
-            timeout=120_000,
-        )
-        assert "100,000 rows" in page.inner_text(".convex-live-table .clt-count")
+        wait_row(page, 0, ["0"], timeout=120_000)
+        expect(page.locator(".convex-live-table .clt-count")).to_have_text("100,000 rows")
         rows_in_dom = page.evaluate(
             "() => document.querySelectorAll('.convex-live-table tbody tr[data-key]').length"
         )
@@ -127,10 +121,7 @@ return db.query("big").with_index("by_n").collect()"""
         page.evaluate(
             "() => { const s = document.querySelector('.clt-scroller'); s.scrollTop = s.scrollHeight; }"
         )
-        page.wait_for_function(
-            "() => { const tr = document.querySelector('.convex-live-table tr[data-position=\"99999\"]'); return tr && tr.cells[0].textContent === '99999'; }",
-            timeout=20_000,
-        )
+        wait_row(page, 99999, ["99999"], timeout=20_000)
     finally:
         page.close()
 
@@ -140,14 +131,8 @@ def test_notebook7_renders_and_updates(notebook7, browser):
     page = browser.new_page()
     try:
         open_and_run(page, notebook7, notebook)
-        page.wait_for_function(
-            "() => document.querySelector('.convex-live-table tr[data-position=\"0\"]')",
-            timeout=60_000,
-        )
+        wait_row(page, 0, ["0", "row 0"], timeout=60_000)
         execute(page, 'convex.mutation("items:set_label", id=ids[0], label="nb7")')
-        page.wait_for_function(
-            "() => { const tr = document.querySelector('.convex-live-table tr[data-position=\"0\"]'); return tr && tr.cells[1].textContent === 'nb7'; }",
-            timeout=10_000,
-        )
+        wait_row(page, 0, ["0", "nb7"])
     finally:
         page.close()

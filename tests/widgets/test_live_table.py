@@ -135,7 +135,7 @@ def test_error_state_shows_message(app):
 def test_selection_and_mimebundle(app):
     app.mutation("t:add", n=1)
     table = LiveTable(app, "t:items")
-    time.sleep(0.2)
+    wait_for(lambda: table.total == 1)  # the first result has arrived
     table._on_front_end_message(table, {"type": "select", "keys": ["abc"]}, [])
     assert table.selection == ["abc"]
     bundle = table._repr_mimebundle_()
@@ -212,7 +212,9 @@ def test_paginated_pages_keep_their_boundaries(paged_app):
     wait_for(lambda: table.total >= 200, timeout=5.0)
     first_page_end = table.model.key_at(199)
     client.mutation("p:add", n=5000)  # appended at the end: the first page does not grow
-    time.sleep(0.2)
+    # Barrier: the mutation returned once every page re-ran; their callbacks run in order on
+    # the client's callback thread, so a job queued behind them runs after them.
+    client._dispatcher.submit(lambda: None).result(timeout=10)
     assert table.model.key_at(199) == first_page_end
     table.close()
 

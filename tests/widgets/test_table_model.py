@@ -70,6 +70,13 @@ def test_snapshot_html_has_first_rows_and_count():
     html = model.snapshot_html(max_rows=3)
     assert html.count("<tr>") == 4  # header + 3 rows
     assert "30 rows (27 more not shown)" in html
+    assert "overflow-x: auto" in html  # a wide table scrolls sideways in static viewers too
+
+
+def test_snapshot_of_a_paged_result_says_more_rows_exist():
+    model = TableModel()
+    model.set_rows(docs(*range(5)))
+    assert "5 rows loaded (the query has more)" in model.snapshot_html(complete=False)
 
 
 def test_non_document_results():

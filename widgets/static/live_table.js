@@ -68,8 +68,10 @@ function render({ model, el }) {
   function drawChrome() {
     title.textContent = model.get("title");
     const total = model.get("total");
-    const more = model.get("complete") ? "" : "+";
-    count.textContent = `${total.toLocaleString()}${more} row${total === 1 && !more ? "" : "s"}`;
+    const rows = `${total.toLocaleString()} row${total === 1 ? "" : "s"}`;
+    // A paginated query's count grows as pages load: say so rather than show "405+ rows".
+    count.textContent = model.get("complete") ? rows : `${rows} loaded, loading more as you scroll`;
+    count.dataset.complete = String(model.get("complete"));
     const state = model.get("status");
     root.dataset.status = state;
     status.textContent =
