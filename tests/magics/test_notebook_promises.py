@@ -150,7 +150,7 @@ def test_connect_with_admin_key_option_and_environment(ip, served, monkeypatch, 
     run(ip, "%%convex_query ping --internal\nreturn 'pong'")  # on the embedded store
     ip.run_line_magic("convex", f"connect {served.url} --admin-key {served.admin_key}")
     run(ip, "%%convex_query ping --internal\nreturn 'served pong'")  # pushing needs the key
-    assert ip.run_line_magic("convex", "query ping")["value"].tolist() == ["served pong"]
+    assert ip.run_line_magic("convex", "query notebook:ping")["value"].tolist() == ["served pong"]
     monkeypatch.setenv("CONVEX_ADMIN_KEY", served.admin_key)
     ip.run_line_magic("convex", f"connect {served.url}")
     assert set(ip.run_line_magic("convex", "functions")["path"]) == {"notebook:ping"}
