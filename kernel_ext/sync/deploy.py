@@ -7,7 +7,10 @@ only its own source: it runs with the names `kernel_ext` exports (`v`, `ConvexEr
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -41,6 +44,7 @@ class Deployer:
         self.folder = (
             folder if folder is not None else Path(tempfile.mkdtemp(prefix="convex-push-"))
         )
+        self._push_lock = threading.Lock()  # one push of modules at a time
 
     def __call__(self, body: Mapping[str, Any]) -> Any:
         """Apply an admin request:
@@ -117,8 +121,49 @@ class Deployer:
                 raise ValidationError(
                     f"Pushed module {name!r} must be a relative .py path with text"
                 )
+        # A module that does not parse is refused before anything is written.
         for name, text in files.items():
-            target = self.folder / PurePosixPath(str(name))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-        return self.backend.load_functions(self.folder)
+            compile(text, f"<pushed {name}>", "exec")
+        with self._push_lock:
+            return self._apply_files(files)
+
+    def _apply_files(self, files: Mapping[str, str]) -> list[str]:
+        """Write the pushed modules over a copy of the folder, swap the copy in and load it;
+        if loading fails (a module raises on import, a bad schema), swap the previous folder
+        back: a rejected push leaves the folder, and so every later push, as before."""
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{self.folder.name}-staging-", dir=self.folder.parent)
+        )
+        try:
+            if self.folder.exists():
+                shutil.copytree(
+                    self.folder,
+                    staging,
+                    dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"),
+                )
+            for name, text in files.items():
+                target = staging / PurePosixPath(str(name))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        # Loaded from the folder's own path (module names derive from it), so the new
+        # version is renamed into place first and the previous one kept until it loads.
+        previous = self.folder.with_name(f"{staging.name}-previous")
+        had_previous = self.folder.exists()
+        if had_previous:
+            os.rename(self.folder, previous)
+        os.rename(staging, self.folder)
+        try:
+            defined = self.backend.load_functions(self.folder)
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if had_previous:
+                os.rename(previous, self.folder)
+            raise
+        if had_previous:
+            shutil.rmtree(previous, ignore_errors=True)
+        return defined
