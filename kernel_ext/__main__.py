@@ -26,6 +26,29 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=3210, help="0 picks a free port")
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine)")
     serve.add_argument("--admin-key", help="default: a new random key, printed once")
+    limits = serve.add_argument_group("limits (per function call / per WebSocket)")
+    limits.add_argument(
+        "--function-time-limit",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a query or mutation may run before it is stopped and fails (default "
+        "10; Convex allows 1; 0 means no limit)",
+    )
+    limits.add_argument(
+        "--max-subscriptions",
+        type=int,
+        default=5_000,
+        metavar="N",
+        help="live queries one WebSocket may hold (default 5000)",
+    )
+    limits.add_argument(
+        "--max-concurrent-calls",
+        type=int,
+        default=64,
+        metavar="N",
+        help="mutations and actions one WebSocket may have running (default 64)",
+    )
     auth = serve.add_argument_group("user tokens (JWT)")
     auth.add_argument("--auth-issuer", help="the `iss` tokens must have")
     auth.add_argument("--auth-audience", help="the `aud` tokens must have")
@@ -185,6 +208,9 @@ def _serve(args: argparse.Namespace) -> int:
                 auth=provider,
                 on_ready=ready,
                 push_dir=Path(args.db).resolve().parent / "pushed",
+                time_limit=args.function_time_limit or None,
+                max_subscriptions=args.max_subscriptions,
+                max_concurrent_calls=args.max_concurrent_calls,
             )
         except OSError as exc:  # the address is taken or not ours
             print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)

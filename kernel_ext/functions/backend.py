@@ -14,8 +14,17 @@ from typing import Any
 
 from kernel_ext.engine.store import Store
 from kernel_ext.engine.subscriptions import QueryResult, SubscriptionManager
-from kernel_ext.errors import ArgumentError, ConvexError, ReturnsError, ValidationError
+from kernel_ext.errors import (
+    ArgumentError,
+    ConvexError,
+    FunctionAborted,
+    FunctionTimeout,
+    ReturnsError,
+    ValidationError,
+)
+from kernel_ext.functions import limits
 from kernel_ext.functions.context import ActionCtx, MutationCtx, QueryCtx
+from kernel_ext.functions.limits import check_deadline, contained, run_armed
 from kernel_ext.functions.receipts import MutationReceipts
 from kernel_ext.functions.registration import FunctionDefinition, FunctionKind
 from kernel_ext.functions.registry import FunctionRegistry, load_folder
@@ -139,7 +148,12 @@ class Backend:
         """Validate `args` (unless `prepared`: they came from `prepare_args` for this very
         function), run the handler (in `txn` for queries and mutations), check and normalize
         its result. Exceptions from the handler propagate with a note naming the function; a
-        `ConvexError` propagates as it is."""
+        `ConvexError` propagates as it is; any other `BaseException` becomes `FunctionAborted`
+        (`limits.contained`: a `KeyboardInterrupt` on the main thread propagates).
+
+        Raises:
+            FunctionTimeout: the call's time limit (`time_limit`) ran out.
+        """
         # Prepared arguments are copied all the same: a handler may change what it is given.
         values = copy_value(args) if prepared else self.prepare_args(function, args)
         ctx: QueryCtx | ActionCtx
@@ -154,15 +168,19 @@ class Backend:
                 else QueryCtx(txn, identity, self)
             )
         try:
-            result = function.handler(ctx, **values)
-        except ConvexError:
-            raise
-        except Exception as exc:
-            _note(exc, f"raised by {function.kind} {function.path}")
-            raise
+            check_deadline()  # a retried mutation whose time is up does not start again
+            result, error = run_armed(lambda: function.handler(ctx, **values))
         finally:
             if txn is not None and function.kind != "action":
                 txn.paginated = saved
+        if error is not None:
+            error = contained(error, f"{function.kind} {function.path}")
+            # The library's own verdicts on the call name the function already.
+            if isinstance(error, Exception) and not isinstance(
+                error, ConvexError | FunctionTimeout | FunctionAborted
+            ):
+                _note(error, f"raised by {function.kind} {function.path}")
+            raise error
         return self._result(function, result)
 
     def _result(self, function: FunctionDefinition, result: Any) -> Value:
@@ -218,15 +236,29 @@ class Backend:
         kind: str | None,
         identity: Any,
         public_only: bool,
+        time_limit: float | None = None,
         receipt: str | None = None,
     ) -> tuple[Value, int | None]:
         """Like `call`, also returning the commit ts of a mutation (else the read ts / None).
 
         Args:
+            time_limit: seconds a query or mutation may run (all its retries together);
+                None: no limit. Actions have none.
             receipt: for a mutation, its receipt key (`receipts.receipt_key`): if a mutation
                 with that key committed, its recorded result is returned and nothing runs.
+
+        Raises:
+            FunctionTimeout: it ran out of time (a mutation committed nothing).
         """
         function = self.registry.lookup(ref, _kind(kind), public_only=public_only)
+        if function.kind != "action" and time_limit is not None:
+            with _limit(function, time_limit):
+                return self._call(function, args, identity, receipt)
+        return self._call(function, args, identity, receipt)
+
+    def _call(
+        self, function: FunctionDefinition, args: Any, identity: Any, receipt: str | None = None
+    ) -> tuple[Value, int | None]:
         if function.kind == "query":
             value, _, ts = self.store.read(lambda txn: self.invoke(function, args, txn, identity))
             return value, ts
@@ -252,9 +284,11 @@ class Backend:
         on_update: Callable[[QueryResult], None],
         *,
         public_only: bool = True,
+        time_limit: float | None = None,
     ) -> Callable[[], None]:
         """Subscribe to a query; `on_update(result)` gets the current result and each change
-        (on a worker thread). Returns the unsubscribe function.
+        (on a worker thread). Returns the unsubscribe function. Each execution has
+        `time_limit` seconds (None: no limit); one that runs out fails with `FunctionTimeout`.
 
         Raises:
             UnknownFunction, WrongFunctionKind, ArgumentError: before subscribing.
@@ -269,9 +303,15 @@ class Backend:
             # Every re-run looks the function up (it may have been redefined); the arguments
             # were validated for this definition already (a redefined one checks them again).
             current = self.registry.lookup(path, "query", public_only=False)
-            return self.invoke(current, values, txn, identity, prepared=current is function)
+            with _limit(current, time_limit):
+                return self.invoke(current, values, txn, identity, prepared=current is function)
 
         return self.subscriptions.subscribe(key, run, on_update)
+
+
+def _limit(function: FunctionDefinition, seconds: float | None) -> Any:
+    """The time limit of one call of `function` (see `limits.time_limit`)."""
+    return limits.time_limit(f"{function.kind} {function.path}", seconds)
 
 
 def _kind(kind: str | None) -> FunctionKind | None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kernel_ext.errors import ValidationError
+from kernel_ext.functions.limits import check_deadline
 from kernel_ext.store.query import Query
 from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value
@@ -124,14 +125,17 @@ class _SystemReader:
 
     def get(self, doc_id: str) -> dict[str, Value] | None:
         """A system document by id, or None."""
+        check_deadline()
         return self._txn.get(doc_id, system=True)
 
     def query(self, table: str) -> Query:
         """Query a system table."""
+        check_deadline()
         return self._txn.query(table, system=True)
 
     def normalize_id(self, table: str, doc_id: str) -> str | None:
         """`doc_id` if it is an id of that system table, else None."""
+        check_deadline()
         return self._txn.normalize_id(table, doc_id, system=True)
 
 
@@ -149,14 +153,17 @@ class DatabaseReader:
     def get(self, *args: Any) -> dict[str, Value] | None:
         """`get(id)` (or `get(table, id)`): the document or None."""
         (doc_id,) = _split(self._txn, "get", args, 1)
+        check_deadline()
         return self._txn.get(doc_id)
 
     def query(self, table: str) -> Query:
         """Start a query over `table`."""
+        check_deadline()
         return self._txn.query(table)
 
     def normalize_id(self, table: str, doc_id: str) -> str | None:
         """`doc_id` if it is an id of `table`, else None."""
+        check_deadline()
         return self._txn.normalize_id(table, doc_id)
 
 
@@ -165,21 +172,25 @@ class DatabaseWriter(DatabaseReader):
 
     def insert(self, table: str, value: Mapping[str, Any]) -> str:
         """Insert a document; returns its id."""
+        check_deadline()
         return self._txn.insert(table, value)
 
     def patch(self, *args: Any) -> None:
         """`patch(id, fields)`: shallow merge; a field set to `UNDEFINED` is removed."""
         doc_id, value = _split(self._txn, "patch", args, 2)
+        check_deadline()
         self._txn.patch(doc_id, value)
 
     def replace(self, *args: Any) -> None:
         """`replace(id, fields)`: replace every user field."""
         doc_id, value = _split(self._txn, "replace", args, 2)
+        check_deadline()
         self._txn.replace(doc_id, value)
 
     def delete(self, *args: Any) -> None:
         """`delete(id)`."""
         (doc_id,) = _split(self._txn, "delete", args, 1)
+        check_deadline()
         self._txn.delete(doc_id)
 
 

@@ -7,11 +7,16 @@ exactly once: the job is marked `success` in the same transaction as the mutatio
 Actions run at most once: marked `inProgress` first; one interrupted by a restart is marked
 `failed`. Jobs are durable, so pending ones run after a restart; a job whose function is not
 registered (yet: after a restart, functions are registered when the user loads them) stays
-pending until it is.
+pending until it is, and is passed over meanwhile: jobs due after it still run.
+
+A scheduled mutation that conflicts with other commits is retried until it commits, as
+Convex does (contention slows it, never fails it). One whose handler fails, or raises any
+`BaseException` (`SystemExit`, ...), runs once and is marked `failed` with the error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -22,7 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Final
 
 from kernel_ext.engine.store import SCHEDULED_FUNCTIONS, Commit
-from kernel_ext.errors import ConvexError, StoreError, UnknownFunction, ValidationError
+from kernel_ext.errors import (
+    ConflictError,
+    ConvexError,
+    StoreError,
+    UnknownFunction,
+    ValidationError,
+)
+from kernel_ext.functions.limits import contained
 from kernel_ext.functions.registry import path_of
 from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value, normalize
@@ -35,6 +47,8 @@ __all__ = ["Scheduler", "SchedulerService"]
 _log = logging.getLogger(__name__)
 _BATCH: Final = 64
 _IDLE_WAIT: Final = 3600.0
+#: Back-off between attempts of a scheduled mutation that keeps conflicting (s, doubling).
+_CONFLICT_BACKOFF: Final = (0.005, 0.5)
 
 
 def _now_ms() -> float:
@@ -105,6 +119,10 @@ class Scheduler:
         return self._backend.store.mutate(fn)[0]
 
 
+class _Closing(Exception):
+    """The service closed while a job waited to retry; the job stays pending."""
+
+
 class SchedulerService:
     """Runs due jobs in a thread pool; wakes on commits that touch `_scheduled_functions`."""
 
@@ -113,7 +131,6 @@ class SchedulerService:
         self._wake = threading.Event()
         self._closed = False
         self._claimed: set[str] = set()
-        self._unregistered: set[str] = set()  # pending jobs whose function is not loaded
         self._claimed_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convex-job")
         self._fail_interrupted()
@@ -130,9 +147,7 @@ class SchedulerService:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def functions_changed(self) -> None:
-        """Retry jobs that were waiting for their function to be registered."""
-        with self._claimed_lock:
-            self._unregistered.clear()
+        """Run jobs that were waiting for their function to be registered."""
         self._wake.set()
 
     def _on_commit(self, commit: Commit) -> None:
@@ -166,31 +181,52 @@ class SchedulerService:
 
     def _dispatch_due(self) -> float:
         now = _now_ms()
-        next_due = math.inf
-        for job in self._jobs("pending"):
-            job_id = str(job["_id"])
-            if job["scheduledTime"] > now:
-                next_due = min(next_due, job["scheduledTime"])
-                break  # the index orders pending jobs by scheduledTime
+        jobs, next_due = self._due_jobs(now)
+        for job in jobs:
             with self._claimed_lock:
-                if job_id in self._claimed or job_id in self._unregistered:
-                    continue
-                self._claimed.add(job_id)
+                if str(job["_id"]) in self._claimed:
+                    continue  # claimed since it was read
+                self._claimed.add(str(job["_id"]))
             self._pool.submit(self._run_job, job)
         return _IDLE_WAIT if next_due == math.inf else max(0.0, (next_due - now) / 1000.0)
+
+    def _due_jobs(self, now: float) -> tuple[list[dict[str, Value]], float]:
+        """Up to `_BATCH` due jobs that can run now, and when the first later one is due.
+
+        Jobs already running and jobs whose function is not registered are passed over, not
+        counted: however many of them there are, they never hold back a job due after them
+        (each pass reads past them, a cost in proportion to their number)."""
+        registry = self._backend.registry
+        with self._claimed_lock:
+            claimed = set(self._claimed)
+
+        def read(txn: Transaction) -> tuple[list[dict[str, Value]], float]:
+            pending = txn.query(SCHEDULED_FUNCTIONS, system=True).with_index(
+                "by_state", lambda r: r.eq("state.kind", "pending")
+            )
+            due: list[dict[str, Value]] = []
+            for job in pending:  # ordered by scheduledTime
+                if job["scheduledTime"] > now:
+                    return due, float(job["scheduledTime"])
+                if str(job["_id"]) in claimed or registry.get(str(job["name"])) is None:
+                    continue
+                due.append(job)
+                if len(due) == _BATCH:
+                    break  # each finished job wakes the loop for the next batch
+            return due, math.inf
+
+        return self._backend.store.read(read)[0]
 
     def _run_job(self, job: dict[str, Value]) -> None:
         job_id = str(job["_id"])
         try:
-            self._backend.registry.lookup(str(job["name"]), None, public_only=False)
-        except UnknownFunction:
-            with self._claimed_lock:
-                self._unregistered.add(job_id)
-                self._claimed.discard(job_id)
-            return
-        try:
             self._execute(job_id, str(job["name"]), job["args"][0])
-        except Exception as exc:
+        except (UnknownFunction, _Closing):
+            pass  # unregistered since it was read (it waits), or the service stops
+        except BaseException as raised:
+            exc = contained(raised, f"scheduled function {job['name']}")
+            if not isinstance(exc, Exception):
+                raise  # Ctrl-C on the main thread (a job never runs there)
             message = exc.data if isinstance(exc, ConvexError) else f"{type(exc).__name__}: {exc}"
             _log.info("scheduled function %s failed: %s", job["name"], message)
             self._finish(job_id, "failed", str(message))
@@ -216,7 +252,21 @@ class SchedulerService:
             backend.invoke(function, args, txn, identity=None)
             self._mark(txn, job_id, "success")
 
-        backend.store.mutate(run)
+        self._until_committed(run)
+
+    def _until_committed(self, fn: Any) -> Any:
+        """`store.mutate(fn)`, again and again while it conflicts (backing off), until it
+        commits or the service closes (`_Closing`)."""
+        delay, longest = _CONFLICT_BACKOFF
+        while True:
+            try:
+                return self._backend.store.mutate(fn)[0]
+            except ConflictError:
+                _log.info("a scheduled job conflicted with other commits; retrying")
+            if self._closed:
+                raise _Closing
+            time.sleep(delay)
+            delay = min(delay * 2, longest)
 
     def _start_action(self, job_id: str) -> bool:
         def start(txn: Transaction) -> bool:
@@ -226,7 +276,7 @@ class SchedulerService:
             txn.patch(job_id, {"state": {"kind": "inProgress"}}, system=True)
             return True
 
-        return bool(self._backend.store.mutate(start)[0])
+        return bool(self._until_committed(start))
 
     @staticmethod
     def _mark(txn: Transaction, job_id: str, kind: str, error: str | None = None) -> None:
@@ -240,4 +290,6 @@ class SchedulerService:
             if txn.get(job_id, system=True) is not None:
                 self._mark(txn, job_id, kind, error)
 
-        self._backend.store.mutate(finish)
+        # Closing: an action stays inProgress, and the next start marks it failed.
+        with contextlib.suppress(_Closing):
+            self._until_committed(finish)

@@ -110,13 +110,44 @@ def _apply(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> N
         conn.executemany(sql, rows)
 
 
-def _lock_owner_text(lock_path: Path) -> str:
+def _lock_owner_text(lock_path: Path, holder: int | None) -> str:
+    """Who holds the store's lock: the owner its `.lock` file names, if that is the process
+    holding the lock (`holder`, when known), else the holder's pid and command."""
+    if holder == os.getpid():
+        return "this process (the same file is already open, maybe through another path)"
     try:
         info = json.loads(lock_path.read_text())
     except (OSError, ValueError):
+        info = None
+    if isinstance(info, dict) and (holder is None or info.get("pid") == holder):
+        text = f"process {info.get('pid')} ({info.get('command', '?')})"
+        return text + (f", serving {info['url']}" if info.get("url") else "")
+    if holder is None:
         return "another process"
-    text = f"process {info.get('pid')} ({info.get('command', '?')})"
-    return text + (f", serving {info['url']}" if info.get("url") else "")
+    try:
+        argv = Path(f"/proc/{holder}/cmdline").read_bytes().split(b"\0")[:2]
+        command = " ".join(a.decode(errors="replace") for a in argv if a)
+    except OSError:
+        command = "?"
+    return f"process {holder} ({command})"
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The pid holding a `flock` on the file of `fd`, from Linux's `/proc/locks` (None where
+    it is not available): it names the owner even if the `.lock` file was deleted or the
+    store was opened through a hard link."""
+    st = os.fstat(fd)
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2149155 0 EOF" ("1: -> FLOCK ..." waits).
+        parts = line.split()
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == file_id:
+            return int(parts[4]) if parts[4].isdigit() and int(parts[4]) > 0 else None
+    return None
 
 
 def check_store_file(path: Path, *, existed: bool) -> None:
@@ -422,11 +453,12 @@ class SqlitePersistence:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _flock_holder(fd)
             os.close(fd)
             lock_path = self.path.with_name(self.path.name + ".lock")
             raise StoreLocked(
-                f"The store {self.path} is in use by {_lock_owner_text(lock_path)}. Connect to "
-                "that process's server URL instead, or close it first."
+                f"The store {self.path} is in use by {_lock_owner_text(lock_path, holder)}. "
+                "Connect to that process's server URL instead, or close it first."
             ) from None
         except BaseException:
             os.close(fd)

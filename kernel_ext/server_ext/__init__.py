@@ -32,6 +32,28 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "kernel_ext.server_ext"}]
 
 
+#: Limits configurable as `c.ConvexNotebook.<name> = value` in jupyter_server_config.py (or
+#: `--ConvexNotebook.<name>=value`): `SyncServer` options of the same name.
+_LIMIT_OPTIONS = {
+    "function_time_limit": ("time_limit", float),
+    "max_subscriptions": ("max_subscriptions", int),
+    "max_concurrent_calls": ("max_concurrent_calls", int),
+}
+
+
+def _limits(serverapp: Any) -> dict[str, Any]:
+    """The `SyncServer` limits set in the Jupyter server's `ConvexNotebook` config section
+    (a time limit of 0 means none)."""
+    section = serverapp.config.get("ConvexNotebook", {})
+    options: dict[str, Any] = {}
+    for name, (option, kind) in _LIMIT_OPTIONS.items():
+        if name in section:
+            options[option] = kind(section[name])
+    if options.get("time_limit") == 0:
+        options["time_limit"] = None
+    return options
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Open the shared store, mount its routes, and tell future kernels where it is."""
     import tornado.ioloop
@@ -53,7 +75,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         backend.load_functions(functions)
     admin_key = generate_admin_key()
     write_admin_key(admin_key_path(db), admin_key)
-    server = SyncServer(backend, admin_key=admin_key, push_dir=db.parent / "pushed")
+    server = SyncServer(
+        backend, admin_key=admin_key, push_dir=db.parent / "pushed", **_limits(serverapp)
+    )
     prefix = url_path_join(serverapp.base_url, "convex")
     serverapp.web_app.add_handlers(".*$", handlers_for(server, prefix, admin_key))
     ticker = tornado.ioloop.PeriodicCallback(server._tick, server.tick_interval * 1000)

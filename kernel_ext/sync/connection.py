@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from kernel_ext.errors import TooManyRequests
 from kernel_ext.functions.receipts import receipt_key
 from kernel_ext.functions.registration import FunctionKind
-from kernel_ext.sync.outcomes import SERVER_ERROR, Outcome
+from kernel_ext.sync.outcomes import SERVER_ERROR, Outcome, outcome_of_error
 from kernel_ext.sync.protocol import (
     PING_INTERVAL,
     Authenticator,
@@ -38,12 +39,20 @@ from kernel_ext.sync.protocol import (
 )
 from kernel_ext.sync.runner import FunctionRunner
 
-__all__ = ["SyncConnection"]
+__all__ = [
+    "MAX_CONCURRENT_CALLS",
+    "MAX_SUBSCRIPTIONS",
+    "SyncConnection",
+]
 
 _log = logging.getLogger(__name__)
 
 #: After this many seconds of waiting for the engine, send the Transition anyway (logged).
 _MAX_WAIT: Final = 10.0
+#: Default cap on one connection's live queries (each holds its result in memory).
+MAX_SUBSCRIPTIONS: Final = 5_000
+#: Default cap on one connection's mutations and actions running at once.
+MAX_CONCURRENT_CALLS: Final = 64
 
 
 class SyncConnection:
@@ -62,6 +71,10 @@ class SyncConnection:
             get durable receipts, so a re-sent one is answered instead of run twice
             (`functions.receipts`).
         clock: seconds since the epoch.
+        max_subscriptions: live queries this connection may hold; a query added beyond it
+            gets a `TooManyRequests` error as its result (the others go on).
+        max_concurrent_calls: mutations and actions it may have running; one beyond it
+            fails at once with `TooManyRequests`.
     """
 
     def __init__(
@@ -76,6 +89,8 @@ class SyncConnection:
         ping_interval: float = PING_INTERVAL,
         keeps_session: bool = True,
         clock: Callable[[], float] = time.time,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        max_concurrent_calls: int = MAX_CONCURRENT_CALLS,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._runner = runner
@@ -85,6 +100,8 @@ class SyncConnection:
         self._keeps_session = keeps_session
         self.protocol = SyncProtocol(authenticator, now=clock(), ping_interval=ping_interval)
         self._subscriptions: dict[tuple[int, int], Callable[[], None]] = {}
+        self._max_subscriptions, self._max_calls = max_subscriptions, max_concurrent_calls
+        self._running = 0  # mutations and actions submitted and not finished
         # Results from the engine's thread, drained on the loop in one go per round.
         self._results: list[tuple[int, int, Outcome, int]] = []
         self._results_lock = threading.Lock()
@@ -156,6 +173,15 @@ class SyncConnection:
             if first:
                 self._post(self._query_results)
 
+        if len(self._subscriptions) >= self._max_subscriptions:
+            refused = TooManyRequests(
+                f"Too many live queries on this connection (limit "
+                f"{self._max_subscriptions:,}): {event.path} was not subscribed. Unsubscribe "
+                "from queries no longer shown, or raise the server's limit (serve "
+                "--max-subscriptions)."
+            )
+            on_result(outcome_of_error(refused), self._runner.latest_ts())
+            return
         self._subscriptions[key] = self._runner.subscribe(
             event.path, event.args, event.identity, on_result
         )
@@ -183,6 +209,7 @@ class SyncConnection:
         done: Callable[[int, Outcome, int | None], None],
     ) -> None:
         def finished(future: asyncio.Future[tuple[Outcome, int | None]]) -> None:
+            self._running -= 1
             if future.cancelled():
                 return  # the server is shutting down before it could start
             error = future.exception()
@@ -194,6 +221,14 @@ class SyncConnection:
 
         # Only a client that keeps its session id across sockets can ever re-send a request.
         receipt = self._receipt_key(event) if kind == "mutation" and self._keeps_session else None
+        if self._running >= self._max_calls:
+            refused = TooManyRequests(
+                "Too many mutations and actions running on this connection (limit "
+                f"{self._max_calls:,}): {event.path} was not run. Wait for earlier calls to "
+                "finish, or raise the server's limit (serve --max-concurrent-calls)."
+            )
+            self._loop.call_soon(done, event.request_id, outcome_of_error(refused), None)
+            return
         try:
             future = self._loop.run_in_executor(
                 executor,
@@ -209,6 +244,7 @@ class SyncConnection:
         except RuntimeError:  # executor shut down
             done(event.request_id, Outcome.failure("The server is shutting down"), None)
             return
+        self._running += 1
         future.add_done_callback(finished)
 
     def _receipt_key(self, event: RunMutation | RunAction) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 from kernel_ext.engine.logs import capture_logs
 from kernel_ext.engine.subscriptions import QueryResult
+from kernel_ext.functions import limits
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.registration import FunctionKind
 from kernel_ext.store.transaction import Transaction
@@ -65,10 +66,19 @@ class FunctionRunner(Protocol):
 
 
 class BackendRunner:
-    """`FunctionRunner` over a `Backend` (thread-safe, like the backend)."""
+    """`FunctionRunner` over a `Backend` (thread-safe, like the backend).
 
-    def __init__(self, backend: Backend) -> None:
+    Args:
+        backend: the store and its functions.
+        time_limit: seconds each query and mutation execution may run (None: no limit); one
+            that runs out fails with `FunctionTimeout` (`functions.limits`).
+    """
+
+    def __init__(
+        self, backend: Backend, *, time_limit: float | None = limits.DEFAULT_TIME_LIMIT
+    ) -> None:
         self.backend = backend
+        self.time_limit = time_limit
         backend.store.keep_history()  # for reads as of an earlier ts (`query_at`)
 
     def latest_ts(self) -> int:
@@ -97,6 +107,7 @@ class BackendRunner:
                 kind=kind,
                 identity=identity.user,
                 public_only=not identity.admin,
+                time_limit=self.time_limit,
                 receipt=receipt,
             )
         )
@@ -133,7 +144,8 @@ class BackendRunner:
     def _query_in(self, txn: Transaction, path: str, args: Any, identity: Identity) -> Outcome:
         def run() -> Value:
             function = self.backend.registry.lookup(path, "query", public_only=not identity.admin)
-            return self.backend.invoke(function, args, txn, identity.user)
+            with limits.time_limit(f"query {function.path}", self.time_limit):
+                return self.backend.invoke(function, args, txn, identity.user)
 
         return _outcome(*_captured(run))
 
@@ -148,21 +160,33 @@ class BackendRunner:
 
         try:
             return self.backend.subscribe(
-                path, args, identity.user, on_update, public_only=not identity.admin
+                path,
+                args,
+                identity.user,
+                on_update,
+                public_only=not identity.admin,
+                time_limit=self.time_limit,
             )
         except Exception as exc:
             callback(outcome_of_error(exc), self.latest_ts())
             return _nothing
 
 
-def _captured(run: Callable[[], T]) -> tuple[T | None, Exception | None, tuple[str, ...]]:
+def _captured(
+    run: Callable[[], T],
+) -> tuple[T | None, BaseException | None, tuple[str, ...]]:
     """`run()` with its output captured as log lines: `(result, None, lines)`, or
-    `(None, the exception it raised, lines)`."""
+    `(None, the exception it raised, lines)`. A `BaseException` that is not an `Exception`
+    (`SystemExit`, ...) is an error of that call too (`limits.contained`): it must not stop a
+    worker thread, let alone the server."""
     with capture_logs() as logs:
         try:
             return run(), None, logs.finish()
-        except Exception as exc:
-            return None, exc, logs.finish()
+        except BaseException as exc:
+            error = limits.contained(exc, "the function")
+            if not isinstance(error, Exception):  # Ctrl-C on the main thread
+                raise
+            return None, error, logs.finish()
 
 
 def _outcome(value: Value, error: BaseException | None, lines: tuple[str, ...]) -> Outcome:

@@ -29,8 +29,13 @@ import tornado.web
 import tornado.websocket
 
 from kernel_ext.functions.backend import Backend
+from kernel_ext.functions.limits import DEFAULT_TIME_LIMIT
 from kernel_ext.sync.auth import AuthProvider, ServerAuthenticator
-from kernel_ext.sync.connection import SyncConnection
+from kernel_ext.sync.connection import (
+    MAX_CONCURRENT_CALLS,
+    MAX_SUBSCRIPTIONS,
+    SyncConnection,
+)
 from kernel_ext.sync.deploy import Deployer
 from kernel_ext.sync.http import HttpApi, HttpRequest
 from kernel_ext.sync.protocol import PING_INTERVAL
@@ -179,10 +184,14 @@ class SyncServer:
         ping_interval: float = PING_INTERVAL,
         tick_interval: float = 1.0,
         workers: int = 16,
+        time_limit: seconds each query and mutation execution may run (None: no limit).
+        max_subscriptions: live queries one WebSocket may hold.
+        max_concurrent_calls: mutations and actions one WebSocket may have running.
         push_dir: Path | None = None,
     ) -> None:
         self.backend = backend
-        self.runner = BackendRunner(backend)
+        self.runner = BackendRunner(backend, time_limit=time_limit)
+        self.max_subscriptions, self.max_concurrent_calls = max_subscriptions, max_concurrent_calls
         self.authenticator = ServerAuthenticator(admin_key, auth)
         self.http_api = HttpApi(self.runner, self.authenticator, Deployer(backend, push_dir))
         self.ping_interval, self.tick_interval = ping_interval, tick_interval
@@ -191,6 +200,9 @@ class SyncServer:
         self.sockets: set[SyncSocketHandler] = set()
         self.allowed_hosts: set[str] | None = None
         self._http_server: tornado.httpserver.HTTPServer | None = None
+        time_limit: float | None = DEFAULT_TIME_LIMIT,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        max_concurrent_calls: int = MAX_CONCURRENT_CALLS,
         self._ticker: tornado.ioloop.PeriodicCallback | None = None
 
     def application(self) -> tornado.web.Application:
@@ -243,6 +255,8 @@ class SyncServer:
             self.allowed_hosts = set(_LOOPBACK_NAMES)
         sockets = tornado.netutil.bind_sockets(port, host)
         self._http_server = tornado.httpserver.HTTPServer(
+            max_subscriptions=self.max_subscriptions,
+            max_concurrent_calls=self.max_concurrent_calls,
             self.application(), max_body_size=MAX_MESSAGE_SIZE, xheaders=False
         )
         self._http_server.add_sockets(sockets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -91,3 +92,111 @@ def test_due_job_waits_for_its_function_after_restart(tmp_path):
         assert second.query("jobs:job", id=job_id)["state"]["kind"] == "success"
     finally:
         second.close()
+
+
+# -- hostile and contended jobs (issue 8, "Scheduler") ----------------------------------------
+
+
+def _job_state(client, job_id):
+    return client.backend.store.read(lambda txn: txn.get(job_id, system=True))[0]["state"]
+
+
+def _register(client, module, **functions):
+    for name, function in functions.items():
+        client.register(f"{module}:{name}", function)
+
+
+def test_scheduled_mutation_raising_system_exit_runs_once_and_fails(bare_client):
+    runs = []
+
+    @kernel_ext.mutation
+    def exits(ctx):
+        runs.append(1)
+        ctx.db.insert("log", {"text": "never committed"})
+        raise SystemExit(4)
+
+    @kernel_ext.mutation
+    def write(ctx, text):
+        ctx.db.insert("log", {"text": text})
+
+    @kernel_ext.mutation
+    def schedule(ctx, target):
+        args = {"text": "later"} if target == "t:write" else {}
+        return ctx.scheduler.run_after(0, target, args)
+
+    _register(bare_client, "t", exits=exits, write=write, schedule=schedule)
+    job_id = bare_client.mutation("t:schedule", target="t:exits")
+    state = wait_for(lambda: (s := _job_state(bare_client, job_id))["kind"] == "failed" and s)
+    assert "SystemExit" in state["error"] and "t:exits" in state["error"]
+    # A later job runs (the scheduler lives on), and the failed one never ran again.
+    later = bare_client.mutation("t:schedule", target="t:write")
+    wait_for(lambda: _job_state(bare_client, later)["kind"] == "success")
+    assert runs == [1]
+    texts = bare_client.backend.store.read(lambda txn: txn.query("log").collect())[0]
+    assert [d["text"] for d in texts] == ["later"]
+
+
+def test_jobs_of_a_missing_function_do_not_starve_later_jobs(bare_client):
+    @kernel_ext.mutation
+    def gone(ctx):
+        ctx.db.insert("log", {"text": "gone ran"})
+
+    @kernel_ext.mutation
+    def write(ctx, text):
+        ctx.db.insert("log", {"text": text})
+
+    @kernel_ext.mutation
+    def schedule_many(ctx):
+        for _ in range(100):  # more than a dispatch batch (64)
+            ctx.scheduler.run_after(0, "t:gone")
+        # Due after them all; then the function of the first 100 goes away before they run
+        # (they commit with this mutation).
+        job = ctx.scheduler.run_after(1, "t:write", {"text": "after the missing ones"})
+        bare_client.backend.registry.unregister("t:gone")
+        return job
+
+    _register(bare_client, "t", gone=gone, write=write, schedule_many=schedule_many)
+    job_id = bare_client.mutation("t:schedule_many")
+    wait_for(lambda: _job_state(bare_client, job_id)["kind"] == "success")
+    texts = bare_client.backend.store.read(lambda txn: txn.query("log").collect())[0]
+    assert [d["text"] for d in texts] == ["after the missing ones"]
+    pending = bare_client.backend.store.read(
+        lambda txn: (
+            txn.query("_scheduled_functions", system=True)
+            .with_index("by_state", lambda r: r.eq("state.kind", "pending"))
+            .collect()
+        )
+    )[0]
+    assert len(pending) == 100  # they wait for their function, as documented
+
+
+def test_conflicting_scheduled_mutation_is_retried_until_it_commits(bare_client):
+    attempts = []
+
+    @kernel_ext.mutation
+    def bump(ctx, id):
+        ctx.db.patch(id, {"n": ctx.db.get(id)["n"] + 1})
+
+    @kernel_ext.mutation
+    def contended(ctx, id):
+        doc = ctx.db.get(id)
+        attempts.append(doc["n"])
+        if len(attempts) <= 8:  # more conflicts than a mutation's own retries
+            # Another writer commits to what this attempt read, before it can commit.
+            writer = threading.Thread(target=bare_client.mutation, args=("t:bump", {"id": id}))
+            writer.start()
+            writer.join(2.0)  # (it may wait for this attempt if it runs under the lock)
+        ctx.db.insert("log", {"text": f"saw {doc['n']}"})
+
+    @kernel_ext.mutation
+    def setup(ctx):
+        doc = ctx.db.insert("counters", {"n": 0})
+        return doc, ctx.scheduler.run_after(0, "t:contended", {"id": doc})
+
+    _register(bare_client, "t", bump=bump, contended=contended, setup=setup)
+    _, job_id = bare_client.mutation("t:setup")
+    state = wait_for(lambda: (s := _job_state(bare_client, job_id))["kind"] != "pending" and s)
+    assert state == {"kind": "success"}, state
+    assert len(attempts) > 1
+    texts = bare_client.backend.store.read(lambda txn: txn.query("log").collect())[0]
+    assert len(texts) == 1  # committed once
