@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import queue
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,27 @@ class CallbackHandle:
     def remove(self) -> None:
         """Stop calling the callback; idempotent."""
         self._remove()
+
+
+def _reporting_errors(callback: Callable[[Any], None], value: Any) -> None:
+    # The executor would keep the exception in a Future nobody reads: print it instead.
+    try:
+        callback(value)
+    except Exception:
+        traceback.print_exc()
+
+
+def _in_context_of_caller(callback: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`callback`, to be run in a copy of the current `contextvars` context. ipykernel keeps
+    the executing cell's message header in a context variable: output of the callback then
+    goes to the cell that registered it."""
+    context = contextvars.copy_context()
+
+    def run(value: Any) -> None:
+        # A fresh copy per call: one Context cannot be entered by two threads at once.
+        context.copy().run(_reporting_errors, callback, value)
+
+    return run
 
 
 class Subscription:
@@ -139,28 +162,40 @@ class Subscription:
         return to_dataframe(value, self._column_kinds() if self._column_kinds else None)
 
     def on_change(self, callback: Callable[[Any], None]) -> CallbackHandle:
-        """Call `callback(new_value)` for each later successful result."""
+        """Call `callback(new_value)` for each later successful result.
+
+        The callback runs on a background thread (the client's callback thread, one result at
+        a time, in order), not on the thread that registered it: it must not block for long,
+        and what it shares with other code needs a lock. It runs in a copy of the
+        registering code's context (`contextvars`), so in a Jupyter kernel what it prints or
+        displays lands under the cell that called `on_change`, not under whichever cell
+        runs at that moment (nor in the log console). An exception it raises is printed
+        (with its traceback, to stderr: under that same cell) and does not stop later calls.
+        """
+        wrapped = _in_context_of_caller(callback)
         with self._cond:
-            self._callbacks.append(callback)
+            self._callbacks.append(wrapped)
 
         def remove() -> None:
             with self._cond, contextlib.suppress(ValueError):
-                self._callbacks.remove(callback)
+                self._callbacks.remove(wrapped)
 
         return CallbackHandle(remove)
 
     def on_result(self, callback: Callable[[QueryResult], None]) -> CallbackHandle:
         """Call `callback(result)` for every result, errors included, starting with the
-        current one (for widgets that show loading and error states)."""
+        current one (for widgets that show loading and error states). Like `on_change`, on
+        the callback thread, in the registering code's context."""
+        wrapped = _in_context_of_caller(callback)
         with self._cond:
-            self._result_callbacks.append(callback)
+            self._result_callbacks.append(wrapped)
             current = self._result
         if current is not None:
-            self._dispatcher.submit(callback, current)
+            self._dispatcher.submit(wrapped, current)
 
         def remove() -> None:
             with self._cond, contextlib.suppress(ValueError):
-                self._result_callbacks.remove(callback)
+                self._result_callbacks.remove(wrapped)
 
         return CallbackHandle(remove)
 
