@@ -37,7 +37,7 @@ from kernel_ext.sync.connection import (
     SyncConnection,
 )
 from kernel_ext.sync.deploy import Deployer
-from kernel_ext.sync.http import HttpApi, HttpRequest
+from kernel_ext.sync.http import HttpApi, HttpRequest, scrub_uri
 from kernel_ext.sync.protocol import PING_INTERVAL
 from kernel_ext.sync.runner import BackendRunner
 
@@ -64,6 +64,8 @@ class _Handler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         """Check the Host header before anything else."""
+        # Every log line about this request (access log, errors) shows the URI: no secrets.
+        self.request.uri = scrub_uri(self.request.uri or "")
         if not self.server.host_allowed(self.request.host_name):
             raise tornado.web.HTTPError(403, "Unexpected Host header")
 
@@ -153,6 +155,15 @@ class ApiHandler(_Handler):
         """The API authenticates with headers, not cookies."""
 
 
+class NotFoundHandler(_Handler):
+    """Any other URL: 404 (through `_Handler`, so its URI is logged without secrets)."""
+
+    def prepare(self) -> None:
+        """Refuse."""
+        super().prepare()
+        raise tornado.web.HTTPError(404)
+
+
 class RootHandler(_Handler):
     """`GET /`: a sign of life."""
 
@@ -173,6 +184,9 @@ class SyncServer:
         tick_interval: how often connections check pings and token expiry.
         workers: threads for mutations and HTTP calls (and as many for actions).
         push_dir: where modules pushed by an admin are written (a temporary folder if None).
+        time_limit: seconds each query and mutation execution may run (None: no limit).
+        max_subscriptions: live queries one WebSocket may hold.
+        max_concurrent_calls: mutations and actions one WebSocket may have running.
     """
 
     def __init__(
@@ -184,10 +198,10 @@ class SyncServer:
         ping_interval: float = PING_INTERVAL,
         tick_interval: float = 1.0,
         workers: int = 16,
-        time_limit: seconds each query and mutation execution may run (None: no limit).
-        max_subscriptions: live queries one WebSocket may hold.
-        max_concurrent_calls: mutations and actions one WebSocket may have running.
         push_dir: Path | None = None,
+        time_limit: float | None = DEFAULT_TIME_LIMIT,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        max_concurrent_calls: int = MAX_CONCURRENT_CALLS,
     ) -> None:
         self.backend = backend
         self.runner = BackendRunner(backend, time_limit=time_limit)
@@ -200,9 +214,6 @@ class SyncServer:
         self.sockets: set[SyncSocketHandler] = set()
         self.allowed_hosts: set[str] | None = None
         self._http_server: tornado.httpserver.HTTPServer | None = None
-        time_limit: float | None = DEFAULT_TIME_LIMIT,
-        max_subscriptions: int = MAX_SUBSCRIPTIONS,
-        max_concurrent_calls: int = MAX_CONCURRENT_CALLS,
         self._ticker: tornado.ioloop.PeriodicCallback | None = None
 
     def application(self) -> tornado.web.Application:
@@ -215,6 +226,8 @@ class SyncServer:
                 (r"/api/.*", ApiHandler, route),
                 (r"/", RootHandler, route),
             ],
+            default_handler_class=NotFoundHandler,
+            default_handler_args=route,
             websocket_max_message_size=MAX_MESSAGE_SIZE,
             # WebSocket pings find dead peers; clients' own inactivity checks are kept happy
             # by the protocol's JSON Pings.
@@ -242,6 +255,8 @@ class SyncServer:
             action_executor=self.action_executor,
             ping_interval=self.ping_interval,
             keeps_session=keeps_session,
+            max_subscriptions=self.max_subscriptions,
+            max_concurrent_calls=self.max_concurrent_calls,
         )
 
     async def run_http(self, request: HttpRequest) -> Any:
@@ -255,8 +270,6 @@ class SyncServer:
             self.allowed_hosts = set(_LOOPBACK_NAMES)
         sockets = tornado.netutil.bind_sockets(port, host)
         self._http_server = tornado.httpserver.HTTPServer(
-            max_subscriptions=self.max_subscriptions,
-            max_concurrent_calls=self.max_concurrent_calls,
             self.application(), max_body_size=MAX_MESSAGE_SIZE, xheaders=False
         )
         self._http_server.add_sockets(sockets)
