@@ -287,7 +287,10 @@ class Transaction:
         )
 
     def number_kind(self, table: str, path: str) -> tuple[NumberKind, bool] | None:
-        """See `QuerySource.number_kind`."""
+        """See `QuerySource.number_kind`. `_creationTime` is always a float64 (with or without
+        a schema): the store writes it."""
+        if path == "_creationTime":
+            return "float64", True
         schema = self.schema
         if schema is None:
             return None

@@ -1335,3 +1335,18 @@ def test_declared_and_existing_tables_do_not_warn(schema_store):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert plain.query("anything").collect() == []  # no schema: nothing to compare with
+
+
+def test_an_int_bound_on_creation_time_compares_as_a_float_without_a_schema(store):
+    tasks(store, [1, 2, 3])
+    txn = store.begin(writable=False)
+    times = [d["_creationTime"] for d in txn.query("tasks").collect()]
+    middle = int(times[1])  # e.g. int(time.time() * 1000)
+    found = (
+        txn.query("tasks")
+        .with_index("by_creation_time", lambda q: q.gt("_creationTime", middle))
+        .collect()
+    )
+    assert [d["_creationTime"] for d in found] == [t for t in times if t > middle]
+    late = txn.query("tasks").filter(lambda q: q.lt(q.field("_creationTime"), middle)).collect()
+    assert [d["_creationTime"] for d in late] == [t for t in times if t < middle]
