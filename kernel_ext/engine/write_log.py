@@ -5,7 +5,11 @@ its reads; `Store.read_as_of` asks whether anything a read depends on was writte
 earlier ts. So it keeps every commit a running mutation may still be validated against, and,
 once `keep_history()` was called (a server does: its HTTP API reads as of an earlier ts),
 recent history too: commits of the last `HISTORY_NS`, at most `HISTORY_MAX_KEYS` written keys
-in all (bulk imports write many keys per commit). History is not free (~2 µs per mutation in
+in all (bulk imports write many keys per commit). Whatever runs, the log never holds more than
+`MAX_KEYS` written keys: a mutation that has run so long that the commits it must be
+validated against were dropped cannot be validated, so it re-runs (`after` returns None; the
+store treats that as a conflict) instead of holding the memory of every commit since it
+started. History is not free (~2 µs per mutation in
 the mutation benchmark, memory that leaves the caches), so a store nobody reads that way keeps
 none.
 
@@ -21,12 +25,15 @@ from typing import Final
 
 from kernel_ext.store.readset import ReadSet, WrittenKey
 
-__all__ = ["HISTORY_MAX_KEYS", "HISTORY_NS", "Entry", "WriteLog"]
+__all__ = ["HISTORY_MAX_KEYS", "HISTORY_NS", "MAX_KEYS", "Entry", "WriteLog"]
 
 #: How far back (ns of commit time) the history reaches for reads as of an earlier ts.
 HISTORY_NS: Final = 30 * 1_000_000_000
 #: How many written keys the history holds at most (memory stays bounded).
 HISTORY_MAX_KEYS: Final = 20_000
+#: How many written keys the log holds at most, also while a mutation that started long ago
+#: still runs (~150 bytes each: about 30 MB).
+MAX_KEYS: Final = 200_000
 
 #: (commit ts, the keys it wrote)
 Entry = tuple[int, tuple[WrittenKey, ...]]
@@ -38,13 +45,15 @@ class WriteLog:
     Args:
         horizon: the ts up to which commits are not in the log (the latest commit when a
             store opens: earlier ones were never seen by this process).
+        max_keys: the hard bound on written keys held (default `MAX_KEYS`).
     """
 
-    def __init__(self, horizon: int) -> None:
+    def __init__(self, horizon: int, *, max_keys: int | None = None) -> None:
         self._entries: deque[Entry] = deque()
         self._keys = 0
         self._history_ns = 0
         self._history_keys = 0
+        self._max_keys = MAX_KEYS if max_keys is None else max_keys
         #: Commits at or before this ts are not in the log (any more).
         self.horizon = horizon
 
@@ -63,7 +72,8 @@ class WriteLog:
         self._keys += len(keys)
 
     def prune(self, latest_ts: int, needed_after: Callable[[], int]) -> None:
-        """Drop what neither a running mutation nor the history needs.
+        """Drop what neither a running mutation nor the history needs, and beyond
+        `max_keys` the oldest commits regardless (a mutation that needed them re-runs).
 
         Args:
             latest_ts: the latest commit's ts (the history's age is measured from it).
@@ -75,12 +85,13 @@ class WriteLog:
         needed: int | None = None
         while entries:
             ts, keys = entries[0]
-            if ts > latest_ts - self._history_ns and self._keys <= self._history_keys:
-                break  # recent history, within its size
-            if needed is None:
-                needed = needed_after()
-            if ts > needed:
-                break  # a running mutation may still be validated against it
+            if self._keys <= self._max_keys:
+                if ts > latest_ts - self._history_ns and self._keys <= self._history_keys:
+                    break  # recent history, within its size
+                if needed is None:
+                    needed = needed_after()
+                if ts > needed:
+                    break  # a running mutation may still be validated against it
             entries.popleft()
             self._keys -= len(keys)
             self.horizon = ts

@@ -62,3 +62,47 @@ def test_tables_overlapping_names_the_tables_written_into_the_reads():
     assert log.tables_overlapping(1, read_set) == set()
     log.prune(latest_ts=2 + HISTORY_NS, needed_after=lambda: 2)
     assert log.tables_overlapping(0, read_set) is None  # pruned: the caller must assume a conflict
+
+
+def test_the_hard_bound_holds_even_while_an_old_mutation_runs():
+    log = WriteLog(horizon=0, max_keys=10)
+    for ts in range(1, 11):
+        log.append(ts, keys(3))  # 30 keys in all
+        log.prune(latest_ts=ts, needed_after=lambda: 0)  # a mutation started at 0 still runs
+    assert sum(len(k) for _, k in log.after(log.horizon)) <= 10
+    assert log.after(0) is None  # it cannot be validated any more: it will re-run
+    assert [ts for ts, _ in log.after(7)] == [8, 9, 10]
+
+
+def test_a_mutation_whose_commits_fell_off_the_log_reruns_and_commits(tmp_path):
+    import threading
+
+    from kernel_ext.engine.store import Store
+    from kernel_ext.persistence.sqlite import SqlitePersistence
+
+    store = Store(SqlitePersistence(tmp_path / "store.db"))
+    store._writes = WriteLog(horizon=store.ts, max_keys=50)  # a small bound for the test
+    doc = store.mutate(lambda txn: txn.insert("counters", {"n": 0}))[0]
+    started, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def slow(txn):
+        runs.append(1)
+        value = txn.get(doc)["n"]
+        if len(runs) == 1:
+            started.set()
+            assert release.wait(10)
+        txn.patch(doc, {"n": value + 1})
+
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(store.mutate(slow)[1]))
+    worker.start()
+    assert started.wait(10)
+    for i in range(200):  # unrelated commits, far more keys than the bound
+        store.mutate(lambda txn, i=i: txn.insert("other", {"i": i}))
+    assert len(store._writes) <= 50
+    release.set()
+    worker.join(10)
+    assert result and len(runs) == 2  # it could not be validated: it ran again
+    assert store.read(lambda txn: txn.get(doc))[0]["n"] == 1
+    store.close()
