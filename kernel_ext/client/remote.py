@@ -16,18 +16,18 @@ import asyncio
 import contextlib
 import random
 import threading
+import time
 import urllib.parse
 import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import websockets
 
 from kernel_ext.client.arguments import merge_args
-from kernel_ext.client.base import CallKind, ClientKind
 from kernel_ext.client.base import CallKind, ClientKind
 from kernel_ext.client.subscription import Subscription
 from kernel_ext.engine.subscriptions import QueryResult
@@ -37,6 +37,7 @@ from kernel_ext.errors import (
     ConvexError,
     FunctionError,
     RemoteFunctionError,
+    ServerUnreachable,
     TransactionClosed,
     remote_error,
 )
@@ -54,9 +55,17 @@ if TYPE_CHECKING:
 
 __all__ = ["RemoteClient", "RemoteFunctionError"]
 
+T = TypeVar("T")
+
 _CLIENT_HEADER: Final = "convex-notebook-0.1.0"
 _MAX_BACKOFF: Final = 5.0
 _CALL_TIMEOUT: Final = 300.0
+#: How long `connect()` waits for the server's first answer.
+_CONNECT_TIMEOUT: Final = 10.0
+#: How long `connect()` retries a refused connection (the server may be starting).
+_REFUSED_GRACE: Final = 2.0
+#: How long a call waits while the connection is down before it gives up.
+_OFFLINE_LIMIT: Final = 10.0
 
 
 def _query_key(path: str, args: dict[str, Any]) -> tuple[str, bytes]:
@@ -104,6 +113,16 @@ class RemoteClient:
         admin_key: sent as admin auth: allows internal functions and pushing functions.
         headers: extra HTTP headers for the WebSocket upgrade (e.g. Jupyter's Authorization).
         acting_as: with `admin_key`: act as this user identity (`with_identity` makes these).
+        connect_timeout: how long to wait for the server's first answer.
+
+    The constructor returns once the server has answered (its first Transition). A call
+    made while the connection is down waits for the reconnection, at most `_OFFLINE_LIMIT`
+    seconds of being disconnected, then raises `ServerUnreachable`.
+
+    Raises:
+        ServerUnreachable: nothing listens at the URL, the server refuses the connection (401
+            or 403: a token is needed), it is not a Convex server, or no answer came within
+            `connect_timeout`; the message names the URL and the reason.
     """
 
     def __init__(
@@ -113,6 +132,7 @@ class RemoteClient:
         admin_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         acting_as: Mapping[str, Any] | None = None,
+        connect_timeout: float = _CONNECT_TIMEOUT,
     ) -> None:
         self.url = url.rstrip("/")
         self.location = self.url
@@ -134,26 +154,19 @@ class RemoteClient:
         self._dispatcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convex-callbacks")
         self._loop = asyncio.new_event_loop()
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        # Set by the first Transition (or the first failure that retrying cannot cure).
+        self._first_answer: Future[None] = Future()
+        self._offline_since: float | None = time.monotonic()  # None while connected
+        self._failure = "no connection attempt finished yet"  # the latest attempt's
         self._thread = threading.Thread(target=self._run_loop, name="convex-remote", daemon=True)
         self._thread.start()
-
-    #: The store runs in a server (`kernel_ext.ConvexClient`).
-    kind: ClientKind = "remote"
+        self._await_first_answer(connect_timeout)
 
     #: The store runs in a server (`kernel_ext.ConvexClient`).
     kind: ClientKind = "remote"
 
     def __repr__(self) -> str:
         return f"<kernel_ext.RemoteClient {self.url} ({self.status})>"
-
-    @property
-    def closed(self) -> bool:
-        """True once `close()` ran."""
-        return self._closed
-
-    def call_as_owner(self, kind: CallKind, ref: Any, args: Mapping[str, Any]) -> Any:
-        """Run any function as the owner: internal ones need the admin key."""
-        return getattr(self, kind)(ref, args)
 
     @property
     def closed(self) -> bool:
@@ -172,11 +185,30 @@ class RemoteClient:
             with contextlib.suppress(asyncio.CancelledError):
                 self._loop.run_until_complete(self._connect_forever())
         finally:
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            # `close()` may cancel this too when the loop was ending on its own (a failed
+            # connect): the loop must be closed all the same.
+            with contextlib.suppress(asyncio.CancelledError):
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
+
+    def _await_first_answer(self, timeout: float) -> None:
+        """Block until the server's first Transition; close and raise `ServerUnreachable`
+        if it cannot come (see the class docstring)."""
+        try:
+            self._first_answer.result(timeout=timeout)
+        except TimeoutError:
+            self.close()
+            raise ServerUnreachable(
+                f"No Convex server answered at {self.url} within {timeout:g} s "
+                f"({self._failure}). Check the URL and that the server is running."
+            ) from None
+        except ServerUnreachable:
+            self.close()
+            raise
 
     async def _connect_forever(self) -> None:
         delay, reason = 0.1, "InitialConnect"
+        started = time.monotonic()
         while not self._closed:
             try:
                 async with websockets.connect(
@@ -186,8 +218,20 @@ class RemoteClient:
                     reason = await self._serve_socket(socket, reason)
             except (TimeoutError, OSError, websockets.WebSocketException) as exc:
                 reason = type(exc).__name__
+                self._failure, final = _describe_failure(exc, self._ws_url)
+                final = final or (
+                    isinstance(exc, ConnectionRefusedError)
+                    and time.monotonic() - started > _REFUSED_GRACE
+                )
+                if final and not self._first_answer.done():
+                    self._first_answer.set_exception(
+                        ServerUnreachable(f"Cannot connect to {self.url}: {self._failure}")
+                    )
+                    return
             with self._lock:
                 self._session.disconnected()
+                if self._offline_since is None:
+                    self._offline_since = time.monotonic()
             if self._closed:
                 return
             self._set_status("reconnecting")
@@ -252,6 +296,9 @@ class RemoteClient:
             for listener in listeners:
                 listener(result)
         elif isinstance(event, TransitionApplied):
+            self._offline_since = None
+            if not self._first_answer.done():
+                self._first_answer.set_result(None)
             self._set_status("connected")
             if event.auth_current:
                 with self._lock:
@@ -269,6 +316,51 @@ class RemoteClient:
         if self._closed:
             raise TransactionClosed("This client is closed; connect again")
 
+    def _wait(self, future: Future[T], what: str) -> T:
+        """`future`'s result, waiting while the connection is down at most `_OFFLINE_LIMIT`
+        seconds of being disconnected, and `_CALL_TIMEOUT` in all.
+
+        Raises:
+            ServerUnreachable: the server has been gone longer than `_OFFLINE_LIMIT`.
+            ConnectionClosed: no answer within `_CALL_TIMEOUT`.
+        """
+        deadline = time.monotonic() + _CALL_TIMEOUT
+        while True:
+            try:
+                return future.result(timeout=0.2)
+            except TimeoutError:
+                pass
+            self._check_reachable(what)
+            if time.monotonic() > deadline:
+                raise ConnectionClosed(
+                    f"No answer from {self.url} to {what} within {_CALL_TIMEOUT:.0f} s"
+                )
+
+    def _wait_result(self, sub: Subscription, what: str) -> QueryResult:
+        """`sub`'s first result, waiting like `_wait`."""
+        deadline = time.monotonic() + _CALL_TIMEOUT
+        while True:
+            try:
+                return sub.result(timeout=0.2)
+            except TimeoutError:
+                pass
+            self._check_reachable(what)
+            if time.monotonic() > deadline:
+                raise ConnectionClosed(
+                    f"No answer from {self.url} to {what} within {_CALL_TIMEOUT:.0f} s"
+                )
+
+    def _check_reachable(self, what: str) -> None:
+        """Raise `ServerUnreachable` if the connection has been down too long."""
+        since = self._offline_since
+        if since is None or time.monotonic() - since <= _OFFLINE_LIMIT:
+            return
+        raise ServerUnreachable(
+            f"{self.url} has been unreachable for {time.monotonic() - since:.0f} s "
+            f"({self._failure}); gave up waiting for {what}, which may or may not have run. "
+            "The client keeps reconnecting: call again once the server is back."
+        )
+
     def _request(
         self, kind: str, ref: Any, args: Mapping[str, Any] | None, kwargs: dict[str, Any]
     ) -> Any:
@@ -280,11 +372,12 @@ class RemoteClient:
             self._waiters[request_id] = future
         self._send(text)
         try:
-            done = future.result(timeout=_CALL_TIMEOUT)
-        except TimeoutError as exc:
-            raise ConnectionClosed(
-                f"No answer from {self.url} within {_CALL_TIMEOUT:.0f} s"
-            ) from exc
+            done = self._wait(future, f"{kind.lower()} {path}")
+        except ServerUnreachable:
+            with self._lock:  # given up: not to be re-sent when the server is back
+                self._waiters.pop(request_id, None)
+                self._session.forget_request(request_id)
+            raise
         print_log_lines(kind[0], path, done.log_lines)
         if not done.success:
             raise _error_of(done.error, done.error_data, done.has_error_data, done.error_code)
@@ -307,7 +400,7 @@ class RemoteClient:
             held = self._by_key.get(_query_key(path, merge_args(args, kwargs)))
             cached = None if held is None else held.result
         with self.subscribe(ref, args, **kwargs) as sub:
-            result = sub.result()
+            result = self._wait_result(sub, f"query {path}")
         if result is not cached:
             print_log_lines("Q", path, result.log_lines)
         if result.error is not None:
@@ -378,12 +471,7 @@ class RemoteClient:
             self._auth_waiters.append(verdict)
             text = self._session.authenticate("User", token)
         self._send(text)
-        try:
-            verdict.result(timeout=_CALL_TIMEOUT)
-        except TimeoutError as exc:
-            raise ConnectionClosed(
-                f"No answer from {self.url} to the auth token within {_CALL_TIMEOUT:.0f} s"
-            ) from exc
+        self._wait(verdict, "the auth token")
 
     def clear_auth(self) -> None:
         """Act anonymously (or as admin, if the client has an admin key)."""
@@ -580,7 +668,8 @@ class RemoteClient:
             for task in asyncio.all_tasks(self._loop):
                 task.cancel()
 
-        self._loop.call_soon_threadsafe(stop)
+        with contextlib.suppress(RuntimeError):  # the loop ended already (connect failed)
+            self._loop.call_soon_threadsafe(stop)
         self._thread.join(timeout=5)
         self._dispatcher.shutdown(wait=False)
 
@@ -589,6 +678,37 @@ class RemoteClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _describe_failure(exc: BaseException, ws_url: str) -> tuple[str, bool]:
+    """What a failed connection attempt says about the server, and whether it is final
+    (retrying cannot help: the server answered, but not as a Convex server that lets us in)."""
+    if isinstance(exc, websockets.exceptions.InvalidStatus):
+        status = exc.response.status_code
+        if status in (401, 403):
+            return (
+                f"it answered {status} {exc.response.reason_phrase}: it needs authentication. "
+                "Pass the server's token (the URL's ?token=... or headers={'Authorization': "
+                "'token ...'}); for the shared store of your own running Jupyter server, "
+                "kernel_ext.connect_jupyter() finds it",
+                True,
+            )
+        return (
+            f"it answered HTTP {status} {exc.response.reason_phrase} to the WebSocket at "
+            f"{ws_url}: it is not a Convex server (or the URL lacks the path before /api)",
+            True,
+        )
+    if isinstance(exc, websockets.exceptions.InvalidHandshake):
+        return (
+            f"it is not a Convex server: its answer to the WebSocket handshake at {ws_url} is "
+            f"not a WebSocket upgrade ({exc})",
+            True,
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return ("nothing is listening there (connection refused): is the server running?", False)
+    if isinstance(exc, TimeoutError):
+        return ("no answer to the WebSocket handshake", False)
+    return (f"{type(exc).__name__}: {exc}", False)
 
 
 def _sync_url(url: str) -> str:

@@ -200,6 +200,11 @@ class ClientSession:
         self._requests[request_id] = _Request(kind, message)
         return request_id, (_dump(message) if self.connected else None)
 
+    def forget_request(self, request_id: int) -> None:
+        """Give up on a request (its caller stopped waiting): it is not re-sent on the next
+        socket, and a late answer to it is ignored. It may or may not have run."""
+        self._requests.pop(request_id, None)
+
     @property
     def token_type(self) -> str:
         """The kind of the current auth token: "User", "Admin" or "None"."""
