@@ -55,11 +55,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "RemoteFunctionAborted",
     "RemoteFunctionError",
+    "RemoteFunctionTimeout",
     "RemoteValidationError",
     "RemoteArgumentError",
     "RemoteReturnsError",
     "RemoteSchemaViolation",
+    "RemoteTooManyRequests",
     "RemoteSchemaError",
     "RemoteHeaderError",
     "RemoteQueryError",
@@ -360,6 +363,18 @@ class RemoteWrongFunctionKind(RemoteFunctionError, WrongFunctionKind):
     """The function on the server is of another kind."""
 
 
+class RemoteFunctionTimeout(RemoteFunctionError, FunctionTimeout):
+    """The function ran past the server's time limit."""
+
+
+class RemoteFunctionAborted(RemoteFunctionError, FunctionAborted):
+    """The handler raised SystemExit, GeneratorExit or KeyboardInterrupt on the server."""
+
+
+class RemoteTooManyRequests(RemoteFunctionError, TooManyRequests):
+    """This connection hit the server's cap on calls or subscriptions."""
+
+
 class RemoteAuthenticationError(RemoteFunctionError, AuthenticationError):
     """The server refused the call's credentials."""
 
@@ -378,6 +393,9 @@ _REMOTE_CLASSES: tuple[type[RemoteFunctionError], ...] = (
     RemoteHistoryUnavailable,
     RemoteUnknownFunction,
     RemoteWrongFunctionKind,
+    RemoteFunctionTimeout,
+    RemoteFunctionAborted,
+    RemoteTooManyRequests,
     RemoteAuthenticationError,
 )
 _REMOTE_BY_CODE: dict[str, type[RemoteFunctionError]] = {cls.code: cls for cls in _REMOTE_CLASSES}

@@ -113,3 +113,17 @@ def test_subscriptions_beyond_the_cap_fail_for_that_client_only(hostile):
     assert other.add(0, "hostile:count")["modifications"][0]["value"] == 0
     _, transition = client.mutation("hostile:write")
     assert {m["queryId"]: m.get("value") for m in transition["modifications"]} == {0: 1}
+
+
+def test_the_remote_client_raises_these_errors_by_class(hostile):
+    """FunctionTimeout and FunctionAborted reach `kernel_ext.connect(url)` callers as their
+    classes (the server sends their codes)."""
+    import kernel_ext
+    from kernel_ext.errors import FunctionAborted, FunctionTimeout
+
+    server = hostile("--function-time-limit", "0.5")
+    with kernel_ext.connect(server.url) as client:
+        with pytest.raises(FunctionTimeout, match="hostile:spin"):
+            client.mutation("hostile:spin")
+        with pytest.raises(FunctionAborted, match="SystemExit"):
+            client.mutation("hostile:raise_base", what="SystemExit")
