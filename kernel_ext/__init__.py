@@ -15,6 +15,7 @@ from typing import Any
 from kernel_ext.client.base import ConvexClient
 from kernel_ext.client.connect import connect
 from kernel_ext.client.embedded import Client
+from kernel_ext.client.jupyter import connect_jupyter
 from kernel_ext.client.subscription import CallbackHandle, Subscription
 from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.errors import ConvexError
@@ -46,6 +47,7 @@ __all__ = [
     "api",
     "compare_values",
     "connect",
+    "connect_jupyter",
     "define_schema",
     "define_table",
     "internal",

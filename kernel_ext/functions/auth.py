@@ -1,21 +1,38 @@
-"""User tokens (JWTs): verification with PyJWT, and development tokens.
+"""User tokens (JWTs): verification with PyJWT, development tokens, and where the Jupyter
+server extension publishes its shared store's credentials.
 
-Below both `client/` (embedded `set_auth`) and `sync/` (the server's `AuthProvider`), so
-neither imports the other for it.
+Below both `client/` (embedded `set_auth`, `connect_jupyter`) and `sync/` (the server's
+`AuthProvider`), so neither imports the other for it.
+
+A verified token must carry `sub`, `iss` and `exp` (Convex refuses tokens that never
+expire): a token without `exp` would stay valid forever once leaked.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import jwt
 
 from kernel_ext.errors import ValidationError
 
-__all__ = ["AuthConfig", "claims_of", "make_dev_token"]
+__all__ = [
+    "REQUIRED_CLAIMS",
+    "AuthConfig",
+    "claims_of",
+    "jupyter_record_path",
+    "make_dev_token",
+    "token_error_message",
+]
+
+
+#: Claims a verified token must have.
+REQUIRED_CLAIMS: Final = ["sub", "iss", "exp"]
 
 
 @dataclass(frozen=True)
@@ -59,11 +76,21 @@ def claims_of(token: str, config: AuthConfig | None) -> dict[str, Any]:
                 algorithms=algorithms,
                 issuer=config.issuer,
                 audience=config.audience,
-                options={"verify_aud": config.audience is not None, "require": ["sub", "iss"]},
+                options={"verify_aud": config.audience is not None, "require": REQUIRED_CLAIMS},
             )
         )
     except jwt.PyJWTError as exc:
-        raise ValidationError(f"Invalid auth token: {exc}") from exc
+        raise ValidationError(token_error_message(exc)) from exc
+
+
+def token_error_message(exc: jwt.PyJWTError) -> str:
+    """What is wrong with a refused token, and (for a missing expiry) how to fix it."""
+    if isinstance(exc, jwt.MissingRequiredClaimError) and exc.claim == "exp":
+        return (
+            'Invalid auth token: it has no "exp" (expiry) claim. Tokens must expire, as '
+            "Convex requires: issue it with an exp (make_dev_token sets one from ttl_s)"
+        )
+    return f"Invalid auth token: {exc}"
 
 
 def make_dev_token(
@@ -91,3 +118,10 @@ def make_dev_token(
     if audience is not None:
         payload["aud"] = audience
     return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def jupyter_record_path(runtime_dir: str | os.PathLike[str], pid: int) -> Path:
+    """Where the Jupyter server extension of process `pid` records its shared store (URL,
+    store file, admin key file), beside Jupyter's own `jpserver-<pid>.json` in the runtime
+    directory (readable by its user only). `kernel_ext.connect_jupyter()` reads it."""
+    return Path(runtime_dir) / f"convex-notebook-{pid}.json"

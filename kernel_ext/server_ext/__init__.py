@@ -10,7 +10,13 @@ under the server's base URL, behind Jupyter's own authentication:
 
 Kernels started by this server find it through environment variables the extension sets in
 the server process (kernels inherit them): `CONVEX_JUPYTER_URL`, `CONVEX_JUPYTER_TOKEN` and
-`CONVEX_ADMIN_KEY` (the notebook owner may push functions and call internal ones).
+`CONVEX_ADMIN_KEY` (the notebook owner may push functions and call internal ones). Other
+processes of the same user find it with `kernel_ext.connect_jupyter()`, through
+`<runtime dir>/convex-notebook-<pid>.json` (mode 0600) beside Jupyter's `jpserver-<pid>.json`;
+the admin key stays in `<db>.admin-key` (mode 0600).
+
+Browsers may use these routes only from the server's own pages (Jupyter's origin and XSRF
+checks, see `handlers`); kernels and scripts send Jupyter's token.
 
 Enable it with `jupyter server extension enable kernel_ext.server_ext`, or start a server
 with `--ServerApp.jpserver_extensions="{'kernel_ext.server_ext': True}"`.
@@ -18,6 +24,7 @@ with `--ServerApp.jpserver_extensions="{'kernel_ext.server_ext': True}"`.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -54,6 +61,29 @@ def _limits(serverapp: Any) -> dict[str, Any]:
     return options
 
 
+def _publish(serverapp: Any, url: str, db: Path) -> None:
+    """Tell other processes of this user where the shared store is (`connect_jupyter()`), and
+    keep credentials out of Jupyter's request log."""
+    import atexit
+
+    from kernel_ext.functions.auth import jupyter_record_path
+    from kernel_ext.sync.auth import admin_key_path
+
+    record = jupyter_record_path(serverapp.runtime_dir, os.getpid())
+    info = {"url": url, "db": str(db), "admin_key_file": str(admin_key_path(db))}
+    fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(info, file)
+    atexit.register(record.unlink, missing_ok=True)
+    # Jupyter scrubs parameters containing "key" from logged URLs, case-sensitively.
+    settings = serverapp.web_app.settings
+    settings["extra_log_scrub_param_keys"] = [
+        *settings.get("extra_log_scrub_param_keys", []),
+        "Key",
+        "secret",
+    ]
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Open the shared store, mount its routes, and tell future kernels where it is."""
     import tornado.ioloop
@@ -88,5 +118,6 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     os.environ["CONVEX_JUPYTER_STORE"] = str(db.resolve())  # what `%convex status` shows
     os.environ["CONVEX_JUPYTER_TOKEN"] = getattr(serverapp.identity_provider, "token", "") or ""
     os.environ["CONVEX_ADMIN_KEY"] = admin_key
+    _publish(serverapp, url, db)
     serverapp.log.info("convex-notebook: shared store %s served at %s", db, url)
     serverapp._convex_backend = backend  # closed with the process

@@ -1,7 +1,21 @@
 """The sync server's handlers behind Jupyter's authentication, under `<base_url>convex/`.
 
-A request that passes Jupyter's authentication comes from the notebook server's owner, so it
-acts as admin: the HTTP API sees the admin key, WebSocket clients authenticate with it.
+A request that passes Jupyter's authentication comes from the notebook server's owner, so the
+HTTP API acts as admin. That makes these routes as powerful as Jupyter's own kernel API, so
+they keep every check Jupyter's own API handlers make:
+
+- A request authenticated by the login *cookie* (a browser) must come from the server's own
+  origin and carry the XSRF token (`X-XSRFToken` header or `_xsrf` argument), on every method
+  that reads or writes data; a GET may show a same-origin `Referer` instead, as in Jupyter.
+  A foreign `Origin` is refused with 403 before anything runs. Without this, any web page
+  open in a browser logged into Jupyter could POST to `convex/api/push` and run code here.
+- A request authenticated by Jupyter's token (`Authorization: token ...`, as kernels and
+  scripts send it) skips the XSRF and origin checks, as Jupyter's API does: a token is never
+  sent by a browser on its own.
+- CORS is Jupyter's (`ServerApp.allow_origin`...), never an echo of the caller's `Origin`
+  with credentials.
+- The WebSocket upgrade passes Jupyter's origin check (`WebSocketMixin.check_origin`): a
+  cross-origin page cannot open it with the login cookie.
 """
 
 from __future__ import annotations
@@ -9,20 +23,34 @@ from __future__ import annotations
 from typing import Any
 
 import tornado.web
-from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.utils import url_path_join
 
+from kernel_ext.sync.http import scrub_uri
 from kernel_ext.sync.server import ApiHandler, SyncServer, SyncSocketHandler
 
 __all__ = ["JupyterApiHandler", "JupyterSyncSocketHandler", "handlers_for"]
 
+_CROSS_ORIGIN = (
+    "Cross-origin request refused: the shared store only answers pages of this Jupyter "
+    "server, or clients that send Jupyter's token (Authorization: token ...)"
+)
 
-class JupyterSyncSocketHandler(SyncSocketHandler, JupyterHandler):  # type: ignore[misc]
-    """The sync WebSocket; the upgrade request must pass Jupyter's authentication."""
+
+class JupyterSyncSocketHandler(SyncSocketHandler, JupyterHandler):
+    """The sync WebSocket; the upgrade request must pass Jupyter's authentication and, when
+    it comes from a browser, Jupyter's origin check."""
 
     async def prepare(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Authenticate with Jupyter (no login redirect for a WebSocket)."""
+        self.request.uri = scrub_uri(self.request.uri or "")
         await JupyterHandler.prepare(self, _redirect_to_login=False)
+
+    def check_origin(self, origin: str = "") -> bool:
+        """Jupyter's WebSocket origin check: the server's own origin, `allow_origin`, or a
+        token-authenticated upgrade (tornado answers 403 when this is False)."""
+        return bool(WebSocketMixin.check_origin(self, origin or None))
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Refuse unauthenticated upgrades."""
@@ -31,8 +59,9 @@ class JupyterSyncSocketHandler(SyncSocketHandler, JupyterHandler):  # type: igno
         await super().get(*args, **kwargs)
 
 
-class JupyterApiHandler(JupyterHandler, ApiHandler):
-    """The HTTP API; requests must pass Jupyter's authentication and then act as admin."""
+class JupyterApiHandler(APIHandler, ApiHandler):  # type: ignore[misc]
+    """The HTTP API; requests must pass Jupyter's authentication, origin and XSRF checks, and
+    then act as admin."""
 
     def initialize(self, server: SyncServer, prefix: str, admin_key: str) -> None:  # type: ignore[override]
         """Route kwargs: the sync server, the URL prefix to strip, the admin key."""
@@ -40,16 +69,51 @@ class JupyterApiHandler(JupyterHandler, ApiHandler):
         self.prefix = prefix.rstrip("/")
         self.admin_key = admin_key
 
-    async def prepare(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        """Authenticate with Jupyter, then present the request to the API as the owner's."""
+    async def prepare(self) -> None:  # type: ignore[override]
+        """Authenticate with Jupyter and check origin and XSRF, then present the request to
+        the API as the owner's.
+
+        Raises:
+            tornado.web.HTTPError: 403 without Jupyter's login, from a foreign origin, or
+                (login cookie only) without the XSRF token.
+        """
+        self.request.uri = scrub_uri(self.request.uri or "")
+        # Checks the Host, authenticates, and runs check_xsrf_cookie() on POST and the like.
         await JupyterHandler.prepare(self, _redirect_to_login=False)
+        if self.request.method == "OPTIONS":
+            return  # a CORS preflight, answered by Jupyter's APIHandler.options
         if self.current_user is None:
             raise tornado.web.HTTPError(403, "Jupyter authentication required")
+        if self.request.method in ("GET", "HEAD"):
+            self.check_xsrf_cookie()  # GET /api/query reads data: same checks as a POST
         self.request.path = self.request.path[len(self.prefix) :] or "/"
         self.request.headers["Authorization"] = f"Convex {self.admin_key}"
+        # CORS headers are Jupyter's (set in prepare); the API must not add its own echo.
+        self.request.headers.pop("Origin", None)
 
     def check_xsrf_cookie(self) -> None:
-        """Jupyter's token authentication is not cookie based; see prepare()."""
+        """Jupyter's XSRF check (`JupyterHandler.check_xsrf_cookie`), with a foreign origin
+        refused as 403.
+
+        Written out rather than inherited: in this class's MRO, the `super()` call inside
+        Jupyter's version reaches `ApiHandler.check_xsrf_cookie` (the standalone server's,
+        which checks nothing), so the token would never be compared.
+
+        Raises:
+            tornado.web.HTTPError: 403 from a foreign origin or without the XSRF token.
+        """
+        if not hasattr(self, "_jupyter_current_user"):
+            return  # tornado calls this before prepare() has authenticated; checked there
+        if self.token_authenticated or self.settings.get("disable_check_xsrf", False):
+            return  # a token is explicit: no browser sends it on its own
+        if not self.check_origin():
+            raise tornado.web.HTTPError(403, _CROSS_ORIGIN)
+        try:
+            tornado.web.RequestHandler.check_xsrf_cookie(self)
+        except tornado.web.HTTPError:
+            # As Jupyter: a same-origin Referer is enough for a GET.
+            if self.request.method not in ("GET", "HEAD") or not self.check_referer():
+                raise
 
 
 def handlers_for(

@@ -1,8 +1,9 @@
 """Who is calling the server: user JWTs (verified with PyJWT) and the admin key.
 
 - A user token is verified against the provider configured at start (issuer, audience,
-  expiry, signature; an HS256 secret, a PEM public key, or a JWKS file). Without a provider,
-  every token is refused, as Convex does when no auth provider matches.
+  expiry, signature; an HS256 secret, a PEM public key, or a JWKS file). It must have an
+  `exp` claim, as Convex requires. Without a provider, every token is refused, as Convex
+  does when no auth provider matches.
 - The admin key is generated at start (or given), printed once and stored next to the store
   file with mode 0600. It allows internal functions, and acting as any user.
 """
@@ -23,7 +24,12 @@ from typing import Any
 import jwt
 
 from kernel_ext.errors import AuthenticationError, ValidationError
-from kernel_ext.functions.auth import AuthConfig, claims_of
+from kernel_ext.functions.auth import (
+    REQUIRED_CLAIMS,
+    AuthConfig,
+    claims_of,
+    token_error_message,
+)
 from kernel_ext.functions.context import identity_from_claims
 from kernel_ext.sync.protocol import Identity
 
@@ -113,10 +119,12 @@ class AuthProvider:
                     algorithms=[key.algorithm_name],
                     issuer=self.issuer,
                     audience=self.audience,
-                    options={"verify_aud": self.audience is not None, "require": ["sub", "iss"]},
+                    options={"verify_aud": self.audience is not None, "require": REQUIRED_CLAIMS},
                 )
             )
-        except (jwt.PyJWTError, jwt.PyJWKError) as exc:
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(token_error_message(exc)) from exc
+        except jwt.PyJWKError as exc:
             raise AuthenticationError(f"Invalid auth token: {exc}") from exc
 
 

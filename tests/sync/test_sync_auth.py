@@ -14,8 +14,8 @@ import sync_peers
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from kernel_ext.client.auth import make_dev_token
 from kernel_ext.errors import AuthenticationError, ValidationError
+from kernel_ext.functions.auth import AuthConfig, claims_of, make_dev_token
 from kernel_ext.sync.auth import (
     AuthProvider,
     ServerAuthenticator,
@@ -41,7 +41,9 @@ def pem(private):
 
 def token(key, alg, *, iss=ISS, aud=None, ttl=60, kid=None, **claims):
     now = int(time.time())
-    payload = {"sub": "u1", "iss": iss, "iat": now, "exp": now + ttl, **claims}
+    payload = {"sub": "u1", "iss": iss, "iat": now, **claims}
+    if ttl is not None:  # None: a token that never expires
+        payload["exp"] = now + ttl
     if aud is not None:
         payload["aud"] = aud
     return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid} if kid else None)
@@ -199,3 +201,25 @@ def test_the_token_command_explains_missing_and_reserved_options(monkeypatch):
     assert missing.returncode == 2 and "CONVEX_AUTH_SECRET" in missing.stderr
     reserved = _token_command("ada", "--secret", "s" * 32, "--issuer", "i", "--claim", "exp=1")
     assert reserved.returncode == 2 and "set 'exp' with --ttl" in reserved.stderr
+
+
+def test_tokens_without_an_expiry_are_refused(tmp_path):
+    """Convex requires `exp`: a leaked token without one would be valid forever."""
+    message = r'no "exp" \(expiry\) claim.*Tokens must expire'
+    hs256 = ServerAuthenticator("k", AuthProvider(ISS, secret=SECRET))
+    with pytest.raises(AuthenticationError, match=message):
+        hs256.authenticate_user(token(SECRET, "HS256", ttl=None))
+    assert hs256.authenticate_user(token(SECRET, "HS256")).expires_at is not None
+    private = rsa_key()
+    jwk = json.loads(jwt.algorithms.get_default_algorithms()["RS256"].to_jwk(private.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "r1"}]}))
+    jwks = ServerAuthenticator("k", AuthProvider.from_files(ISS, jwks_file=tmp_path / "jwks.json"))
+    with pytest.raises(AuthenticationError, match=message):
+        jwks.authenticate_user(token(private, "RS256", ttl=None, kid="r1"))
+    (tmp_path / "key.pem").write_bytes(pem(private))
+    pem_file = AuthProvider.from_files(ISS, public_key_file=tmp_path / "key.pem")
+    with pytest.raises(AuthenticationError, match=message):
+        ServerAuthenticator("k", pem_file).authenticate_user(token(private, "RS256", ttl=None))
+    # The embedded store verifies tokens the same way when given a key.
+    with pytest.raises(ValidationError, match=message):
+        claims_of(token(SECRET, "HS256", ttl=None), AuthConfig(ISS, secret=SECRET))
