@@ -36,7 +36,8 @@ def test_scheduled_mutation_runs_after_commit_and_marks_success(sched):
 def test_scheduling_is_rolled_back_with_the_mutation(sched):
     with pytest.raises(RuntimeError):
         sched.mutation("jobs:schedule_then_fail", text="ghost")
-    time.sleep(0.2)
+    # The barrier: every commit so far is processed (a job it scheduled would be due now).
+    assert sched.backend.subscriptions.wait_processed(sched.backend.store.ts, timeout=10)
     assert sched.query("jobs:jobs") == []
     assert sched.query("jobs:log") == []
 

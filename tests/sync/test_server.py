@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 from sync_peers import APP, ROOT, RawClient, ServerProcess
 from websockets.exceptions import ConnectionClosed
 
@@ -233,7 +234,7 @@ def test_shutdown_under_load_loses_no_committed_write(server_factory, tmp_path):
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
     for t in threads:
         t.start()
-    time.sleep(0.6)
+    wait_for(lambda: len(acknowledged) >= 30)  # the writers are under way
     assert server.stop(signal.SIGTERM) == 0
     assert not any("Traceback" in line for line in server.output), server.output
     for t in threads:

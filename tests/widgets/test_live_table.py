@@ -50,15 +50,9 @@ class Recorder:
 
     def until(self, predicate, timeout=5.0):
         """The first message (from the start) that satisfies `predicate`."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            while seen < len(self.messages):
-                if predicate(self.messages[seen]):
-                    return self.messages[seen]
-                seen += 1
-            time.sleep(0.01)
-        raise AssertionError(f"no matching message in {self.messages}")
+        return wait_for(
+            lambda: next((m for m in list(self.messages) if predicate(m)), None), timeout
+        )
 
     def settle(self, quiet=0.15):
         """Wait until no message has arrived for `quiet` seconds; returns the count."""
@@ -69,10 +63,7 @@ class Recorder:
         return count
 
     def wait(self, count, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while len(self.messages) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(self.messages) >= count, self.messages
+        wait_for(lambda: len(self.messages) >= count, timeout)
         return self.messages[count - 1]
 
 
@@ -98,9 +89,7 @@ def test_scroll_requests_a_window(app):
     table = LiveTable(app, "t:items")
     rec = Recorder(table)
     table._on_front_end_message(table, {"type": "window", "offset": 250, "limit": 20}, [])
-    deadline = time.monotonic() + 5
-    while not (rec.messages and rec.messages[-1]["offset"] == 250) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: rec.messages and rec.messages[-1]["offset"] == 250, 5)
     message = rec.messages[-1]
     assert message["offset"] == 250
     assert [r[0] for r in message["rows"]] == list(range(250, 270))
@@ -124,9 +113,7 @@ def test_sort_click_sorts_in_kernel(app):
 
 def test_error_state_shows_message(app):
     table = LiveTable(app, "t:maybe", {"fail": True})
-    deadline = time.monotonic() + 5
-    while table.status != "error" and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: table.status == "error", 5)
     assert table.status == "error"
     assert "nope" in table.error
     table.close()
@@ -147,9 +134,7 @@ def test_selection_and_mimebundle(app):
 def test_front_end_ready_does_not_hide_an_error(app):
     table = LiveTable(app, "t:maybe", {"fail": True})
     rec = Recorder(table)
-    deadline = time.monotonic() + 5
-    while table.status != "error" and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: table.status == "error", 5)
     table._on_front_end_message(table, {"type": "ready"}, [])
     rec.wait(1)
     assert table.status == "error"
