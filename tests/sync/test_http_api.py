@@ -128,7 +128,10 @@ def test_function_errors_are_http_200_with_error_data(api):
     r = post(api, "/api/query", {"path": "values:fail_plain", "args": {}, "format": ENCODED})
     assert r.json() == {
         "status": "error",
-        "errorMessage": "Uncaught ValueError: plain failure with a secret path /etc/hidden",
+        # As Convex does, the message ends with where the handler raised: the file's name
+        # only (no server path) and the line.
+        "errorMessage": "Uncaught ValueError: plain failure with a secret path /etc/hidden"
+        "\n    at fail_plain (values.py:28)",
     }
     r = post(api, "/api/query", {"path": "nope:nothing", "args": {}})
     assert r.status == 200 and "Could not find public function" in r.json()["errorMessage"]
