@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--functions", required=True, type=Path, help="the functions folder")
     serve.add_argument("--db", required=True, type=Path, help="the store file (SQLite)")
-    serve.add_argument("--port", type=int, default=3210, help="0 picks a free port")
+    serve.add_argument("--port", type=_port, default=3210, help="0 picks a free port")
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine)")
     serve.add_argument("--admin-key", help="default: a new random key, printed once")
     limits = serve.add_argument_group("limits (per function call / per WebSocket)")
@@ -83,6 +83,20 @@ def _parser() -> argparse.ArgumentParser:
         help="another claim, e.g. email=ada@example.com (repeatable; VALUE as JSON if it parses)",
     )
     return parser
+
+
+def _port(text: str) -> int:
+    """A TCP port number (0: any free port). Checked here: the socket layer would wrap 99999
+    around to another port and serve there without a word."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port: give a number between 0 and 65535 (0 picks a free port)"
+        )
+    return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:

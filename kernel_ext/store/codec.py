@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from kernel_ext.errors import ValidationError
 from kernel_ext.store.values import Value
 
 __all__ = ["decode_document", "encode_document"]
@@ -70,10 +71,20 @@ def encode_document(doc: dict[str, Value]) -> bytes:
     try:
         data = orjson.dumps(doc)
     except TypeError:
-        return _TAGGED + orjson.dumps(_tag(doc))
+        return _TAGGED + _dumps_tagged(doc)
     if b"null" in data and _is_special(doc):
-        return _TAGGED + orjson.dumps(_tag(doc))
+        return _TAGGED + _dumps_tagged(doc)
     return _PLAIN + data
+
+
+def _dumps_tagged(doc: dict[str, Value]) -> bytes:
+    try:
+        return orjson.dumps(_tag(doc))
+    except TypeError as exc:  # only a value that skipped `normalize` gets here
+        raise ValidationError(
+            f"Cannot store this document ({exc}): it holds something that is not a Convex "
+            "value; pass it through kernel_ext.store.values.normalize first"
+        ) from exc
 
 
 def decode_document(body: bytes) -> dict[str, Value]:

@@ -28,6 +28,7 @@ __all__ = [
     "MAX_DOCUMENT_SIZE",
     "MAX_NESTING",
     "MAX_OBJECT_FIELDS",
+    "MAX_VALUE_NESTING",
     "UNDEFINED",
     "Undefined",
     "Value",
@@ -47,7 +48,11 @@ Value: TypeAlias = Any  # None | bool | int | float | str | bytes | list[Value] 
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
+#: How deeply a stored document nests (Convex: "Document is too nested").
 MAX_NESTING: Final = 16
+#: How deeply any other value nests: function arguments and results, values on the wire
+#: (Convex: "Value is too nested"). Deeper values would also exhaust Python's recursion.
+MAX_VALUE_NESTING: Final = 64
 MAX_ARRAY_LENGTH: Final = 8192
 MAX_OBJECT_FIELDS: Final = 1024
 MAX_FIELD_NAME_LENGTH: Final = 1024
@@ -224,7 +229,9 @@ _MAX_REMEMBERED: Final = 100_000
 
 
 def _remember_name(name: object, path: str) -> str:
-    checked = check_field_name(name, path)
+    """The checked name as a plain `str` (a `str` subclass, as enums make them, becomes its
+    text: orjson and the key encoding take only `str` itself)."""
+    checked = str.__str__(check_field_name(name, path))
     if len(_VALID_NAMES) >= _MAX_REMEMBERED:
         _VALID_NAMES.clear()
     _VALID_NAMES.add(checked)
@@ -238,9 +245,14 @@ def normalize(value: Any, *, path: str = "", limits: bool = True) -> Value:
     naming the path for an unsupported type, an int outside int64, a string with lone
     surrogates, a bad field name, or (when `limits`) the nesting / array / object limits.
     Function results are checked without the size limits: they are not stored, and an analyst's
-    query may return more than 8192 rows.
+    query may return more than 8192 rows; they may nest `MAX_VALUE_NESTING` levels (documents
+    `MAX_NESTING`). Keys of a `str` subclass become plain `str`.
     """
-    return _normalize(value, path, None, 0 if limits else -(10**9))
+    return _normalize(value, path, None, 0 if limits else -_UNLIMITED)
+
+
+#: The depth offset of a value checked without the document limits (its depth is negative).
+_UNLIMITED: Final = 10**9
 
 
 def _at(path: str, key: str | int | None) -> str:
@@ -288,7 +300,24 @@ def _normalize(value: Any, path: str, key: str | int | None, depth: int) -> Valu
 
 def _check_nesting(path: str, depth: int) -> None:
     if depth >= MAX_NESTING:
-        raise ValidationError(f"Value is too nested (more than {MAX_NESTING} levels) at {path}")
+        raise ValidationError(
+            f"Document is too nested (more than {MAX_NESTING} levels) at {_short(path)}: "
+            f"stored values nest at most {MAX_NESTING} levels; flatten it (or store the deep "
+            "part as a JSON string)"
+        )
+    if depth < 0 and depth + _UNLIMITED >= MAX_VALUE_NESTING:
+        raise ValidationError(
+            f"Value is too nested (more than {MAX_VALUE_NESTING} levels) at {_short(path)}: "
+            f"Convex values nest at most {MAX_VALUE_NESTING} levels (documents "
+            f"{MAX_NESTING}); return or pass a flatter value"
+        )
+
+
+def _short(path: str) -> str:
+    """A path for a message: deep ones are cut (a 64-level path is long and says little)."""
+    if not path:
+        return "top level"
+    return path if len(path) <= 60 else path[:57] + "..."
 
 
 def _normalize_array(value: Any, path: str, depth: int) -> list[Value]:
@@ -312,11 +341,10 @@ def _normalize_object(value: Any, path: str, depth: int) -> dict[str, Value]:
     if depth >= 0 and len(value) > MAX_OBJECT_FIELDS:
         raise ValidationError(f"Object at {path or 'top level'} has more than 1024 fields")
     out = {}
-    for k, item in value.items():
+    for name, item in value.items():
         if item is UNDEFINED:
             continue  # a missing field: dropped, its name unchecked
-        if k not in _VALID_NAMES:
-            _remember_name(k, path)
+        k = name if type(name) is str and name in _VALID_NAMES else _remember_name(name, path)
         t = type(item)
         # The common immutable leaves inline (documents are mostly these); the rest recurse.
         if (t is str and item.isascii()) or t is float or t is bool or item is None:
@@ -388,19 +416,35 @@ def to_json(value: Value) -> Any:
 
 def from_json(data: Any) -> Value:
     """Decode Convex JSON into a value. Plain JSON numbers become floats (as in Convex);
-    raises `ValidationError` for malformed `$`-objects."""
+    raises `ValidationError` for malformed `$`-objects and for arrays and objects nested more
+    than `MAX_VALUE_NESTING` levels."""
+    return _from_json(data, 0)
+
+
+def _from_json(data: Any, depth: int) -> Value:
     t = type(data)
     if t is int:
         return float(data)
     if t is list:
-        return [from_json(x) for x in data]
+        if depth >= MAX_VALUE_NESTING:
+            raise ValidationError(_too_nested_json())
+        return [_from_json(x, depth + 1) for x in data]
     if t is dict:
         if len(data) == 1:
             ((key, inner),) = data.items()
             if key.startswith("$"):
                 return _decode_special(key, inner)
-        return {k: from_json(x) for k, x in data.items()}
+        if depth >= MAX_VALUE_NESTING:
+            raise ValidationError(_too_nested_json())
+        return {k: _from_json(x, depth + 1) for k, x in data.items()}
     return data
+
+
+def _too_nested_json() -> str:
+    return (
+        f"Value is too nested (more than {MAX_VALUE_NESTING} levels): Convex values nest at "
+        f"most {MAX_VALUE_NESTING} levels; send a flatter value"
+    )
 
 
 def _decode_special(key: str, inner: Any) -> Value:

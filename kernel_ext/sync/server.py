@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ipaddress
+import json
 import logging
 import signal
 from collections.abc import Callable
@@ -48,6 +49,9 @@ _log = logging.getLogger(__name__)
 #: Largest WebSocket message or HTTP body accepted (bytes); larger ones close that connection
 #: (WebSocket close code 1009) or get HTTP 413.
 MAX_MESSAGE_SIZE: Final = 16 << 20
+#: A body over `MAX_MESSAGE_SIZE` but declared at most this long is read (and dropped) before
+#: its 413 goes out, so that clients which send it all before reading see the answer.
+_DRAIN_LIMIT: Final = 256 << 20
 #: WebSocket close code when the server stops (1001 "going away": clients reconnect).
 CLOSE_GOING_AWAY: Final = 1001
 _LOOPBACK_NAMES: Final = {"localhost", "127.0.0.1", "::1"}
@@ -113,10 +117,53 @@ class SyncSocketHandler(tornado.websocket.WebSocketHandler, _Handler):
         self.close(code, reason)
 
 
+@tornado.web.stream_request_body
 class ApiHandler(_Handler):
-    """Every `/api/...` route of the HTTP API."""
+    """Every `/api/...` route of the HTTP API.
+
+    The body is streamed in (`data_received`) so that one over `MAX_MESSAGE_SIZE` gets a 413
+    with a message instead of tornado's bare 400: a declared length up to `_DRAIN_LIMIT` is
+    read and dropped first (clients such as urllib send the whole body before they read the
+    answer, and would otherwise see a reset connection), a larger one is refused at once.
+    """
+
+    _chunks: list[bytes]
+    _too_large: int | None = None  # the declared length of a body over the limit
+
+    def prepare(self) -> None:
+        """Check the Host header, then the declared body length."""
+        super().prepare()
+        self._chunks = []
+        declared = self.request.headers.get("Content-Length", "")
+        size = int(declared) if declared.isdigit() else 0
+        if size <= MAX_MESSAGE_SIZE:
+            return
+        self._too_large = size
+        # Never tornado's own limit: it would answer 400 with an empty body.
+        assert self.request.connection is not None
+        self.request.connection.set_max_body_size(size)  # type: ignore[attr-defined]
+        if size > _DRAIN_LIMIT:
+            self._refuse_too_large()  # the connection closes after the answer
+
+    def data_received(self, chunk: bytes) -> None:
+        """A piece of the body (dropped if the body is over the limit)."""
+        if self._too_large is None:
+            self._chunks.append(chunk)
+
+    def _refuse_too_large(self) -> None:
+        message = (
+            f"The request body is {self._too_large:,} bytes, over this server's limit of "
+            f"{MAX_MESSAGE_SIZE:,} bytes ({MAX_MESSAGE_SIZE >> 20} MiB) per request. Send less "
+            "per request (split the arguments, or import rows in batches)."
+        )
+        self.set_status(413)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"code": "PayloadTooLarge", "message": message}))
 
     async def _handle(self) -> None:
+        if self._too_large is not None:
+            self._refuse_too_large()
+            return
         request = HttpRequest(
             method=self.request.method or "GET",
             path=self.request.path,
@@ -124,7 +171,7 @@ class ApiHandler(_Handler):
                 k: v[-1].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()
             },
             headers={k.lower(): v for k, v in self.request.headers.get_all()},
-            body=self.request.body or b"",
+            body=b"".join(self._chunks),
         )
         try:
             response = await self.server.run_http(request)

@@ -606,3 +606,54 @@ def test_from_json_single_non_special_key_is_an_object():
 def test_from_json_rejects_malformed_specials(data, message):
     with pytest.raises(ValidationError, match=message):
         from_json(data)
+
+
+# -- values that are not stored: nesting and key types -----------------------------------
+
+
+def test_unstored_values_nest_at_most_max_value_nesting_levels():
+    from kernel_ext.store.values import MAX_VALUE_NESTING
+
+    assert MAX_VALUE_NESTING == 64
+    assert normalize(_nested_lists(64), limits=False) == _nested_lists(64)
+    with pytest.raises(ValidationError, match=r"Value is too nested \(more than 64 levels\)"):
+        normalize(_nested_lists(65), limits=False)
+    # 900 levels: a message, not a RecursionError, and a short path in it.
+    with pytest.raises(ValidationError, match="nest at most 64 levels") as info:
+        normalize(_nested_lists(900), limits=False)
+    assert len(str(info.value)) < 300
+    with pytest.raises(ValidationError, match="Document is too nested"):
+        normalize(_nested_lists(900))
+
+
+def test_convex_json_nests_at_most_max_value_nesting_levels():
+    deep: object = 1
+    for _ in range(64):
+        deep = [deep]
+    assert from_json(deep) is not None
+    for _ in range(2000):
+        deep = {"k": deep}
+    with pytest.raises(ValidationError, match="too nested"):
+        from_json(deep)
+
+
+class _Key(str):
+    """A str subclass, as enums and config libraries make them."""
+
+
+def test_str_subclass_keys_become_plain_strings():
+    value = normalize({_Key("a"): {_Key("b"): 1.0}}, limits=False)
+    assert value == {"a": {"b": 1.0}}
+    assert all(type(k) is str for k in (*value, *value["a"]))
+    assert orjson.loads(dumps_json(value)) == {"a": {"b": 1.0}}
+    stored = normalize({_Key("name"): "x"})
+    assert [type(k) for k in stored] == [str]
+    with pytest.raises(ValidationError, match="must be printable ASCII"):
+        normalize({_Key("é"): 1.0})
+
+
+def test_the_codec_refuses_an_unnormalized_document_with_a_message():
+    from kernel_ext.store.codec import encode_document
+
+    with pytest.raises(ValidationError, match="not a Convex value"):
+        encode_document({"x": b"bytes", "y": object()})
