@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from kernel_ext.errors import ValidationError
 from kernel_ext.functions.limits import check_deadline
@@ -29,6 +29,7 @@ __all__ = [
     "MutationCtx",
     "QueryCtx",
     "Runner",
+    "USER_SYSTEM_TABLES",
     "identity_from_claims",
 ]
 
@@ -129,14 +130,28 @@ class _SystemReader:
         return self._txn.get(doc_id, system=True)
 
     def query(self, table: str) -> Query:
-        """Query a system table."""
+        """Query a system table that functions may read (`USER_SYSTEM_TABLES`)."""
         check_deadline()
-        return self._txn.query(table, system=True)
+        return self._txn.query(_readable(table), system=True)
 
     def normalize_id(self, table: str, doc_id: str) -> str | None:
         """`doc_id` if it is an id of that system table, else None."""
         check_deadline()
-        return self._txn.normalize_id(table, doc_id, system=True)
+        return self._txn.normalize_id(_readable(table), doc_id, system=True)
+
+
+#: The system tables `db.system` lets functions read, as Convex does; the store's own
+#: bookkeeping (`_mutation_receipts`, `_column_kinds`) stays private.
+USER_SYSTEM_TABLES: Final = frozenset({"_scheduled_functions", "_storage"})
+
+
+def _readable(table: str) -> str:
+    if isinstance(table, str) and table.startswith("_") and table not in USER_SYSTEM_TABLES:
+        raise ValidationError(
+            f"db.system cannot read {table!r}: functions may read "
+            f"{', '.join(sorted(USER_SYSTEM_TABLES))}"
+        )
+    return table
 
 
 class DatabaseReader:

@@ -120,3 +120,20 @@ def test_receipts_are_not_a_user_table(client):
     assert MUTATION_RECEIPTS not in client.tables()
     assert all(t["table"] != MUTATION_RECEIPTS for t in client.describe_tables())
     assert client.tables() == ["counts"]
+
+
+@query
+def peek(ctx, table: str):
+    return ctx.db.system.query(table).collect()
+
+
+def test_functions_cannot_read_the_stores_own_bookkeeping(client):
+    """db.system reads _scheduled_functions (as Convex allows), never the receipts."""
+    from kernel_ext.errors import ValidationError
+
+    client.backend.register("r:peek", peek)
+    client.mutation("r:bump")
+    assert client.query("r:peek", table="_scheduled_functions") == []
+    for private in (MUTATION_RECEIPTS, "_column_kinds"):
+        with pytest.raises(ValidationError, match=r"db\.system cannot read"):
+            client.query("r:peek", table=private)
