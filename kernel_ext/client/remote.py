@@ -642,16 +642,25 @@ class RemoteClient:
         self, table: str, frame: pd.DataFrame, *, batch_size: int = 1000, progress: bool = True
     ) -> list[str]:
         """Insert every row of `frame` into `table` in batches (admin), with a progress bar;
-        each batch is one transaction; returns the new ids in row order."""
+        each batch is one transaction; returns the new ids in row order.
+
+        Batches do not wait for the server's live queries to re-run (re-runs for several
+        batches coalesce); once the import returns (or fails), every live query on the server
+        reflects the rows it committed."""
         from kernel_ext.client.dataframe import import_in_batches
         from kernel_ext.store.values import normalize, to_json
 
+        what = f"Importing into {table!r}"
+
         def insert(batch: list[dict[str, Any]], kinds: list[dict[str, Any]]) -> list[str]:
             rows = [to_json(normalize(row)) for row in batch]
-            body = {"import": table, "rows": rows, "kinds": to_json(kinds)}
-            return list(self._admin(f"Importing into {table!r}", body))
+            body = {"import": table, "rows": rows, "kinds": to_json(kinds), "wait": False}
+            return list(self._admin(what, body))
 
-        return import_in_batches(table, frame, insert, batch_size=batch_size, progress=progress)
+        try:
+            return import_in_batches(table, frame, insert, batch_size=batch_size, progress=progress)
+        finally:
+            self._admin(what, {"sync": True})
 
     # -- closing -------------------------------------------------------------------------
 

@@ -53,7 +53,11 @@ class Deployer:
           functions (or the schema); returns what was defined (paths, or "schema");
         - `{"import": table, "rows": [documents as Convex JSON], "kinds": [...]}`: insert
           rows in one mutation that also records their column kinds
-          (`kernel_ext.store.column_kinds`); returns their ids;
+          (`kernel_ext.store.column_kinds`); returns their ids once live queries reflect
+          them, or at once with `"wait": false` (a batch of a longer import: live re-runs
+          then coalesce instead of holding up every batch);
+        - `{"sync": true}`: returns `[]` once every live query reflects the latest commit
+          (the end of such an import: read your writes);
         - `{"columnKinds": true}`: `[[table number, [kind, ...]]]` (Convex JSON);
         - `{"table": name}`: every document of a table (Convex JSON), in creation order;
         - `{"functions": true}`: `[{path, kind, visibility, args}]` (args: validator JSON);
@@ -66,7 +70,11 @@ class Deployer:
         if isinstance(body.get("cell"), str):
             return self._cell(body["cell"])
         if isinstance(body.get("import"), str) and isinstance(body.get("rows"), list):
-            return self._import(body["import"], body["rows"], from_json(body.get("kinds", [])))
+            kinds = from_json(body.get("kinds", []))
+            return self._import(body["import"], body["rows"], kinds, body.get("wait") is not False)
+        if body.get("sync") is True:
+            self.backend.subscriptions.wait_processed(self.backend.store.ts)
+            return []
         if body.get("columnKinds") is True:
             kinds = self.backend.store.read(column_kinds_by_number)[0]
             return to_json([[n, list(k.values())] for n, k in kinds.items()])
@@ -91,7 +99,7 @@ class Deployer:
         )
         return [self.backend.register(header.path, function)]
 
-    def _import(self, table: str, rows: list[Any], kinds: list[Any]) -> list[str]:
+    def _import(self, table: str, rows: list[Any], kinds: list[Any], wait: bool) -> list[str]:
         documents = [from_json(row) for row in rows]
 
         def insert_all(txn: Any) -> list[str]:
@@ -100,7 +108,8 @@ class Deployer:
             return ids
 
         ids, ts = self.backend.store.mutate(insert_all)
-        self.backend.subscriptions.wait_processed(ts)
+        if wait:
+            self.backend.subscriptions.wait_processed(ts)
         return ids
 
     def _table(self, table: str) -> list[Any]:
