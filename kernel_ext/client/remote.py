@@ -39,6 +39,7 @@ from kernel_ext.errors import (
     RemoteFunctionError,
     ServerUnreachable,
     TransactionClosed,
+    ValidationError,
     remote_error,
 )
 from kernel_ext.functions.registry import path_of
@@ -47,6 +48,7 @@ from kernel_ext.sync.client_protocol import (
     QueryResultEvent,
     Reconnect,
     RequestDone,
+    RequestKind,
     TransitionApplied,
 )
 
@@ -66,6 +68,22 @@ _CONNECT_TIMEOUT: Final = 10.0
 _REFUSED_GRACE: Final = 2.0
 #: How long a call waits while the connection is down before it gives up.
 _OFFLINE_LIMIT: Final = 10.0
+
+
+def _wire_args(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments as Convex values, checked here so that a value that cannot
+    travel (an unsupported type, too deep) is a `ValidationError` before anything is sent,
+    and keys of a `str` subclass (enums) travel as plain strings."""
+    from kernel_ext.store.values import normalize
+
+    merged = merge_args(args, kwargs)
+    if not isinstance(merged, Mapping):
+        raise ValidationError(
+            f"Arguments must be a dict (or keywords), not {type(merged).__name__}"
+        )
+    value = normalize(dict(merged), limits=False)
+    assert isinstance(value, dict)
+    return value
 
 
 def _query_key(path: str, args: dict[str, Any]) -> tuple[str, bytes]:
@@ -362,13 +380,13 @@ class RemoteClient:
         )
 
     def _request(
-        self, kind: str, ref: Any, args: Mapping[str, Any] | None, kwargs: dict[str, Any]
+        self, kind: RequestKind, ref: Any, args: Mapping[str, Any] | None, kwargs: dict[str, Any]
     ) -> Any:
         self._check_open()
         future: Future[RequestDone] = Future()
         path = path_of(ref)
         with self._lock:
-            request_id, text = self._session.request(kind, path, merge_args(args, kwargs))  # type: ignore[arg-type]
+            request_id, text = self._session.request(kind, path, _wire_args(args, kwargs))
             self._waiters[request_id] = future
         self._send(text)
         try:
@@ -397,7 +415,7 @@ class RemoteClient:
         result already (they were printed, or are kept there)."""
         path = path_of(ref)
         with self._lock:
-            held = self._by_key.get(_query_key(path, merge_args(args, kwargs)))
+            held = self._by_key.get(_query_key(path, _wire_args(args, kwargs)))
             cached = None if held is None else held.result
         with self.subscribe(ref, args, **kwargs) as sub:
             result = self._wait_result(sub, f"query {path}")
@@ -414,7 +432,7 @@ class RemoteClient:
         "reconnecting" to `on_status` listeners while the connection is down)."""
         self._check_open()
         path = path_of(ref)
-        values = merge_args(args, kwargs)
+        values = _wire_args(args, kwargs)
 
         def start(on_result: Callable[[QueryResult], None]) -> Callable[[], None]:
             return self._listen(path, values, on_result)

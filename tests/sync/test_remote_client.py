@@ -301,3 +301,25 @@ def test_conflict_code_maps_to_conflict_error():
     error = _error_of(done.error, done.error_data, done.has_error_data, done.error_code)
     assert type(error) is RemoteConflictError and isinstance(error, ConflictError)
     assert str(error) == "the text is free"
+
+
+def test_arguments_that_cannot_travel_are_library_errors(server_factory):
+    """Checked before anything is sent: a ValidationError, never an orjson TypeError or a
+    RecursionError; enum keys (a str subclass) travel as plain strings."""
+    import enum
+
+    class Key(enum.StrEnum):
+        A = "a"
+
+    deep: list = []
+    for _ in range(900):
+        deep = [deep]
+    server = server_factory()
+    with kernel_ext.connect(server.url) as client:
+        assert client.query("values:echo", {"x": {Key.A: 1}}) == {"x": {"a": 1}}
+        with pytest.raises(ValidationError, match="too nested"):
+            client.query("values:echo", {"x": deep})
+        with pytest.raises(ValidationError, match="not a supported Convex value"):
+            client.mutation("counter:inc", {"name": object()})
+        with pytest.raises(ValidationError, match="must be a dict"):
+            client.mutation("counter:inc", [1, 2])
