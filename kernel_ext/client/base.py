@@ -118,6 +118,11 @@ class ConvexClient(Protocol):
         """Every document of `table` as a DataFrame."""
         ...
 
+    def column_kinds(self) -> dict[int, dict[str, dict[str, Any]]]:
+        """The pandas column kinds `import_dataframe` recorded, by table number, for
+        `kernel_ext.client.dataframe.to_dataframe` (empty when they cannot be read)."""
+        ...
+
     def import_dataframe(
         self, table: str, frame: pd.DataFrame, *, batch_size: int = 1000, progress: bool = True
     ) -> list[str]:

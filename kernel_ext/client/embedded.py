@@ -165,7 +165,7 @@ class Client:
         def start(on_result: Any) -> Any:
             return self.backend.subscribe(path, values, self._identity, on_result)
 
-        sub = Subscription(start, self._dispatcher, path, column_kinds=self._column_kinds)
+        sub = Subscription(start, self._dispatcher, path, column_kinds=self.column_kinds)
         with self._lock:
             self._subscriptions.add(sub)
         return sub
@@ -260,9 +260,9 @@ class Client:
         docs, _, _ = self.backend.store.read(
             lambda txn: txn.query(table).with_index(BY_CREATION_TIME).collect()
         )
-        return to_dataframe(docs, self._column_kinds())
+        return to_dataframe(docs, self.column_kinds())
 
-    def _column_kinds(self) -> dict[int, dict[str, dict[str, Any]]]:
+    def column_kinds(self) -> dict[int, dict[str, dict[str, Any]]]:
         """The column kinds `import_dataframe` recorded, by table number."""
         return self.backend.store.read(column_kinds_by_number)[0]
 

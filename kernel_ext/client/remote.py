@@ -437,7 +437,7 @@ class RemoteClient:
         def start(on_result: Callable[[QueryResult], None]) -> Callable[[], None]:
             return self._listen(path, values, on_result)
 
-        return Subscription(start, self._dispatcher, path, column_kinds=self._column_kinds)
+        return Subscription(start, self._dispatcher, path, column_kinds=self.column_kinds)
 
     def _listen(
         self, path: str, args: dict[str, Any], listener: Callable[[QueryResult], None]
@@ -641,9 +641,9 @@ class RemoteClient:
         from kernel_ext.store.values import from_json
 
         docs = [from_json(d) for d in self._admin(f"Reading table {table!r}", {"table": table})]
-        return to_dataframe(docs, self._column_kinds())
+        return to_dataframe(docs, self.column_kinds())
 
-    def _column_kinds(self) -> dict[int, dict[str, dict[str, Any]]]:
+    def column_kinds(self) -> dict[int, dict[str, dict[str, Any]]]:
         """The column kinds `import_dataframe` recorded, by table number (admin; without
         the admin key DataFrames show the stored values: datetimes as float ms)."""
         from kernel_ext.store.values import from_json

@@ -196,3 +196,19 @@ def test_serve_the_kernels_store(ip, capsys):
             assert remote.query("notebook:hello") == "served"
     finally:
         ip.run_line_magic("convex", "serve stop")
+
+
+def test_convex_query_gives_imported_columns_their_types(ip):
+    """`df = %convex query ...` converts imported columns back like table_df does."""
+    frame = pd.DataFrame(
+        {
+            "when": pd.to_datetime(["2026-01-02 03:04:05", "2026-05-06 07:08:09"]),
+            "n": pd.array([1, None], dtype="Int64"),
+        }
+    )
+    ip.user_ns["convex"].import_dataframe("events", frame, progress=False)
+    run(ip, "%%convex_query events:all\nreturn db.query('events').collect()")
+    df = ip.run_line_magic("convex", "query events:all")
+    assert df["when"].dtype == frame["when"].dtype
+    assert df["n"].dtype == "Int64"
+    assert list(df["when"]) == list(frame["when"])
