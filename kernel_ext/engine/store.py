@@ -220,12 +220,17 @@ class Store:
         """Install a schema: check existing documents against it, create its tables, build new
         indexes and drop indexes it no longer declares. Every live query re-runs.
 
+        Documents that the schema would store differently (ints in `v.number()` fields,
+        written before such ints were stored as floats) are then stored again as it says, in
+        mutations of their own, so that queries with float bounds find them.
+
         Raises:
             SchemaError: an existing document does not match; nothing was changed.
         """
+        restore: list[str] = []
         with self._commit_lock:
             if schema is not None:
-                self._check_existing_documents(schema)
+                restore = self._check_existing_documents(schema)
                 for name, definition in schema.tables.items():
                     info = self._create_table_now(name)
                     self._reconcile_indexes(info, {i.name: i.fields for i in definition.indexes})
@@ -237,6 +242,7 @@ class Store:
             self._ts = ts
             self._writes.append(ts, [ALL_KEYS])
             self._publish(Commit(ts, {}, [ALL_KEYS]))
+        self._store_again(restore)
 
     def record_change(self, change: Callable[[], T]) -> T:
         """Make `change()` (a change outside the documents, such as redefining functions) a
@@ -253,21 +259,43 @@ class Store:
             self._publish(Commit(ts, {}, []))
         return result
 
-    def _check_existing_documents(self, schema: SchemaDefinition) -> None:
+    def _check_existing_documents(self, schema: SchemaDefinition) -> list[str]:
+        """Check every document of the schema's tables; returns the ids of those it would
+        store differently (`validate_write` returns a copy only then)."""
         if not schema.schema_validation:
-            return
+            return []
+        restore: list[str] = []
         for name in schema.tables:
             info = self.catalog.table(name)
             if info is None:
                 continue
             for _, doc in self.persistence.documents_of(info.number):
                 try:
-                    schema.validate_write(name, doc, self.catalog.table_name)
+                    stored = schema.validate_write(name, doc, self.catalog.table_name)
                 except ValidationError as exc:
                     raise SchemaError(
                         f"Existing document {doc['_id']} in table {name!r} does not match the "
                         f"new schema; fix or delete it first.\n{exc}"
                     ) from exc
+                if stored is not doc:
+                    restore.append(str(doc["_id"]))
+        return restore
+
+    def _store_again(self, ids: list[str]) -> None:
+        """Replace each document by itself, so that the current schema stores it as it says
+        (one mutation per 1,000 documents; a document deleted meanwhile is skipped)."""
+
+        def replace_all(batch: list[str]) -> Callable[[Transaction], None]:
+            def run(txn: Transaction) -> None:
+                for doc_id in batch:
+                    doc = txn.get(doc_id)
+                    if doc is not None:
+                        txn.replace(doc_id, {k: v for k, v in doc.items() if k[:1] != "_"})
+
+            return run
+
+        for start in range(0, len(ids), 1000):
+            self.mutate(replace_all(ids[start : start + 1000]))
 
     def _reconcile_indexes(self, info: TableInfo, declared: dict[str, tuple[str, ...]]) -> None:
         for name, index in list(info.indexes.items()):

@@ -354,3 +354,33 @@ def test_without_kept_history_only_the_latest_ts_is_answered(store):
     _insert(store, 3)  # the log keeps only what the running mutation needed
     with pytest.raises(HistoryUnavailable, match="older than the write history"):
         store.read_as_of(before, lambda txn: txn.get(a)["n"])
+
+
+def test_a_schema_stores_earlier_ints_in_number_fields_as_floats(tmp_path):
+    """Documents written before the schema (or by an earlier version) with ints in a
+    v.number() field are stored again as floats when the schema is applied, so that a float
+    bound finds them (int64 sorts below every float64)."""
+    import kernel_ext
+    from kernel_ext import define_schema, define_table, v
+
+    client = kernel_ext.connect(tmp_path / "store.db")
+    try:
+        store = client.backend.store
+        store.mutate(lambda txn: [txn.insert("cars", {"weight": w}) for w in (3500, 4200, 4800)])
+        client.set_schema(
+            define_schema(
+                {"cars": define_table({"weight": v.number()}).index("by_weight", ["weight"])}
+            )
+        )
+        docs = store.read(lambda txn: txn.query("cars").collect())[0]
+        assert [type(d["weight"]) for d in docs] == [float, float, float]
+        heavy = store.read(
+            lambda txn: (
+                txn.query("cars")
+                .with_index("by_weight", lambda q: q.gt("weight", 4000.0))
+                .collect()
+            )
+        )[0]
+        assert [d["weight"] for d in heavy] == [4200.0, 4800.0]
+    finally:
+        client.close()
