@@ -330,7 +330,10 @@ def test_system_fields_in_a_union_of_objects_and_in_v_object():
         v.object({"kind": v.literal("b")}),
     )
     schema = define_schema(
-        {"users": define_table(union), "posts": define_table(v.object({"_creationTime": v.float64()}))}
+        {
+            "users": define_table(union),
+            "posts": define_table(v.object({"_creationTime": v.float64()})),
+        }
     )
     for kind in ("a", "b"):
         schema.validate_write("users", {**DOC_SYSTEM, "kind": kind}, _resolve)
