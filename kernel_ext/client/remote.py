@@ -334,9 +334,10 @@ class RemoteClient:
         if self._closed:
             raise TransactionClosed("This client is closed; connect again")
 
-    def _wait(self, future: Future[T], what: str) -> T:
-        """`future`'s result, waiting while the connection is down at most `_OFFLINE_LIMIT`
-        seconds of being disconnected, and `_CALL_TIMEOUT` in all.
+    def _wait(self, result: Callable[..., T], what: str) -> T:
+        """`result(timeout=...)` (a future's or a subscription's first result), waiting while
+        the connection is down at most `_OFFLINE_LIMIT` seconds of being disconnected, and
+        `_CALL_TIMEOUT` in all.
 
         Raises:
             ServerUnreachable: the server has been gone longer than `_OFFLINE_LIMIT`.
@@ -345,21 +346,7 @@ class RemoteClient:
         deadline = time.monotonic() + _CALL_TIMEOUT
         while True:
             try:
-                return future.result(timeout=0.2)
-            except TimeoutError:
-                pass
-            self._check_reachable(what)
-            if time.monotonic() > deadline:
-                raise ConnectionClosed(
-                    f"No answer from {self.url} to {what} within {_CALL_TIMEOUT:.0f} s"
-                )
-
-    def _wait_result(self, sub: Subscription, what: str) -> QueryResult:
-        """`sub`'s first result, waiting like `_wait`."""
-        deadline = time.monotonic() + _CALL_TIMEOUT
-        while True:
-            try:
-                return sub.result(timeout=0.2)
+                return result(timeout=0.2)
             except TimeoutError:
                 pass
             self._check_reachable(what)
@@ -390,7 +377,7 @@ class RemoteClient:
             self._waiters[request_id] = future
         self._send(text)
         try:
-            done = self._wait(future, f"{kind.lower()} {path}")
+            done = self._wait(future.result, f"{kind.lower()} {path}")
         except ServerUnreachable:
             with self._lock:  # given up: not to be re-sent when the server is back
                 self._waiters.pop(request_id, None)
@@ -418,7 +405,7 @@ class RemoteClient:
             held = self._by_key.get(_query_key(path, _wire_args(args, kwargs)))
             cached = None if held is None else held.result
         with self.subscribe(ref, args, **kwargs) as sub:
-            result = self._wait_result(sub, f"query {path}")
+            result: QueryResult = self._wait(sub.result, f"query {path}")
         if result is not cached:
             print_log_lines("Q", path, result.log_lines)
         if result.error is not None:
@@ -489,7 +476,7 @@ class RemoteClient:
             self._auth_waiters.append(verdict)
             text = self._session.authenticate("User", token)
         self._send(text)
-        self._wait(verdict, "the auth token")
+        self._wait(verdict.result, "the auth token")
 
     def clear_auth(self) -> None:
         """Act anonymously (or as admin, if the client has an admin key)."""
