@@ -1,17 +1,29 @@
 """Live queries: run once, re-run when a commit writes into their read set, push changes.
 
-Query executions for subscriptions happen in rounds, one round at a time. A round takes the
-commits published since the last round, finds the live queries whose read sets contain a
-written key (`SubscriptionIndex`, cost proportional to the matches), and re-runs those plus
-newly subscribed ones together on a single snapshot, so every result of a round comes from one
-timestamp. A result equal to the previous one is not delivered. Identical subscriptions (same
-key) share one execution.
+Each commit is matched against the live queries' read sets as it is published
+(`SubscriptionIndex`, cost proportional to the matches): a query it writes into becomes
+*stale since* that commit's ts, and is queued for a re-run. Re-runs happen in rounds: a round
+takes the queued queries and runs them together on one snapshot. A result equal to the
+previous one is not delivered. Identical subscriptions (same key) share one execution.
 
-A worker thread runs the rounds, except that `wait_processed(ts)` (which blocks until every
-live query reflects commit `ts`: the client calls it after a mutation so that its subscriptions
-read its writes) runs a pending round itself if the worker has not started it yet: the caller
-would wait for that round anyway, and waking the worker would add a thread hand-off to the
-latency of every update.
+Two lanes run rounds, each on its own worker thread: a query whose last run took longer than
+`slow_after` seconds (`SLOW_QUERY_SECONDS`) runs in the slow lane, the others (and new ones)
+in the fast lane; a slow query comes back after `FAST_RUNS_TO_RETURN` fast runs. The fast
+lane never waits for the slow one, so one slow query delays only its own subscribers (and
+the callers that wait for it), not everybody's updates.
+
+Consistency: a query *reflects* ts T when it is not stale at or before T: its latest
+delivered result (computed at snapshot ts S) is then valid at T, as no commit in (S, T] wrote
+into its read set. A round's end settles each query it ran: valid, or stale since the first
+commit after its snapshot that wrote into its read set (checked against the new read set
+too, when it changed). `wait_processed(ts, keys=...)` and `call_when_processed(ts, callback,
+keys)` wait until the given queries (by default every live query) reflect `ts`; the sync
+server waits only for the queries of the client it answers.
+
+A worker runs its lane's rounds, except that `wait_processed(ts)` without a timeout runs a
+pending round itself if the worker has not started it yet: the caller would wait for that
+round anyway, and waking the worker would add a thread hand-off to the latency of every
+update.
 """
 
 from __future__ import annotations
@@ -21,9 +33,10 @@ import heapq
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Hashable
+import time
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -35,11 +48,23 @@ from kernel_ext.store.readset import ReadSet
 from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value
 
-__all__ = ["LiveQuery", "QueryResult", "SubscriptionManager"]
+__all__ = [
+    "FAST_RUNS_TO_RETURN",
+    "SLOW_QUERY_SECONDS",
+    "LiveQuery",
+    "QueryResult",
+    "SubscriptionManager",
+    "Unsubscribe",
+]
 
 _log = logging.getLogger(__name__)
 
 Runner = Callable[[Transaction], Value]
+
+#: A live query whose run takes longer than this (seconds) moves to the slow lane.
+SLOW_QUERY_SECONDS: Final = 0.1
+#: A slow query returns to the fast lane after this many consecutive fast runs.
+FAST_RUNS_TO_RETURN: Final = 3
 
 
 @dataclass(frozen=True)
@@ -80,6 +105,19 @@ class QueryResult:
             return ("value", repr(self.value))
 
 
+@dataclass(frozen=True)
+class Unsubscribe:
+    """Ends one subscription when called (idempotent); `key` names its live query, for
+    `SubscriptionManager.call_when_processed(ts, callback, keys)` (None: nothing was
+    subscribed)."""
+
+    key: Hashable | None
+    end: Callable[[], None]
+
+    def __call__(self) -> None:
+        self.end()
+
+
 @dataclass(eq=False)
 class LiveQuery:
     """A subscribed query execution shared by every subscriber with the same key."""
@@ -91,30 +129,89 @@ class LiveQuery:
     fingerprint: Any = None
     #: The read set's intervals as last registered in the subscription index.
     intervals: dict[str, list[tuple[bytes, bytes]]] | None = None
+    #: The ts of the earliest commit (or redefinition) that its result does not reflect and
+    #: that it has not re-run for yet; None: its result is valid up to the latest commit.
+    stale_since: int | None = None
+    #: Runs in the slow lane (its last run took longer than the manager's threshold).
+    slow: bool = False
+    #: Consecutive fast runs while slow: back to the fast lane after `FAST_RUNS_TO_RETURN`.
+    fast_runs: int = 0
+    #: In a round now (claimed, not finished): commits that hit it go to `hits`.
+    running: bool = False
+    #: While running, the snapshot ts of its run (None until the snapshot is taken).
+    snapshot_ts: int | None = None
+    #: While running, ts of commits that wrote into its read set; those after `snapshot_ts`
+    #: make it stale again when the round ends.
+    hits: list[int] = field(default_factory=list)
+    #: While running, the ts from which `rerun()` asked for another run (None: not asked).
+    forced: int | None = None
+    #: While running, its execution finished and its result was handled.
+    ran: bool = False
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One worker thread and the live queries waiting for its next round."""
+
+    name: str
+    work: threading.Condition  # the worker waits here for dirty queries
+    dirty: dict[LiveQuery, None] = field(default_factory=dict)  # an ordered set
+    busy: bool = False  # a round is running: queries made dirty meanwhile wait for the next
+    snapshot_ts: int | None = None  # the running round's snapshot (None: unknown or idle)
+    thread: threading.Thread | None = None
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A `call_when_processed` callback waiting for `keys` (None: every query) to reflect
+    `ts`."""
+
+    ts: int
+    keys: frozenset[Hashable] | None
+    callback: Callable[[], None]
 
 
 class SubscriptionManager:
-    """Keeps live queries up to date with commits (see the module docstring)."""
+    """Keeps live queries up to date with commits (see the module docstring).
 
-    def __init__(self, store: Store) -> None:
+    Args:
+        store: the store whose commits re-run the queries.
+        slow_after: seconds: a query whose run takes longer moves to the slow lane (it comes
+            back after `FAST_RUNS_TO_RETURN` runs within this time).
+    """
+
+    def __init__(self, store: Store, *, slow_after: float = SLOW_QUERY_SECONDS) -> None:
         self._store = store
+        self._slow_after = slow_after
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)  # the worker waits for commits here
-        self._done = threading.Condition(self._lock)  # wait_processed waits here
-        self._waiting = 0  # threads in wait_processed: a commit notifies only if there are any
+        self._lanes = (
+            _Lane("convex-subscriptions", threading.Condition(self._lock)),
+            _Lane("convex-subscriptions-slow", threading.Condition(self._lock)),
+        )
         self._queries: dict[Hashable, LiveQuery] = {}
         self._index = SubscriptionIndex()
-        self._commits: list[Commit] = []
-        self._new: list[LiveQuery] = []
-        self._processed_ts = store.ts
-        # (ts, tie-breaker, callback) of `call_when_processed`, earliest ts first.
-        self._when_processed: list[tuple[int, int, Callable[[], None]]] = []
+        self._stale: set[LiveQuery] = set()  # the queries whose `stale_since` is not None
+        self._dispatched_ts = store.ts  # the latest commit matched against the read sets
+        self._processed_ts = store.ts  # every live query reflects the commits up to it
+        self._rounds = 0  # rounds running (at most one per lane)
+        # (ts, keys) of the commits since the oldest running round began: a query whose
+        # read set changed checks the commits after its snapshot against the new one.
+        self._recent: list[tuple[int, list[Any]]] = []
+        # `call_when_processed` waiters, earliest ts first: for every query (against
+        # `_processed_ts`), and for some queries until their ts is dispatched; then those
+        # wait in `_blocked` on the first of their queries that does not reflect it.
+        self._all_waiters: list[tuple[int, int, _Waiter]] = []
+        self._keyed_waiters: list[tuple[int, int, _Waiter]] = []
+        self._blocked: dict[LiveQuery, list[_Waiter]] = {}
+        self._wakeups: set[threading.Event] = set()  # of threads in wait_processed
         self._sequence = itertools.count()
-        self._busy = False  # a round is running: later commits queue behind it
         self._closed = False
         store.add_listener(self._on_commit)
-        self._thread = threading.Thread(target=self._run, name="convex-subscriptions", daemon=True)
-        self._thread.start()
+        for lane in self._lanes:
+            lane.thread = threading.Thread(
+                target=self._run, args=(lane,), name=lane.name, daemon=True
+            )
+            lane.thread.start()
 
     def __len__(self) -> int:
         return len(self._queries)
@@ -123,183 +220,328 @@ class SubscriptionManager:
 
     def subscribe(
         self, key: Hashable, runner: Runner, on_update: Callable[[QueryResult], None]
-    ) -> Callable[[], None]:
+    ) -> Unsubscribe:
         """Call `on_update(result)` with the query's current result and each changed one.
 
-        `on_update` runs on the thread that runs the round (the worker, or one waiting in
-        `wait_processed`), one call at a time, and must return quickly. Returns a function that
-        unsubscribes.
+        `on_update` runs on the thread that runs the query's round (a lane's worker, or one
+        waiting in `wait_processed`), one call at a time, and must return quickly. Returns
+        the function that unsubscribes (its `key` is `key`).
         """
         with self._lock:
             live = self._queries.get(key)
             if live is None:
                 live = LiveQuery(key, runner)
                 self._queries[key] = live
-                self._new.append(live)
-                self._work.notify_all()
+                # No result yet: it holds back the commits after the latest one (those it
+                # cannot have seen for sure); new queries start in the fast lane.
+                self._set_stale(live, self._dispatched_ts + 1)
+                self._make_dirty(live)
             live.subscribers.append(on_update)
             current = live.result
         if current is not None:
             on_update(current)
 
         def unsubscribe() -> None:
+            ready: list[Callable[[], None]] = []
             with self._lock:
                 with contextlib.suppress(ValueError):
                     live.subscribers.remove(on_update)
                 if not live.subscribers and self._queries.get(key) is live:
-                    del self._queries[key]
-                    self._index.remove(key)
+                    ready = self._forget(live)
+            _call_all(ready)
 
-        return unsubscribe
+        return Unsubscribe(key, unsubscribe)
 
     def rerun(self, predicate: Callable[[Hashable], bool]) -> None:
-        """Re-run (in the next round) every live query whose key satisfies `predicate`, e.g.
-        all subscriptions of a function that was just redefined."""
+        """Re-run (in the next round of its lane) every live query whose key satisfies
+        `predicate`, e.g. all subscriptions of a function that was just redefined."""
         with self._lock:
+            since = self._dispatched_ts + 1
             for key, live in self._queries.items():
-                if predicate(key) and live not in self._new:
-                    self._new.append(live)
-            self._work.notify_all()
+                if not predicate(key):
+                    continue
+                if live.running:
+                    live.forced = since if live.forced is None else live.forced
+                    continue
+                if live.stale_since is None:
+                    self._set_stale(live, since)
+                self._make_dirty(live)
 
-    def wait_processed(self, ts: int, timeout: float | None = None) -> bool:
-        """Block until every live query reflects commit `ts`; False on timeout. Without a
-        timeout, the caller may run the pending round itself (see the module docstring)."""
-        if self._processed_ts >= ts:  # it only grows: no need to lock to see that it is done
+    def wait_processed(
+        self, ts: int, timeout: float | None = None, keys: Iterable[Hashable] | None = None
+    ) -> bool:
+        """Block until the live queries of `keys` (None: every live query) reflect commit
+        `ts`; False on timeout. Without a timeout, the caller may run pending rounds itself
+        (see the module docstring): the fast lane's, and the slow lane's when it waits for
+        every query."""
+        if keys is None and self._processed_ts >= ts:  # it only grows: no lock needed
             return True
         if timeout is None:
-            self._run_pending_round()
+            self._run_pending_round(self._lanes[0])
+            if keys is None:
+                self._run_pending_round(self._lanes[1])
+        done = threading.Event()
         with self._lock:
-            self._waiting += 1
-            try:
-                return self._done.wait_for(
-                    lambda: self._processed_ts >= ts or self._closed, timeout
-                )
-            finally:
-                self._waiting -= 1
+            if self._closed or self._add_waiter(ts, keys, done.set):
+                return True
+            self._wakeups.add(done)
+        try:
+            return done.wait(timeout)
+        finally:
+            with self._lock:
+                self._wakeups.discard(done)
 
-    def call_when_processed(self, ts: int, callback: Callable[[], None]) -> None:
-        """Call `callback()` once every live query reflects commit `ts`: at once on this
-        thread if they do already, else on the thread that completes that work: the worker
-        (after the round's results were handed to their subscribers) or, for a commit no live
-        query depends on, the committing thread while it holds the store's commit lock. So it
-        must return quickly and must not use the store. Never called if the manager closes
-        first."""
+    def call_when_processed(
+        self, ts: int, callback: Callable[[], None], keys: Iterable[Hashable] | None = None
+    ) -> None:
+        """Call `callback()` once the live queries of `keys` (None: every live query; keys
+        without a live query are ignored) reflect commit `ts`, after their results were
+        handed to their subscribers: at once on this thread if they do already, else on the
+        thread that completes that work: a lane's worker (after its round delivered), the
+        committing thread while it holds the store's commit lock (for a commit none of them
+        depends on), or one that unsubscribes. So it must return quickly and must not use the
+        store. Never called if the manager closes first."""
         with self._lock:
-            if self._processed_ts < ts and not self._closed:
-                heapq.heappush(self._when_processed, (ts, next(self._sequence), callback))
-                return
-            if self._closed:
+            if self._closed or not self._add_waiter(ts, keys, callback):
                 return
         callback()
 
     def close(self) -> None:
-        """Stop the worker; idempotent."""
+        """Stop the workers; idempotent."""
         with self._lock:
             self._closed = True
-            self._when_processed.clear()  # never called now: drop what they hold on to
-            self._work.notify_all()
-            self._done.notify_all()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+            # Never called now: drop what they hold on to.
+            self._all_waiters.clear()
+            self._keyed_waiters.clear()
+            self._blocked.clear()
+            for done in self._wakeups:
+                done.set()
+            for lane in self._lanes:
+                lane.work.notify_all()
+        deadline = time.monotonic() + 5
+        for lane in self._lanes:
+            if lane.thread is not None and lane.thread is not threading.current_thread():
+                lane.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
-    # -- worker --------------------------------------------------------------------------
+    # -- staleness and waiters (call with the lock held) ---------------------------------
+
+    def _set_stale(self, live: LiveQuery, since: int | None) -> None:
+        live.stale_since = since
+        if since is None:
+            self._stale.discard(live)
+        else:
+            self._stale.add(live)
+
+    def _lane_of(self, live: LiveQuery) -> _Lane:
+        return self._lanes[1] if live.slow else self._lanes[0]
+
+    def _make_dirty(self, live: LiveQuery) -> None:
+        """Queue `live` for its lane's next round (unless it is in a round now: the end of
+        that round queues it again if it is still stale)."""
+        if live.running:
+            return
+        lane = self._lane_of(live)
+        if live not in lane.dirty:
+            lane.dirty[live] = None
+            lane.work.notify_all()
+
+    def _forget(self, live: LiveQuery) -> list[Callable[[], None]]:
+        """Drop a live query nobody subscribes to any more; returns the callbacks now due."""
+        del self._queries[live.key]
+        self._index.remove(live.key)
+        for lane in self._lanes:
+            lane.dirty.pop(live, None)
+        was_stale = live.stale_since is not None
+        self._set_stale(live, None)
+        ready = self._unblock(live)
+        if was_stale:
+            self._advance()
+            ready += self._due()
+        return ready
+
+    def _add_waiter(
+        self, ts: int, keys: Iterable[Hashable] | None, callback: Callable[[], None]
+    ) -> bool:
+        """Register a waiter, or return True if its queries reflect `ts` already."""
+        sequence = next(self._sequence)
+        if keys is None:
+            if self._processed_ts >= ts:
+                return True
+            heapq.heappush(self._all_waiters, (ts, sequence, _Waiter(ts, None, callback)))
+            return False
+        waiter = _Waiter(ts, frozenset(keys), callback)
+        if self._dispatched_ts < ts:
+            heapq.heappush(self._keyed_waiters, (ts, sequence, waiter))
+            return False
+        return self._reflected(waiter)
+
+    def _reflected(self, waiter: _Waiter) -> bool:
+        """True if the waiter's queries reflect its ts (its ts is dispatched); else it waits
+        on the first one that does not."""
+        assert waiter.keys is not None
+        for key in waiter.keys:
+            live = self._queries.get(key)
+            if live is not None and live.stale_since is not None and live.stale_since <= waiter.ts:
+                self._blocked.setdefault(live, []).append(waiter)
+                return False
+        return True
+
+    def _unblock(self, live: LiveQuery) -> list[Callable[[], None]]:
+        """Check again the waiters that waited on `live`; returns the callbacks now due."""
+        return [w.callback for w in self._blocked.pop(live, ()) if self._reflected(w)]
+
+    def _advance(self) -> None:
+        """Move `_processed_ts` to the latest ts that every live query reflects."""
+        oldest = min((live.stale_since or 0 for live in self._stale), default=None)
+        ts = self._dispatched_ts if oldest is None else min(self._dispatched_ts, oldest - 1)
+        self._processed_ts = max(self._processed_ts, ts)
+
+    def _due(self) -> list[Callable[[], None]]:
+        """Take the callbacks now due (call them after releasing the lock)."""
+        ready = []
+        while self._all_waiters and self._all_waiters[0][0] <= self._processed_ts:
+            ready.append(heapq.heappop(self._all_waiters)[2].callback)
+        while self._keyed_waiters and self._keyed_waiters[0][0] <= self._dispatched_ts:
+            waiter = heapq.heappop(self._keyed_waiters)[2]
+            if self._reflected(waiter):
+                ready.append(waiter.callback)
+        return ready
+
+    # -- commits -------------------------------------------------------------------------
 
     def _on_commit(self, commit: Commit) -> None:
         with self._lock:
-            idle = not (self._busy or self._commits or self._new)
-            if idle and (not self._queries or not self._index.match(commit.keys)):
-                # Nothing live depends on this commit: it is processed already, and the worker
-                # need not wake up. (The common case of an embedded store: kept lean.)
-                self._mark_processed(commit.ts)
-                if not self._when_processed:
-                    return
-                ready = self._due_callbacks()
-            else:
-                self._commits.append(commit)
-                self._work.notify_all()
+            self._dispatched_ts = max(self._dispatched_ts, commit.ts)
+            if self._rounds:
+                self._recent.append((commit.ts, commit.keys))
+            if self._queries and commit.keys:
+                for key in self._index.match(commit.keys):
+                    live = self._queries.get(key)
+                    if live is not None:
+                        self._invalidate(live, commit.ts)
+            if not self._stale:
+                # Nothing live depends on this commit (the common case of an embedded
+                # store: kept lean): it is processed already, no worker wakes up.
+                self._processed_ts = commit.ts
+            # (With stale queries, a commit cannot move `_processed_ts`: they hold it back.)
+            if not (self._all_waiters or self._keyed_waiters):
                 return
+            ready = self._due()
         _call_all(ready)
 
-    def _run(self) -> None:
+    def _invalidate(self, live: LiveQuery, ts: int) -> None:
+        """Commit `ts` wrote into `live`'s read set (call with the lock held)."""
+        if live.running:
+            # Only the first hit after the run's snapshot matters (ts only grow).
+            if live.snapshot_ts is None or (ts > live.snapshot_ts and not live.hits):
+                live.hits.append(ts)
+            if live.stale_since is None:  # (a running query is stale: defensive)
+                self._set_stale(live, ts)
+            return
+        if live.stale_since is None:
+            self._set_stale(live, ts)
+        self._make_dirty(live)
+
+    # -- rounds --------------------------------------------------------------------------
+
+    def _run(self, lane: _Lane) -> None:
         while True:
             with self._lock:
-                self._work.wait_for(
-                    lambda: self._closed or ((self._commits or self._new) and not self._busy)
-                )
+                lane.work.wait_for(lambda: self._closed or (bool(lane.dirty) and not lane.busy))
                 if self._closed:
                     return
-                commits, to_run = self._take_round()
-            self._run_round(commits, to_run)
+                to_run = self._take_round(lane)
+            self._run_round(lane, to_run)
 
-    def _run_pending_round(self) -> None:
-        """Run the next round on this thread, unless there is none or one is running."""
+    def _run_pending_round(self, lane: _Lane) -> None:
+        """Run the lane's next round on this thread, unless there is none or one is running."""
         with self._lock:
-            if self._closed or self._busy or not (self._commits or self._new):
+            if self._closed or lane.busy or not lane.dirty:
                 return
-            commits, to_run = self._take_round()
-        self._run_round(commits, to_run)
+            to_run = self._take_round(lane)
+        self._run_round(lane, to_run)
 
-    def _take_round(self) -> tuple[list[Commit], set[LiveQuery]]:
-        """Claim the queued work for a round (call with the lock held)."""
-        commits, self._commits = self._commits, []
-        fresh, self._new = self._new, []
-        self._busy = True
-        to_run = {
-            self._queries[k]
-            for c in commits
-            for k in self._index.match(c.keys)
-            if k in self._queries
-        }
-        to_run.update(fresh)
-        return commits, to_run
+    def _take_round(self, lane: _Lane) -> list[LiveQuery]:
+        """Claim the lane's dirty queries for a round (call with the lock held)."""
+        to_run = list(lane.dirty)
+        lane.dirty.clear()
+        lane.busy = True
+        lane.snapshot_ts = None
+        self._rounds += 1
+        for live in to_run:
+            live.running, live.ran, live.hits, live.snapshot_ts = True, False, [], None
+        return to_run
 
-    def _run_round(self, commits: list[Commit], to_run: set[LiveQuery]) -> None:
+    def _run_round(self, lane: _Lane, to_run: list[LiveQuery]) -> None:
         try:
-            self._round(to_run)
+            self._round(lane, to_run)
         except Exception:  # a broken store must not kill the worker silently
             _log.exception("live query round failed")
+            self._end_round(lane, to_run, redo=False)
         except BaseException:
             # Interrupted (a waiting caller's KeyboardInterrupt): the next round redoes it.
-            with self._lock:
-                self._commits[:0] = commits
-                self._new.extend(to_run)
-                self._busy = False
-                self._work.notify_all()
+            self._end_round(lane, to_run, redo=True)
             raise
-        with self._lock:
-            self._busy = False
-            ready = []
-            if commits:
-                self._mark_processed(commits[-1].ts)
-                ready = self._due_callbacks()
-            if self._commits or self._new:
-                self._work.notify_all()  # queued meanwhile; the worker waits while `_busy`
-        _call_all(ready)
+        else:
+            self._end_round(lane, to_run, redo=False)
 
-    def _mark_processed(self, ts: int) -> None:
-        """Record that commits up to `ts` are processed and wake `wait_processed` (call with
-        the lock held)."""
-        self._processed_ts = max(self._processed_ts, ts)
-        if self._waiting:
-            self._done.notify_all()
-
-    def _due_callbacks(self) -> list[Callable[[], None]]:
-        """Take the `call_when_processed` callbacks now due (call with the lock held; call
-        them after releasing it)."""
-        ready = []
-        while self._when_processed and self._when_processed[0][0] <= self._processed_ts:
-            ready.append(heapq.heappop(self._when_processed)[2])
-        return ready
-
-    def _round(self, to_run: set[LiveQuery]) -> None:
+    def _round(self, lane: _Lane, to_run: list[LiveQuery]) -> None:
         if not to_run:
             return
         snapshot = self._store.snapshot()
         try:
+            with self._lock:
+                lane.snapshot_ts = snapshot.ts
+                for live in to_run:
+                    live.snapshot_ts = snapshot.ts
+                    live.hits = [ts for ts in live.hits if ts > snapshot.ts][:1]
             for live in to_run:
                 self._execute(live, snapshot)
         finally:
             self._store.close_snapshot(snapshot)
+
+    def _end_round(self, lane: _Lane, to_run: list[LiveQuery], *, redo: bool) -> None:
+        """Settle each query of the round: valid up to the latest commit, or stale since the
+        first commit after its snapshot that wrote into its (new) read set; then call the
+        waiters now due. `redo`: the round was interrupted, every query of it runs again."""
+        ready: list[Callable[[], None]] = []
+        with self._lock:
+            lane.busy = False
+            lane.snapshot_ts = None
+            self._rounds -= 1
+            self._prune_recent()
+            for live in to_run:
+                live.running = False
+                hits, forced, snapshot_ts = live.hits, live.forced, live.snapshot_ts
+                live.hits, live.forced, live.snapshot_ts = [], None, None
+                if self._queries.get(live.key) is not live:
+                    continue  # unsubscribed meanwhile
+                if redo:
+                    self._make_dirty(live)  # still stale since when it was
+                    continue
+                later = [ts for ts in hits if snapshot_ts is None or ts > snapshot_ts]
+                if forced is not None:
+                    later.append(forced)
+                self._set_stale(live, min(later, default=None))
+                if live.stale_since is not None:
+                    self._make_dirty(live)
+                ready += self._unblock(live)
+            self._advance()
+            ready += self._due()
+            if lane.dirty:
+                lane.work.notify_all()  # queued meanwhile; the worker waits while `busy`
+        _call_all(ready)
+
+    def _prune_recent(self) -> None:
+        """Keep the commits a running round may still need (call with the lock held)."""
+        if not self._rounds:
+            self._recent.clear()
+            return
+        running = [lane.snapshot_ts for lane in self._lanes if lane.busy]
+        if None in running or not self._recent:
+            return
+        oldest = min(ts for ts in running if ts is not None)
+        self._recent = [(ts, keys) for ts, keys in self._recent if ts > oldest]
 
     def _execute(self, live: LiveQuery, snapshot: Any) -> None:
         txn_holder: list[Transaction] = []
@@ -309,6 +551,7 @@ class SubscriptionManager:
             return live.runner(txn)
 
         read_set: ReadSet | None
+        started = time.perf_counter()
         with capture_logs() as logs:
             try:
                 value, read_set, ts = self._store.read(run, snapshot)
@@ -316,15 +559,23 @@ class SubscriptionManager:
             except Exception as exc:  # the query's own error is its result
                 read_set = txn_holder[0].read_set.finalize() if txn_holder else None
                 value, error, ts = None, exc, snapshot.ts
+        elapsed = time.perf_counter() - started
         result = QueryResult(value, error, ts, logs.finish())
         fingerprint = result.fingerprint()
         with self._lock:
             if self._queries.get(live.key) is not live:
                 return  # unsubscribed meanwhile
+            self._classify(live, elapsed)
             # A re-run usually reads the same ranges: compare them (in C) before re-registering.
             if read_set is not None and read_set.intervals != live.intervals:
                 self._index.register(live.key, read_set.all_intervals())
                 live.intervals = read_set.intervals
+                # The index knew only the old ranges: commits since the snapshot may have
+                # written into the new ones.
+                live.hits += [t for t, keys in self._recent if t > ts and read_set.overlaps(keys)][
+                    :1
+                ]
+            live.ran = True
             if live.result is not None and fingerprint == live.fingerprint:
                 return
             live.result, live.fingerprint = result, fingerprint
@@ -334,6 +585,16 @@ class SubscriptionManager:
                 deliver(result)
             except Exception:
                 _log.exception("subscriber callback failed")
+
+    def _classify(self, live: LiveQuery, elapsed: float) -> None:
+        """Move a query between lanes by how long its run took (call with the lock held);
+        it takes effect from its next round."""
+        if elapsed > self._slow_after:
+            live.slow, live.fast_runs = True, 0
+        elif live.slow:
+            live.fast_runs += 1
+            if live.fast_runs >= FAST_RUNS_TO_RETURN:
+                live.slow, live.fast_runs = False, 0
 
 
 def _call_all(callbacks: list[Callable[[], None]]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel_ext.engine.store import Store
-from kernel_ext.engine.subscriptions import QueryResult, SubscriptionManager
+from kernel_ext.engine.subscriptions import QueryResult, SubscriptionManager, Unsubscribe
 from kernel_ext.errors import (
     ArgumentError,
     ConvexError,
@@ -285,9 +285,10 @@ class Backend:
         *,
         public_only: bool = True,
         time_limit: float | None = None,
-    ) -> Callable[[], None]:
+    ) -> Unsubscribe:
         """Subscribe to a query; `on_update(result)` gets the current result and each change
-        (on a worker thread). Returns the unsubscribe function. Each execution has
+        (on a worker thread). Returns the unsubscribe function (its `key` names the live
+        query, for `subscriptions.call_when_processed`). Each execution has
         `time_limit` seconds (None: no limit); one that runs out fails with `FunctionTimeout`.
 
         Raises:

@@ -5,9 +5,11 @@ the protocol asks for: subscriptions through the runner (results come back on th
 worker thread and are handed to the loop), mutations and actions on thread pools.
 
 Transitions: when the protocol has one due at ts T, the pump asks the engine to report (never
-blocking the loop) when it has processed every commit up to max(T, latest commit), so every
-query of this client reflects the same timestamp; the results of that work reach the loop
-before the report does, and only then the protocol sends the Transition.
+blocking the loop) when this client's live queries reflect every commit up to max(T, latest
+commit), so each of its results is valid at that timestamp; the results of that work reach
+the loop before the report does, and only then the protocol sends the Transition. Only this
+client's queries count: another client's slow query does not delay its updates, nor the
+Transition that completes its mutation.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Final
 
+from kernel_ext.engine.subscriptions import Unsubscribe
 from kernel_ext.errors import TooManyRequests
 from kernel_ext.functions.receipts import receipt_key
 from kernel_ext.functions.registration import FunctionKind
@@ -99,7 +102,7 @@ class SyncConnection:
         self._clock = clock
         self._keeps_session = keeps_session
         self.protocol = SyncProtocol(authenticator, now=clock(), ping_interval=ping_interval)
-        self._subscriptions: dict[tuple[int, int], Callable[[], None]] = {}
+        self._subscriptions: dict[tuple[int, int], Unsubscribe] = {}
         self._max_subscriptions, self._max_calls = max_subscriptions, max_concurrent_calls
         self._running = 0  # mutations and actions submitted and not finished
         # Results from the engine's thread, drained on the loop in one go per round.
@@ -108,6 +111,7 @@ class SyncConnection:
         self._flush: asyncio.Handle | None = None  # a _try_flush is scheduled
         self._target: int | None = None  # the ts the pending Transition waits for
         self._awaiting: int | None = None  # the ts the engine will report processed
+        self._awaited_keys: frozenset[Hashable] = frozenset()  # ... for these live queries
         self._deadline: asyncio.TimerHandle | None = None  # gives up waiting (_MAX_WAIT)
 
     # -- input ---------------------------------------------------------------------------
@@ -153,7 +157,7 @@ class SyncConnection:
             case SubscribeQuery():
                 self._subscribe(event)
             case UnsubscribeQuery():
-                self._subscriptions.pop((event.query_id, event.token), _noop)()
+                self._subscriptions.pop((event.query_id, event.token), _NOT_SUBSCRIBED)()
             case RunMutation():
                 self._run(self._executor, "mutation", event, self._mutation_done)
             case RunAction():
@@ -286,11 +290,25 @@ class SyncConnection:
         target = self._target = max(needed, floor)
         if self._deadline is None:
             self._deadline = self._loop.call_later(_MAX_WAIT, self._lagging)
+        self._await(target)
+
+    def _await(self, target: int) -> None:
+        """Ask the engine to report when this client's live queries reflect `target`."""
         self._awaiting = target
-        self._runner.when_processed(target, lambda: self._post(self._processed, target))
+        self._awaited_keys = keys = self._live_keys()
+        self._runner.when_processed(target, lambda: self._post(self._processed, target), keys)
+
+    def _live_keys(self) -> frozenset[Hashable]:
+        """The engine's keys of this client's live queries."""
+        return frozenset(u.key for u in self._subscriptions.values() if u.key is not None)
 
     def _processed(self, ts: int) -> None:
         if ts == self._awaiting:
+            if not self._live_keys() <= self._awaited_keys:
+                # Subscribed meanwhile to a query shared with other clients: its current
+                # result may predate `ts`, so wait for it to reflect `ts` as well.
+                self._await(ts)
+                return
             self._awaiting = None
             # The engine hands a round's results over before it reports the round processed,
             # and their batch is queued on the loop ahead of this call; taking any that are
@@ -323,3 +341,6 @@ class SyncConnection:
 
 def _noop() -> None:
     """Unsubscribe from nothing."""
+
+
+_NOT_SUBSCRIBED: Final = Unsubscribe(None, _noop)

@@ -7,12 +7,12 @@ it over a `Backend`. Calls block (SQLite, locks): transports run them on worker 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from kernel_ext.engine.logs import capture_logs
-from kernel_ext.engine.subscriptions import QueryResult
+from kernel_ext.engine.subscriptions import QueryResult, Unsubscribe
 from kernel_ext.functions import limits
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.registration import FunctionKind
@@ -35,9 +35,12 @@ class FunctionRunner(Protocol):
     def latest_ts(self) -> int:
         """The timestamp of the latest commit."""
 
-    def when_processed(self, ts: int, callback: Callable[[], None]) -> None:
-        """Call `callback()` (from any thread, possibly before returning) once every live
-        query reflects the commits up to `ts` and their results have been handed to the
+    def when_processed(
+        self, ts: int, callback: Callable[[], None], keys: Collection[Hashable] | None = None
+    ) -> None:
+        """Call `callback()` (from any thread, possibly before returning) once the live
+        queries of `keys` (the `key`s of what `subscribe` returned; None: every live query)
+        reflect the commits up to `ts` and their results have been handed to the
         subscribers' callbacks."""
 
     def call(
@@ -60,9 +63,10 @@ class FunctionRunner(Protocol):
 
     def subscribe(
         self, path: str, args: Any, identity: Identity, callback: ResultCallback
-    ) -> Callable[[], None]:
+    ) -> Unsubscribe:
         """Call `callback` with the query's current result and each change (from any thread,
-        possibly before returning); returns the unsubscribe function."""
+        possibly before returning); returns the unsubscribe function, whose `key` names the
+        live query for `when_processed` (None: nothing was subscribed)."""
 
 
 class BackendRunner:
@@ -85,9 +89,12 @@ class BackendRunner:
         """The timestamp of the latest commit."""
         return self.backend.store.ts
 
-    def when_processed(self, ts: int, callback: Callable[[], None]) -> None:
-        """Call `callback()` once every live query reflects commit `ts` (never blocks)."""
-        self.backend.subscriptions.call_when_processed(ts, callback)
+    def when_processed(
+        self, ts: int, callback: Callable[[], None], keys: Collection[Hashable] | None = None
+    ) -> None:
+        """Call `callback()` once the live queries of `keys` (None: every one) reflect
+        commit `ts` (never blocks): a slow query of another client does not delay it."""
+        self.backend.subscriptions.call_when_processed(ts, callback, keys)
 
     def call(
         self,
@@ -151,7 +158,7 @@ class BackendRunner:
 
     def subscribe(
         self, path: str, args: Any, identity: Identity, callback: ResultCallback
-    ) -> Callable[[], None]:
+    ) -> Unsubscribe:
         """Subscribe; a query that cannot be subscribed (unknown, bad arguments) reports its
         failure through `callback` at once and returns a no-op unsubscribe."""
 
@@ -169,7 +176,7 @@ class BackendRunner:
             )
         except Exception as exc:
             callback(outcome_of_error(exc), self.latest_ts())
-            return _nothing
+            return Unsubscribe(None, _nothing)
 
 
 def _captured(

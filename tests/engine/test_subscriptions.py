@@ -191,20 +191,27 @@ def _queue_commit_quietly(client, doc_id, n):
     """Commit a change to the live query's document while keeping the commit from waking
     the worker: queued, as if the worker had not been scheduled yet."""
     manager = client.backend.subscriptions
-    work = manager._work
+    lane = manager._lanes[0]  # the fast lane (every query here is fast)
+    work = lane.work
     deadline = time.monotonic() + 5
     while not work._waiters:  # until the worker is parked, waiting for work
         assert time.monotonic() < deadline, "the worker never went idle"
         time.sleep(0.001)
-    manager._work = threading.Condition(manager._lock)  # notifications go nowhere
+    lane.work = threading.Condition(manager._lock)  # notifications go nowhere
     try:
         _, ts = client.backend.call_with_ts(
             "c:set_n", {"id": doc_id, "n": n}, kind="mutation", identity=None, public_only=True
         )
     finally:
-        manager._work = work
-    assert manager._commits, "the commit should be queued for the next round"
+        lane.work = work
+    assert lane.dirty, "the query should be queued for the next round"
     return ts
+
+
+def _wake(manager):
+    """Wake the fast lane's worker."""
+    with manager._lock:
+        manager._lanes[0].work.notify_all()
 
 
 def _wait_in_thread(manager, ts):
@@ -222,8 +229,7 @@ def _wait_in_thread(manager, ts):
     thread.start()
     thread.join(5)
     if thread.is_alive():
-        with manager._lock:
-            manager._work.notify_all()
+        _wake(manager)
         thread.join(5)
         return None
     return outcome[0]
@@ -262,12 +268,12 @@ def test_rounds_never_overlap_when_callers_and_the_worker_run_them(counted):
     running, overlaps = [0], []
     round_ = manager._round
 
-    def counted_round(to_run):
+    def counted_round(lane, to_run):
         running[0] += 1
         if running[0] > 1:
             overlaps.append(to_run)
         try:
-            round_(to_run)
+            round_(lane, to_run)
         finally:
             running[0] -= 1
 
@@ -312,8 +318,7 @@ def test_call_when_processed_runs_after_the_round_delivered_its_results(counted)
 
     manager.call_when_processed(ts, processed)
     assert not called.is_set(), "the commit's round has not run yet"
-    with manager._lock:
-        manager._work.notify_all()  # wake the worker
+    _wake(manager)
     assert called.wait(5)
     assert events[-2:] == [("result", [4]), ("processed", "convex-subscriptions")]
 
