@@ -1,5 +1,6 @@
 """Functions that misbehave: raise what no function should, run forever, or are slow."""
 
+import os
 import time
 
 from kernel_ext import mutation, query, v
@@ -60,4 +61,21 @@ def slow(ctx, delay):
     end = time.monotonic() + delay
     while time.monotonic() < end:
         pass
+    return float(count)
+
+
+@query(args={"gate": v.string(), "warmup": v.number()})
+def gated(ctx, gate, warmup):
+    """Reads `written`. With nothing written, computes for `warmup` seconds (a run slow
+    enough to move it to the slow lane); else creates `<gate>.waiting` and waits for the file
+    `gate` to exist (at most 9 s, below the time limit): a live query the test holds."""
+    count = len(ctx.db.query("written").collect())
+    end = time.monotonic() + (warmup if count == 0 else 9.0)
+    if count == 0:
+        while time.monotonic() < end:
+            pass
+    else:
+        open(gate + ".waiting", "w").close()
+        while not os.path.exists(gate) and time.monotonic() < end:
+            time.sleep(0.005)
     return float(count)
