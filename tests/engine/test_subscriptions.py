@@ -8,9 +8,11 @@ import time
 from collections import Counter
 
 import pytest
+from polling import wait_for
 
 import kernel_ext
 from kernel_ext import ConvexError, mutation, query, v
+from kernel_ext.engine.subscriptions import SubscriptionManager
 
 
 @pytest.fixture
@@ -406,3 +408,173 @@ def test_import_dataframe_coalesces_live_reruns_and_reads_its_writes(tmp_path):
         sub.close()
     finally:
         client.close()
+
+
+# -- slow live queries run in their own lane -----------------------------------------------
+
+
+def _reader(key, before=None):
+    """A runner: the sorted `n` of the items with that key (calling `before()` first)."""
+
+    def run(txn):
+        if before is not None:
+            before()
+        found = txn.query("items").with_index("by_key", lambda q: q.eq("key", key)).collect()
+        return sorted(d["n"] for d in found)
+
+    return run
+
+
+def _insert(store, key, n):
+    return store.mutate(lambda txn: txn.insert("items", {"key": key, "n": n}))[1]
+
+
+class _Latest:
+    """What a subscription delivered: every (value, ts), and a wait for a value."""
+
+    def __init__(self):
+        self.results = []
+        self._changed = threading.Condition()
+
+    def __call__(self, result):
+        with self._changed:
+            self.results.append((result.value, result.ts))
+            self._changed.notify_all()
+
+    def wait_for(self, value, timeout=10):
+        with self._changed:
+            assert self._changed.wait_for(
+                lambda: self.results and self.results[-1][0] == value, timeout
+            ), f"never delivered {value!r}; delivered {self.results!r}"
+
+
+def test_a_slow_live_query_does_not_hold_back_the_others(counted):
+    client, _ = counted
+    store = client.backend.store
+    manager = SubscriptionManager(store, slow_after=0.5)
+    gate, entered = threading.Event(), threading.Event()
+    blocking = [False]
+
+    def slow_first():
+        if not blocking[0]:
+            time.sleep(0.6)  # longer than slow_after: from now on it runs in the slow lane
+            return
+        entered.set()
+        assert gate.wait(30)
+
+    slow, fast = _Latest(), _Latest()
+    try:
+        manager.subscribe("slow", _reader("s", slow_first), slow)
+        manager.subscribe("fast", _reader("f"), fast)
+        slow.wait_for([])
+        fast.wait_for([])
+        blocking[0] = True
+        slow_ts = _insert(store, "s", 1)
+        assert entered.wait(10), "the slow query should re-run"
+        # It is blocked now (until the gate opens): the fast query keeps going.
+        ts = _insert(store, "f", 2)
+        fast.wait_for([2])
+        processed = threading.Event()
+        manager.call_when_processed(ts, processed.set, keys={"fast"})
+        assert processed.wait(10)
+        assert manager.wait_processed(ts, timeout=10, keys={"fast"})
+        # ... but not everything reflects ts: the slow query is stale until it is let go.
+        assert not manager.wait_processed(ts, timeout=0)
+        assert not manager.wait_processed(ts, timeout=0, keys={"fast", "slow"})
+        assert slow.results[-1][0] == []
+        gate.set()
+        assert manager.wait_processed(ts, timeout=10, keys={"slow"})
+        assert manager.wait_processed(store.ts, timeout=10)
+        value, result_ts = slow.results[-1]
+        assert value == [1] == store.read(_reader("s"))[0]
+        # Read on a snapshot after its commit: valid at ts too (the later commit wrote "f").
+        assert slow_ts <= result_ts
+    finally:
+        gate.set()
+        manager.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_what_is_reported_processed_is_valid_at_that_ts(counted, seed):
+    """Property: with commits touching both queries' ranges at random moments while the
+    queries move between lanes, every result delivered at ts equals the state at ts, and
+    when `call_when_processed(ts, keys=K)` fires, the latest result of each query of K is
+    the state at ts (or, if it came from a later snapshot, the state there)."""
+    import random
+
+    client, _ = counted
+    store = client.backend.store
+    rng = random.Random(seed)
+    manager = SubscriptionManager(store, slow_after=0.004)
+    runs = Counter()
+    lanes: dict[str, set[str]] = {"a": set(), "b": set()}
+
+    def pace(key, period):
+        def before():
+            runs[key] += 1
+            lanes[key].add(threading.current_thread().name)
+            if (runs[key] // period) % 2 == 0:  # slow for `period` runs, fast for as many
+                time.sleep(0.008)
+
+        return before
+
+    lock = threading.Lock()
+    latest: dict[str, tuple[object, int]] = {}
+    delivered: list[tuple[str, object, int]] = []
+    checks: list[tuple[int, str, object, int]] = []
+    fired: list[int] = []
+
+    def on_update(key):
+        def deliver(result):
+            with lock:
+                latest[key] = (result.value, result.ts)
+                delivered.append((key, result.value, result.ts))
+
+        return deliver
+
+    def check(ts, keys):
+        def processed():
+            with lock:
+                fired.append(ts)
+                checks.extend((ts, k, *latest[k]) for k in keys)
+
+        return processed
+
+    state: dict[str, dict[str, int]] = {"a": {}, "b": {}, "c": {}}
+    history = [(store.ts, {"a": [], "b": []})]  # (commit ts, query values after it)
+    try:
+        manager.subscribe("a", _reader("a", pace("a", 4)), on_update("a"))
+        manager.subscribe("b", _reader("b", pace("b", 6)), on_update("b"))
+        assert manager.wait_processed(store.ts, timeout=10)
+        registered = 0
+        for _ in range(120):
+            key = rng.choice("aabbc")
+            docs = state[key]
+            n = rng.randrange(100)
+            if docs and rng.random() < 0.5:
+                doc_id = rng.choice(sorted(docs))
+                ts = store.mutate(lambda txn, d=doc_id, n=n: txn.patch(d, {"n": n}))[1]
+            else:
+                doc_id, ts = store.mutate(
+                    lambda txn, k=key, n=n: txn.insert("items", {"key": k, "n": n})
+                )
+            docs[doc_id] = n
+            history.append((ts, {k: sorted(state[k].values()) for k in "ab"}))
+            keys = rng.choice([{"a"}, {"b"}, {"a", "b"}, None])
+            manager.call_when_processed(ts, check(ts, keys or {"a", "b"}), keys=keys)
+            registered += 1
+            time.sleep(rng.random() * 0.004)
+        assert manager.wait_processed(store.ts, timeout=30)
+        wait_for(lambda: len(fired) == registered)
+    finally:
+        manager.close()
+
+    def state_at(ts, key):
+        return [values for commit_ts, values in history if commit_ts <= ts][-1][key]
+
+    for key, value, ts in delivered:
+        assert value == state_at(ts, key), (key, ts)
+    for ts, key, value, result_ts in checks:
+        assert value == state_at(max(ts, result_ts), key), (key, ts, result_ts)
+    # Both queries did run in both lanes.
+    assert all(len(names) == 2 for names in lanes.values()), lanes
