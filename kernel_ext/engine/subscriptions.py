@@ -341,9 +341,9 @@ class SubscriptionManager:
         if live.running:
             return
         lane = self._lane_of(live)
-        if live not in lane.dirty:
-            lane.dirty[live] = None
-            lane.work.notify_all()
+        if not lane.dirty:
+            lane.work.notify_all()  # (its worker waits for the first one only)
+        lane.dirty[live] = None
 
     def _forget(self, live: LiveQuery) -> list[Callable[[], None]]:
         """Drop a live query nobody subscribes to any more; returns the callbacks now due."""
@@ -525,7 +525,11 @@ class SubscriptionManager:
                 self._set_stale(live, min(later, default=None))
                 if live.stale_since is not None:
                     self._make_dirty(live)
-                ready += self._unblock(live)
+            # Once all are settled: a waiter for several of them is checked once, not again
+            # for each one of them still unsettled.
+            for live in to_run:
+                if live in self._blocked:
+                    ready += self._unblock(live)
             self._advance()
             ready += self._due()
             if lane.dirty:
