@@ -7,10 +7,12 @@ takes the queued queries and runs them together on one snapshot. A result equal 
 previous one is not delivered. Identical subscriptions (same key) share one execution.
 
 Two lanes run rounds, each on its own worker thread: a query whose last run took longer than
-`slow_after` seconds (`SLOW_QUERY_SECONDS`) runs in the slow lane, the others (and new ones)
-in the fast lane; a slow query comes back after `FAST_RUNS_TO_RETURN` fast runs. The fast
-lane never waits for the slow one, so one slow query delays only its own subscribers (and
-the callers that wait for it), not everybody's updates.
+`slow_after` seconds (`SLOW_QUERY_SECONDS`) runs in the slow lane, the others in the fast
+lane; a slow query comes back after `FAST_RUNS_TO_RETURN` fast runs. A new query starts in
+the fast lane, unless a query of its *family* (`family(key)`: the backend passes the function
+path) was slow lately: so new arguments to a slow function do not stall the fast lane for one
+run each. The fast lane never waits for the slow one, so one slow query delays only its own
+subscribers (and the callers that wait for it), not everybody's updates.
 
 Consistency: a query *reflects* ts T when it is not stale at or before T: its latest
 delivered result (computed at snapshot ts S) is then valid at T, as no commit in (S, T] wrote
@@ -65,6 +67,8 @@ Runner = Callable[[Transaction], Value]
 SLOW_QUERY_SECONDS: Final = 0.1
 #: A slow query returns to the fast lane after this many consecutive fast runs.
 FAST_RUNS_TO_RETURN: Final = 3
+#: How many families of slow queries are remembered (the least recently slow are forgotten).
+_FAMILIES: Final = 1024
 
 
 @dataclass(frozen=True)
@@ -178,11 +182,21 @@ class SubscriptionManager:
         store: the store whose commits re-run the queries.
         slow_after: seconds: a query whose run takes longer moves to the slow lane (it comes
             back after `FAST_RUNS_TO_RETURN` runs within this time).
+        family: the family of a query key (None: each key is its own family).
     """
 
-    def __init__(self, store: Store, *, slow_after: float = SLOW_QUERY_SECONDS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        slow_after: float = SLOW_QUERY_SECONDS,
+        family: Callable[[Hashable], Hashable] | None = None,
+    ) -> None:
         self._store = store
         self._slow_after = slow_after
+        self._family = family or (lambda key: key)
+        # Families with a query in the slow lane lately (oldest first, at most _FAMILIES).
+        self._slow_families: dict[Hashable, None] = {}
         self._lock = threading.Lock()
         self._lanes = (
             _Lane("convex-subscriptions", threading.Condition(self._lock)),
@@ -230,7 +244,7 @@ class SubscriptionManager:
         with self._lock:
             live = self._queries.get(key)
             if live is None:
-                live = LiveQuery(key, runner)
+                live = LiveQuery(key, runner, slow=self._family(key) in self._slow_families)
                 self._queries[key] = live
                 # No result yet: it holds back the commits after the latest one (those it
                 # cannot have seen for sure); new queries start in the fast lane.
@@ -593,12 +607,18 @@ class SubscriptionManager:
     def _classify(self, live: LiveQuery, elapsed: float) -> None:
         """Move a query between lanes by how long its run took (call with the lock held);
         it takes effect from its next round."""
+        family = self._family(live.key)
         if elapsed > self._slow_after:
             live.slow, live.fast_runs = True, 0
+            self._slow_families.pop(family, None)  # (moved to the end: the newest)
+            self._slow_families[family] = None
+            if len(self._slow_families) > _FAMILIES:
+                del self._slow_families[next(iter(self._slow_families))]
         elif live.slow:
             live.fast_runs += 1
             if live.fast_runs >= FAST_RUNS_TO_RETURN:
                 live.slow, live.fast_runs = False, 0
+                self._slow_families.pop(family, None)
 
 
 def _call_all(callbacks: list[Callable[[], None]]) -> None:

@@ -51,7 +51,9 @@ class Backend:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.registry = FunctionRegistry()
-        self.subscriptions = SubscriptionManager(store)
+        # A query's family is its function (`SubscriptionKey`): new arguments to a function
+        # that was slow lately start in the slow lane.
+        self.subscriptions = SubscriptionManager(store, family=_function_of)
         self.scheduler = SchedulerService(self)
         self.receipts = MutationReceipts(store)
         self._closed = False
@@ -308,6 +310,11 @@ class Backend:
                 return self.invoke(current, values, txn, identity, prepared=current is function)
 
         return self.subscriptions.subscribe(key, run, on_update)
+
+
+def _function_of(key: Hashable) -> Hashable:
+    """The function path of a `SubscriptionKey`."""
+    return key[0] if isinstance(key, tuple) else key
 
 
 def _limit(function: FunctionDefinition, seconds: float | None) -> Any:

@@ -578,3 +578,34 @@ def test_what_is_reported_processed_is_valid_at_that_ts(counted, seed):
         assert value == state_at(max(ts, result_ts), key), (key, ts, result_ts)
     # Both queries did run in both lanes.
     assert all(len(names) == 2 for names in lanes.values()), lanes
+
+
+def test_new_arguments_to_a_slow_function_start_in_the_slow_lane(counted):
+    """A query whose family (the backend's: its function) was slow lately does not stall the
+    fast lane for its first run."""
+    client, _ = counted
+    store = client.backend.store
+    manager = SubscriptionManager(store, slow_after=0.5, family=lambda key: key[0])
+    gate, entered = threading.Event(), threading.Event()
+
+    def warm():
+        time.sleep(0.6)  # longer than slow_after
+
+    def blocked():
+        entered.set()
+        assert gate.wait(30)
+
+    first, second, fast = _Latest(), _Latest(), _Latest()
+    try:
+        manager.subscribe(("slow", 1), _reader("s", warm), first)
+        first.wait_for([])
+        manager.subscribe(("slow", 2), _reader("s", blocked), second)
+        assert entered.wait(10)
+        manager.subscribe(("fast", 1), _reader("f"), fast)
+        fast.wait_for([])  # while the new slow one is still blocked in its first run
+        assert not second.results
+        gate.set()
+        second.wait_for([])
+    finally:
+        gate.set()
+        manager.close()
