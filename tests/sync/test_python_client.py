@@ -122,7 +122,11 @@ def test_convex_error_data(shared_server, tmp_path):
     assert out["mutation"][1] == {"code": "ROLLED_BACK", "name": "py-rb"}
     assert out["action"][1] == "A"
     assert out["rolled back"] == 0.0
-    assert out["plain"] == "Uncaught ValueError: plain failure with a secret path /etc/hidden"
+    # As from Convex, the message ends with where the handler raised (file name and line).
+    assert out["plain"] == (
+        "Uncaught ValueError: plain failure with a secret path /etc/hidden"
+        "\n    at fail_plain (values.py:28)"
+    )
 
 
 def test_int64_and_bytes_round_trip(shared_server, tmp_path):
