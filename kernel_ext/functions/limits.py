@@ -184,6 +184,10 @@ class _Watchdog:
         self._wake = threading.Condition(self._lock)
         self._armed: dict[int, _Limit] = {}  # thread id -> its limit
         self._thread: threading.Thread | None = None
+        # When the watchdog wakes up next (None: only when notified). A limit due later
+        # needs no wake-up: arming is on the path of every served query execution, and a
+        # thread switch per execution would cost more than the query.
+        self._wakes_at: float | None = None
 
     def arm(self, limit: _Limit) -> None:
         with self._lock:
@@ -195,7 +199,9 @@ class _Watchdog:
                     target=self._run, name="convex-time-limits", daemon=True
                 )
                 self._thread.start()
-            self._wake.notify()
+            if self._wakes_at is None or limit.next_injection < self._wakes_at:
+                self._wakes_at = limit.next_injection
+                self._wake.notify()
 
     def disarm(self, limit: _Limit) -> None:
         """Stop watching `limit`'s thread (call on it) and clear an interrupt still pending."""
@@ -217,6 +223,7 @@ class _Watchdog:
                         limit.injected = True
                         limit.next_injection = now + REINJECT_INTERVAL
                 wake = min((x.next_injection for x in self._armed.values()), default=None)
+                self._wakes_at = wake
                 self._wake.wait(None if wake is None else max(0.0, wake - time.monotonic()))
 
 
