@@ -624,6 +624,8 @@ class SubscriptionManager:
     def _classify(self, live: LiveQuery, elapsed: float) -> None:
         """Move a query between lanes by how long its run took (call with the lock held);
         it takes effect from its next round."""
+        if elapsed <= self._slow_after and not live.slow:
+            return  # the common case: a fast query stays fast
         family = self._family(live.key)
         if elapsed > self._slow_after:
             live.slow, live.fast_runs = True, 0

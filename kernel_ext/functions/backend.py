@@ -7,10 +7,11 @@ call `call()` and `subscribe()`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from kernel_ext.engine.store import Store
 from kernel_ext.engine.subscriptions import QueryResult, SubscriptionManager, Unsubscribe
@@ -318,8 +319,14 @@ def _function_of(key: Hashable) -> Hashable:
 
 
 def _limit(function: FunctionDefinition, seconds: float | None) -> Any:
-    """The time limit of one call of `function` (see `limits.time_limit`)."""
+    """The time limit of one call of `function` (see `limits.time_limit`); without a limit
+    (an embedded store) a shared no-op context, on the path of every live query re-run."""
+    if seconds is None:
+        return _NO_LIMIT
     return limits.time_limit(f"{function.kind} {function.path}", seconds)
+
+
+_NO_LIMIT: Final = contextlib.nullcontext()
 
 
 def _kind(kind: str | None) -> FunctionKind | None:
