@@ -78,11 +78,18 @@ class _Limit:
         )
 
 
-_local = threading.local()
+class _Local(threading.local):
+    """The time limit of the call running on each thread (None: none). A class attribute
+    default instead of `getattr(..., None)`: this is read at every `ctx.db` call."""
+
+    limit: _Limit | None = None
+
+
+_local = _Local()
 
 
 def _current() -> _Limit | None:
-    return getattr(_local, "limit", None)
+    return _local.limit
 
 
 @contextmanager
@@ -106,7 +113,7 @@ def check_deadline() -> None:
     Raises:
         FunctionTimeout: the time is up.
     """
-    limit = _current()
+    limit = _local.limit
     if limit is not None and time.monotonic() > limit.deadline:
         raise limit.error()
 

@@ -114,10 +114,13 @@ class Query:
                     "The with_index callback must return the range builder, e.g. "
                     "lambda q: q.eq('field', value)"
                 )
-            ops = tuple(
-                op if type(op.value) not in (int, float) else self._agree(op, name)
-                for op in builder.ops
-            )
+            ops = tuple(builder.ops)
+            for i, op in enumerate(ops):
+                kind = type(op.value)
+                if kind is int or kind is float:  # numbers must agree with the field's type
+                    agreed = self._agree(op, name)
+                    if agreed is not op:
+                        ops = (*ops[:i], agreed, *ops[i + 1 :])
         # Positional construction: `dataclasses.replace` costs three times as much, on the
         # path of every indexed query.
         return Query(self._source, self.table, name, ops, self.descending, self.filters, True)
@@ -160,6 +163,9 @@ class Query:
         )
 
     def _agree(self, op: RangeOp, index: str) -> RangeOp:
+        found = self._source.number_kind(self.table, op.field)
+        if found is None or (found[0] == "float64") == (type(op.value) is float):
+            return op  # the common case, on the path of every indexed query: types agree
         value = self._agreeing(op.field, op.value, f"with_index({index!r})")
         return op if value is op.value else RangeOp(op.op, op.field, value)
 
