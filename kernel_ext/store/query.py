@@ -19,6 +19,7 @@ function and field), naming the field and the table.
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 from collections.abc import Callable, Iterator, Mapping
@@ -39,7 +40,14 @@ from kernel_ext.store.ranges import IndexRangeBuilder, KeyRange, RangeOp, compil
 from kernel_ext.store.validators import NumberKind
 from kernel_ext.store.values import Value
 
-__all__ = ["MAX_PAGE_SIZE", "Query", "QuerySource", "decode_cursor", "encode_cursor"]
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "LazyResult",
+    "Query",
+    "QuerySource",
+    "decode_cursor",
+    "encode_cursor",
+]
 
 MAX_PAGE_SIZE: Final = 32000
 _END_CURSOR: Final = "_end"
@@ -84,8 +92,24 @@ def decode_cursor(cursor: str) -> bytes | None:
         raise QueryError(f"Invalid pagination cursor {cursor!r}") from exc
 
 
+class LazyResult(abc.ABC):
+    """A lazy result a query function may return; callers receive `consume()`.
+
+    A function may return a query (or an aggregate) instead of consuming it: whoever runs the
+    function (embedded or remote client, official clients, magics, `returns=` validation)
+    gets `consume()` of it, computed inside the same transaction so that its reads are part
+    of the function's read set.
+    """
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def consume(self) -> Value:
+        """The value this lazy result stands for (for a query: `collect()`)."""
+
+
 @dataclass(frozen=True)
-class Query:
+class Query(LazyResult):
     """A query over one table. Build it with `ctx.db.query(table)`."""
 
     _source: QuerySource
@@ -232,6 +256,10 @@ class Query:
     def collect(self) -> list[dict[str, Value]]:
         """All matching documents."""
         return list(self)
+
+    def consume(self) -> Value:
+        """`collect()`: the value of a query returned by a function (see `LazyResult`)."""
+        return self.collect()
 
     def take(self, n: int) -> list[dict[str, Value]]:
         """The first `n` matching documents."""
