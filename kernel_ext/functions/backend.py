@@ -31,7 +31,7 @@ from kernel_ext.functions.registration import FunctionDefinition, FunctionKind
 from kernel_ext.functions.registry import FunctionRegistry, load_folder
 from kernel_ext.functions.scheduling import Scheduler, SchedulerService
 from kernel_ext.store.keys import encode_value
-from kernel_ext.store.query import Query
+from kernel_ext.store.query import LazyResult
 from kernel_ext.store.transaction import Transaction, copy_value
 from kernel_ext.store.values import UNDEFINED, Value, normalize
 
@@ -44,6 +44,18 @@ SubscriptionKey = tuple[str, bytes, bytes]
 def _note(exc: BaseException, text: str) -> None:
     if text not in getattr(exc, "__notes__", ()):
         exc.add_note(text)
+
+
+def _failure(function: FunctionDefinition, error: BaseException) -> BaseException:
+    """What the caller of `function` is given for `error`, raised by its handler (or while
+    consuming its lazy result): `limits.contained`, with a note naming the function."""
+    error = contained(error, f"{function.kind} {function.path}")
+    # The library's own verdicts on the call name the function already.
+    if isinstance(error, Exception) and not isinstance(
+        error, ConvexError | FunctionTimeout | FunctionAborted
+    ):
+        _note(error, f"raised by {function.kind} {function.path}")
+    return error
 
 
 class Backend:
@@ -177,21 +189,23 @@ class Backend:
             if txn is not None and function.kind != "action":
                 txn.paginated = saved
         if error is not None:
-            error = contained(error, f"{function.kind} {function.path}")
-            # The library's own verdicts on the call name the function already.
-            if isinstance(error, Exception) and not isinstance(
-                error, ConvexError | FunctionTimeout | FunctionAborted
-            ):
-                _note(error, f"raised by {function.kind} {function.path}")
-            raise error
+            raise _failure(function, error)
         return self._result(function, result)
 
     def _result(self, function: FunctionDefinition, result: Any) -> Value:
-        if isinstance(result, Query):
-            raise ReturnsError(
-                f"{function.path} returned a Query. Results must be retrieved with .collect(), "
-                ".take(n), .first(), .unique() or .paginate()"
-            )
+        """The function's value: `result` normalized and checked against `returns=`.
+
+        A returned `LazyResult` (a query, an aggregate) is consumed here, still inside the
+        function's transaction and under its time limit, so the documents it reads are in the
+        read set and the caller gets the consumed value (a query: its `collect()` list). This
+        holds for mutations and actions too: Convex refuses a returned query there, but
+        consuming is friendlier, and for a mutation it happens before the commit, so its reads
+        count for conflicts like any other read of the mutation.
+        """
+        if isinstance(result, LazyResult):
+            result, error = run_armed(result.consume)
+            if error is not None:
+                raise _failure(function, error)
         value = None if result is UNDEFINED else normalize(result, limits=False)
         if function.returns is not None:
             try:

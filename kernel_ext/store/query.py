@@ -119,6 +119,7 @@ class Query(LazyResult):
     descending: bool | None = None
     filters: tuple[Expression, ...] = ()
     _indexed: bool = False
+    _limit: int | None = None  # `limit(n)`: at most this many matching documents
 
     # -- building ------------------------------------------------------------------------
 
@@ -127,6 +128,8 @@ class Query(LazyResult):
     ) -> Query:
         """Read the table through index `name`, optionally limited to a range built by
         `range_fn(q)` with `q.eq(...)`, then `q.gt/gte(...)`, then `q.lt/lte(...)`."""
+        if self._limit is not None:
+            self._after_limit("with_index")
         if self._indexed or self.descending is not None or self.filters:
             raise QueryError(".with_index() must come right after db.query(table), once")
         ops: tuple[RangeOp, ...] = ()
@@ -151,6 +154,8 @@ class Query(LazyResult):
 
     def order(self, order: Literal["asc", "desc"]) -> Query:
         """Set the order of the index scan (default "asc")."""
+        if self._limit is not None:
+            self._after_limit("order")
         if self.descending is not None:
             raise QueryError("Queries may only specify order at most once")
         if order not in ("asc", "desc"):
@@ -167,6 +172,8 @@ class Query(LazyResult):
 
     def filter(self, predicate: Callable[[FilterBuilder], Expression]) -> Query:
         """Keep only documents for which the expression built by `predicate(q)` is true."""
+        if self._limit is not None:
+            self._after_limit("filter")
         expression = predicate(FilterBuilder())
         if not isinstance(expression, Expression):
             raise QueryError(
@@ -184,6 +191,38 @@ class Query(LazyResult):
             self.descending,
             (*self.filters, expression),
             self._indexed,
+        )
+
+    def limit(self, n: int) -> Query:
+        """At most the first `n` matching documents (in the query's order), lazily: nothing
+        runs until the query is consumed, and then it reads exactly what `.take(n)` reads.
+        Consumed, it gives the list `.take(n)` gives; `take(k)` of it the first `min(n, k)`;
+        `first()` and `unique()` look at the limited documents only. A query function may
+        return it unconsumed (see `LazyResult`). It comes last: `limit` twice keeps the
+        smaller `n`; `filter`, `order` and `with_index` after it, and `paginate()` of it, are
+        refused (`QueryError`).
+        """
+        if type(n) is not int or n < 0:  # bool is refused too: `limit(True)` is a mistake
+            raise QueryError(
+                f"limit(n): n must be a non-negative integer such as .limit(10), got {n!r}"
+            )
+        if self._limit is not None:
+            n = min(n, self._limit)
+        return Query(
+            self._source,
+            self.table,
+            self.index,
+            self.range_ops,
+            self.descending,
+            self.filters,
+            self._indexed,
+            n,
+        )
+
+    def _after_limit(self, method: str) -> None:
+        raise QueryError(
+            f".{method}() cannot follow .limit(n): build the query first "
+            "(with_index, order, filter), then call .limit(n) last"
         )
 
     def _agree(self, op: RangeOp, index: str) -> RangeOp:
@@ -235,6 +274,10 @@ class Query(LazyResult):
         return info, key_range
 
     def _rows(self) -> Iterator[Row]:
+        limit = self._limit
+        if limit is not None:
+            yield from self._limited(limit)
+            return
         plan = self._plan()
         if plan is None:
             return
@@ -247,6 +290,26 @@ class Query(LazyResult):
         for key, doc in rows:
             if all(as_boolean(f.evaluate(doc)) for f in filters):
                 yield key, doc
+
+    def _limited(self, limit: int) -> Iterator[Row]:
+        """The first `limit` rows of the unlimited query. It stops right after the last one,
+        without pulling the next row from the scan, so the read set ends at that row (as for
+        `take`); `limit` 0 reads nothing, as `take(0)` does."""
+        if limit == 0:
+            return
+        unlimited = Query(
+            self._source,
+            self.table,
+            self.index,
+            self.range_ops,
+            self.descending,
+            self.filters,
+            self._indexed,
+        )
+        for count, row in enumerate(unlimited._rows(), start=1):
+            yield row
+            if count == limit:
+                return
 
     def __iter__(self) -> Iterator[dict[str, Value]]:
         """Stream matching documents; stopping early reads (and depends on) less."""
@@ -300,6 +363,11 @@ class Query(LazyResult):
         deleted. When a page fills exactly at the end of the range, `isDone` is False and the
         next page is empty with `isDone` True (as the Convex backend does).
         """
+        if self._limit is not None:
+            raise QueryError(
+                "paginate() cannot be used on a query with .limit(n): paginate the query "
+                "without limit (numItems sets the page size), or consume it with .collect()"
+            )
         num_items, cursor, end_cursor, max_rows = _pagination_options(opts)
         self._source.begin_paginate()
         start = None if cursor is None else decode_cursor(cursor)

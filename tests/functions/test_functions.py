@@ -91,16 +91,6 @@ def test_returns_validation_rolls_back_mutation(bare_client):
     assert bare_client.query("t:count") == 0
 
 
-def test_returning_a_query_object_is_an_error(bare_client):
-    @query
-    def lazy(ctx):
-        return ctx.db.query("things")
-
-    bare_client.backend.register("t:lazy", lazy)
-    with pytest.raises(ReturnsError, match=r"\.collect\(\)"):
-        bare_client.query("t:lazy")
-
-
 def test_query_cannot_write(bare_client):
     @query
     def sneaky(ctx):

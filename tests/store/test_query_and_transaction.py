@@ -1350,3 +1350,80 @@ def test_an_int_bound_on_creation_time_compares_as_a_float_without_a_schema(stor
     assert [d["_creationTime"] for d in found] == [t for t in times if t > middle]
     late = txn.query("tasks").filter(lambda q: q.lt(q.field("_creationTime"), middle)).collect()
     assert [d["_creationTime"] for d in late] == [t for t in times if t < middle]
+
+
+# ---------------------------------------------------------------------------------------------
+# limit(n): a lazy take(n)
+
+
+def test_limit_consumed_is_take(store):
+    tasks(store, [5, 3, 1, 4, 2])
+    query = store.begin().query("tasks").with_index("by_priority")
+    top = query.order("desc").limit(3)
+    assert priorities(top.collect()) == [5, 4, 3]
+    assert priorities(top) == [5, 4, 3]  # iteration
+    assert priorities(top.take(2)) == [5, 4]
+    assert priorities(top.take(10)) == [5, 4, 3]
+    assert top.first()["priority"] == 5
+    assert priorities(query.limit(10).collect()) == [1, 2, 3, 4, 5]
+    assert query.limit(0).collect() == []
+    assert query.limit(0).first() is None
+    assert priorities(top.consume()) == [5, 4, 3]
+
+
+def test_limit_after_filter_and_twice(store):
+    tasks(store, [1, 2, 3, 4, 5, 6])
+    query = store.begin().query("tasks").with_index("by_priority")
+    even = query.filter(lambda q: q.eq(q.mod(q.field("priority"), 2), 0))
+    assert priorities(even.limit(2).collect()) == [2, 4]
+    assert priorities(query.limit(4).limit(2).collect()) == [1, 2]
+    assert priorities(query.limit(2).limit(4).collect()) == [1, 2]
+
+
+def test_unique_looks_at_the_limited_rows_only(store):
+    tasks(store, [1, 2])
+    query = store.begin().query("tasks").with_index("by_priority")
+    assert query.limit(1).unique()["priority"] == 1
+    with pytest.raises(QueryError, match="more than one result"):
+        query.limit(2).unique()
+
+
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("n", [0, 1, 2, 5])
+def test_limit_reads_what_take_reads(store, n, descending):
+    tasks(store, [10, 20, 30, 40])
+    order = "desc" if descending else "asc"
+    limited, taken = store.begin(), store.begin()
+    filtered = limited.query("tasks").with_index("by_priority").order(order)
+    filtered = filtered.filter(lambda q: q.neq(q.field("priority"), 20))
+    filtered.limit(n).collect()
+    twin = taken.query("tasks").with_index("by_priority").order(order)
+    twin.filter(lambda q: q.neq(q.field("priority"), 20)).take(n)
+    assert limited.snapshot.rows_read == taken.snapshot.rows_read
+    assert limited.read_set.finalize() == taken.read_set.finalize()
+
+
+def test_limit_one_depends_only_up_to_its_row(store):
+    tasks(store, [10, 20, 30])
+    txn = store.begin()
+    assert priorities(txn.query("tasks").with_index("by_priority").limit(1).collect()) == [10]
+    assert read(txn, store, hypothetical(store, priority=5), "by_priority")
+    assert not read(txn, store, hypothetical(store, priority=15), "by_priority")
+
+
+@pytest.mark.parametrize("n", [-1, 1.0, True, False, "2", None])
+def test_limit_needs_a_non_negative_int(store, n):
+    with pytest.raises(QueryError, match=r"limit\(n\): n must be a non-negative integer"):
+        store.begin().query("tasks").limit(n)
+
+
+def test_limit_comes_last(store):
+    query = store.begin().query("tasks").limit(2)
+    with pytest.raises(QueryError, match=r"\.filter\(\) cannot follow \.limit\(n\)"):
+        query.filter(lambda q: q.eq(1, 1))
+    with pytest.raises(QueryError, match=r"\.order\(\) cannot follow \.limit\(n\)"):
+        query.order("desc")
+    with pytest.raises(QueryError, match=r"\.with_index\(\) cannot follow \.limit\(n\)"):
+        query.with_index("by_done")
+    with pytest.raises(QueryError, match=r"paginate\(\) cannot be used on a query with \.limit"):
+        query.paginate({"numItems": 1, "cursor": None})
