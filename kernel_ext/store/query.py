@@ -24,7 +24,7 @@ import base64
 import binascii
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from kernel_ext.errors import QueryError
 from kernel_ext.store.catalog import BY_CREATION_TIME, IndexInfo
@@ -39,6 +39,9 @@ from kernel_ext.store.notices import warn_once
 from kernel_ext.store.ranges import IndexRangeBuilder, KeyRange, RangeOp, compile_range
 from kernel_ext.store.validators import NumberKind
 from kernel_ext.store.values import Value
+
+if TYPE_CHECKING:
+    from kernel_ext.store.aggregates import Aggregate, GroupBy
 
 __all__ = [
     "MAX_PAGE_SIZE",
@@ -218,6 +221,20 @@ class Query(LazyResult):
             self._indexed,
             n,
         )
+
+    def group_by(self, *fields: str) -> GroupBy:
+        """Group the matching documents by `fields` (dotted paths allowed); call
+        `.agg(name=(field, func), ...)` on the result (see `kernel_ext.store.aggregates`)."""
+        from kernel_ext.store.aggregates import GroupBy  # aggregates imports this module
+
+        return GroupBy(self, fields)
+
+    def agg(self, **outputs: Any) -> Aggregate:
+        """Aggregate all matching documents into ONE dict: `name=(field, func)` with func one
+        of count, sum, mean, min, max (see `kernel_ext.store.aggregates`)."""
+        from kernel_ext.store.aggregates import Aggregate, AggregateSpec
+
+        return Aggregate(self, AggregateSpec.build((), outputs))
 
     def _after_limit(self, method: str) -> None:
         raise QueryError(
