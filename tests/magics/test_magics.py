@@ -6,31 +6,11 @@ import traceback
 
 import pandas as pd
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
+from ipython_cells import run
 
 from kernel_ext import ConvexError
 from kernel_ext.errors import ArgumentError, UnknownFunction
 from kernel_ext.functions.headers import HeaderError
-
-
-@pytest.fixture
-def ip(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CONVEX_URL", raising=False)
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "kernel_ext")
-    yield shell
-    shell.run_line_magic("unload_ext", "kernel_ext")
-    InteractiveShell.clear_instance()
-
-
-def run(ip, source):
-    result = ip.run_cell(source)
-    if result.error_before_exec:
-        raise result.error_before_exec
-    if result.error_in_exec:
-        raise result.error_in_exec
-    return result.result
 
 
 def test_load_ext_injects_names_and_uses_embedded_store(ip, tmp_path):
@@ -212,3 +192,23 @@ def test_convex_query_gives_imported_columns_their_types(ip):
     assert df["when"].dtype == frame["when"].dtype
     assert df["n"].dtype == "Int64"
     assert list(df["when"]) == list(frame["when"])
+
+
+def test_query_cell_returning_a_limited_query(ip):
+    run(ip, '%%convex_schema\nscores = define_table({"n": v.int64()}).index("by_n", ["n"])')
+    run(
+        ip,
+        "%%convex_mutation scores:put(ns: v.array(v.int64()))\n"
+        'for n in ns:\n    db.insert("scores", {"n": n})',
+    )
+    run(
+        ip,
+        "%%convex_query scores:top(k: v.int64())\n"
+        'return db.query("scores").with_index("by_n").order("desc").limit(k)',
+    )
+    convex = ip.user_ns["convex"]
+    convex.mutation("scores:put", ns=[3, 9, 1, 7])
+    top = convex.query("scores:top", k=2)
+    assert type(top) is list
+    assert [d["n"] for d in top] == [9, 7]
+    assert convex.query("scores:top", k=0) == []

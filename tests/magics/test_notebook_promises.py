@@ -8,22 +8,11 @@ import re
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
+from ipython_cells import run
 from polling import wait_for
 
 import kernel_ext
 from kernel_ext.sync.background import BackgroundServer
-
-
-@pytest.fixture
-def ip(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for name in ("CONVEX_URL", "CONVEX_JUPYTER_URL", "CONVEX_ADMIN_KEY", "CONVEX_JUPYTER_STORE"):
-        monkeypatch.delenv(name, raising=False)
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "kernel_ext")
-    yield shell
-    shell.run_line_magic("unload_ext", "kernel_ext")
-    InteractiveShell.clear_instance()
 
 
 @pytest.fixture
@@ -39,14 +28,6 @@ def served():
 def plain(text):
     """Terminal output without its colour codes."""
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
-
-
-def run(ip, source):
-    result = ip.run_cell(source)
-    error = result.error_before_exec or result.error_in_exec
-    if error is not None:
-        raise error
-    return result.result
 
 
 def test_connect_returns_the_one_client_interface(served):
