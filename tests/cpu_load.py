@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -17,3 +18,31 @@ def cpu_load() -> Iterator[None]:
     finally:
         process.kill()
         process.wait(10)
+
+
+def repeat_in_threads_under_load(
+    calls: list[Callable[[], object]], times: int
+) -> list[BaseException]:
+    """Run each of `calls` `times` times in a thread of its own, all at once, with a CPU-heavy
+    process beside them; returns what they raised (a thread stops at its first error).
+
+    Raises:
+        AssertionError: a thread was still running after 120 s.
+    """
+    errors: list[BaseException] = []
+
+    def worker(call: Callable[[], object]) -> None:
+        try:
+            for _ in range(times):
+                call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    with cpu_load():
+        threads = [threading.Thread(target=worker, args=(call,)) for call in calls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    return errors

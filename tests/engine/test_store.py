@@ -3,6 +3,7 @@ that read the latest state without a snapshot (validated by OCC, also when they 
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cpu_load import cpu_load
+from cpu_load import repeat_in_threads_under_load
 
 import kernel_ext
 from kernel_ext import mutation
@@ -241,27 +242,12 @@ def test_contended_mutations_never_fail_for_contention(tmp_path):
     """8 threads x 25 increments of one document, with a CPU-heavy process beside them: the
     optimistic attempts keep conflicting, then each mutation runs serially and commits."""
     client = kernel_ext.connect(tmp_path / "store.db")
-    errors: list[BaseException] = []
     try:
         client.backend.register("c:inc", _increment)
         client.backend.register("c:make", mutation(lambda ctx: ctx.db.insert("c", {"n": 0})))
         doc = client.mutation("c:make")
-
-        def worker() -> None:
-            try:
-                for _ in range(25):
-                    client.mutation("c:inc", id=doc)
-            except BaseException as exc:
-                errors.append(exc)
-
-        with cpu_load():
-            threads = [threading.Thread(target=worker) for _ in range(8)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(120)
-        assert not any(thread.is_alive() for thread in threads)
-        assert errors == []
+        increment = functools.partial(client.mutation, "c:inc", id=doc)
+        assert repeat_in_threads_under_load([increment] * 8, times=25) == []
         assert client.backend.store.read(lambda txn: txn.get(doc)["n"])[0] == 200
     finally:
         client.close()
