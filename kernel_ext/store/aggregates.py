@@ -414,10 +414,6 @@ class Aggregate(LazyResult):
             state.apply(None, doc)
         return state.value()
 
-    def consume(self) -> Value:
-        """`collect()`: the value of an aggregate returned by a function."""
-        return self.collect()
-
     def __repr__(self) -> str:
         return f"Aggregate({self.query.table!r}, {self.spec!r})"
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
@@ -96,7 +97,8 @@ def decode_cursor(cursor: str) -> bytes | None:
 
 
 class LazyResult(abc.ABC):
-    """A lazy result a query function may return; callers receive `consume()`.
+    """A lazy result a query function may return; callers receive `consume()`, which is
+    `collect()`.
 
     A function may return a query (or an aggregate) instead of consuming it: whoever runs the
     function (embedded or remote client, official clients, magics, `returns=` validation)
@@ -107,8 +109,13 @@ class LazyResult(abc.ABC):
     __slots__ = ()
 
     @abc.abstractmethod
+    def collect(self) -> Any:
+        """The value this lazy result stands for, computed in its transaction."""
+
     def consume(self) -> Value:
-        """The value this lazy result stands for (for a query: `collect()`)."""
+        """`collect()`: the value a function returning this lazy result gives its callers."""
+        value: Value = self.collect()
+        return value
 
 
 @dataclass(frozen=True)
@@ -145,12 +152,10 @@ class Query(LazyResult):
                     "lambda q: q.eq('field', value)"
                 )
             ops = tuple(builder.ops)
-            for i, op in enumerate(ops):
-                kind = type(op.value)
-                if kind is int or kind is float:  # numbers must agree with the field's type
-                    agreed = self._agree(op, name)
-                    if agreed is not op:
-                        ops = (*ops[:i], agreed, *ops[i + 1 :])
+            for i, op in enumerate(ops):  # numbers must agree with the field's type
+                value = self._agreeing(op.field, op.value, name)
+                if value is not op.value:
+                    ops = (*ops[:i], RangeOp(op.op, op.field, value), *ops[i + 1 :])
         # Positional construction: `dataclasses.replace` costs three times as much, on the
         # path of every indexed query.
         return Query(self._source, self.table, name, ops, self.descending, self.filters, True)
@@ -184,7 +189,7 @@ class Query(LazyResult):
                 "lambda q: q.eq(q.field('done'), False)"
             )
         expression = map_field_literals(
-            expression, lambda path, value: self._agreeing(path, value, "filter")
+            expression, lambda path, value: self._agreeing(path, value, None)
         )
         return Query(
             self._source,
@@ -242,16 +247,10 @@ class Query(LazyResult):
             "(with_index, order, filter), then call .limit(n) last"
         )
 
-    def _agree(self, op: RangeOp, index: str) -> RangeOp:
-        found = self._source.number_kind(self.table, op.field)
-        if found is None or (found[0] == "float64") == (type(op.value) is float):
-            return op  # the common case, on the path of every indexed query: types agree
-        value = self._agreeing(op.field, op.value, f"with_index({index!r})")
-        return op if value is op.value else RangeOp(op.op, op.field, value)
-
-    def _agreeing(self, path: str, value: Value, where: str) -> Value:
-        """`value` as compared with field `path` (see the module docstring): an int made a
-        float for a float64-only field, else as it is, with a warning if the types differ."""
+    def _agreeing(self, path: str, value: Value, index: str | None) -> Value:
+        """`value` as compared with field `path` in a range of `index` (None: in a filter),
+        see the module docstring: an int made a float for a float64-only field, else as it
+        is, with a warning if the types differ."""
         t = type(value)
         if t is not int and t is not float:
             return value
@@ -267,12 +266,13 @@ class Query(LazyResult):
                 if enforced is False
                 else "it is beyond +-2**53, where a float cannot hold every int"
             )
-            self._warn_mixed(path, where, f"v.number(), float64) with the int {value}", why)
+            self._warn_mixed(path, index, f"v.number(), float64) with the int {value}", why)
         elif kind == "int64" and t is float:
-            self._warn_mixed(path, where, f"v.int64()) with the float {value!r}", "")
+            self._warn_mixed(path, index, f"v.int64()) with the float {value!r}", "")
         return value
 
-    def _warn_mixed(self, path: str, where: str, what: str, why: str) -> None:
+    def _warn_mixed(self, path: str, index: str | None, what: str, why: str) -> None:
+        where = "filter" if index is None else f"with_index({index!r})"
         warn_once(
             ("mixed-number", self.table, path),
             f"{where} on table {self.table!r} compares field {path!r} (declared {what}"
@@ -291,10 +291,13 @@ class Query(LazyResult):
         return info, key_range
 
     def _rows(self) -> Iterator[Row]:
-        limit = self._limit
-        if limit is not None:
-            yield from self._limited(limit)
-            return
+        """The matching rows, the first `limit` of them with a limit. `islice` stops right
+        after the last one without pulling the next row from the scan, so the read set ends
+        at that row (as for `take`), and a limit of 0 never starts the scan."""
+        rows = self._matching_rows()
+        return rows if self._limit is None else itertools.islice(rows, self._limit)
+
+    def _matching_rows(self) -> Iterator[Row]:
         plan = self._plan()
         if plan is None:
             return
@@ -308,26 +311,6 @@ class Query(LazyResult):
             if all(as_boolean(f.evaluate(doc)) for f in filters):
                 yield key, doc
 
-    def _limited(self, limit: int) -> Iterator[Row]:
-        """The first `limit` rows of the unlimited query. It stops right after the last one,
-        without pulling the next row from the scan, so the read set ends at that row (as for
-        `take`); `limit` 0 reads nothing, as `take(0)` does."""
-        if limit == 0:
-            return
-        unlimited = Query(
-            self._source,
-            self.table,
-            self.index,
-            self.range_ops,
-            self.descending,
-            self.filters,
-            self._indexed,
-        )
-        for count, row in enumerate(unlimited._rows(), start=1):
-            yield row
-            if count == limit:
-                return
-
     def __iter__(self) -> Iterator[dict[str, Value]]:
         """Stream matching documents; stopping early reads (and depends on) less."""
         for _, doc in self._rows():
@@ -337,22 +320,11 @@ class Query(LazyResult):
         """All matching documents."""
         return list(self)
 
-    def consume(self) -> Value:
-        """`collect()`: the value of a query returned by a function (see `LazyResult`)."""
-        return self.collect()
-
     def take(self, n: int) -> list[dict[str, Value]]:
         """The first `n` matching documents."""
         if type(n) is not int or n < 0:
             raise QueryError(f"take(n): n must be a non-negative integer, got {n!r}")
-        out: list[dict[str, Value]] = []
-        if n == 0:
-            return out
-        for _, doc in self._rows():
-            out.append(doc)
-            if len(out) == n:
-                break
-        return out
+        return [doc for _, doc in itertools.islice(self._rows(), n)]
 
     def first(self) -> dict[str, Value] | None:
         """The first matching document, or None."""

@@ -274,10 +274,6 @@ class SchemaDefinition:
 
     tables: Mapping[str, TableDefinition] = field(default_factory=dict)
     schema_validation: bool = True
-    #: `number_kind` answers by (table, field path).
-    _number_kinds: dict[tuple[str, str], NumberKind | None] = field(
-        default_factory=dict, compare=False, repr=False, hash=False
-    )
 
     def validate_write(
         self, table: str, doc: dict[str, Value], ids: TableResolver
@@ -300,17 +296,9 @@ class SchemaDefinition:
             ) from exc
 
     def number_kind(self, table: str, path: str) -> NumberKind | None:
-        """`TableDefinition.number_kind` of a declared table (None for other tables);
-        remembered per (table, path): every indexed query with a number bound asks."""
-        key = (table, path)
-        try:
-            return self._number_kinds[key]
-        except KeyError:
-            pass
+        """`TableDefinition.number_kind` of a declared table (None for other tables)."""
         definition = self.tables.get(table)
-        kind = None if definition is None else definition.number_kind(path)
-        self._number_kinds[key] = kind
-        return kind
+        return None if definition is None else definition.number_kind(path)
 
 
 def define_schema(
