@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from kernel_ext.errors import ValidationError
 from kernel_ext.functions.limits import check_deadline
+from kernel_ext.store.ids import decode_id
 from kernel_ext.store.query import Query
 from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value
@@ -125,8 +126,12 @@ class _SystemReader:
         self._txn = txn
 
     def get(self, doc_id: str) -> dict[str, Value] | None:
-        """A system document by id, or None."""
+        """A system document by id (of a table functions may read), or None."""
         check_deadline()
+        decoded = decode_id(doc_id)
+        table = None if decoded is None else self._txn.catalog.table_by_number(decoded[0])
+        if table is not None:
+            _readable(table.name)
         return self._txn.get(doc_id, system=True)
 
     def query(self, table: str) -> Query:

@@ -127,6 +127,11 @@ def peek(ctx, table: str):
     return ctx.db.system.query(table).collect()
 
 
+@query
+def peek_id(ctx, id: str):
+    return ctx.db.system.get(id)
+
+
 def test_functions_cannot_read_the_stores_own_bookkeeping(client):
     """db.system reads _scheduled_functions (as Convex allows), never the receipts."""
     from kernel_ext.errors import ValidationError
