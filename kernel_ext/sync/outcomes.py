@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -125,8 +126,19 @@ def outcome_of_error(exc: BaseException) -> Outcome:
     return Outcome.failure(SERVER_ERROR)
 
 
-# Frames of the library's own files; the deepest other frame is the user's line.
-_LIBRARY: Final = str(Path(__file__).parent.parent) + "/"
+# Frames of the library's own files, of Python's standard library and of installed packages;
+# the deepest other frame is the user's line (not `json.loads`'s when the handler called it).
+_NOT_USER_CODE: Final = (
+    str(Path(__file__).parent.parent) + "/",
+    *sorted(
+        {
+            path.rstrip("/") + "/"
+            for name in ("stdlib", "platstdlib", "purelib", "platlib")
+            if (path := sysconfig.get_paths().get(name))
+        }
+    ),
+    "<frozen ",
+)
 
 
 def _user_line(exc: BaseException) -> str:
@@ -136,7 +148,7 @@ def _user_line(exc: BaseException) -> str:
     tb, where = exc.__traceback__, ""
     while tb is not None:
         code = tb.tb_frame.f_code
-        if not code.co_filename.startswith(_LIBRARY):
+        if not code.co_filename.startswith(_NOT_USER_CODE):
             name = code.co_filename.rsplit("/", 1)[-1]
             where = f"\n    at {code.co_name} ({name}:{tb.tb_lineno})"
         tb = tb.tb_next

@@ -133,6 +133,10 @@ def test_function_errors_are_http_200_with_error_data(api):
         "errorMessage": "Uncaught ValueError: plain failure with a secret path /etc/hidden"
         "\n    at fail_plain (values.py:28)",
     }
+    # The user's line, not the deepest frame of the standard library it called.
+    r = post(api, "/api/query", {"path": "values:fail_in_the_standard_library", "args": {}})
+    assert r.json()["errorMessage"].startswith("Uncaught JSONDecodeError: ")
+    assert r.json()["errorMessage"].endswith("\n    at fail_in_the_standard_library (values.py:58)")
     r = post(api, "/api/query", {"path": "nope:nothing", "args": {}})
     assert r.status == 200 and "Could not find public function" in r.json()["errorMessage"]
     r = post(api, "/api/mutation", {"path": "counter:get", "args": {}})

@@ -48,3 +48,11 @@ def bad_index(ctx):
 def bad_insert(ctx):
     """A write that breaks the schema (SchemaViolation), raised inside a handler."""
     return ctx.db.insert("counters", {"name": 5, "value": 1.0})
+
+
+@query
+def fail_in_the_standard_library(ctx):
+    """Raises inside json.loads: the user's line is this one, not json's."""
+    import json
+
+    return json.loads("not json")
