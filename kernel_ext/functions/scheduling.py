@@ -31,7 +31,6 @@ from kernel_ext.errors import (
     ConflictError,
     ConvexError,
     StoreError,
-    UnknownFunction,
     ValidationError,
 )
 from kernel_ext.functions.limits import contained
@@ -221,8 +220,8 @@ class SchedulerService:
         job_id = str(job["_id"])
         try:
             self._execute(job_id, str(job["name"]), job["args"][0])
-        except (UnknownFunction, _Closing):
-            pass  # unregistered since it was read (it waits), or the service stops
+        except _Closing:
+            pass  # the service stops
         except BaseException as raised:
             exc = contained(raised, f"scheduled function {job['name']}")
             if not isinstance(exc, Exception):
@@ -237,7 +236,9 @@ class SchedulerService:
 
     def _execute(self, job_id: str, name: str, args: Any) -> None:
         backend = self._backend
-        function = backend.registry.lookup(name, None, public_only=False)
+        function = backend.registry.get(name)
+        if function is None:
+            return  # unregistered since it was read: it stays pending until it is again
         if function.kind == "action":
             if not self._start_action(job_id):
                 return

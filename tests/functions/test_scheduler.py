@@ -137,6 +137,26 @@ def test_scheduled_mutation_raising_system_exit_runs_once_and_fails(bare_client)
     assert [d["text"] for d in texts] == ["later"]
 
 
+def test_scheduled_mutation_raising_unknown_function_runs_once_and_fails(bare_client):
+    runs = []
+
+    @kernel_ext.mutation
+    def typo(ctx):
+        runs.append(1)
+        ctx.scheduler.run_after(0, "t:no_such_function")  # raises UnknownFunction
+
+    @kernel_ext.mutation
+    def schedule(ctx):
+        return ctx.scheduler.run_after(0, "t:typo")
+
+    _register(bare_client, "t", typo=typo, schedule=schedule)
+    job_id = bare_client.mutation("t:schedule")
+    state = wait_for(lambda: (s := _job_state(bare_client, job_id))["kind"] == "failed" and s)
+    assert "UnknownFunction" in state["error"] and "t:no_such_function" in state["error"]
+    time.sleep(0.2)  # a job left pending would be run again meanwhile
+    assert runs == [1]
+
+
 def test_jobs_of_a_missing_function_do_not_starve_later_jobs(bare_client):
     @kernel_ext.mutation
     def gone(ctx):
