@@ -293,6 +293,10 @@ class ServerUnreachable(SyncError, ConnectionError):
     names the URL, the reason and what to do."""
 
 
+#: The class a remote client raises for each code (filled as the `Remote*` classes are made).
+_REMOTE_BY_CODE: dict[str, type[RemoteFunctionError]] = {}
+
+
 class RemoteFunctionError(FunctionError):
     """A function failed on the server; the message is what the server chose to tell.
 
@@ -309,6 +313,7 @@ class RemoteFunctionError(FunctionError):
         mirrored = cls.__bases__[-1]
         if issubclass(mirrored, StoreError):
             cls.code = mirrored.code
+            _REMOTE_BY_CODE[cls.code] = cls
 
 
 class RemoteValidationError(RemoteFunctionError, ValidationError):
@@ -377,28 +382,6 @@ class RemoteTooManyRequests(RemoteFunctionError, TooManyRequests):
 
 class RemoteAuthenticationError(RemoteFunctionError, AuthenticationError):
     """The server refused the call's credentials."""
-
-
-_REMOTE_CLASSES: tuple[type[RemoteFunctionError], ...] = (
-    RemoteValidationError,
-    RemoteArgumentError,
-    RemoteReturnsError,
-    RemoteSchemaViolation,
-    RemoteSchemaError,
-    RemoteHeaderError,
-    RemoteQueryError,
-    RemoteDocumentNotFound,
-    RemoteTransactionError,
-    RemoteConflictError,
-    RemoteHistoryUnavailable,
-    RemoteUnknownFunction,
-    RemoteWrongFunctionKind,
-    RemoteFunctionTimeout,
-    RemoteFunctionAborted,
-    RemoteTooManyRequests,
-    RemoteAuthenticationError,
-)
-_REMOTE_BY_CODE: dict[str, type[RemoteFunctionError]] = {cls.code: cls for cls in _REMOTE_CLASSES}
 
 
 def remote_error(code: str | None, message: str) -> RemoteFunctionError:
