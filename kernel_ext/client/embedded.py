@@ -95,12 +95,7 @@ class Client:
 
     def call_as_owner(self, kind: CallKind, ref: Any, args: Mapping[str, Any]) -> Any:
         """Run any function, internal ones too, as the store's owner; read your writes."""
-        self._check_open()
-        value, ts = self.backend.call_with_ts(
-            ref, dict(args), kind=kind, identity=None, public_only=False
-        )
-        self.backend.subscriptions.wait_processed(ts if ts is not None else self.backend.store.ts)
-        return value
+        return self._call(kind, ref, dict(args), None, public_only=False)
 
     def function_info(self, path: str) -> dict[str, Any] | None:
         """`{path, kind, visibility, args}` of one function, or None."""
@@ -122,34 +117,45 @@ class Client:
 
     def query(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """Run a public query and return its result."""
-        self._check_open()
-        return self.backend.call(
-            ref, merge_args(args, kwargs), kind="query", identity=self._identity, public_only=True
-        )
+        return self._call("query", ref, merge_args(args, kwargs), self._identity, public_only=True)
 
     def mutation(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """Run a public mutation and return its result. When it returns, every subscription
         already reflects the commit (read your writes)."""
+        return self._call(
+            "mutation", ref, merge_args(args, kwargs), self._identity, public_only=True
+        )
+
+    def action(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Run a public action and return its result (its mutations are visible to every
+        subscription when it returns)."""
+        return self._call("action", ref, merge_args(args, kwargs), self._identity, public_only=True)
+
+    def _call(
+        self,
+        kind: CallKind,
+        ref: Any,
+        args: Any,
+        identity: dict[str, Any] | None,
+        *,
+        public_only: bool,
+    ) -> Any:
+        """Run a function as `identity` (None: anonymous or the owner). After a
+        mutation or an action, wait until every subscription reflects its writes (read your
+        writes); a query does not wait: it would wait behind slow live queries for nothing."""
         self._check_open()
         value, ts = self.backend.call_with_ts(
             ref,
-            merge_args(args, kwargs),
-            kind="mutation",
-            identity=self._identity,
-            public_only=True,
+            args,
+            kind=kind,
+            identity=identity,
+            public_only=public_only,
         )
-        if ts is not None:
-            self.backend.subscriptions.wait_processed(ts)
-        return value
-
-    def action(self, ref: Any, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-        """Run a public action and return its result."""
-        self._check_open()
-        value = self.backend.call(
-            ref, merge_args(args, kwargs), kind="action", identity=self._identity, public_only=True
-        )
-        # The action's mutations are visible to this client's subscriptions when it returns.
-        self.backend.subscriptions.wait_processed(self.backend.store.ts)
+        if kind != "query":
+            # An action's mutations committed in transactions of their own: the latest ts.
+            self.backend.subscriptions.wait_processed(
+                ts if ts is not None else self.backend.store.ts
+            )
         return value
 
     def subscribe(

@@ -110,3 +110,38 @@ def test_an_argument_given_both_ways_is_an_error(client):
         client.mutation("tasks:add", {"text": "x"}, text="y")
     with pytest.raises(ValidationError, match="not both"):
         client.mutation("tasks:add", ["x"], text="y")
+
+
+def test_an_owner_query_does_not_wait_for_slow_live_queries(client):
+    """`%convex query` (call_as_owner) reads, it does not wait for live queries to catch up
+    with the store: a blocked live query does not hold it up."""
+    from kernel_ext import query
+
+    gate, entered = threading.Event(), threading.Event()
+    blocking = [False]
+
+    @query
+    def gated(ctx):
+        if blocking[0]:
+            entered.set()
+            assert gate.wait(30)
+        return len(ctx.db.query("tasks").collect())
+
+    client.register("slow:gated", gated)
+    sub = client.subscribe("slow:gated")
+    try:
+        assert sub.value == 0
+        blocking[0] = True
+        client.backend.store.mutate(lambda txn: txn.insert("tasks", {"text": "a", "done": False}))
+        assert entered.wait(10), "the live query should re-run"
+        answered: list[object] = []
+        caller = threading.Thread(
+            target=lambda: answered.append(client.call_as_owner("query", "tasks:all", {}))
+        )
+        caller.start()
+        caller.join(10)
+        assert not gate.is_set()  # the live query is still blocked ...
+        assert len(answered) == 1 and len(answered[0]) == 1  # ... and the query returned
+    finally:
+        gate.set()
+        sub.close()
