@@ -690,15 +690,19 @@ class SqlitePersistence:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
-        """`_begin_write` ... `_end_write` around a block, for writes other than commits."""
+        """`_begin_write` ... `_end_write` around a block, for writes other than commits. Any
+        exception (also one from reading the rows to write, or Ctrl-C) rolls back the block's
+        transaction, so that the next write does not join it."""
         writer = self._begin_write()
         try:
             yield writer
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if writer.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     writer.execute("ROLLBACK")
-            raise storage_error(self.path, "Writing (nothing was written)", exc) from exc
+            if isinstance(exc, sqlite3.Error):
+                raise storage_error(self.path, "Writing (nothing was written)", exc) from exc
+            raise
         finally:
             self._end_write()
 

@@ -370,3 +370,44 @@ def test_a_schema_stores_earlier_ints_in_number_fields_as_floats(tmp_path):
         assert [d["weight"] for d in heavy] == [4200.0, 4800.0]
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, RuntimeError])
+def test_an_index_build_interrupted_by_any_exception_leaves_no_open_transaction(
+    tmp_path, interrupt
+):
+    """An exception other than an SQLite error while an index is built (Ctrl-C during a
+    schema change on a big table) rolls the build back: later commits are written."""
+    from kernel_ext import define_schema, define_table, v
+
+    path = tmp_path / "store.db"
+    store = Store(SqlitePersistence(path))
+    try:
+        _insert(store, 1)
+        _insert(store, 2)
+        documents_of = store.persistence.documents_of
+
+        def interrupted(table_number):
+            for i, row in enumerate(documents_of(table_number)):
+                if i == 1:
+                    raise interrupt("interrupted")
+                yield row
+
+        store.persistence.documents_of = interrupted  # type: ignore[method-assign]
+        # No check of the existing documents: the only read of them is the index build.
+        schema = define_schema(
+            {"items": define_table({"n": v.number()}).index("by_n", ["n"])},
+            schema_validation=False,
+        )
+        with pytest.raises(interrupt):
+            store.set_schema(schema)
+        del store.persistence.documents_of
+        _insert(store, 3)
+    finally:
+        store.close()
+    store = Store(SqlitePersistence(path))
+    try:
+        assert sorted(_read_all(store)[0]) == [1, 2, 3]
+        assert "by_n" not in store.catalog.table("items").indexes
+    finally:
+        store.close()
