@@ -9,14 +9,13 @@ Actions run at most once: marked `inProgress` first; one interrupted by a restar
 registered (yet: after a restart, functions are registered when the user loads them) stays
 pending until it is, and is passed over meanwhile: jobs due after it still run.
 
-A scheduled mutation that conflicts with other commits is retried until it commits, as
-Convex does (contention slows it, never fails it). One whose handler fails, or raises any
-`BaseException` (`SystemExit`, ...), runs once and is marked `failed` with the error.
+Contention slows a scheduled mutation, never fails it, as in Convex: the store guarantees
+the commit (`Store.mutate`). One whose handler fails, or raises any `BaseException`
+(`SystemExit`, ...), runs once and is marked `failed` with the error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import math
@@ -28,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from kernel_ext.engine.store import SCHEDULED_FUNCTIONS, Commit
 from kernel_ext.errors import (
-    ConflictError,
     ConvexError,
     StoreError,
     ValidationError,
@@ -46,8 +44,6 @@ __all__ = ["Scheduler", "SchedulerService"]
 _log = logging.getLogger(__name__)
 _BATCH: Final = 64
 _IDLE_WAIT: Final = 3600.0
-#: Back-off between attempts of a scheduled mutation that keeps conflicting (s, doubling).
-_CONFLICT_BACKOFF: Final = (0.005, 0.5)
 
 
 def _now_ms() -> float:
@@ -116,10 +112,6 @@ class Scheduler:
         if self._txn is not None:
             return fn(self._txn)
         return self._backend.store.mutate(fn)[0]
-
-
-class _Closing(Exception):
-    """The service closed while a job waited to retry; the job stays pending."""
 
 
 class SchedulerService:
@@ -220,8 +212,6 @@ class SchedulerService:
         job_id = str(job["_id"])
         try:
             self._execute(job_id, str(job["name"]), job["args"][0])
-        except _Closing:
-            pass  # the service stops
         except BaseException as raised:
             exc = contained(raised, f"scheduled function {job['name']}")
             if not isinstance(exc, Exception):
@@ -253,21 +243,7 @@ class SchedulerService:
             backend.invoke(function, args, txn, identity=None)
             self._mark(txn, job_id, "success")
 
-        self._until_committed(run)
-
-    def _until_committed(self, fn: Any) -> Any:
-        """`store.mutate(fn)`, again and again while it conflicts (backing off), until it
-        commits or the service closes (`_Closing`)."""
-        delay, longest = _CONFLICT_BACKOFF
-        while True:
-            try:
-                return self._backend.store.mutate(fn)[0]
-            except ConflictError:
-                _log.info("a scheduled job conflicted with other commits; retrying")
-            if self._closed:
-                raise _Closing
-            time.sleep(delay)
-            delay = min(delay * 2, longest)
+        backend.store.mutate(run)
 
     def _start_action(self, job_id: str) -> bool:
         def start(txn: Transaction) -> bool:
@@ -277,7 +253,7 @@ class SchedulerService:
             txn.patch(job_id, {"state": {"kind": "inProgress"}}, system=True)
             return True
 
-        return bool(self._until_committed(start))
+        return self._backend.store.mutate(start)[0]
 
     @staticmethod
     def _mark(txn: Transaction, job_id: str, kind: str, error: str | None = None) -> None:
@@ -291,6 +267,4 @@ class SchedulerService:
             if txn.get(job_id, system=True) is not None:
                 self._mark(txn, job_id, kind, error)
 
-        # Closing: an action stays inProgress, and the next start marks it failed.
-        with contextlib.suppress(_Closing):
-            self._until_committed(finish)
+        self._backend.store.mutate(finish)
