@@ -27,7 +27,6 @@ from typing import Any, Final, Literal, Protocol, TypeAlias
 import orjson
 
 from kernel_ext.errors import (
-    ArgumentError,
     AuthenticationError,
     HistoryUnavailable,
     ProtocolError,
@@ -386,13 +385,11 @@ def _args(raw: object) -> dict[str, Value] | Outcome:
     if isinstance(raw, list) and len(raw) == 1:
         raw = raw[0]
     if not isinstance(raw, dict):
-        return Outcome.failure(
-            "ArgumentValidationError: the arguments must be an object", code=ArgumentError.code
-        )
+        return Outcome.bad_arguments("the arguments must be an object")
     try:
         args = from_json(raw)
     except ValidationError as exc:
-        return Outcome.failure(f"ArgumentValidationError: {exc}", code=ArgumentError.code)
+        return Outcome.bad_arguments(str(exc))
     assert isinstance(args, dict)
     return args
 

@@ -25,6 +25,7 @@ from typing import Any, Final
 import orjson
 
 from kernel_ext.errors import (
+    ArgumentError,
     ConvexError,
     DocumentNotFound,
     FunctionError,
@@ -89,6 +90,11 @@ class Outcome:
         """A failed outcome; `data` only for a `ConvexError`, `code` only for the library's
         own errors (a `StoreError.code`)."""
         return cls(False, None, message, data, error_code=code)
+
+    @classmethod
+    def bad_arguments(cls, detail: str) -> Outcome:
+        """The failure of a call whose arguments could not even be read (an `ArgumentError`)."""
+        return cls.failure(f"ArgumentValidationError: {detail}", code=ArgumentError.code)
 
     @property
     def has_error_data(self) -> bool:

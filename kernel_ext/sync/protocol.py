@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias, assert_never
 
 from kernel_ext.errors import (
-    ArgumentError,
     AuthenticationError,
     ProtocolError,
     ProtocolMisuse,
@@ -360,7 +359,7 @@ class SyncProtocol:
         try:
             return m.decode_args(raw), None
         except ValidationError as exc:
-            return None, Outcome.failure(f"ArgumentValidationError: {exc}", code=ArgumentError.code)
+            return None, Outcome.bad_arguments(str(exc))
 
     def _receive_mutation(self, message: m.Mutation) -> None:
         args, failure = self._decode(message.args, message.component_path)
