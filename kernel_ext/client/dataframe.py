@@ -92,7 +92,8 @@ def _restore(column: pd.Series, kind: dict[str, Any]) -> pd.Series:
         if dtype == "category":
             present = sorted({x for x in column.dropna() if isinstance(x, str)})
             categories = list(kind.get("categories") or [])
-            categories += [c for c in present if c not in set(categories)]
+            known = set(categories)
+            categories += [c for c in present if c not in known]
             values = pd.Categorical(
                 column, categories=categories, ordered=bool(kind.get("ordered"))
             )

@@ -138,3 +138,13 @@ def test_a_later_import_merges_kinds_and_other_values_are_shown_as_stored(bare_c
     bare_client.backend.store.mutate(lambda txn: txn.patch(ids[0], {"t": "not a time"}))
     with pytest.warns(UserWarning, match="'t' was imported as datetime64"):
         assert bare_client.table_df("when")["t"].tolist() == ["not a time"]
+
+
+def test_many_categories_come_back_with_the_values_added_since(bare_client):
+    known = [f"c{i:05}" for i in range(3000)]
+    frame = pd.DataFrame({"size": pd.Categorical(known[::-1], categories=known)})
+    bare_client.import_dataframe("t", frame, progress=False)
+    bare_client.backend.store.mutate(lambda txn: [txn.insert("t", {"size": s}) for s in "zyx"])
+    back = bare_client.table_df("t")
+    assert list(back["size"].cat.categories) == [*known, "x", "y", "z"]
+    assert back["size"].tolist() == [*known[::-1], "z", "y", "x"]
