@@ -37,12 +37,14 @@ _MASKED = frozenset(
 )
 
 
-def to_dataframe(value: Any, kinds: Kinds | None = None) -> pd.DataFrame:
+def to_dataframe(value: Any, kinds: Callable[[], Kinds] | None = None) -> pd.DataFrame:
     """A DataFrame of a query result: one row per document, columns in first-seen order,
     `_id` as the index when present. A single document gives one row; None gives an empty
     frame; a list of scalars gives one `value` column. `_creationTime` becomes a UTC
     datetime column; when every document comes from one table whose column kinds are in
-    `kinds`, those columns get their imported dtype back (see the module docstring)."""
+    `kinds()`, those columns get their imported dtype back (see the module docstring).
+    `kinds` (e.g. `client.column_kinds`, which may ask a server) is called only for
+    documents, which have an `_id` column."""
     import pandas as pd
 
     if value is None:
@@ -62,20 +64,24 @@ def to_dataframe(value: Any, kinds: Kinds | None = None) -> pd.DataFrame:
     if "_creationTime" in columns:
         frame["_creationTime"] = _datetimes(frame["_creationTime"], "datetime64[us, UTC]")
     if "_id" in columns:
-        table_kinds = (kinds or {}).get(_table_number(frame["_id"]) or -1, {})
-        for name, kind in table_kinds.items():
+        for name, kind in _table_kinds(frame["_id"], kinds).items():
             if name in columns and not name.startswith("_"):
                 frame[name] = _restore(frame[name], kind)
         frame = frame.set_index("_id")
     return frame
 
 
-def _table_number(ids: pd.Series) -> int | None:
-    """The table of the documents with these ids, if they all come from one."""
+def _table_kinds(ids: pd.Series, kinds: Callable[[], Kinds] | None) -> dict[str, dict[str, Any]]:
+    """The recorded column kinds of the table of the documents with these ids, if they all
+    come from one table (else, or when nothing is recorded, none)."""
     from kernel_ext.store.ids import table_number_of
 
+    recorded = kinds() if kinds is not None else {}
+    if not recorded:  # the common case: no id to decode
+        return {}
     numbers = {table_number_of(i) for i in ids}
-    return numbers.pop() if len(numbers) == 1 else None
+    number = numbers.pop() if len(numbers) == 1 else None
+    return recorded.get(number, {}) if number is not None else {}
 
 
 def _restore(column: pd.Series, kind: dict[str, Any]) -> pd.Series:

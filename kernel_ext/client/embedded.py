@@ -266,7 +266,7 @@ class Client:
         docs, _, _ = self.backend.store.read(
             lambda txn: txn.query(table).with_index(BY_CREATION_TIME).collect()
         )
-        return to_dataframe(docs, self.column_kinds())
+        return to_dataframe(docs, self.column_kinds)
 
     def column_kinds(self) -> dict[int, dict[str, dict[str, Any]]]:
         """The column kinds `import_dataframe` recorded, by table number."""

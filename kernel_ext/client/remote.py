@@ -628,7 +628,7 @@ class RemoteClient:
         from kernel_ext.store.values import from_json
 
         docs = [from_json(d) for d in self._admin(f"Reading table {table!r}", {"table": table})]
-        return to_dataframe(docs, self.column_kinds())
+        return to_dataframe(docs, self.column_kinds)
 
     def column_kinds(self) -> dict[int, dict[str, dict[str, Any]]]:
         """The column kinds `import_dataframe` recorded, by table number (admin; without

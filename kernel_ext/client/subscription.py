@@ -159,7 +159,7 @@ class Subscription:
         from kernel_ext.client.dataframe import to_dataframe
 
         value = self.value
-        return to_dataframe(value, self._column_kinds() if self._column_kinds else None)
+        return to_dataframe(value, self._column_kinds)
 
     def on_change(self, callback: Callable[[Any], None]) -> CallbackHandle:
         """Call `callback(new_value)` for each later successful result.

@@ -246,7 +246,7 @@ class ConvexMagics(Magics):
     def _cmd_query(self, args: list[str]) -> Any:
         from kernel_ext.client.dataframe import to_dataframe
 
-        return to_dataframe(self._call("query", args), self.client.column_kinds())
+        return to_dataframe(self._call("query", args), self.client.column_kinds)
 
     def _cmd_mutation(self, args: list[str]) -> Any:
         return self._call("mutation", args)
