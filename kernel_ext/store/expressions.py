@@ -7,6 +7,7 @@ operands, and `and_`/`or_`/`not_` and the filter's result must be booleans.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,33 +162,25 @@ def map_field_literals(expression: Expression, adapt: Callable[[str, Value], Val
     """`expression` with the literal of every comparison between a field and a literal
     (`q.gt(q.field("w"), 4000)`, either order, at any depth) replaced by
     `adapt(field path, literal)`; unchanged nodes are kept (and returned) as they are."""
-    if isinstance(expression, _Logic):
-        args = tuple(map_field_literals(a, adapt) for a in expression.args)
-        if all(a is b for a, b in zip(args, expression.args, strict=True)):
-            return expression
-        return _Logic(expression.is_and, args)
-    if not isinstance(expression, _Call):
+    if not isinstance(expression, _Logic | _Call):
         return expression
-    if expression.name in _COMPARISONS:
-        a, b = expression.args
-        if isinstance(a, _Field) and isinstance(b, _Literal):
-            new = adapt(a.path, b.value)
-            return (
-                expression
-                if new is b.value
-                else _Call(expression.name, expression.function, (a, _Literal(new)))
-            )
-        if isinstance(a, _Literal) and isinstance(b, _Field):
-            new = adapt(b.path, a.value)
-            return (
-                expression
-                if new is a.value
-                else _Call(expression.name, expression.function, (_Literal(new), b))
-            )
-    args = tuple(map_field_literals(a, adapt) for a in expression.args)
-    if all(a is b for a, b in zip(args, expression.args, strict=True)):
+    args = expression.args
+    comparison = isinstance(expression, _Call) and expression.name in _COMPARISONS
+    match args:
+        case (_Field() as field, _Literal() as literal) if comparison:
+            args = (field, _adapted(literal, field.path, adapt))
+        case (_Literal() as literal, _Field() as field) if comparison:
+            args = (_adapted(literal, field.path, adapt), field)
+        case _:
+            args = tuple(map_field_literals(x, adapt) for x in args)
+    if all(x is y for x, y in zip(args, expression.args, strict=True)):
         return expression
-    return _Call(expression.name, expression.function, args)
+    return dataclasses.replace(expression, args=args)
+
+
+def _adapted(literal: _Literal, path: str, adapt: Callable[[str, Value], Value]) -> _Literal:
+    new = adapt(path, literal.value)
+    return literal if new is literal.value else _Literal(new)
 
 
 class FilterBuilder:
