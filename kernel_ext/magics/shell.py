@@ -213,9 +213,7 @@ class ConvexMagics(Magics):
             admin_key = os.environ.get("CONVEX_ADMIN_KEY")
         else:
             raise HeaderError(usage)
-        url = args[0]
-        remote = url.startswith(("http://", "https://", "ws://", "wss://"))
-        new = kernel_ext.connect(url, admin_key=admin_key) if remote else kernel_ext.connect(url)
+        new = kernel_ext.connect(args[0], admin_key=admin_key)  # an embedded store ignores it
         old = self._ip.user_ns.get("convex")
         self._ip.user_ns["convex"] = new
         if isinstance(old, ConvexClient) and old is not new:
