@@ -149,8 +149,6 @@ class LiveQuery:
     hits: list[int] = field(default_factory=list)
     #: While running, the ts from which `rerun()` asked for another run (None: not asked).
     forced: int | None = None
-    #: While running, its execution finished and its result was handled.
-    ran: bool = False
 
 
 @dataclass(eq=False)
@@ -500,7 +498,7 @@ class SubscriptionManager:
         lane.snapshot_ts = None
         self._rounds += 1
         for live in to_run:
-            live.running, live.ran, live.hits, live.snapshot_ts = True, False, [], None
+            live.running, live.hits, live.snapshot_ts = True, [], None
         return to_run
 
     def _run_round(self, lane: _Lane, to_run: list[LiveQuery]) -> None:
@@ -610,7 +608,6 @@ class SubscriptionManager:
                 live.hits += [t for t, keys in self._recent if t > ts and read_set.overlaps(keys)][
                     :1
                 ]
-            live.ran = True
             if live.result is not None and fingerprint == live.fingerprint:
                 return
             live.result, live.fingerprint = result, fingerprint
