@@ -249,7 +249,8 @@ class SubscriptionManager:
                 live = LiveQuery(key, runner, slow=self._family(key) in self._slow_families)
                 self._queries[key] = live
                 # No result yet: it holds back the commits after the latest one (those it
-                # cannot have seen for sure); new queries start in the fast lane.
+                # cannot have seen for sure). It starts in the slow lane if its family was
+                # slow lately, else in the fast lane.
                 self._set_stale(live, self._dispatched_ts + 1)
                 self._make_dirty(live)
             live.subscribers.append(on_update)
