@@ -70,7 +70,7 @@ def _publish(serverapp: Any, url: str, db: Path) -> None:
     from kernel_ext.sync.auth import admin_key_path
 
     record = jupyter_record_path(serverapp.runtime_dir, os.getpid())
-    info = {"url": url, "db": str(db), "admin_key_file": str(admin_key_path(db))}
+    info = {"url": url, "admin_key_file": str(admin_key_path(db))}
     fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
         json.dump(info, file)
@@ -97,7 +97,8 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     from kernel_ext.sync.server import SyncServer
 
     root = Path(serverapp.root_dir)
-    db = Path(os.environ.get("CONVEX_JUPYTER_DB") or root / SHARED_DB)
+    # Absolute: other processes, in other folders, read the key file's path from the record.
+    db = Path(os.environ.get("CONVEX_JUPYTER_DB") or root / SHARED_DB).resolve()
     persistence = SqlitePersistence(db)
     backend = Backend(Store(persistence))
     functions = Path(os.environ.get("CONVEX_JUPYTER_FUNCTIONS") or root / "convex")
@@ -115,7 +116,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     url = url_path_join(serverapp.connection_url, "convex")
     persistence.set_owner_info(url)
     os.environ["CONVEX_JUPYTER_URL"] = url
-    os.environ["CONVEX_JUPYTER_STORE"] = str(db.resolve())  # what `%convex status` shows
+    os.environ["CONVEX_JUPYTER_STORE"] = str(db)  # what `%convex status` shows
     os.environ["CONVEX_JUPYTER_TOKEN"] = getattr(serverapp.identity_provider, "token", "") or ""
     os.environ["CONVEX_ADMIN_KEY"] = admin_key
     _publish(serverapp, url, db)

@@ -30,9 +30,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_jupyter(folder: Path, runtime: Path | None = None):
+def start_jupyter(
+    folder: Path, runtime: Path | None = None, *, cwd: Path | None = None, db: str | None = None
+):
     """A Jupyter server with the extension, serving `folder/root`, logging to
-    `folder/jupyter.log`: (process, (base URL, token, root))."""
+    `folder/jupyter.log`, started in `cwd` (default: this process's) with the store at `db`
+    (`CONVEX_JUPYTER_DB`, default: unset): (process, (base URL, token, root))."""
     port, token = free_port(), secrets.token_hex(16)
     root = folder / "root"
     root.mkdir(parents=True)
@@ -44,13 +47,16 @@ def start_jupyter(folder: Path, runtime: Path | None = None):
     }
     for name in ("CONVEX_URL", "CONVEX_JUPYTER_URL", "CONVEX_JUPYTER_TOKEN", "CONVEX_ADMIN_KEY"):
         env.pop(name, None)
+    env.pop("CONVEX_JUPYTER_DB", None)
+    if db is not None:
+        env["CONVEX_JUPYTER_DB"] = db
     with open(folder / "jupyter.log", "wb") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
              "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
              "--ServerApp.jpserver_extensions={'kernel_ext.server_ext': True}"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cwd,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -333,6 +339,20 @@ def test_connect_jupyter_finds_the_running_server(jupyter, tmp_path):
     assert len(records) == 1
     with pytest.raises(StoreError, match=r"None of the running Jupyter servers match.*url="):
         kernel_ext.connect_jupyter("http://127.0.0.1:1", runtime_dir=runtime)
+
+
+def test_connect_jupyter_finds_a_store_given_by_a_relative_path(tmp_path):
+    """`CONVEX_JUPYTER_DB` relative to the Jupyter server's folder: another process, in
+    another folder, still finds the admin key."""
+    process, _ = start_jupyter(tmp_path, cwd=tmp_path, db="stores/shared.db")
+    try:
+        assert Path.cwd() != tmp_path
+        with kernel_ext.connect_jupyter(runtime_dir=tmp_path / "runtime") as owner:
+            assert owner.query("counter:secret") == "internal data"  # internal: as admin
+        assert (tmp_path / "stores" / "shared.db.admin-key").exists()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(15)
 
 
 def test_connect_jupyter_without_a_server_says_how_to_start_one(tmp_path):
