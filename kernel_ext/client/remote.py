@@ -400,11 +400,14 @@ class RemoteClient:
         """Run a query (subscribe, take the first result, unsubscribe). Prints the log lines
         of the execution it reports, unless another subscription of this client had that
         result already (they were printed, or are kept there)."""
+        self._check_open()
         path = path_of(ref)
+        values = _wire_args(args, kwargs)
+        key = _query_key(path, values)
         with self._lock:
-            held = self._by_key.get(_query_key(path, _wire_args(args, kwargs)))
+            held = self._by_key.get(key)
             cached = None if held is None else held.result
-        with self.subscribe(ref, args, **kwargs) as sub:
+        with self._subscription(path, values, key) as sub:
             result: QueryResult = self._wait(sub.result, f"query {path}")
         if result is not cached:
             print_log_lines("Q", path, result.log_lines)
@@ -420,16 +423,25 @@ class RemoteClient:
         self._check_open()
         path = path_of(ref)
         values = _wire_args(args, kwargs)
+        return self._subscription(path, values, _query_key(path, values))
+
+    def _subscription(
+        self, path: str, values: dict[str, Any], key: tuple[str, bytes]
+    ) -> Subscription:
+        """A subscription to `path` with these wire arguments (`key`: their `_query_key`)."""
 
         def start(on_result: Callable[[QueryResult], None]) -> Callable[[], None]:
-            return self._listen(path, values, on_result)
+            return self._listen(path, values, key, on_result)
 
         return Subscription(start, self._dispatcher, path, column_kinds=self.column_kinds)
 
     def _listen(
-        self, path: str, args: dict[str, Any], listener: Callable[[QueryResult], None]
+        self,
+        path: str,
+        args: dict[str, Any],
+        key: tuple[str, bytes],
+        listener: Callable[[QueryResult], None],
     ) -> Callable[[], None]:
-        key = _query_key(path, args)
         with self._lock:
             query = self._by_key.get(key)
             text = None

@@ -323,3 +323,13 @@ def test_arguments_that_cannot_travel_are_library_errors(server_factory):
             client.mutation("counter:inc", {"name": object()})
         with pytest.raises(ValidationError, match="must be a dict"):
             client.mutation("counter:inc", [1, 2])
+
+
+def test_query_arguments_over_the_size_limits_fail_before_anything_is_sent(server_factory):
+    server = server_factory()
+    with kernel_ext.connect(server.url) as client:
+        for call in (client.query, client.subscribe):
+            with pytest.raises(ValidationError, match="8193 elements"):
+                call("counter:get", name="big", extra=[0] * 8193)
+        assert not client._by_key  # no server subscription was made
+        assert client.query("counter:get", name="big") == 0.0
