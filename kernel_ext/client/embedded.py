@@ -18,7 +18,7 @@ from kernel_ext.functions.context import identity_from_claims
 from kernel_ext.functions.registration import FunctionDefinition
 from kernel_ext.functions.registry import path_of
 from kernel_ext.store.catalog import BY_CREATION_TIME
-from kernel_ext.store.column_kinds import column_kinds_by_number, record_column_kinds
+from kernel_ext.store.column_kinds import column_kinds_by_number, insert_rows
 from kernel_ext.store.schema import SchemaDefinition
 
 if TYPE_CHECKING:
@@ -26,26 +26,7 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
-    from kernel_ext.store.transaction import Transaction
-
 __all__ = ["Client"]
-
-
-def _inserter(
-    table: str, rows: list[dict[str, Any]], kinds: list[dict[str, Any]]
-) -> Callable[[Transaction], list[str]]:
-    def insert_all(txn: Transaction) -> list[str]:
-        ids = []
-        for position, row in enumerate(rows):
-            try:
-                ids.append(txn.insert(table, row))
-            except Exception as exc:
-                exc.add_note(f"(row {position} of its batch: {row!r:.200})")
-                raise
-        record_column_kinds(txn, table, kinds)  # same transaction: rows and kinds agree
-        return ids
-
-    return insert_all
 
 
 class Client:
@@ -249,7 +230,9 @@ class Client:
         def insert(batch: list[dict[str, Any]], kinds: list[dict[str, Any]]) -> list[str]:
             # No wait for live queries here: they catch up in the background, and the batches
             # committed while one of their rounds runs are merged into the next round.
-            new_ids, last_ts[0] = self.backend.store.mutate(_inserter(table, batch, kinds))
+            new_ids, last_ts[0] = self.backend.store.mutate(
+                lambda txn: insert_rows(txn, table, batch, kinds)
+            )
             return new_ids
 
         try:

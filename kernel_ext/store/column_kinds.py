@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from kernel_ext.store.transaction import Transaction
 
-__all__ = ["COLUMN_KINDS", "MIXED", "column_kinds_by_number", "record_column_kinds"]
+__all__ = [
+    "COLUMN_KINDS",
+    "MIXED",
+    "column_kinds_by_number",
+    "insert_rows",
+    "record_column_kinds",
+]
 
 COLUMN_KINDS: Final = "_column_kinds"
 #: The dtype of a column imported with different kinds (left as stored).
@@ -60,6 +66,23 @@ def record_column_kinds(txn: Transaction, table: str, kinds: list[dict[str, Any]
         txn.insert(COLUMN_KINDS, document, system=True)
     else:
         txn.replace(str(existing["_id"]), document, system=True)
+
+
+def insert_rows(
+    txn: Transaction, table: str, rows: list[dict[str, Any]], kinds: list[dict[str, Any]]
+) -> list[str]:
+    """Insert `rows` into `table` and record their column `kinds`, in this one transaction
+    (an import's batch: rows and kinds agree); returns the new ids in order. A row that
+    cannot be inserted raises with a note naming its position in the batch."""
+    ids = []
+    for position, row in enumerate(rows):
+        try:
+            ids.append(txn.insert(table, row))
+        except Exception as exc:
+            exc.add_note(f"(row {position} of its batch: {row!r:.200})")
+            raise
+    record_column_kinds(txn, table, kinds)
+    return ids
 
 
 def column_kinds_by_number(txn: Transaction) -> dict[int, dict[str, dict[str, Any]]]:

@@ -25,7 +25,7 @@ from kernel_ext.functions.cells import (
     split_cell,
 )
 from kernel_ext.store.catalog import BY_CREATION_TIME
-from kernel_ext.store.column_kinds import column_kinds_by_number, record_column_kinds
+from kernel_ext.store.column_kinds import column_kinds_by_number, insert_rows
 from kernel_ext.store.values import from_json, to_json
 
 __all__ = ["Deployer"]
@@ -101,13 +101,7 @@ class Deployer:
 
     def _import(self, table: str, rows: list[Any], kinds: list[Any], wait: bool) -> list[str]:
         documents = [from_json(row) for row in rows]
-
-        def insert_all(txn: Any) -> list[str]:
-            ids = [txn.insert(table, doc) for doc in documents]
-            record_column_kinds(txn, table, kinds)  # same transaction as the rows
-            return ids
-
-        ids, ts = self.backend.store.mutate(insert_all)
+        ids, ts = self.backend.store.mutate(lambda txn: insert_rows(txn, table, documents, kinds))
         if wait:
             self.backend.subscriptions.wait_processed(ts)
         return ids
