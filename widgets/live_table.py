@@ -91,9 +91,10 @@ class LiveTable(anywidget.AnyWidget):
             self._paged = PagedQuery(
                 lambda page_args: source.subscribe(ref, page_args), dict(args or {}), self._on_pages
             )
+        self._status_handle: CallbackHandle | None = None
         on_status = getattr(source, "on_status", None)  # remote clients report reconnects
         if callable(on_status):
-            on_status(self._on_connection_status)
+            self._status_handle = on_status(self._on_connection_status)
 
     # -- results from the store ----------------------------------------------------------
 
@@ -199,8 +200,9 @@ class LiveTable(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Stop following the query (and close the subscription if the table opened it)."""
-        if self._handle is not None:
-            self._handle.remove()
+        for handle in (self._handle, self._status_handle):
+            if handle is not None:
+                handle.remove()
         if self._owns and self.subscription is not None:
             self.subscription.close()
         if self._paged is not None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import pandas as pd
 
-    from kernel_ext.client.subscription import Subscription
+    from kernel_ext.client.subscription import CallbackHandle, Subscription
 
 __all__ = ["CallKind", "ClientKind", "ConvexClient"]
 
@@ -110,8 +110,9 @@ class ConvexClient(Protocol):
         """The functions' paths."""
         ...
 
-    def on_status(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(status)` when `status` changes (never, for an embedded store)."""
+    def on_status(self, listener: Callable[[str], None]) -> CallbackHandle:
+        """Call `listener(status)` when `status` changes (never, for an embedded store),
+        until the returned handle's `remove()`."""
         ...
 
     def table_df(self, table: str) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_ext.client.arguments import merge_args
 from kernel_ext.client.auth import AuthConfig, claims_of
 from kernel_ext.client.base import CallKind, ClientKind
-from kernel_ext.client.subscription import Subscription
+from kernel_ext.client.subscription import CallbackHandle, Subscription
 from kernel_ext.errors import TransactionClosed
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.context import identity_from_claims
@@ -71,8 +71,9 @@ class Client:
         """True once `close()` ran."""
         return self._closed
 
-    def on_status(self, listener: Callable[[str], None]) -> None:
+    def on_status(self, listener: Callable[[str], None]) -> CallbackHandle:
         """Nothing to report: an embedded store is never connecting or lost."""
+        return CallbackHandle(lambda: None)
 
     def call_as_owner(self, kind: CallKind, ref: Any, args: Mapping[str, Any]) -> Any:
         """Run any function, internal ones too, as the store's owner; read your writes."""

@@ -29,7 +29,7 @@ import websockets
 
 from kernel_ext.client.arguments import merge_args
 from kernel_ext.client.base import CallKind, ClientKind
-from kernel_ext.client.subscription import Subscription
+from kernel_ext.client.subscription import CallbackHandle, Subscription
 from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.errors import (
     AuthenticationError,
@@ -469,9 +469,16 @@ class RemoteClient:
 
         return stop
 
-    def on_status(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(status)` on "connected" / "reconnecting" changes."""
+    def on_status(self, listener: Callable[[str], None]) -> CallbackHandle:
+        """Call `listener(status)` on "connected" / "reconnecting" changes, until the
+        returned handle's `remove()`."""
         self._status_listeners.append(listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._status_listeners.remove(listener)
+
+        return CallbackHandle(remove)
 
     # -- auth ----------------------------------------------------------------------------
 

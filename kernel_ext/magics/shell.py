@@ -336,9 +336,12 @@ def _wait_connected(client: ConvexClient, timeout: float) -> None:
         if status == "connected":
             connected.set()
 
-    client.on_status(on_status)
-    if client.status != "connected":
-        connected.wait(timeout)
+    handle = client.on_status(on_status)
+    try:
+        if client.status != "connected":
+            connected.wait(timeout)
+    finally:
+        handle.remove()
 
 
 def _hide_library_frames(

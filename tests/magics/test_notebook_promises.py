@@ -123,6 +123,7 @@ def test_status_says_what_it_waits_for(ip, capsys, monkeypatch):
         ip.run_line_magic("convex", "status")
         out = capsys.readouterr().out
         assert f"store served at {server.url} (reconnecting: the server does not answer" in out
+        assert not ip.user_ns["convex"]._status_listeners  # the waits stopped listening
     finally:
         owner.close()
 

@@ -80,6 +80,7 @@ def test_live_table_shows_reconnecting_then_catches_up(server_factory):
     server = server_factory()
     client = kernel_ext.connect(server.url)
     try:
+        listeners = len(client._status_listeners)
         table = LiveTable(client, "counter:get", {"name": "w"})
         table.send = lambda *a, **k: None
         wait_for(lambda: table.status == "ready")
@@ -90,6 +91,7 @@ def test_live_table_shows_reconnecting_then_catches_up(server_factory):
             other.mutation("counter:inc", name="w", by=2)
         wait_for(lambda: table.status == "ready" and table.model.rows == [2.0], timeout=20)
         table.close()
+        assert len(client._status_listeners) == listeners  # the table stopped listening
     finally:
         client.close()
 
