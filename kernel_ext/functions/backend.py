@@ -280,13 +280,9 @@ class Backend:
             value, _, ts = self.store.read(lambda txn: self.invoke(function, args, txn, identity))
             return value, ts
         if function.kind == "mutation" and receipt is not None:
-            once = self.store.mutate(
-                lambda txn: self.receipts.run_once(
-                    txn, receipt, lambda: self.invoke(function, args, txn, identity)
-                )
+            return self.receipts.mutate(
+                receipt, lambda txn: self.invoke(function, args, txn, identity)
             )
-            self.receipts.prune_if_due()
-            return once
         if function.kind == "mutation":
             return self.store.mutate(lambda txn: self.invoke(function, args, txn, identity))
         return self.invoke(function, args, None, identity), None

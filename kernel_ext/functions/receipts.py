@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import orjson
 
-from kernel_ext.engine.store import MUTATION_RECEIPTS, Commit, Store
+from kernel_ext.engine.store import MUTATION_RECEIPTS, Store
 from kernel_ext.errors import FunctionError, StoreError
 from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value, dumps_json, from_json
@@ -71,7 +71,7 @@ class MutationReceipts:
     """The receipts of one store (thread-safe).
 
     Args:
-        store: the store; its commits are watched to keep the count of receipts.
+        store: the store.
         max_receipts: how many receipts to keep at most.
         max_age_ms: how old a receipt may get.
         prune_every: new receipts between two prunings.
@@ -94,36 +94,50 @@ class MutationReceipts:
         self._pruning = threading.Lock()
         self._count: int | None = None  # unknown until the first pruning counts them
         self._since_prune = 0
-        store.add_listener(self._on_commit)
 
-    def run_once(self, txn: Transaction, key: str, run: Callable[[], Value]) -> Value:
-        """Inside a mutation's transaction: the recorded result of the mutation `key` if it
-        ran, else `run()`'s result, recorded in `txn` (so it commits with the writes).
+    def mutate(self, key: str, run: Callable[[Transaction], Value]) -> tuple[Value, int]:
+        """`store.mutate(run)` for the mutation `key`: its recorded result if it committed,
+        else `run`'s result, recorded in the same transaction (so it commits with the
+        writes); then prunes if due. Returns `(result, commit ts)`.
 
         Raises:
             FunctionError: it ran, but its result was too large to keep.
-            Exception: whatever `run()` raises (nothing is recorded).
+            Exception: whatever `run` raises (nothing is recorded).
         """
-        found = (
-            txn.query(MUTATION_RECEIPTS, system=True)
-            .with_index("by_key", lambda q: q.eq("key", key))
-            .first()
-        )
-        if found is not None:
-            return _replay(found)
-        value = run()
-        encoded = dumps_json(value)
-        receipt: dict[str, Value] = {"key": key}
-        if len(encoded) <= MAX_RESULT_BYTES:
-            receipt["result"] = encoded
-        else:
-            receipt["resultSize"] = len(encoded)
-        txn.insert(MUTATION_RECEIPTS, receipt, system=True)
-        return value
+        recorded = False  # by the attempt that committed (the last one run)
+
+        def once(txn: Transaction) -> Value:
+            nonlocal recorded
+            found = (
+                txn.query(MUTATION_RECEIPTS, system=True)
+                .with_index("by_key", lambda q: q.eq("key", key))
+                .first()
+            )
+            recorded = found is None
+            if found is not None:
+                return _replay(found)
+            value = run(txn)
+            encoded = dumps_json(value)
+            receipt: dict[str, Value] = {"key": key}
+            if len(encoded) <= MAX_RESULT_BYTES:
+                receipt["result"] = encoded
+            else:
+                receipt["resultSize"] = len(encoded)
+            txn.insert(MUTATION_RECEIPTS, receipt, system=True)
+            return value
+
+        result = self._store.mutate(once)
+        if recorded:
+            with self._lock:
+                self._since_prune += 1
+                if self._count is not None:
+                    self._count += 1
+        self.prune_if_due()
+        return result
 
     def prune_if_due(self) -> None:
-        """Delete old receipts if enough were written since the last pruning (call after a
-        mutation committed; cheap otherwise). Failures are logged, never raised: pruning
+        """Delete old receipts if enough were written since the last pruning (`mutate` calls
+        it; cheap otherwise). Failures are logged, never raised: pruning
         is retried after the next `prune_every` receipts."""
         with self._lock:
             due = self._since_prune >= self._every or (
@@ -146,8 +160,8 @@ class MutationReceipts:
         if self._count is None:
             counted = self._store.read(_count)[0]
             with self._lock:
-                # Commits between the read and now were counted by both: the listener's
-                # tally since then is on top of what the read saw; close enough for a cap.
+                # Receipts recorded between the read and now may be missing from the count or
+                # (once set) counted twice: close enough for a cap.
                 self._count = counted
         deleted = 0
         while True:
@@ -159,6 +173,8 @@ class MutationReceipts:
             )
             count, _ = self._store.mutate(prune)
             deleted += count
+            with self._lock:
+                self._count = (self._count or 0) - count
             if count < self._every:
                 return deleted
 
@@ -166,19 +182,6 @@ class MutationReceipts:
     def count(self) -> int | None:
         """How many receipts the store holds (None: not counted yet)."""
         return self._count
-
-    def _on_commit(self, commit: Commit) -> None:
-        # Runs under the commit lock on every commit: a plain loop, nothing more.
-        added = 0
-        for write in commit.writes.values():
-            if write.table == MUTATION_RECEIPTS:
-                added += (write.new is not None) - (write.old is not None)
-        if added:
-            with self._lock:
-                if added > 0:
-                    self._since_prune += added
-                if self._count is not None:
-                    self._count += added
 
 
 def _replay(receipt: dict[str, Value]) -> Value:
