@@ -18,10 +18,13 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel_ext.errors import StoreError
 from kernel_ext.functions.auth import jupyter_record_path
+
+if TYPE_CHECKING:
+    from kernel_ext.client.remote import RemoteClient
 
 __all__ = ["JupyterStore", "connect_jupyter", "running_jupyter_stores"]
 
@@ -106,7 +109,7 @@ def connect_jupyter(
     *,
     root_dir: str | os.PathLike[str] | None = None,
     runtime_dir: str | os.PathLike[str] | None = None,
-) -> Any:
+) -> RemoteClient:
     """Connect to the shared store of a running Jupyter server of this user, as its owner
     (admin: internal functions and pushing functions are allowed).
 

@@ -101,9 +101,7 @@ def print_log_lines(kind: str, path: str, lines: tuple[str, ...]) -> None:
         print(f"[CONVEX {kind}({path})] {line}", flush=True)
 
 
-def _error_of(
-    message: str | None, data: Any, has_data: bool, code: str | None = None
-) -> BaseException:
+def _error_of(message: str | None, data: Any, has_data: bool, code: str | None) -> BaseException:
     """A failure as the caller sees it: `ConvexError` with its data, or the library's error
     class for the server's `errorCode` (`kernel_ext.errors.remote_error`)."""
     if has_data:
@@ -682,9 +680,15 @@ class RemoteClient:
             return list(self._admin(what, body))
 
         try:
-            return import_in_batches(table, frame, insert, batch_size=batch_size, progress=progress)
-        finally:
-            self._admin(what, {"sync": True})
+            ids = import_in_batches(table, frame, insert, batch_size=batch_size, progress=progress)
+        except BaseException:
+            # Read your writes of the batches before the failing one; the import's error is
+            # the one to see, not the sync's (when the server is gone, both fail).
+            with contextlib.suppress(Exception):
+                self._admin(what, {"sync": True})
+            raise
+        self._admin(what, {"sync": True})
+        return ids
 
     # -- closing -------------------------------------------------------------------------
 

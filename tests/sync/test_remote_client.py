@@ -335,3 +335,15 @@ def test_query_arguments_over_the_size_limits_fail_before_anything_is_sent(serve
                 call("counter:get", name="big", extra=[0] * 8193)
         assert not client._by_key  # no server subscription was made
         assert client.query("counter:get", name="big") == 0.0
+
+
+def test_an_import_to_a_vanished_server_raises_the_imports_error(server_factory):
+    import pandas as pd
+
+    server = server_factory()
+    with kernel_ext.connect(server.url, admin_key=server.admin_key) as owner:
+        server.stop(signal.SIGKILL)
+        with pytest.raises(OSError) as info:  # connection refused
+            owner.import_dataframe("t", pd.DataFrame({"n": [1, 2]}), progress=False)
+        # The failing batch's error (not the closing sync's) says what was not imported.
+        assert "rows 0..1 of the DataFrame" in "\n".join(getattr(info.value, "__notes__", []))
