@@ -75,7 +75,8 @@ def _publish(serverapp: Any, url: str, db: Path) -> None:
     with os.fdopen(fd, "w") as file:
         json.dump(info, file)
     atexit.register(record.unlink, missing_ok=True)
-    # Jupyter scrubs parameters containing "key" from logged URLs, case-sensitively.
+    # Our handlers log scrubbed URIs; Jupyter's own (its 404 for other URLs under the prefix,
+    # the Referer in its error logs) scrub parameters containing "key", case-sensitively.
     settings = serverapp.web_app.settings
     settings["extra_log_scrub_param_keys"] = [
         *settings.get("extra_log_scrub_param_keys", []),

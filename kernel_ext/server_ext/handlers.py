@@ -27,7 +27,6 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.utils import url_path_join
 
-from kernel_ext.sync.http import scrub_uri
 from kernel_ext.sync.server import ApiHandler, SyncServer, SyncSocketHandler
 
 __all__ = ["JupyterApiHandler", "JupyterSyncSocketHandler", "handlers_for"]
@@ -44,7 +43,6 @@ class JupyterSyncSocketHandler(SyncSocketHandler, JupyterHandler):
 
     async def prepare(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Authenticate with Jupyter (no login redirect for a WebSocket)."""
-        self.request.uri = scrub_uri(self.request.uri or "")
         await JupyterHandler.prepare(self, _redirect_to_login=False)
 
     def check_origin(self, origin: str = "") -> bool:
@@ -77,7 +75,6 @@ class JupyterApiHandler(APIHandler, ApiHandler):  # type: ignore[misc]
             tornado.web.HTTPError: 403 without Jupyter's login, from a foreign origin, or
                 (login cookie only) without the XSRF token.
         """
-        self.request.uri = scrub_uri(self.request.uri or "")
         # Checks the Host, authenticates, and runs check_xsrf_cookie() on POST and the like.
         await JupyterHandler.prepare(self, _redirect_to_login=False)
         if self.request.method == "OPTIONS":

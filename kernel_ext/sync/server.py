@@ -58,18 +58,21 @@ _LOOPBACK_NAMES: Final = {"localhost", "127.0.0.1", "::1"}
 
 
 class _Handler(tornado.web.RequestHandler):
-    """Refuses foreign Host headers when serving loopback only (DNS rebinding)."""
+    """Keeps credentials out of logged URIs; refuses foreign Host headers when serving
+    loopback only (DNS rebinding)."""
 
     server: SyncServer
 
     def initialize(self, server: SyncServer) -> None:
-        """Tornado calls this with the route's keyword arguments."""
+        """Tornado calls this with the route's keyword arguments, before it answers anything
+        (even a 405 that comes before `prepare`)."""
         self.server = server
+        # Every log line about this request (access log, errors) shows the URI: no secrets.
+        # The query arguments were parsed already and keep their values.
+        self.request.uri = scrub_uri(self.request.uri or "")
 
     def prepare(self) -> None:
         """Check the Host header before anything else."""
-        # Every log line about this request (access log, errors) shows the URI: no secrets.
-        self.request.uri = scrub_uri(self.request.uri or "")
         if not self.server.host_allowed(self.request.host_name):
             raise tornado.web.HTTPError(403, "Unexpected Host header")
 

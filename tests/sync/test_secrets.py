@@ -55,3 +55,21 @@ def test_the_admin_key_is_taken_from_headers_only_and_never_logged(thread_server
 )
 def test_scrub_uri(uri, logged):
     assert scrub_uri(uri) == logged
+
+
+def test_a_request_refused_before_its_handler_prepares_is_logged_without_the_key(
+    thread_server_factory, caplog
+):
+    """Tornado answers a method it does not know with 405 before `prepare()`: the logged
+    URI is scrubbed all the same."""
+    caplog.set_level(logging.INFO)
+    server = thread_server_factory()
+    for path in ("/api/query", "/api/sync", "/elsewhere"):
+        request = urllib.request.Request(f"{server.url}{path}?adminKey={KEY}", method="PROPFIND")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=10)
+        assert info.value.code == 405
+        info.value.close()
+    wait_for(lambda: caplog.text.count("PROPFIND") >= 3)
+    assert "adminKey=[secret]" in caplog.text
+    assert KEY not in caplog.text
