@@ -81,8 +81,7 @@ class Client:
 
     def function_info(self, path: str) -> dict[str, Any] | None:
         """`{path, kind, visibility, args}` of one function, or None."""
-        wanted = path_of(path)
-        return next((f for f in self.describe_functions() if f["path"] == wanted), None)
+        return self.backend.describe_function(path_of(path))
 
     @property
     def url(self) -> str:

@@ -112,15 +112,16 @@ class Backend:
     def describe_functions(self) -> list[dict[str, Any]]:
         """`[{path, kind, visibility, args}]` of the registered functions (args: validator
         JSON or None)."""
-        out = []
-        for path in self.registry.paths():
-            fn = self.registry.get(path)
-            if fn is not None:
-                args = None if fn.args is None else fn.args.to_json()
-                out.append(
-                    {"path": path, "kind": fn.kind, "visibility": fn.visibility, "args": args}
-                )
-        return out
+        described = (self.describe_function(path) for path in self.registry.paths())
+        return [info for info in described if info is not None]
+
+    def describe_function(self, path: str) -> dict[str, Any] | None:
+        """`{path, kind, visibility, args}` of the function at (canonical) `path`, or None."""
+        fn = self.registry.get(path)
+        if fn is None:
+            return None
+        args = None if fn.args is None else fn.args.to_json()
+        return {"path": path, "kind": fn.kind, "visibility": fn.visibility, "args": args}
 
     def describe_tables(self) -> list[dict[str, Any]]:
         """`[{table, indexes}]` of the user tables (system tables start with `_`)."""
