@@ -89,28 +89,21 @@ class JupyterApiHandler(APIHandler, ApiHandler):  # type: ignore[misc]
         self.request.headers.pop("Origin", None)
 
     def check_xsrf_cookie(self) -> None:
-        """Jupyter's XSRF check (`JupyterHandler.check_xsrf_cookie`), with a foreign origin
-        refused as 403.
-
-        Written out rather than inherited: in this class's MRO, the `super()` call inside
-        Jupyter's version reaches `ApiHandler.check_xsrf_cookie` (the standalone server's,
-        which checks nothing), so the token would never be compared.
+        """Jupyter's XSRF check (`JupyterHandler.check_xsrf_cookie`: none for a token, a
+        same-origin `Referer` is enough for a GET), with a login-cookie request from a
+        foreign origin refused as 403 (Jupyter would answer a POST with 404).
 
         Raises:
             tornado.web.HTTPError: 403 from a foreign origin or without the XSRF token.
         """
-        if not hasattr(self, "_jupyter_current_user"):
-            return  # tornado calls this before prepare() has authenticated; checked there
-        if self.token_authenticated or self.settings.get("disable_check_xsrf", False):
-            return  # a token is explicit: no browser sends it on its own
-        if not self.check_origin():
+        if (
+            hasattr(self, "_jupyter_current_user")  # else too early: checked in prepare()
+            and not self.token_authenticated
+            and not self.settings.get("disable_check_xsrf", False)
+            and not self.check_origin()
+        ):
             raise tornado.web.HTTPError(403, _CROSS_ORIGIN)
-        try:
-            tornado.web.RequestHandler.check_xsrf_cookie(self)
-        except tornado.web.HTTPError:
-            # As Jupyter: a same-origin Referer is enough for a GET.
-            if self.request.method not in ("GET", "HEAD") or not self.check_referer():
-                raise
+        JupyterHandler.check_xsrf_cookie(self)
 
 
 def handlers_for(

@@ -201,9 +201,6 @@ class ApiHandler(_Handler):
         """CORS preflight."""
         await self._handle()
 
-    def check_xsrf_cookie(self) -> None:
-        """The API authenticates with headers, not cookies."""
-
 
 class NotFoundHandler(_Handler):
     """Any other URL: 404 (through `_Handler`, so its URI is logged without secrets)."""
