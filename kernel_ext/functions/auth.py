@@ -25,6 +25,7 @@ __all__ = [
     "REQUIRED_CLAIMS",
     "AuthConfig",
     "claims_of",
+    "decode_token",
     "jupyter_record_path",
     "make_dev_token",
     "token_error_message",
@@ -63,20 +64,36 @@ def claims_of(token: str, config: AuthConfig | None) -> dict[str, Any]:
     Raises:
         ValidationError: the token is malformed, forged, expired or for another issuer.
     """
-    try:
-        if config is None:
-            return dict(jwt.decode(token, options={"verify_signature": False}))
+    if config is not None:
         key = config.secret if config.secret is not None else config.public_key
         assert key is not None  # AuthConfig.from_mapping requires one of them
         algorithms = ["HS256"] if config.secret is not None else ["RS256", "ES256"]
+        return decode_token(token, key, algorithms, issuer=config.issuer, audience=config.audience)
+    try:
+        return dict(jwt.decode(token, options={"verify_signature": False}))
+    except jwt.PyJWTError as exc:
+        raise ValidationError(token_error_message(exc)) from exc
+
+
+def decode_token(
+    token: str, key: Any, algorithms: list[str], *, issuer: str, audience: str | None
+) -> dict[str, Any]:
+    """The claims of a token verified with `key` (a secret, a PEM public key or a `PyJWK`):
+    its signature by one of `algorithms`, its issuer, its audience (when given), its expiry,
+    and that it has the `REQUIRED_CLAIMS`.
+
+    Raises:
+        ValidationError: the token is malformed, forged, expired or for another issuer.
+    """
+    try:
         return dict(
             jwt.decode(
                 token,
                 key,
                 algorithms=algorithms,
-                issuer=config.issuer,
-                audience=config.audience,
-                options={"verify_aud": config.audience is not None, "require": REQUIRED_CLAIMS},
+                issuer=issuer,
+                audience=audience,
+                options={"verify_aud": audience is not None, "require": REQUIRED_CLAIMS},
             )
         )
     except jwt.PyJWTError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import json
 import os
@@ -24,12 +25,7 @@ from typing import Any
 import jwt
 
 from kernel_ext.errors import AuthenticationError, ValidationError
-from kernel_ext.functions.auth import (
-    REQUIRED_CLAIMS,
-    AuthConfig,
-    claims_of,
-    token_error_message,
-)
+from kernel_ext.functions.auth import AuthConfig, claims_of, decode_token, token_error_message
 from kernel_ext.functions.context import identity_from_claims
 from kernel_ext.sync.protocol import Identity
 
@@ -103,29 +99,24 @@ class AuthProvider:
         except ValidationError as exc:
             raise AuthenticationError(str(exc)) from exc
 
+    @functools.cached_property
+    def _jwk_keys(self) -> list[jwt.PyJWK]:
+        """The keys of `jwks`, parsed once."""
+        return jwt.PyJWKSet.from_dict(dict(self.jwks or {})).keys
+
     def _verify_with_jwks(self, token: str) -> dict[str, Any]:
-        assert self.jwks is not None
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-            keys = jwt.PyJWKSet.from_dict(dict(self.jwks)).keys
-            matching = [k for k in keys if kid is None or k.key_id == kid]
-            if not matching:
-                raise AuthenticationError(f"Invalid auth token: no key with kid {kid!r}")
-            key = matching[0]
-            return dict(
-                jwt.decode(
-                    token,
-                    key,
-                    algorithms=[key.algorithm_name],
-                    issuer=self.issuer,
-                    audience=self.audience,
-                    options={"verify_aud": self.audience is not None, "require": REQUIRED_CLAIMS},
-                )
-            )
+            keys = self._jwk_keys
         except jwt.PyJWTError as exc:
             raise AuthenticationError(token_error_message(exc)) from exc
-        except jwt.PyJWKError as exc:
-            raise AuthenticationError(f"Invalid auth token: {exc}") from exc
+        matching = [k for k in keys if kid is None or k.key_id == kid]
+        if not matching:
+            raise AuthenticationError(f"Invalid auth token: no key with kid {kid!r}")
+        key = matching[0]
+        return decode_token(
+            token, key, [key.algorithm_name], issuer=self.issuer, audience=self.audience
+        )
 
 
 class ServerAuthenticator:
