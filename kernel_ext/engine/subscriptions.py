@@ -52,6 +52,7 @@ from kernel_ext.store.values import Value
 
 __all__ = [
     "FAST_RUNS_TO_RETURN",
+    "NOT_SUBSCRIBED",
     "SLOW_QUERY_SECONDS",
     "LiveQuery",
     "QueryResult",
@@ -120,6 +121,10 @@ class Unsubscribe:
 
     def __call__(self) -> None:
         self.end()
+
+
+#: The `Unsubscribe` of no subscription: calling it does nothing.
+NOT_SUBSCRIBED: Final = Unsubscribe(None, lambda: None)
 
 
 @dataclass(eq=False)

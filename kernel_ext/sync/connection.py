@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any, Final
 
-from kernel_ext.engine.subscriptions import Unsubscribe
+from kernel_ext.engine.subscriptions import NOT_SUBSCRIBED, Unsubscribe
 from kernel_ext.errors import TooManyRequests
 from kernel_ext.functions.receipts import receipt_key
 from kernel_ext.functions.registration import FunctionKind
@@ -157,7 +157,7 @@ class SyncConnection:
             case SubscribeQuery():
                 self._subscribe(event)
             case UnsubscribeQuery():
-                self._subscriptions.pop((event.query_id, event.token), _NOT_SUBSCRIBED)()
+                self._subscriptions.pop((event.query_id, event.token), NOT_SUBSCRIBED)()
             case RunMutation():
                 self._run(self._executor, "mutation", event, self._mutation_done)
             case RunAction():
@@ -337,10 +337,3 @@ class SyncConnection:
         if needed is not None:
             self.protocol.send_transition(target)
         self._pump()
-
-
-def _noop() -> None:
-    """Unsubscribe from nothing."""
-
-
-_NOT_SUBSCRIBED: Final = Unsubscribe(None, _noop)

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from kernel_ext.engine.logs import capture_logs
-from kernel_ext.engine.subscriptions import QueryResult, Unsubscribe
+from kernel_ext.engine.subscriptions import NOT_SUBSCRIBED, QueryResult, Unsubscribe
 from kernel_ext.functions import limits
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.registration import FunctionKind
@@ -176,7 +176,7 @@ class BackendRunner:
             )
         except Exception as exc:
             callback(outcome_of_error(exc), self.latest_ts())
-            return Unsubscribe(None, _nothing)
+            return NOT_SUBSCRIBED
 
 
 def _captured(
@@ -202,7 +202,3 @@ def _outcome(value: Value, error: BaseException | None, lines: tuple[str, ...]) 
     if error is not None:
         return replace(outcome_of_error(error), log_lines=lines)
     return Outcome.ok(value, lines)
-
-
-def _nothing() -> None:
-    """Unsubscribe from nothing."""
