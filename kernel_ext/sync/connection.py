@@ -21,7 +21,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any, Final
 
 from kernel_ext.engine.subscriptions import NOT_SUBSCRIBED, Unsubscribe
@@ -111,7 +111,7 @@ class SyncConnection:
         self._flush: asyncio.Handle | None = None  # a _try_flush is scheduled
         self._target: int | None = None  # the ts the pending Transition waits for
         self._awaiting: int | None = None  # the ts the engine will report processed
-        self._awaited_keys: frozenset[Hashable] = frozenset()  # ... for these live queries
+        self._subscribed_meanwhile = False  # a live query was added since `_await`
         self._deadline: asyncio.TimerHandle | None = None  # gives up waiting (_MAX_WAIT)
 
     # -- input ---------------------------------------------------------------------------
@@ -186,9 +186,10 @@ class SyncConnection:
             )
             on_result(outcome_of_error(refused), self._runner.latest_ts())
             return
-        self._subscriptions[key] = self._runner.subscribe(
-            event.path, event.args, event.identity, on_result
-        )
+        unsubscribe = self._runner.subscribe(event.path, event.args, event.identity, on_result)
+        self._subscriptions[key] = unsubscribe
+        if unsubscribe.key is not None:
+            self._subscribed_meanwhile = True
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         # A closed loop means the server is gone, and this connection with it.
@@ -295,16 +296,13 @@ class SyncConnection:
     def _await(self, target: int) -> None:
         """Ask the engine to report when this client's live queries reflect `target`."""
         self._awaiting = target
-        self._awaited_keys = keys = self._live_keys()
+        self._subscribed_meanwhile = False
+        keys = frozenset(u.key for u in self._subscriptions.values() if u.key is not None)
         self._runner.when_processed(target, lambda: self._post(self._processed, target), keys)
-
-    def _live_keys(self) -> frozenset[Hashable]:
-        """The engine's keys of this client's live queries."""
-        return frozenset(u.key for u in self._subscriptions.values() if u.key is not None)
 
     def _processed(self, ts: int) -> None:
         if ts == self._awaiting:
-            if not self._live_keys() <= self._awaited_keys:
+            if self._subscribed_meanwhile:
                 # Subscribed meanwhile to a query shared with other clients: its current
                 # result may predate `ts`, so wait for it to reflect `ts` as well.
                 self._await(ts)
