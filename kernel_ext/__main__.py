@@ -7,13 +7,17 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from kernel_ext.functions.limits import DEFAULT_TIME_LIMIT
+    from kernel_ext.sync.connection import MAX_CONCURRENT_CALLS, MAX_SUBSCRIPTIONS
+
     parser = argparse.ArgumentParser(prog="python -m kernel_ext")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -29,25 +33,25 @@ def _parser() -> argparse.ArgumentParser:
     limits = serve.add_argument_group("limits (per function call / per WebSocket)")
     limits.add_argument(
         "--function-time-limit",
-        type=float,
-        default=10.0,
+        type=_at_least_zero(float),
+        default=DEFAULT_TIME_LIMIT,
         metavar="SECONDS",
         help="how long a query or mutation may run before it is stopped and fails (default "
-        "10; Convex allows 1; 0 means no limit)",
+        "%(default)g; Convex allows 1; 0 means no limit)",
     )
     limits.add_argument(
         "--max-subscriptions",
-        type=int,
-        default=5_000,
+        type=_at_least_zero(int),
+        default=MAX_SUBSCRIPTIONS,
         metavar="N",
-        help="live queries one WebSocket may hold (default 5000)",
+        help="live queries one WebSocket may hold (default %(default)s)",
     )
     limits.add_argument(
         "--max-concurrent-calls",
-        type=int,
-        default=64,
+        type=_at_least_zero(int),
+        default=MAX_CONCURRENT_CALLS,
         metavar="N",
-        help="mutations and actions one WebSocket may have running (default 64)",
+        help="mutations and actions one WebSocket may have running (default %(default)s)",
     )
     auth = serve.add_argument_group("user tokens (JWT)")
     auth.add_argument("--auth-issuer", help="the `iss` tokens must have")
@@ -97,6 +101,25 @@ def _port(text: str) -> int:
             f"{text!r} is not a port: give a number between 0 and 65535 (0 picks a free port)"
         )
     return port
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _at_least_zero(kind: Callable[[str], _Number]) -> Callable[[str], _Number]:
+    """An argparse type: a limit of `kind`, 0 or more. Checked here: a negative time limit
+    would fail every call at once, a negative count refuse every subscription or call."""
+
+    def parse(text: str) -> _Number:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value >= 0:  # `not >=`: also refuses NaN
+            raise argparse.ArgumentTypeError(f"{text!r} is not a limit: give 0 or more")
+        return value
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,7 +245,7 @@ def _serve(args: argparse.Namespace) -> int:
                 auth=provider,
                 on_ready=ready,
                 push_dir=Path(args.db).resolve().parent / "pushed",
-                time_limit=args.function_time_limit or None,
+                time_limit=args.function_time_limit,
                 max_subscriptions=args.max_subscriptions,
                 max_concurrent_calls=args.max_concurrent_calls,
             )

@@ -94,9 +94,10 @@ def _current() -> _Limit | None:
 
 @contextmanager
 def time_limit(what: str, seconds: float | None) -> Iterator[None]:
-    """Give the function call made inside the block (on this thread) `seconds` to run; None,
-    or a limit already running on this thread (a nested call), leaves things as they are."""
-    if seconds is None or _current() is not None:
+    """Give the function call made inside the block (on this thread) `seconds` to run; None
+    or 0 (no limit), or a limit already running on this thread (a nested call), leaves
+    things as they are."""
+    if not seconds or _current() is not None:
         yield
         return
     _local.limit = _Limit(what, seconds, time.monotonic() + seconds)

@@ -50,14 +50,19 @@ _LIMIT_OPTIONS = {
 
 def _limits(serverapp: Any) -> dict[str, Any]:
     """The `SyncServer` limits set in the Jupyter server's `ConvexNotebook` config section
-    (a time limit of 0 means none)."""
+    (a time limit of 0 means none).
+
+    Raises:
+        ValueError: a limit is not a number of 0 or more.
+    """
     section = serverapp.config.get("ConvexNotebook", {})
     options: dict[str, Any] = {}
     for name, (option, kind) in _LIMIT_OPTIONS.items():
         if name in section:
-            options[option] = kind(section[name])
-    if options.get("time_limit") == 0:
-        options["time_limit"] = None
+            value = kind(section[name])
+            if not value >= 0:  # `not >=`: also refuses NaN
+                raise ValueError(f"c.ConvexNotebook.{name} is {value!r}: give 0 or more")
+            options[option] = value
     return options
 
 

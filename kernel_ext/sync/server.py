@@ -231,7 +231,7 @@ class SyncServer:
         tick_interval: how often connections check pings and token expiry.
         workers: threads for mutations and HTTP calls (and as many for actions).
         push_dir: where modules pushed by an admin are written (a temporary folder if None).
-        time_limit: seconds each query and mutation execution may run (None: no limit).
+        time_limit: seconds each query and mutation execution may run (None or 0: no limit).
         max_subscriptions: live queries one WebSocket may hold.
         max_concurrent_calls: mutations and actions one WebSocket may have running.
     """

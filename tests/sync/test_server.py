@@ -213,6 +213,32 @@ def test_bad_auth_options(tmp_path, options):
     assert "Serving" not in done.stdout
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--function-time-limit", "-1"],
+        ["--max-subscriptions", "-1"],
+        ["--max-concurrent-calls", "-5"],
+        ["--max-subscriptions", "many"],
+    ],
+)
+def test_negative_limits_are_refused(tmp_path, options):
+    done = run_serve(tmp_path / "s.db", "--port", "0", *options)
+    assert done.returncode == 2, done.stderr
+    assert f"{options[0]}: " in done.stderr and "give 0 or more" in done.stderr
+    assert "Serving" not in done.stdout
+
+
+def test_a_time_limit_of_0_is_no_limit(thread_server_factory):
+    server = thread_server_factory(time_limit=0)
+    body = json.dumps({"path": "counter:get", "args": {"name": "zero"}}).encode()
+    request = urllib.request.Request(
+        f"{server.url}/api/query", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read()) == {"status": "success", "value": 0.0}
+
+
 def test_shutdown_under_load_loses_no_committed_write(server_factory, tmp_path):
     """Mutations race a SIGTERM: every one that was acknowledged is in the store after a
     restart (and nothing that was never sent)."""

@@ -321,6 +321,23 @@ def test_the_admin_key_is_refused_in_the_url_and_never_logged(jupyter, tmp_path)
     assert admin_key.encode() not in text
 
 
+def test_limits_from_the_jupyter_config_must_be_0_or_more():
+    from types import SimpleNamespace
+
+    from kernel_ext.server_ext import _limits
+
+    def limits(**section: object) -> dict[str, object]:
+        return _limits(SimpleNamespace(config={"ConvexNotebook": section}))
+
+    assert limits(function_time_limit=0, max_subscriptions="3") == {
+        "time_limit": 0.0,
+        "max_subscriptions": 3,
+    }
+    for name in ("function_time_limit", "max_subscriptions", "max_concurrent_calls"):
+        with pytest.raises(ValueError, match=f"c.ConvexNotebook.{name} is -1.*0 or more"):
+            limits(**{name: -1})
+
+
 # -- connect_jupyter(): the shared store from another process --------------------------------
 
 
