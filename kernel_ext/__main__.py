@@ -144,7 +144,7 @@ _SET_BY_OPTIONS = {
 def _token(args: argparse.Namespace) -> int:
     import json
 
-    from kernel_ext.client.auth import make_dev_token
+    from kernel_ext.functions.auth import make_dev_token
 
     if not args.secret:
         print("error: give --secret or set CONVEX_AUTH_SECRET", file=sys.stderr)

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from kernel_ext.client.auth import AuthConfig
 from kernel_ext.client.base import ConvexClient
 from kernel_ext.client.embedded import Client
 from kernel_ext.engine.store import Store
 from kernel_ext.errors import StoreError, SyncError
+from kernel_ext.functions.auth import AuthConfig
 from kernel_ext.functions.backend import Backend
 from kernel_ext.persistence.sqlite import SqlitePersistence
 

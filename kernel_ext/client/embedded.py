@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel_ext.client.arguments import merge_args
-from kernel_ext.client.auth import AuthConfig, claims_of
 from kernel_ext.client.base import CallKind, ClientKind
 from kernel_ext.client.subscription import CallbackHandle, Subscription
 from kernel_ext.errors import TransactionClosed
+from kernel_ext.functions.auth import AuthConfig, claims_of
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.context import identity_from_claims
 from kernel_ext.functions.registration import FunctionDefinition

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sync_peers import ISSUER, SECRET, ServerProcess, run_node, run_python_client
 
-from kernel_ext.client.auth import make_dev_token
+from kernel_ext.functions.auth import make_dev_token
 
 APP = Path(__file__).parents[2] / "notebooks" / "admin_app"
 

@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from kernel_ext import query, v
-from kernel_ext.client.auth import make_dev_token
 from kernel_ext.engine import write_log
 from kernel_ext.engine.store import Store
+from kernel_ext.functions.auth import make_dev_token
 from kernel_ext.functions.backend import Backend
 from kernel_ext.persistence.sqlite import SqlitePersistence
 from kernel_ext.sync.auth import AuthProvider, ServerAuthenticator

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from sync_peers import ISSUER, SECRET, run_node
 
-from kernel_ext.client.auth import make_dev_token
+from kernel_ext.functions.auth import make_dev_token
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import threading
 
 from sync_peers import ISSUER, SECRET, python_client_script, run_python_client
 
-from kernel_ext.client.auth import make_dev_token
+from kernel_ext.functions.auth import make_dev_token
 
 
 def test_query_mutation_action(shared_server, tmp_path):

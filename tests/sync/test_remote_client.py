@@ -190,8 +190,8 @@ def test_remote_bulk_import_table_df_and_paged_live_table(server_factory):
 def test_set_auth_returns_once_accepted_and_raises_when_refused(server_factory):
     from sync_peers import ISSUER, SECRET
 
-    from kernel_ext.client.auth import make_dev_token
     from kernel_ext.errors import AuthenticationError
+    from kernel_ext.functions.auth import make_dev_token
 
     server = server_factory("--auth-issuer", ISSUER, "--auth-secret", SECRET)
     with kernel_ext.connect(server.url) as client:

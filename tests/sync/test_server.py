@@ -19,7 +19,7 @@ from polling import wait_for
 from sync_peers import APP, ROOT, RawClient, ServerProcess
 from websockets.exceptions import ConnectionClosed
 
-from kernel_ext.client.auth import make_dev_token
+from kernel_ext.functions.auth import make_dev_token
 from kernel_ext.sync.auth import admin_key_path
 from kernel_ext.sync.messages import decode_ts
 
