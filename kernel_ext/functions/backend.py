@@ -35,7 +35,7 @@ from kernel_ext.store.query import LazyResult
 from kernel_ext.store.transaction import Transaction, copy_value
 from kernel_ext.store.values import UNDEFINED, Value, normalize
 
-__all__ = ["Backend", "SubscriptionKey"]
+__all__ = ["Backend", "SubscriptionKey", "call_time_limit"]
 
 #: (function path, encoded args, encoded identity): identical subscriptions share one run.
 SubscriptionKey = tuple[str, bytes, bytes]
@@ -269,10 +269,8 @@ class Backend:
             FunctionTimeout: it ran out of time (a mutation committed nothing).
         """
         function = self.registry.lookup(ref, _kind(kind), public_only=public_only)
-        if function.kind != "action" and time_limit is not None:
-            with _limit(function, time_limit):
-                return self._call(function, args, identity, receipt)
-        return self._call(function, args, identity, receipt)
+        with call_time_limit(function, None if function.kind == "action" else time_limit):
+            return self._call(function, args, identity, receipt)
 
     def _call(
         self, function: FunctionDefinition, args: Any, identity: Any, receipt: str | None = None
@@ -318,7 +316,7 @@ class Backend:
             # Every re-run looks the function up (it may have been redefined); the arguments
             # were validated for this definition already (a redefined one checks them again).
             current = self.registry.lookup(path, "query", public_only=False)
-            with _limit(current, time_limit):
+            with call_time_limit(current, time_limit):
                 return self.invoke(current, values, txn, identity, prepared=current is function)
 
         return self.subscriptions.subscribe(key, run, on_update)
@@ -329,7 +327,7 @@ def _function_of(key: Hashable) -> Hashable:
     return key[0] if isinstance(key, tuple) else key
 
 
-def _limit(function: FunctionDefinition, seconds: float | None) -> Any:
+def call_time_limit(function: FunctionDefinition, seconds: float | None) -> Any:
     """The time limit of one call of `function` (see `limits.time_limit`); without a limit
     (an embedded store) a shared no-op context, on the path of every live query re-run."""
     if seconds is None:

@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 from kernel_ext.engine.logs import capture_logs
 from kernel_ext.engine.subscriptions import NOT_SUBSCRIBED, QueryResult, Unsubscribe
 from kernel_ext.functions import limits
-from kernel_ext.functions.backend import Backend
+from kernel_ext.functions.backend import Backend, call_time_limit
 from kernel_ext.functions.registration import FunctionKind
 from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value
@@ -151,7 +151,7 @@ class BackendRunner:
     def _query_in(self, txn: Transaction, path: str, args: Any, identity: Identity) -> Outcome:
         def run() -> Value:
             function = self.backend.registry.lookup(path, "query", public_only=not identity.admin)
-            with limits.time_limit(f"query {function.path}", self.time_limit):
+            with call_time_limit(function, self.time_limit):
                 return self.backend.invoke(function, args, txn, identity.user)
 
         return _outcome(*_captured(run))
