@@ -203,11 +203,10 @@ def _has_wal_frames(path: Path) -> bool:
         return False
 
 
-#: SQLite result codes (`sqlite_errorname`) by what they mean for the user.
-_DAMAGED: Final = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
-_READ_ONLY: Final = frozenset(
-    {"SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH", "SQLITE_READONLY_DBMOVED"}
-)
+#: SQLite result codes (`sqlite_errorname`) by what they mean for the user; a prefix also
+#: covers its extended codes (`SQLITE_CORRUPT_VTAB`, `SQLITE_READONLY_DBMOVED`).
+_DAMAGED: Final = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+_READ_ONLY: Final = frozenset({"SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"})
 _READ_ONLY_ERRNOS: Final = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
@@ -218,12 +217,12 @@ def storage_error(path: Path, action: str, exc: BaseException) -> PersistenceErr
         return exc
     name = getattr(exc, "sqlite_errorname", "") or ""
     code = getattr(exc, "errno", None)
-    if name.split("_", 2)[:2] == ["SQLITE", "CORRUPT"] or name in _DAMAGED:
+    if name.startswith(_DAMAGED):
         advice = (
             f"the file is damaged. Restore it from a backup, or recover what is left with "
             f"`sqlite3 {path} .recover | sqlite3 recovered.db` and open that"
         )
-    elif name in _READ_ONLY or name.startswith("SQLITE_READONLY") or code in _READ_ONLY_ERRNOS:
+    elif name.startswith("SQLITE_READONLY") or name in _READ_ONLY or code in _READ_ONLY_ERRNOS:
         advice = (
             f"the file or its folder {path.parent} cannot be written (read-only file system "
             f"or permissions). A store needs write access to both (SQLite writes "
@@ -419,7 +418,7 @@ class SqlitePersistence:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             existed = self.path.exists()
-            self._lock_fd = self._acquire_lock()
+            self._acquire_lock()
             check_store_file(self.path, existed=existed)
             self._writer = self._open_writer()
         except (sqlite3.Error, OSError) as exc:
@@ -431,8 +430,9 @@ class SqlitePersistence:
 
     # -- opening -------------------------------------------------------------------------
 
-    def _acquire_lock(self) -> int:
-        """Lock the database file itself; returns the descriptor that holds the lock.
+    def _acquire_lock(self) -> None:
+        """Lock the database file itself, through the descriptor `_lock_fd` (which `_cleanup`
+        closes, also when this fails).
 
         The lock is a `flock` on the store file (created if missing), held for the store's
         lifetime: it follows the file's inode, so deleting the `.lock` file or opening the
@@ -449,26 +449,17 @@ class SqlitePersistence:
         Raises:
             StoreLocked: another process (or another open store in this one) holds it.
         """
-        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._lock_fd = fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _flock_holder(fd)
-            os.close(fd)
             lock_path = self.path.with_name(self.path.name + ".lock")
+            owner = _lock_owner_text(lock_path, _flock_holder(fd))
             raise StoreLocked(
-                f"The store {self.path} is in use by {_lock_owner_text(lock_path, holder)}. "
+                f"The store {self.path} is in use by {owner}. "
                 "Connect to that process's server URL instead, or close it first."
             ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            self.set_owner_info()
-        except OSError:
-            os.close(fd)
-            raise
-        return fd
+        self.set_owner_info()
 
     def set_owner_info(self, url: str | None = None) -> None:
         """Record who owns the store (and the URL it serves, if any) in its lock file."""
@@ -707,11 +698,6 @@ class SqlitePersistence:
             self._end_write()
 
     # -- writing (the engine serializes these calls) -------------------------------------
-
-    def create_table(self, number: int, name: str) -> None:
-        """Persist a new table."""
-        with self._writing() as w:
-            w.execute("INSERT INTO tables VALUES (?, ?)", (number, name))
 
     def create_index(
         self,
