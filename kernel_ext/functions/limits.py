@@ -7,7 +7,8 @@ default `DEFAULT_TIME_LIMIT`). Two mechanisms stop a function that runs past it:
   or writing stops at its next call.
 - An asynchronous exception (`TimeLimitInterrupt`, injected with
   `PyThreadState_SetAsyncExc` by one watchdog thread) for pure-Python loops that never call
-  `ctx.db`; it is injected again every `REINJECT_INTERVAL` while the handler swallows it.
+  `ctx.db`; it is injected again every `REINJECT_INTERVAL` while the handler swallows it, or
+  when it landed in a callback, where Python drops it (`_drop_lost_interrupts`).
 
 What cannot be stopped: a handler blocked in C (`time.sleep`, a socket read, a long regex
 or numpy call) notices the exception only once that call returns. Its worker thread stays
@@ -26,6 +27,7 @@ the main thread: that is Ctrl-C in a notebook (or a terminal), which must interr
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -203,6 +205,7 @@ class _Watchdog:
             limit.next_injection = limit.deadline
             self._armed[limit.thread_id] = limit
             if self._thread is None:
+                _drop_lost_interrupts()
                 self._thread = threading.Thread(
                     target=self._run, name="convex-time-limits", daemon=True
                 )
@@ -233,6 +236,21 @@ class _Watchdog:
                 wake = min((x.next_injection for x in self._armed.values()), default=None)
                 self._wakes_at = wake
                 self._wake.wait(None if wake is None else max(0.0, wake - time.monotonic()))
+
+
+def _drop_lost_interrupts() -> None:
+    """An interrupt that lands in a callback Python runs on the handler's thread (a weakref
+    or finalizer callback) cannot propagate: Python reports it as "unraisable" and drops it.
+    The watchdog injects it again `REINJECT_INTERVAL` later, so such a report says nothing
+    worth printing: filter it out of `sys.unraisablehook` (installed once, before the first
+    interrupt can be sent; every other report goes to the hook that was there)."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, TimeLimitInterrupt):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 _WATCHDOG: Final = _Watchdog()
