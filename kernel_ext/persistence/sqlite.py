@@ -815,12 +815,15 @@ class SqlitePersistence:
                 if ceiling is not None:
                     w.execute("UPDATE meta SET value=? WHERE key='ts'", (str(ceiling),))
                 w.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if w.in_transaction:
-                    w.execute("ROLLBACK")
-                raise storage_error(
-                    self.path, "Commit failed, nothing was written: writing", exc
-                ) from exc
+            except BaseException as exc:  # also Ctrl-C between statements: the next commit
+                if w.in_transaction:  # must not join this one
+                    with contextlib.suppress(sqlite3.Error):
+                        w.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise storage_error(
+                        self.path, "Commit failed, nothing was written: writing", exc
+                    ) from exc
+                raise
             if ceiling is not None:
                 self._ts_ceiling = ceiling
             committed = ts

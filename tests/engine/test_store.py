@@ -411,3 +411,33 @@ def test_an_index_build_interrupted_by_any_exception_leaves_no_open_transaction(
         assert "by_n" not in store.catalog.table("items").indexes
     finally:
         store.close()
+
+
+def test_a_commit_interrupted_between_statements_leaves_no_open_transaction(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C while a commit's statements run (an embedded mutation on the notebook's own
+    thread) rolls that commit back: nothing of it is stored, and later commits are."""
+    import kernel_ext.persistence.sqlite as sqlite_module
+
+    path = tmp_path / "store.db"
+    store = Store(SqlitePersistence(path))
+    try:
+        _insert(store, 1)
+        apply = sqlite_module._apply
+
+        def interrupted(*args):
+            monkeypatch.setattr(sqlite_module, "_apply", apply)  # once
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(sqlite_module, "_apply", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _insert(store, 2)
+        _insert(store, 3)
+    finally:
+        store.close()
+    store = Store(SqlitePersistence(path))
+    try:
+        assert sorted(_read_all(store)[0]) == [1, 3]
+    finally:
+        store.close()
