@@ -688,14 +688,20 @@ class SqlitePersistence:
         try:
             yield writer
         except BaseException as exc:
-            if writer.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    writer.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise storage_error(self.path, "Writing (nothing was written)", exc) from exc
+            self._roll_back(writer, exc, "Writing (nothing was written)")
             raise
         finally:
             self._end_write()
+
+    def _roll_back(self, writer: sqlite3.Connection, exc: BaseException, what: str) -> None:
+        """Undo the writer's open transaction after `exc` (any exception: also Ctrl-C between
+        statements, so that the next write does not join it); an SQLite error is raised again
+        as the `PersistenceError` that says `what` failed. Call from an `except` block."""
+        if writer.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                writer.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise storage_error(self.path, what, exc) from exc
 
     # -- writing (the engine serializes these calls) -------------------------------------
 
@@ -815,14 +821,8 @@ class SqlitePersistence:
                 if ceiling is not None:
                     w.execute("UPDATE meta SET value=? WHERE key='ts'", (str(ceiling),))
                 w.execute("COMMIT")
-            except BaseException as exc:  # also Ctrl-C between statements: the next commit
-                if w.in_transaction:  # must not join this one
-                    with contextlib.suppress(sqlite3.Error):
-                        w.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise storage_error(
-                        self.path, "Commit failed, nothing was written: writing", exc
-                    ) from exc
+            except BaseException as exc:
+                self._roll_back(w, exc, "Commit failed, nothing was written: writing")
                 raise
             if ceiling is not None:
                 self._ts_ceiling = ceiling
