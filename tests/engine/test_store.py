@@ -413,9 +413,7 @@ def test_an_index_build_interrupted_by_any_exception_leaves_no_open_transaction(
         store.close()
 
 
-def test_a_commit_interrupted_between_statements_leaves_no_open_transaction(
-    tmp_path, monkeypatch
-):
+def test_a_commit_interrupted_between_statements_leaves_no_open_transaction(tmp_path, monkeypatch):
     """Ctrl-C while a commit's statements run (an embedded mutation on the notebook's own
     thread) rolls that commit back: nothing of it is stored, and later commits are."""
     import kernel_ext.persistence.sqlite as sqlite_module
