@@ -22,6 +22,8 @@ import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from kernel_ext.store.rows import RowsSnapshot
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -53,6 +55,8 @@ def to_dataframe(value: Any, kinds: Callable[[], Kinds] | None = None) -> pd.Dat
         value = value["page"]  # a paginated result
     if isinstance(value, dict):
         value = [value]
+    if isinstance(value, RowsSnapshot):
+        value = list(value)  # a maintained view's rows
     if not isinstance(value, list):
         return pd.DataFrame({"value": [value]})
     if not all(isinstance(row, dict) for row in value):

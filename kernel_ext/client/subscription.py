@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.errors import TransactionClosed
+from kernel_ext.store.views import ResultDiff, rows_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,6 +86,9 @@ class Subscription:
         self._had_result = False  # on_change fires for results after the first one
         self._callbacks: list[Callable[[Any], None]] = []
         self._result_callbacks: list[Callable[[QueryResult], None]] = []
+        self._diff_callbacks: list[Callable[[ResultDiff], None]] = []
+        # The latest successful result: a diff applies to it (`on_diff`).
+        self._diff_base: QueryResult | None = None
         self._streams: list[queue.SimpleQueue[Any]] = []
         self._closed = False
         self._generation = 0  # results of an earlier subscription (before restart) are stale
@@ -109,12 +113,27 @@ class Subscription:
             self._cond.notify_all()
             callbacks = list(self._callbacks) if had_result and result.error is None else []
             result_callbacks = list(self._result_callbacks)
+            if result.error is None:
+                # Submitted under the lock: `on_diff` registering meanwhile queues its first
+                # diff before or after this one, never across it.
+                diff = self._diff_from_base(result)
+                for diff_callback in self._diff_callbacks:
+                    self._dispatcher.submit(diff_callback, diff)
             for stream in self._streams:
                 stream.put(result)
         for callback in callbacks:
             self._dispatcher.submit(callback, result.value)
         for result_callback in result_callbacks:
             self._dispatcher.submit(result_callback, result)
+
+    def _diff_from_base(self, result: QueryResult) -> ResultDiff:
+        """The diff from the latest successful value to `result`'s (call with the lock held):
+        the view's own when it starts from that value, else one replacing every row."""
+        base, self._diff_base = self._diff_base, result
+        if result.diff is not None and base is not None and result.diff.base_ts == base.ts:
+            return result.diff
+        previous = 0 if base is None else len(rows_of(base.value))
+        return ResultDiff.replacing(previous, result.value, result.ts)
 
     def result(self, timeout: float | None = None) -> QueryResult:
         """The latest result (value or error), waiting up to `timeout` s for the first.
@@ -199,6 +218,29 @@ class Subscription:
 
         return CallbackHandle(remove)
 
+    def on_diff(self, callback: Callable[[ResultDiff], None]) -> CallbackHandle:
+        """Call `callback(diff)` for each successful result, with how it changed the value
+        (`ResultDiff`: `ts`, `removed` positions of the previous value, `inserted` and
+        `updated` `(position, row)` of the new one; `diff.apply_to(rows)` applies it to a
+        list). The first call replaces everything: it inserts every row of the current value.
+
+        A subscription maintained incrementally (a query function that returns its query or
+        aggregate, see the README) delivers only the rows that changed; any other delivers
+        one diff replacing every row. Like `on_change`, on the callback thread, in order, in
+        the registering code's context."""
+        wrapped = _in_context_of_caller(callback)
+        with self._cond:
+            self._diff_callbacks.append(wrapped)
+            current = self._diff_base
+            if current is not None:
+                self._dispatcher.submit(wrapped, ResultDiff.replacing(0, current.value, current.ts))
+
+        def remove() -> None:
+            with self._cond, contextlib.suppress(ValueError):
+                self._diff_callbacks.remove(wrapped)
+
+        return CallbackHandle(remove)
+
     def __iter__(self) -> Iterator[Any]:
         """The current value, then each new one, until the subscription is closed; raises
         the query's error if a result is an error."""
@@ -230,6 +272,7 @@ class Subscription:
             if self._closed:
                 return
             self._result = None
+            self._diff_base = None
             self._generation += 1
         self._unsubscribe()
         self._unsubscribe = self._subscribe(self._receiver())

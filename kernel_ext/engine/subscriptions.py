@@ -46,9 +46,11 @@ from kernel_ext.engine.logs import capture_logs
 from kernel_ext.engine.store import Commit, Store
 from kernel_ext.store.keys import encode_value
 from kernel_ext.store.matching import SubscriptionIndex
-from kernel_ext.store.readset import ReadSet
+from kernel_ext.store.readset import ALL, ReadSet
+from kernel_ext.store.rows import RowsSnapshot
 from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value
+from kernel_ext.store.views import MaintainedView, ResultDiff, ViewSeed, diff_values
 
 __all__ = [
     "FAST_RUNS_TO_RETURN",
@@ -62,7 +64,8 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-Runner = Callable[[Transaction], Value]
+#: Runs a live query: its value, or the seed of a view that maintains it (`store.views`).
+Runner = Callable[[Transaction], Value | ViewSeed]
 
 #: A live query whose run takes longer than this (seconds) moves to the slow lane.
 SLOW_QUERY_SECONDS: Final = 0.1
@@ -70,6 +73,9 @@ SLOW_QUERY_SECONDS: Final = 0.1
 FAST_RUNS_TO_RETURN: Final = 3
 #: How many families of slow queries are remembered (the least recently slow are forgotten).
 _FAMILIES: Final = 1024
+#: Seconds a round waits for the commits its snapshot sees to be dispatched (a commit is
+#: published right after it is stored, under the commit lock: this is a bound, not a delay).
+_DISPATCH_WAIT: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,9 @@ class QueryResult:
     error: BaseException | None
     ts: int
     log_lines: tuple[str, ...] = ()
+    #: The change from the previous result of a maintained view (None: not known; a
+    #: consumer that needs one replaces the whole value).
+    diff: ResultDiff | None = None
 
     def fingerprint(self) -> Any:
         """Equal for results a client should not be told about twice (value and log lines
@@ -154,6 +163,18 @@ class LiveQuery:
     hits: list[int] = field(default_factory=list)
     #: While running, the ts from which `rerun()` asked for another run (None: not asked).
     forced: int | None = None
+    #: The maintained view of a function that returned its query or aggregate (None: the
+    #: function re-runs on each relevant commit).
+    view: MaintainedView | None = None
+    #: The reads the function made before returning its view: a commit into them re-runs it.
+    prelude: ReadSet | None = None
+    #: Commits that wrote into the view's range and that it has not applied yet, in ts order.
+    pending: list[Commit] = field(default_factory=list)
+    #: The view must be built again by running the function (a commit into its prelude, a
+    #: schema change, a redefinition).
+    rebuild: bool = False
+    #: The rows of the latest delivered view value (for the diff of a rebuild).
+    rows: RowsSnapshot | None = None
 
 
 @dataclass(eq=False)
@@ -213,11 +234,12 @@ class SubscriptionManager:
         # be quadratic). Entries whose query's `stale_since` changed since are skipped.
         self._stale_order: list[tuple[int, int, LiveQuery]] = []
         self._dispatched_ts = store.ts  # the latest commit matched against the read sets
+        self._dispatched = threading.Condition(self._lock)  # notified when it moves
         self._processed_ts = store.ts  # every live query reflects the commits up to it
         self._rounds = 0  # rounds running (at most one per lane)
-        # (ts, keys) of the commits since the oldest running round began: a query whose
-        # read set changed checks the commits after its snapshot against the new one.
-        self._recent: list[tuple[int, list[Any]]] = []
+        # The commits since the oldest running round began: a query whose read set changed
+        # checks the commits after its snapshot against the new one (a view applies them).
+        self._recent: list[Commit] = []
         # `call_when_processed` waiters, earliest ts first: for every query (against
         # `_processed_ts`), and for some queries until their ts is dispatched; then those
         # wait in `_blocked` on the first of their queries that does not reflect it.
@@ -282,6 +304,7 @@ class SubscriptionManager:
             for key, live in self._queries.items():
                 if not predicate(key):
                     continue
+                live.rebuild = live.view is not None
                 if live.running:
                     live.forced = since if live.forced is None else live.forced
                     continue
@@ -447,12 +470,15 @@ class SubscriptionManager:
     def _on_commit(self, commit: Commit) -> None:
         with self._lock:
             self._dispatched_ts = max(self._dispatched_ts, commit.ts)
+            self._dispatched.notify_all()
             if self._rounds:
-                self._recent.append((commit.ts, commit.keys))
+                self._recent.append(commit)
             if self._queries and commit.keys:
                 for key in self._index.match(commit.keys):
                     live = self._queries.get(key)
                     if live is not None:
+                        if live.view is not None:
+                            self._queue_for_view(live, commit)
                         self._invalidate(live, commit.ts)
             if not self._stale:
                 # Nothing live depends on this commit (the common case of an embedded
@@ -463,6 +489,23 @@ class SubscriptionManager:
                 return
             ready = self._due()
         _call_all(ready)
+
+    @staticmethod
+    def _queue_for_view(live: LiveQuery, commit: Commit) -> None:
+        """Commit `commit` hit `live`'s view: queue its writes, or have the function run
+        again if it changed what the function read before returning the view (call with
+        the lock held)."""
+        if live.rebuild:
+            return
+        if commit.keys[0][0] == ALL or (
+            live.prelude is not None
+            and live.prelude.intervals
+            and live.prelude.overlaps(commit.keys)
+        ):
+            live.rebuild = True
+            live.pending.clear()
+        else:
+            live.pending.append(commit)
 
     def _invalidate(self, live: LiveQuery, ts: int) -> None:
         """Commit `ts` wrote into `live`'s read set (call with the lock held)."""
@@ -530,8 +573,21 @@ class SubscriptionManager:
                 for live in to_run:
                     live.snapshot_ts = snapshot.ts
                     live.hits = [ts for ts in live.hits if ts > snapshot.ts][:1]
+                # A view applies the queued commits up to the snapshot: all of them must
+                # have been queued.
+                if any(live.view is not None for live in to_run) and not (
+                    self._dispatched.wait_for(
+                        lambda: self._dispatched_ts >= snapshot.ts, _DISPATCH_WAIT
+                    )
+                ):
+                    _log.warning("commit %d was not dispatched in time", snapshot.ts)
+                    for live in to_run:
+                        live.rebuild = live.view is not None
             for live in to_run:
-                self._execute(live, snapshot)
+                if live.view is not None and not live.rebuild:
+                    self._advance_view(live, snapshot)
+                else:
+                    self._execute(live, snapshot)
         finally:
             self._store.close_snapshot(snapshot)
 
@@ -580,16 +636,19 @@ class SubscriptionManager:
         if None in running or not self._recent:
             return
         oldest = min(ts for ts in running if ts is not None)
-        self._recent = [(ts, keys) for ts, keys in self._recent if ts > oldest]
+        self._recent = [commit for commit in self._recent if commit.ts > oldest]
 
     def _execute(self, live: LiveQuery, snapshot: Any) -> None:
+        """Run the query's function on `snapshot` and deliver its result if it changed; a
+        function that returns its query or aggregate gets a view (`store.views`)."""
         txn_holder: list[Transaction] = []
 
-        def run(txn: Transaction) -> Value:
+        def run(txn: Transaction) -> Value | ViewSeed:
             txn_holder.append(txn)
             return live.runner(txn)
 
         read_set: ReadSet | None
+        seed: ViewSeed | None = None
         started = time.perf_counter()
         with capture_logs() as logs:
             try:
@@ -599,25 +658,104 @@ class SubscriptionManager:
                 read_set = txn_holder[0].read_set.finalize() if txn_holder else None
                 value, error, ts = None, exc, snapshot.ts
         elapsed = time.perf_counter() - started
+        if isinstance(value, ViewSeed):
+            seed = value
+            value = seed.view.value()
+            # A view depends on its whole range (a top-k view too: a write past its last
+            # document is ignored cheaply, and a refill never needs new registrations).
+            read_set = ReadSet({i: list(v) for i, v in seed.prelude.intervals.items()})
+            read_set.add(*seed.view.interval())
         result = QueryResult(value, error, ts, logs.finish())
-        fingerprint = result.fingerprint()
+        rows = seed.view.rows() if seed is not None else None
+        fingerprint = object() if seed is not None else result.fingerprint()
         with self._lock:
             if self._queries.get(live.key) is not live:
                 return  # unsubscribed meanwhile
             self._classify(live, elapsed)
+            live.rebuild = False
+            live.view = None if seed is None else seed.view
+            live.prelude = None if seed is None else seed.prelude
+            live.pending = []
             # A re-run usually reads the same ranges: compare them (in C) before re-registering.
             if read_set is not None and read_set.intervals != live.intervals:
                 self._index.register(live.key, read_set.all_intervals())
                 live.intervals = read_set.intervals
                 # The index knew only the old ranges: commits since the snapshot may have
                 # written into the new ones.
-                live.hits += [t for t, keys in self._recent if t > ts and read_set.overlaps(keys)][
-                    :1
-                ]
-            if live.result is not None and fingerprint == live.fingerprint:
-                return
+                live.hits += [
+                    c.ts for c in self._recent if c.ts > ts and read_set.overlaps(c.keys)
+                ][:1]
+            if seed is not None and read_set is not None:
+                # The commits after the snapshot that the view must still apply (`_recent`
+                # holds every commit since this round began).
+                live.pending = [c for c in self._recent if c.ts > ts and read_set.overlaps(c.keys)]
+            if rows is not None:
+                previous = live.rows if live.result is not None else None
+                live.rows = rows
+                if previous is not None and live.result is not None:
+                    # A view built again: deliver what changed, if anything did.
+                    diff = diff_values(
+                        previous,
+                        rows,
+                        itertools.chain(previous.keys(), rows.keys()),
+                        ts,
+                        live.result.ts,
+                    )
+                    if (
+                        not diff
+                        and live.result.error is None
+                        and (live.result.log_lines == result.log_lines)
+                    ):
+                        live.result = QueryResult(live.result.value, None, ts, result.log_lines)
+                        return
+                    result = QueryResult(value, None, ts, result.log_lines, diff)
+            else:
+                live.rows = None
+                if live.result is not None and fingerprint == live.fingerprint:
+                    return
             live.result, live.fingerprint = result, fingerprint
             subscribers = list(live.subscribers)
+        self._deliver(subscribers, result)
+
+    def _advance_view(self, live: LiveQuery, snapshot: Any) -> None:
+        """Bring the query's view to `snapshot`'s ts by applying the queued commits up to it
+        (no query runs; a top-k view short of documents reads on from its last one) and
+        deliver the change, if any. A view that fails to apply is built again."""
+        with self._lock:
+            pending = [c for c in live.pending if c.ts <= snapshot.ts]
+            live.pending = [c for c in live.pending if c.ts > snapshot.ts]
+            view, previous = live.view, live.result
+        assert view is not None and previous is not None
+        started = time.perf_counter()
+        try:
+            table = view.table
+            for commit in pending:
+                for write in commit.writes.values():
+                    if write.table == table:
+                        view.apply(write.old, write.new)
+            if view.needs_refill:
+                self._store.read(view.refill, snapshot)
+            diff = view.take_diff(snapshot.ts, previous.ts)
+        except Exception:
+            # (A filter that fails on a new document raises here: the re-run reports it.)
+            _log.debug("view of %r is built again", live.key, exc_info=True)
+            self._execute(live, snapshot)
+            return
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            if self._queries.get(live.key) is not live:
+                return
+            self._classify(live, elapsed)
+            if diff is None:
+                return  # nothing it shows changed: nothing to deliver
+            live.rows = view.rows()
+            result = QueryResult(view.value(), None, snapshot.ts, previous.log_lines, diff)
+            live.result, live.fingerprint = result, object()
+            subscribers = list(live.subscribers)
+        self._deliver(subscribers, result)
+
+    @staticmethod
+    def _deliver(subscribers: list[Callable[[QueryResult], None]], result: QueryResult) -> None:
         for deliver in subscribers:
             try:
                 deliver(result)

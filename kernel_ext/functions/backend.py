@@ -8,6 +8,7 @@ call `call()` and `subscribe()`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
@@ -32,8 +33,10 @@ from kernel_ext.functions.registry import FunctionRegistry, load_folder
 from kernel_ext.functions.scheduling import Scheduler, SchedulerService
 from kernel_ext.store.keys import encode_value
 from kernel_ext.store.query import LazyResult
+from kernel_ext.store.readset import ReadSet
 from kernel_ext.store.transaction import Transaction, copy_value
 from kernel_ext.store.values import UNDEFINED, Value, normalize
+from kernel_ext.store.views import ViewSeed
 
 __all__ = ["Backend", "SubscriptionKey", "call_time_limit"]
 
@@ -160,10 +163,14 @@ class Backend:
         identity: Any,
         *,
         prepared: bool = False,
-    ) -> Value:
+        view: bool = False,
+    ) -> Value | ViewSeed:
         """Validate `args` (unless `prepared`: they came from `prepare_args` for this very
         function), run the handler (in `txn` for queries and mutations), check and normalize
-        its result. Exceptions from the handler propagate with a note naming the function; a
+        its result. With `view` (a live subscription's run), a query whose handler returns a
+        maintainable lazy result (`LazyResult.open_view`) gives a `ViewSeed` instead of the
+        value (only without `returns=`, whose check would need the whole value per change).
+        Exceptions from the handler propagate with a note naming the function; a
         `ConvexError` propagates as it is; any other `BaseException` becomes `FunctionAborted`
         (`limits.contained`: a `KeyboardInterrupt` on the main thread propagates).
 
@@ -191,7 +198,25 @@ class Backend:
                 txn.paginated = saved
         if error is not None:
             raise _failure(function, error)
+        if view and txn is not None and function.returns is None:
+            seed = self._view_seed(function, result, txn)
+            if seed is not None:
+                return seed
         return self._result(function, result)
+
+    def _view_seed(
+        self, function: FunctionDefinition, result: Any, txn: Transaction
+    ) -> ViewSeed | None:
+        """The maintained view of a returned lazy result (None: it has none), built in the
+        function's transaction; the reads before it are its prelude."""
+        if not isinstance(result, LazyResult):
+            return None
+        prelude = ReadSet()
+        prelude.merge(copy.deepcopy(txn.read_set))
+        built, error = run_armed(result.open_view)
+        if error is not None:
+            raise _failure(function, error)
+        return None if built is None else ViewSeed(built, prelude)
 
     def _result(self, function: FunctionDefinition, result: Any) -> Value:
         """The function's value: `result` normalized and checked against `returns=`.
@@ -317,7 +342,9 @@ class Backend:
             # were validated for this definition already (a redefined one checks them again).
             current = self.registry.lookup(path, "query", public_only=False)
             with call_time_limit(current, time_limit):
-                return self.invoke(current, values, txn, identity, prepared=current is function)
+                return self.invoke(
+                    current, values, txn, identity, prepared=current is function, view=True
+                )
 
         return self.subscriptions.subscribe(key, run, on_update)
 

@@ -46,6 +46,7 @@ from kernel_ext.store.values import INT64_MAX, INT64_MIN, UNDEFINED, Value
 
 if TYPE_CHECKING:
     from kernel_ext.store.query import Query
+    from kernel_ext.store.views import MaintainedView
 
 __all__ = [
     "AGGREGATE_FUNCTIONS",
@@ -356,9 +357,22 @@ class GroupedAggregate:
         if new is not None:
             self._update(new, remove=False)
 
+    def group_key(self, doc: dict[str, Value]) -> bytes:
+        """The key of the document's group: its encoded group values (a missing field is
+        UNDEFINED, which encodes below every value: it sorts first, as its own group)."""
+        return encode_key([field_value(doc, f) for f in self.spec.group_fields])
+
+    def row_of(self, key: bytes) -> dict[str, Value] | None:
+        """The result dict of the group with `key`, None if the group has no documents."""
+        group = self.groups.get(key)
+        return None if group is None else self._row(group)
+
+    def empty_row(self) -> dict[str, Value]:
+        """The result of an ungrouped aggregate of no documents."""
+        return self._row(None)
+
     def _update(self, doc: dict[str, Value], remove: bool) -> None:
         values = tuple(field_value(doc, f) for f in self.spec.group_fields)
-        # UNDEFINED encodes below every value: a missing field sorts first, as its own group.
         key = encode_key(values)
         group = self.groups.get(key)
         if group is None:
@@ -413,6 +427,16 @@ class Aggregate(LazyResult):
         for doc in self.query:
             state.apply(None, doc)
         return state.value()
+
+    def open_view(self) -> MaintainedView | None:
+        """An `AggregateView` (see `LazyResult.open_view`); None for an aggregate of a
+        limited query (maintained by re-running) or of a table that does not exist."""
+        from kernel_ext.store.views import AggregateView
+
+        plan = self.query.view_plan()
+        if plan is None or self.query._limit is not None:
+            return None
+        return AggregateView(plan, self.spec, self.query)
 
     def __repr__(self) -> str:
         return f"Aggregate({self.query.table!r}, {self.spec!r})"

@@ -43,6 +43,7 @@ from kernel_ext.store.values import Value
 
 if TYPE_CHECKING:
     from kernel_ext.store.aggregates import Aggregate, GroupBy
+    from kernel_ext.store.views import MaintainedView, ViewPlan
 
 __all__ = [
     "MAX_PAGE_SIZE",
@@ -116,6 +117,12 @@ class LazyResult(abc.ABC):
         """`collect()`: the value a function returning this lazy result gives its callers."""
         value: Value = self.collect()
         return value
+
+    def open_view(self) -> MaintainedView | None:
+        """A maintained view of this result, built by one scan in its transaction (its value
+        is `consume()`'s), or None if this result cannot be maintained incrementally (then a
+        live subscription re-runs the function on each relevant commit)."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -282,6 +289,25 @@ class Query(LazyResult):
         )
 
     # -- running -------------------------------------------------------------------------
+
+    def view_plan(self) -> ViewPlan | None:
+        """What a view of this query reads (None: the table does not exist)."""
+        from kernel_ext.store.views import ViewPlan  # views imports this module
+
+        plan = self._plan()
+        if plan is None:
+            return None
+        info, key_range = plan
+        return ViewPlan(self.table, info, key_range, self.filters, bool(self.descending))
+
+    def open_view(self) -> MaintainedView | None:
+        """A `QueryView` of the matching documents (see `LazyResult.open_view`)."""
+        from kernel_ext.store.views import QueryView
+
+        plan = self.view_plan()
+        if plan is None:
+            return None
+        return QueryView(plan, self._rows(), self._limit)
 
     def _plan(self) -> tuple[IndexInfo, KeyRange] | None:
         info = self._source.index_info(self.table, self.index)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
 import orjson
@@ -411,6 +411,8 @@ def to_json(value: Value) -> Any:
         return [to_json(x) for x in value]
     if t is dict:
         return {k: to_json(x) for k, x in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [to_json(x) for x in value]  # a view's immutable rows (`store.rows`)
     return value
 
 

@@ -1,0 +1,314 @@
+"""Maintained views: a live subscription to a returned query or aggregate equals, after every
+commit, what a fresh run returns, on SQLite file and memory stores (property-tested against
+the same function's consumed result after random inserts, patches, unsets and deletes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import kernel_ext
+from kernel_ext import define_schema, define_table, mutation, query, v
+from kernel_ext.client.embedded import Client
+from kernel_ext.store.rows import RowsSnapshot
+from kernel_ext.store.views import ResultDiff
+
+SCHEMA_INDEX = ("g", "x")
+
+
+@query
+def everything(ctx: Any) -> Any:
+    return ctx.db.query("docs")
+
+
+@query
+def by_gx_desc(ctx: Any) -> Any:
+    return ctx.db.query("docs").with_index("by_gx").order("desc")
+
+
+@query
+def group_range(ctx: Any, g: str) -> Any:
+    return (
+        ctx.db.query("docs")
+        .with_index("by_gx", lambda q: q.eq("g", g).gt("x", 1))
+        .filter(lambda q: q.neq(q.field("tag"), "skip"))
+    )
+
+
+@query
+def top(ctx: Any, k: float, desc: bool) -> Any:
+    return ctx.db.query("docs").with_index("by_gx").order("desc" if desc else "asc").limit(int(k))
+
+
+@query
+def filtered_top(ctx: Any) -> Any:
+    return (
+        ctx.db.query("docs").filter(lambda q: q.eq(q.field("tag"), "keep")).order("desc").limit(2)
+    )
+
+
+@query
+def summary(ctx: Any) -> Any:
+    return (
+        ctx.db.query("docs")
+        .group_by("g", "tag")
+        .agg(
+            n=("_id", "count"),
+            present=("x", "count"),
+            total=("x", "sum"),
+            mean=("x", "mean"),
+            low=("x", "min"),
+            high=("x", "max"),
+        )
+    )
+
+
+@query
+def overall(ctx: Any) -> Any:
+    return ctx.db.query("docs").agg(n=("_id", "count"), total=("x", "sum"), high=("x", "max"))
+
+
+@query
+def keyed_by_prelude(ctx: Any) -> Any:
+    # Reads before returning: a change to what it read re-runs the function.
+    config = ctx.db.query("config").first()
+    g = "a" if config is None else config["g"]
+    return ctx.db.query("docs").with_index("by_gx", lambda q: q.eq("g", g))
+
+
+@mutation
+def apply_ops(ctx: Any, ops: list[Any]) -> None:
+    ids = [d["_id"] for d in ctx.db.query("docs").collect()]
+    for op in ops:
+        kind = op["kind"]
+        if kind == "insert" or not ids:
+            ctx.db.insert("docs", op["doc"])
+        elif kind == "config":
+            current = ctx.db.query("config").first()
+            if current is None:
+                ctx.db.insert("config", {"g": op["doc"]["g"]})
+            else:
+                ctx.db.patch(current["_id"], {"g": op["doc"]["g"]})
+        else:
+            target = ids[int(op["which"]) % len(ids)]
+            if ctx.db.get(target) is None:
+                continue
+            if kind == "patch":
+                ctx.db.patch(target, op["doc"])
+            elif kind == "unset":
+                ctx.db.patch(target, {"x": None})  # None removes the field (as in Convex)
+            else:
+                ctx.db.delete(target)
+
+
+FUNCTIONS = {
+    "views:everything": everything,
+    "views:by_gx_desc": by_gx_desc,
+    "views:group_range": group_range,
+    "views:top": top,
+    "views:filtered_top": filtered_top,
+    "views:summary": summary,
+    "views:overall": overall,
+    "views:keyed_by_prelude": keyed_by_prelude,
+    "views:apply_ops": apply_ops,
+}
+
+SUBSCRIPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("views:everything", {}),
+    ("views:by_gx_desc", {}),
+    ("views:group_range", {"g": "a"}),
+    ("views:top", {"k": 3, "desc": False}),
+    ("views:top", {"k": 2, "desc": True}),
+    ("views:filtered_top", {}),
+    ("views:summary", {}),
+    ("views:overall", {}),
+    ("views:keyed_by_prelude", {}),
+]
+
+numbers = st.one_of(
+    st.integers(-3, 3), st.sampled_from([0.5, 1.5, 2.0, -1.25, 1e300, float("inf")])
+)
+docs = st.fixed_dictionaries(
+    {"g": st.sampled_from(["a", "b"]), "tag": st.sampled_from(["keep", "skip"])},
+    optional={"x": numbers},
+)
+ops = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(["insert", "insert", "patch", "unset", "delete", "config"]),
+        "which": st.integers(0, 50),
+        "doc": docs,
+    }
+)
+
+
+@pytest.fixture
+def views_client(store_url: str) -> Iterator[Client]:
+    """A client whose `docs` table has the index `by_gx` on (g, x), any field types."""
+    client = kernel_ext.connect(store_url)
+    try:
+        docs_table = define_table({"g": v.string(), "tag": v.string(), "x": v.any()}).index(
+            "by_gx", list(SCHEMA_INDEX)
+        )
+        config = define_table({"g": v.string()})
+        client.backend.store.set_schema(
+            define_schema({"docs": docs_table, "config": config}, schema_validation=False)
+        )
+        for path, function in FUNCTIONS.items():
+            client.backend.register(path, function)
+        yield client
+    finally:
+        client.close()
+
+
+def _rows(value: Any) -> list[Any]:
+    return [value] if isinstance(value, dict) else list(value)
+
+
+def _commit(client: Client, batch: list[Any]) -> int:
+    _, ts = client.backend.call_with_ts(
+        "views:apply_ops", {"ops": batch}, kind="mutation", identity=None, public_only=True
+    )
+    assert ts is not None
+    return ts
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(batches=st.lists(st.lists(ops, min_size=1, max_size=4), min_size=1, max_size=12))
+def test_views_equal_a_fresh_run_after_every_commit(
+    views_client: Client, batches: list[list[Any]]
+) -> None:
+    client = views_client
+    _commit(client, [{"kind": "delete", "which": i, "doc": {}} for i in range(60)])
+    subs = [client.subscribe(path, args) for path, args in SUBSCRIPTIONS]
+    replayed: list[list[Any]] = [[] for _ in subs]
+    handles = []
+    try:
+        for rows, sub in zip(replayed, subs, strict=True):
+            sub.value
+            handles.append(sub.on_diff(lambda diff, rows=rows: diff.apply_to(rows)))
+        for batch in batches:
+            ts = _commit(client, batch)
+            assert client.backend.subscriptions.wait_processed(ts, timeout=30)
+            for (path, args), sub, rows in zip(SUBSCRIPTIONS, subs, replayed, strict=True):
+                fresh = client.query(path, args)
+                assert sub.value == fresh, (path, args)
+        for (path, args), sub, rows in zip(SUBSCRIPTIONS, subs, replayed, strict=True):
+            _wait_for_callbacks(client)
+            assert rows == _rows(client.query(path, args)), ("diffs", path, args)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for sub in subs:
+            sub.close()
+
+
+def _wait_for_callbacks(client: Client) -> None:
+    """Return once the callbacks queued so far ran (the callback thread runs them in order)."""
+    client._dispatcher.submit(lambda: None).result(timeout=30)
+
+
+def _ids(value: Any) -> list[Any]:
+    return [row["_id"] for row in value]
+
+
+def test_a_returned_query_is_maintained_not_rerun(views_client: Client) -> None:
+    client = views_client
+    ts = _commit(
+        client, [{"kind": "insert", "doc": {"g": "a", "tag": "keep", "x": i}} for i in range(5)]
+    )
+    sub = client.subscribe("views:everything", {})
+    first = sub.value
+    assert isinstance(first, RowsSnapshot)  # a view's value, not a re-run's list
+    live = next(iter(client.backend.subscriptions._queries.values()))
+    assert live.view is not None
+    ts = _commit(client, [{"kind": "patch", "which": 0, "doc": {"x": 100}}])
+    assert client.backend.subscriptions.wait_processed(ts, timeout=30)
+    result = sub.result()
+    assert result.ts == ts
+    assert result.diff is not None and result.diff.updated and not result.diff.inserted
+    assert [row["x"] for row in result.value] == [100, 1, 2, 3, 4]
+    # The earlier value is an immutable snapshot: later commits never change it.
+    assert [row["x"] for row in first] == [0, 1, 2, 3, 4]
+    sub.close()
+
+
+def test_a_commit_that_does_not_change_the_view_delivers_nothing(views_client: Client) -> None:
+    client = views_client
+    _commit(client, [{"kind": "insert", "doc": {"g": "a", "tag": "keep", "x": 2}}])
+    sub = client.subscribe("views:group_range", {"g": "a"})
+    before = sub.result()
+    # Into its index range but filtered out, and into another group: no change to the value.
+    ts = _commit(
+        client,
+        [
+            {"kind": "insert", "doc": {"g": "a", "tag": "skip", "x": 3}},
+            {"kind": "insert", "doc": {"g": "b", "tag": "keep", "x": 3}},
+        ],
+    )
+    assert client.backend.subscriptions.wait_processed(ts, timeout=30)
+    assert sub.result() is before
+    sub.close()
+
+
+def test_a_top_k_view_refills_after_deletes(views_client: Client) -> None:
+    client = views_client
+    _commit(
+        client, [{"kind": "insert", "doc": {"g": "a", "tag": "keep", "x": i}} for i in range(6)]
+    )
+    sub = client.subscribe("views:top", {"k": 3, "desc": False})
+    assert [row["x"] for row in sub.value] == [0, 1, 2]
+    for _ in range(2):  # delete the first two documents (ids of the first-inserted first)
+        ts = _commit(client, [{"kind": "delete", "which": 0, "doc": {}}])
+    assert client.backend.subscriptions.wait_processed(ts, timeout=30)
+    assert [row["x"] for row in sub.value] == [2, 3, 4]
+    sub.close()
+
+
+def test_a_function_whose_prelude_changes_runs_again(views_client: Client) -> None:
+    client = views_client
+    _commit(
+        client,
+        [
+            {"kind": "insert", "doc": {"g": "a", "tag": "keep", "x": 1}},
+            {"kind": "insert", "doc": {"g": "b", "tag": "keep", "x": 2}},
+        ],
+    )
+    sub = client.subscribe("views:keyed_by_prelude", {})
+    assert [row["g"] for row in sub.value] == ["a"]
+    ts = _commit(client, [{"kind": "config", "which": 0, "doc": {"g": "b"}}])
+    assert client.backend.subscriptions.wait_processed(ts, timeout=30)
+    assert [row["g"] for row in sub.value] == ["b"]
+    sub.close()
+
+
+def test_a_non_incremental_subscription_delivers_diffs_replacing_everything(
+    views_client: Client,
+) -> None:
+    client = views_client
+
+    @query
+    def consumed(ctx: Any) -> Any:
+        return ctx.db.query("docs").collect()
+
+    client.backend.register("views:consumed", consumed)
+    _commit(client, [{"kind": "insert", "doc": {"g": "a", "tag": "keep", "x": 1}}])
+    sub = client.subscribe("views:consumed", {})
+    diffs: list[ResultDiff] = []
+    sub.on_diff(diffs.append)
+    sub.value
+    ts = _commit(client, [{"kind": "insert", "doc": {"g": "b", "tag": "keep", "x": 2}}])
+    assert client.backend.subscriptions.wait_processed(ts, timeout=30)
+    _wait_for_callbacks(client)
+    assert [(d.removed, len(d.inserted), d.base_ts) for d in diffs] == [
+        ((), 1, None),
+        ((0,), 2, None),
+    ]
+    sub.close()

@@ -1,0 +1,60 @@
+"""`SortedRows` / `RowsSnapshot`: a sorted map with copy-on-write chunks, against a dict model
+(with tiny chunks, so that splits and chunk removals happen)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernel_ext.store import rows as rows_module
+from kernel_ext.store.rows import RowsSnapshot, SortedRows
+
+keys = st.binary(min_size=0, max_size=3)
+operations = st.lists(st.tuples(st.sampled_from(["put", "pop"]), keys, st.integers()), max_size=80)
+
+
+@pytest.fixture(autouse=True)
+def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rows_module, "CHUNK", 2)
+
+
+@given(initial=st.dictionaries(keys, st.integers(), max_size=20), ops=operations)
+def test_sorted_rows_match_a_sorted_dict(initial: dict[bytes, int], ops: list[Any]) -> None:
+    model = dict(initial)
+    rows = SortedRows(sorted(initial.items()))
+    snapshots: list[tuple[RowsSnapshot, list[int]]] = []
+    for op, key, value in ops:
+        if op == "put":
+            assert rows.put(key, value) == model.get(key)
+            model[key] = value
+        else:
+            assert rows.pop(key) == model.pop(key, None)
+        expected = [model[k] for k in sorted(model)]
+        snapshot = rows.snapshot()
+        snapshots.append((snapshot, expected))
+        assert len(rows) == len(model)
+        assert snapshot == expected and list(snapshot) == expected
+        assert rows.snapshot(reverse=True) == expected[::-1]
+        for i, k in enumerate(sorted(model)):
+            assert snapshot.position_of(k) == i
+            assert rows.snapshot(reverse=True).position_of(k) == len(model) - 1 - i
+            assert snapshot[i] == model[k] and snapshot[i - len(model)] == model[k]
+        assert snapshot[1:3] == expected[1:3]
+        assert rows.first_key() == (min(model) if model else None)
+        assert rows.last_key() == (max(model) if model else None)
+    for snapshot, expected in snapshots:  # later changes never altered an earlier snapshot
+        assert list(snapshot) == expected
+
+
+def test_a_snapshot_is_a_read_only_sequence() -> None:
+    snapshot = SortedRows([(b"a", 1), (b"b", 2)]).snapshot()
+    assert snapshot == [1, 2] and [1, 2] == snapshot and snapshot != [2, 1]
+    assert list(reversed(snapshot)) == [2, 1]
+    with pytest.raises(IndexError):
+        snapshot[2]
+    with pytest.raises(TypeError):
+        snapshot[0] = 3  # type: ignore[index]
+    assert "2 rows" in repr(snapshot)
