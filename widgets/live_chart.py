@@ -104,6 +104,11 @@ class LiveChart(ipywidgets.VBox):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         columns = _check_spec(y, kind, plot)
+        # Import pandas here, on the caller's thread: a first import on the timer thread
+        # while the kernel renders the chart (plotly checks `sys.modules["pandas"]`) lets
+        # plotly see a half-initialized module.
+        import pandas  # noqa: F401
+
         if isinstance(source, Subscription):
             subscription, self._owns = source, False
         else:
