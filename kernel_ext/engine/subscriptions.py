@@ -296,6 +296,16 @@ class SubscriptionManager:
 
         return Unsubscribe(key, unsubscribe)
 
+    def modes(self) -> dict[Hashable, bool]:
+        """Per live query with a result: True if it is a maintained view (incremental),
+        False if it re-runs on each relevant commit."""
+        with self._lock:
+            return {
+                key: live.view is not None
+                for key, live in self._queries.items()
+                if live.result is not None
+            }
+
     def rerun(self, predicate: Callable[[Hashable], bool]) -> None:
         """Re-run (in the next round of its lane) every live query whose key satisfies
         `predicate`, e.g. all subscriptions of a function that was just redefined."""

@@ -113,18 +113,41 @@ class Backend:
         return canonical
 
     def describe_functions(self) -> list[dict[str, Any]]:
-        """`[{path, kind, visibility, args}]` of the registered functions (args: validator
-        JSON or None)."""
-        described = (self.describe_function(path) for path in self.registry.paths())
+        """`[{path, kind, visibility, args, live}]` of the registered functions (see
+        `describe_function`)."""
+        modes = self._live_modes()
+        described = (self.describe_function(path, modes) for path in self.registry.paths())
         return [info for info in described if info is not None]
 
-    def describe_function(self, path: str) -> dict[str, Any] | None:
-        """`{path, kind, visibility, args}` of the function at (canonical) `path`, or None."""
+    def describe_function(
+        self, path: str, modes: dict[str, set[bool]] | None = None
+    ) -> dict[str, Any] | None:
+        """`{path, kind, visibility, args, live}` of the function at (canonical) `path`, or
+        None. `args`: validator JSON or None. `live`: how its live subscriptions are kept
+        up to date: "incremental" (it returns its query or aggregate: a maintained view),
+        "re-run" (re-run on each relevant commit), "mixed", or None (none is live)."""
         fn = self.registry.get(path)
         if fn is None:
             return None
         args = None if fn.args is None else fn.args.to_json()
-        return {"path": path, "kind": fn.kind, "visibility": fn.visibility, "args": args}
+        incremental = (self._live_modes() if modes is None else modes).get(path, set())
+        live = {frozenset({True}): "incremental", frozenset({False}): "re-run"}.get(
+            frozenset(incremental), "mixed" if incremental else None
+        )
+        return {
+            "path": path,
+            "kind": fn.kind,
+            "visibility": fn.visibility,
+            "args": args,
+            "live": live,
+        }
+
+    def _live_modes(self) -> dict[str, set[bool]]:
+        """Per function path: whether each of its live queries is a maintained view."""
+        modes: dict[str, set[bool]] = {}
+        for key, incremental in self.subscriptions.modes().items():
+            modes.setdefault(str(_function_of(key)), set()).add(incremental)
+        return modes
 
     def describe_tables(self) -> list[dict[str, Any]]:
         """`[{table, indexes}]` of the user tables (system tables start with `_`)."""

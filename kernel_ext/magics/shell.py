@@ -224,7 +224,8 @@ class ConvexMagics(Magics):
         import pandas as pd
 
         rows = self.client.describe_functions()  # a served store: needs the admin key
-        return pd.DataFrame(rows, columns=["path", "kind", "visibility"])
+        # live: how its live subscriptions update ("incremental": a maintained view)
+        return pd.DataFrame(rows, columns=["path", "kind", "visibility", "live"])
 
     def _cmd_tables(self, args: list[str]) -> Any:
         import pandas as pd

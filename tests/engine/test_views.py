@@ -312,3 +312,24 @@ def test_a_non_incremental_subscription_delivers_diffs_replacing_everything(
         ((0,), 2, None),
     ]
     sub.close()
+
+
+def test_describe_functions_says_which_live_queries_are_incremental(views_client: Client) -> None:
+    client = views_client
+
+    @query
+    def consumed(ctx: Any) -> Any:
+        return ctx.db.query("docs").collect()
+
+    client.backend.register("views:consumed", consumed)
+    live = {f["path"]: f["live"] for f in client.describe_functions()}
+    assert live["views:everything"] is None  # nobody subscribes
+    subs = [client.subscribe("views:everything", {}), client.subscribe("views:consumed", {})]
+    for sub in subs:
+        sub.value
+    live = {f["path"]: f["live"] for f in client.describe_functions()}
+    assert live["views:everything"] == "incremental"
+    assert live["views:consumed"] == "re-run"
+    assert client.function_info("views:everything")["live"] == "incremental"
+    for sub in subs:
+        sub.close()
