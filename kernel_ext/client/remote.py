@@ -8,6 +8,10 @@ On a dropped connection it reconnects with backoff (0.1 s doubling to 5 s, with 
 re-sends its query set, auth and unresolved mutations (with their request ids and the same
 session id, so the server answers a re-sent mutation from its record instead of running it
 twice), and subscriptions report "reconnecting" until the first Transition of the new socket.
+
+It asks the server for result diffs (`kernel_ext.sync.messages`): a query function that
+returns its query or aggregate then reaches this client as its changed rows, and its
+results carry `QueryResult.diff` as on an embedded store (`sub.on_diff`, `LiveTable`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from kernel_ext.errors import (
     remote_error,
 )
 from kernel_ext.functions.registry import path_of
+from kernel_ext.store.rows import RowsSnapshot
 from kernel_ext.sync.client_protocol import (
     ClientSession,
     QueryResultEvent,
@@ -302,7 +307,9 @@ class RemoteClient:
                     event.error, event.error_data, event.has_error_data, event.error_code
                 )
             )
-            result = QueryResult(event.value, error, event.ts, event.log_lines)
+            # A diff's base is the previous result this client delivered (the session
+            # applies a server's QueryDiff to it), so `Subscription.on_diff` can use it.
+            result = QueryResult(event.value, error, event.ts, event.log_lines, event.diff)
             with self._lock:
                 query = self._queries.get(event.query_id)
                 if query is None:
@@ -411,6 +418,10 @@ class RemoteClient:
             print_log_lines("Q", path, result.log_lines)
         if result.error is not None:
             raise result.error
+        if isinstance(result.value, RowsSnapshot):
+            # A live subscription's rows (received as diffs): a call returns the consumed
+            # list, as on an embedded store.
+            return list(result.value)
         return result.value
 
     def subscribe(
@@ -466,6 +477,12 @@ class RemoteClient:
             self._send(removal)
 
         return stop
+
+    def wire_stats(self) -> dict[str, int]:
+        """What the server has sent this client: `frames`, `bytes`, and query modifications
+        by type (`QueryUpdated`: whole values, `QueryDiff`: changes); for diagnostics."""
+        with self._lock:
+            return dict(self._session.received)
 
     def on_status(self, listener: Callable[[str], None]) -> CallbackHandle:
         """Call `listener(status)` on "connected" / "reconnecting" changes, until the
@@ -659,6 +676,16 @@ class RemoteClient:
         except (AuthenticationError, FunctionError):  # not an admin after all, or an old server
             return {}
         return {int(n): {str(k["column"]): k for k in kinds} for n, kinds in records}
+
+    def column_info(self, document_id: str) -> dict[str, dict[str, Any]]:
+        """What the store knows of the columns of the table `document_id` belongs to:
+        `{column: {"dtype": ...}}` as `import_dataframe` recorded them (admin; the schema's
+        validators do not travel yet, so no `"validator"` here)."""
+        from kernel_ext.store.ids import table_number_of
+
+        number = table_number_of(document_id)
+        kinds = self.column_kinds().get(number, {}) if number is not None else {}
+        return {column: {"dtype": kind.get("dtype")} for column, kind in kinds.items()}
 
     def import_dataframe(
         self, table: str, frame: pd.DataFrame, *, batch_size: int = 1000, progress: bool = True

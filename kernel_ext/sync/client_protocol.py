@@ -13,25 +13,42 @@ auth token and the highest timestamp it has seen. The transport calls:
 
 A successful mutation finishes only when a Transition at or after its commit ts has been
 applied, so the client's subscriptions already reflect it (read your writes).
+
+Result diffs: the Connect asks for them (`resultDiffs`, see `messages`), so a maintained
+view's result may arrive as a `QueryDiff` that changes the value this session holds for the
+query. The session keeps that value's rows in copy-on-write chunks (`_RowChunks`): a diff
+costs the changed rows plus O(n / CHUNK), and each value it hands out is an immutable
+`ReceivedRows` that later diffs never change. Its `QueryResultEvent.diff` is that change,
+based on the query's previous result (`base_ts`: its ts), for `Subscription.on_diff`.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 import orjson
 
 from kernel_ext.errors import ProtocolError
+from kernel_ext.store.rows import CHUNK, RowsSnapshot
 from kernel_ext.store.values import Value, from_json, to_json
-from kernel_ext.sync.messages import canonical_udf_path, decode_ts, encode_ts
+from kernel_ext.store.views import ResultDiff, rows_of
+from kernel_ext.sync.messages import (
+    RESULT_DIFFS_VERSION,
+    canonical_udf_path,
+    decode_ts,
+    encode_ts,
+)
 
 __all__ = [
     "ClientEvent",
     "ClientSession",
     "QueryResultEvent",
+    "ReceivedRows",
     "Reconnect",
     "RequestDone",
     "TransitionApplied",
@@ -52,6 +69,8 @@ class QueryResultEvent:
     ts: int = 0
     log_lines: tuple[str, ...] = ()
     error_code: str | None = None
+    #: The change from the query's previous result, when it arrived as a `QueryDiff`.
+    diff: ResultDiff | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,107 @@ class Reconnect:
 ClientEvent: TypeAlias = QueryResultEvent | RequestDone | TransitionApplied | Reconnect
 
 
+class ReceivedRows(RowsSnapshot):
+    """A value received as diffs: an immutable sequence of rows, like a view's
+    `RowsSnapshot` (len, index, slices, iteration, `==` with a list) but without the rows'
+    keys (`position_of` is None, `keys()` is empty)."""
+
+    __slots__ = ()
+
+    def __init__(self, row_chunks: tuple[tuple[Any, ...], ...]) -> None:
+        super().__init__((), row_chunks)
+
+
+class _RowChunks:
+    """A query's rows by position, in tuples of at most `2 * CHUNK` rows that are replaced,
+    never changed (copy on write): `snapshot()` shares them with every value handed out."""
+
+    def __init__(self, rows: Iterable[Any]) -> None:
+        self._chunks: list[tuple[Any, ...]] = []
+        self._offsets: list[int] = [0]
+        self._fill(rows if isinstance(rows, list) else list(rows))
+
+    def _fill(self, rows: list[Any]) -> None:
+        self._chunks = [tuple(rows[i : i + CHUNK]) for i in range(0, len(rows), CHUNK)]
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self._offsets = [0, *itertools.accumulate(map(len, self._chunks))]
+
+    def __len__(self) -> int:
+        return self._offsets[-1]
+
+    def snapshot(self) -> ReceivedRows:
+        """The rows now, as an immutable sequence."""
+        return ReceivedRows(tuple(self._chunks))
+
+    def apply(self, diff: ResultDiff) -> None:
+        """Apply `diff` (positions as in `ResultDiff.apply_to`).
+
+        Raises:
+            IndexError: a position is out of range.
+        """
+        changes = len(diff.removed) + len(diff.inserted) + len(diff.updated)
+        if changes * (len(self._chunks) + CHUNK) > len(self):
+            # Many changes: one pass over a flat copy (in C) costs less than many chunk edits.
+            rows = list(itertools.chain.from_iterable(self._chunks))
+            _check_positions(diff, len(rows))
+            diff.apply_to(rows)
+            self._fill(rows)
+            return
+        for position in reversed(diff.removed):
+            chunk, i = self._locate(position, len(self) - 1)
+            self._replace(chunk, (*self._chunks[chunk][:i], *self._chunks[chunk][i + 1 :]))
+        for position, row in diff.inserted:
+            if not self._chunks and position == 0:
+                self._chunks.append((row,))
+                self._reindex()
+                continue
+            chunk, i = self._locate(position, len(self))
+            self._replace(chunk, (*self._chunks[chunk][:i], row, *self._chunks[chunk][i:]))
+        for position, row in diff.updated:
+            chunk, i = self._locate(position, len(self) - 1)
+            self._replace(chunk, (*self._chunks[chunk][:i], row, *self._chunks[chunk][i + 1 :]))
+
+    def _locate(self, position: int, last: int) -> tuple[int, int]:
+        """(chunk, index in it) of `position` (at most `last`; `len(self)`: the end)."""
+        if not 0 <= position <= last:
+            raise IndexError(f"diff position {position} is out of range (0..{last})")
+        chunk = min(bisect.bisect_right(self._offsets, position) - 1, len(self._chunks) - 1)
+        return chunk, position - self._offsets[chunk]
+
+    def _replace(self, chunk: int, rows: tuple[Any, ...]) -> None:
+        if not rows:
+            del self._chunks[chunk]
+        elif len(rows) > 2 * CHUNK:  # split: chunks stay small, so a copy stays cheap
+            self._chunks[chunk : chunk + 1] = [rows[:CHUNK], rows[CHUNK:]]
+        else:
+            self._chunks[chunk] = rows
+        self._reindex()
+
+
+def _check_positions(diff: ResultDiff, size: int) -> None:
+    """Refuse a diff that does not fit a value of `size` rows (`list` ops would clamp)."""
+    if diff.removed and not 0 <= min(diff.removed) <= max(diff.removed) < size:
+        raise IndexError("a removed position is out of range")
+    size -= len(diff.removed)
+    for position, _ in diff.inserted:
+        if not 0 <= position <= size:
+            raise IndexError("an inserted position is out of range")
+        size += 1
+    if any(not 0 <= position < size for position, _ in diff.updated):
+        raise IndexError("an updated position is out of range")
+
+
+@dataclass
+class _Held:
+    """The value a query last received on this socket (a diff changes it)."""
+
+    ts: int
+    value: Value
+    rows: _RowChunks | None = None  # its rows, made on the first diff (or with a list)
+
+
 @dataclass
 class _Request:
     kind: RequestKind
@@ -114,6 +234,12 @@ class ClientSession:
     _identity_version: int = 0
     _end_version: tuple[int, int, int] = (0, 0, 0)
     max_observed_ts: int = 0
+    #: Ask the server for `QueryDiff`s (our extension; see the module docstring).
+    result_diffs: bool = True
+    #: What the server sent: frames and their bytes, and query modifications by type
+    #: (`QueryUpdated`, `QueryDiff`, ...). For tests and diagnostics.
+    received: dict[str, int] = field(default_factory=dict)
+    _held: dict[int, _Held] = field(default_factory=dict)
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -122,6 +248,7 @@ class ClientSession:
         self.connected = True
         self._query_set_version = self._identity_version = 0
         self._end_version = (0, 0, 0)
+        self._held.clear()  # the server starts over: whole values first
         connect: dict[str, Any] = {
             "type": "Connect",
             "sessionId": self.session_id,
@@ -129,6 +256,8 @@ class ClientSession:
             "lastCloseReason": reason,
             "clientTs": 0,
         }
+        if self.result_diffs:
+            connect["resultDiffs"] = RESULT_DIFFS_VERSION
         if self.max_observed_ts:
             connect["maxObservedTimestamp"] = encode_ts(self.max_observed_ts)
         self.connection_count += 1
@@ -170,6 +299,7 @@ class ClientSession:
         """Unsubscribe; returns the message to send (None if offline or unknown)."""
         if self._queries.pop(query_id, None) is None:
             return None
+        self._held.pop(query_id, None)
         return self._modify({"type": "Remove", "queryId": query_id})
 
     def _modify(self, modification: dict[str, Any]) -> str | None:
@@ -239,6 +369,8 @@ class ClientSession:
 
     def receive(self, text: str | bytes) -> list[ClientEvent]:
         """Apply one server frame; returns what happened."""
+        self._count("frames", 1)
+        self._count("bytes", len(text))
         try:
             message = orjson.loads(text)
             kind = message["type"]
@@ -249,7 +381,7 @@ class ClientSession:
                 return self._transition(message)
             if kind in ("MutationResponse", "ActionResponse"):
                 return self._response(message)
-        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, ProtocolError) as exc:
             return [Reconnect(f"Malformed {kind} from the server: {exc}")]
         if kind == "AuthError":
             return [Reconnect(f"AuthError: {message.get('error')}", auth=True)]
@@ -267,9 +399,14 @@ class ClientSession:
         self.max_observed_ts = max(self.max_observed_ts, ts)
         events: list[ClientEvent] = []
         for modification in message["modifications"]:
+            self._count(str(modification.get("type")), 1)
+            if modification.get("type") == "QueryDiff":
+                events += self._apply_diffs(modification, ts)
+                continue
             event = _query_event(modification, ts)
             if event is not None and event.query_id in self._queries:
                 events.append(event)
+                self._hold(event)
         events.append(TransitionApplied(ts, auth_current=end[1] == self._identity_version))
         for request_id, request in list(self._requests.items()):
             done = request.response
@@ -303,6 +440,58 @@ class ClientSession:
                 return []
         del self._requests[request_id]
         return [done]
+
+    def _count(self, what: str, n: int) -> None:
+        self.received[what] = self.received.get(what, 0) + n
+
+    def _hold(self, event: QueryResultEvent) -> None:
+        """Remember a whole result: the next diff applies to its value."""
+        if not self.result_diffs:
+            return
+        if event.error is not None:
+            self._held.pop(event.query_id, None)
+            return
+        value = event.value
+        # A list handed out may be changed by its consumer: the rows are copied now.
+        rows = _RowChunks(value) if isinstance(value, list) else None
+        self._held[event.query_id] = _Held(event.ts, value, rows)
+
+    def _apply_diffs(self, modification: Mapping[str, Any], ts: int) -> list[ClientEvent]:
+        """The results of a `QueryDiff`: one per diff, each changing the previous one.
+
+        Raises:
+            ProtocolError: the query holds no value for it to change.
+            IndexError, KeyError, TypeError, ValueError: a malformed diff.
+        """
+        query_id = int(modification["queryId"])
+        if query_id not in self._queries:
+            return []
+        held = self._held.get(query_id)
+        if held is None:
+            raise ProtocolError(f"QueryDiff for query {query_id}, which holds no value")
+        if held.rows is None:
+            held.rows = _RowChunks(rows_of(held.value))
+        lines = _log_lines(modification)
+        events: list[ClientEvent] = []
+        for wire in modification["diffs"]:
+            diff = ResultDiff(
+                ts,
+                held.ts,
+                tuple(int(p) for p in wire["removed"]),
+                tuple((int(p), from_json(row)) for p, row in wire["inserted"]),
+                tuple((int(p), from_json(row)) for p, row in wire["updated"]),
+            )
+            held.rows.apply(diff)
+            rows = held.rows.snapshot()
+            if wire["one"]:
+                if len(rows) != 1:
+                    raise ValueError(f"a one-row value has {len(rows)} rows")
+                held.value = rows[0]
+            else:
+                held.value = rows
+            held.ts = ts
+            events.append(QueryResultEvent(query_id, held.value, ts=ts, log_lines=lines, diff=diff))
+        return events
 
     @property
     def query_ids(self) -> list[int]:

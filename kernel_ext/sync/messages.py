@@ -14,6 +14,24 @@ Timestamps travel as base64 of 8 little-endian bytes (`encode_ts`); version coun
 and request ids as plain JSON integers (u32). Function arguments travel as a one-element
 array holding the Convex-JSON-encoded arguments object; they are decoded later, by
 `decode_args`, so that bad arguments fail that one call instead of the connection.
+
+Extension: result diffs (only this project's client asks for them; Convex's clients never
+see them, and Convex's own servers ignore the request). A client that sends
+`"resultDiffs": 1` in its Connect may get, inside a Transition, instead of a `QueryUpdated`::
+
+    {"type": "QueryDiff", "queryId": 3, "logLines": [...], "journal": null,
+     "diffs": [{"removed": [7, 9], "inserted": [[0, <row>]], "updated": [[4, <row>]],
+                "one": false}, ...]}
+
+Each diff changes the value the client holds for that query into the next one: delete the
+`removed` positions (of the previous value), insert the `inserted` rows in ascending order
+of their (new) positions, set the `updated` positions (`store.views.ResultDiff.apply_to`);
+rows are Convex JSON. A value is its list of rows, or one row when `one` is true (an
+ungrouped aggregate: one object). The first diff applies to the value of the query's latest
+`QueryUpdated` or `QueryDiff` on this socket; several diffs are intermediate results that
+were never sent, in order. A server sends one only for a maintained view's result whose diff
+starts from exactly the value it last sent this client (`protocol.SyncProtocol`);
+otherwise, and after every reconnect, it sends the whole value.
 """
 
 from __future__ import annotations
@@ -23,7 +41,7 @@ import binascii
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import orjson
 
@@ -31,8 +49,12 @@ from kernel_ext.errors import ProtocolError, ValidationError
 from kernel_ext.store.values import Value, from_json, to_json
 from kernel_ext.sync.outcomes import Outcome
 
+if TYPE_CHECKING:
+    from kernel_ext.store.views import ResultDiff
+
 __all__ = [
     "MAX_JSON_DEPTH",
+    "RESULT_DIFFS_VERSION",
     "Action",
     "AddQuery",
     "Authenticate",
@@ -48,6 +70,7 @@ __all__ = [
     "ServerMessage",
     "StateVersion",
     "action_response",
+    "add_diff",
     "auth_error",
     "canonical_udf_path",
     "check_json_depth",
@@ -58,6 +81,7 @@ __all__ = [
     "mutation_response",
     "parse_client_message",
     "ping",
+    "query_diff",
     "query_failed",
     "query_removed",
     "query_updated",
@@ -75,6 +99,8 @@ Modification: TypeAlias = dict[str, Any]
 #: Nesting deeper than this is refused before any value is decoded (Convex values nest at
 #: most 16 levels; the margin covers the message envelope).
 MAX_JSON_DEPTH: Final = 64
+#: The `resultDiffs` value of a Connect that asks for `QueryDiff`s (the extension's version).
+RESULT_DIFFS_VERSION: Final = 1
 _U32_MAX: Final = 2**32 - 1
 _TS_MAX: Final = 2**63 - 1
 _MAX_PATH_LENGTH: Final = 1024
@@ -176,6 +202,8 @@ class Connect:
     last_close_reason: str | None
     max_observed_timestamp: int | None
     client_ts: float | None
+    #: The client asked for `QueryDiff`s (our extension, see the module docstring).
+    result_diffs: bool = False
 
 
 @dataclass(frozen=True)
@@ -335,6 +363,7 @@ def _parse_connect(f: _Fields) -> Connect:
             None if observed is None else decode_ts(observed, f"{f.where}.maxObservedTimestamp")
         ),
         client_ts=f.optional_number("clientTs"),
+        result_diffs=f.data.get("resultDiffs") == RESULT_DIFFS_VERSION,
     )
 
 
@@ -467,6 +496,31 @@ def query_failed(query_id: QueryId, outcome: Outcome) -> Modification:
     }
     _add_error_details(entry, outcome)
     return entry
+
+
+def query_diff(query_id: QueryId, log_lines: tuple[str, ...]) -> Modification:
+    """An empty `QueryDiff` entry (our extension, see the module docstring); add diffs to it
+    with `add_diff`."""
+    return {
+        "type": "QueryDiff",
+        "queryId": query_id,
+        "diffs": [],
+        "logLines": list(log_lines),
+        "journal": None,
+    }
+
+
+def add_diff(entry: Modification, diff: ResultDiff, *, one: bool) -> None:
+    """Append `diff` (rows in Convex JSON) to a `QueryDiff` entry; `one`: the new value is
+    its single row."""
+    entry["diffs"].append(
+        {
+            "removed": list(diff.removed),
+            "inserted": [[position, to_json(row)] for position, row in diff.inserted],
+            "updated": [[position, to_json(row)] for position, row in diff.updated],
+            "one": one,
+        }
+    )
 
 
 def query_removed(query_id: QueryId) -> Modification:

@@ -20,7 +20,7 @@ import math
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -37,6 +37,9 @@ from kernel_ext.errors import (
     ValidationError,
 )
 from kernel_ext.store.values import UNDEFINED, Value, normalize, to_json
+
+if TYPE_CHECKING:
+    from kernel_ext.store.views import ResultDiff
 
 __all__ = ["SERVER_ERROR", "Outcome", "outcome_of_error", "to_clean_json"]
 
@@ -71,6 +74,9 @@ class Outcome:
         error_code: the library error's `code` (`errorCode` on the wire), so that clients
             pick an error class by code, never by parsing the message; None otherwise.
         log_lines: console lines of the execution (`"[LOG] 'text'"`).
+        diff: for a maintained view's result, how it changed the view's previous result
+            (`store.views.ResultDiff`); None when not known. A client that asked for diffs
+            may be sent it instead of the value (`protocol.SyncProtocol`).
     """
 
     success: bool
@@ -79,11 +85,14 @@ class Outcome:
     error_data: Value = UNDEFINED
     log_lines: tuple[str, ...] = field(default=())
     error_code: str | None = None
+    diff: ResultDiff | None = field(default=None, compare=False)
 
     @classmethod
-    def ok(cls, value: Value, log_lines: tuple[str, ...] = ()) -> Outcome:
-        """A successful outcome carrying `value`."""
-        return cls(True, value, log_lines=log_lines)
+    def ok(
+        cls, value: Value, log_lines: tuple[str, ...] = (), diff: ResultDiff | None = None
+    ) -> Outcome:
+        """A successful outcome carrying `value` (and the view's `diff`, if known)."""
+        return cls(True, value, log_lines=log_lines, diff=diff)
 
     @classmethod
     def failure(cls, message: str, data: Value = UNDEFINED, code: str | None = None) -> Outcome:

@@ -26,6 +26,14 @@ Invariants the official clients rely on (PROTOCOL.md §2):
 - Mutations of one connection run one at a time, in arrival order; actions run concurrently.
 - A message that breaks the protocol gets a FatalError and closes this connection only; a
   refused token gets an AuthError and closes it. Bad arguments only fail their call.
+
+Result diffs (our extension, wire format in `messages`): a client whose Connect asked for
+them gets a maintained view's result as a `QueryDiff` when the result's diff
+(`Outcome.diff`) starts from the value this connection last sent it (or queued for it) for
+that query; results that arrive before the next Transition chain their diffs. Such a result
+is never encoded whole nor fingerprinted: its cost is that of the changed rows. Every other
+result (the first of a subscription, one after an error or a whole value still queued, one
+whose diff starts elsewhere, a chain that grew past the value's size) is sent whole.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from kernel_ext.errors import (
     ProtocolMisuse,
     ValidationError,
 )
+from kernel_ext.store.rows import RowsSnapshot
 from kernel_ext.store.values import Value
 from kernel_ext.sync import messages as m
 from kernel_ext.sync.outcomes import Outcome
@@ -181,7 +190,11 @@ class _Query:
     args: dict[str, Value] | None  # None: the arguments could not be decoded
     token: int
     awaiting: bool = True  # no result yet for the current token
-    sent: bytes | None = None  # fingerprint of the last result sent
+    sent: bytes | None = None  # fingerprint of the last result sent (None: not known)
+    # The engine ts of the value the client holds once the pending entry is sent, for a
+    # diff to start from (None: no such value, e.g. an error).
+    value_ts: int | None = None
+    chained: int = 0  # rows changed by the diffs of the pending QueryDiff
 
 
 @dataclass(frozen=True)
@@ -212,6 +225,7 @@ class SyncProtocol:
         self.state = State.AWAITING_CONNECT
         self.session_id: str | None = None
         self.identity: Identity = ANONYMOUS
+        self.result_diffs = False  # the client asked for QueryDiffs (module docstring)
         self._query_set_version = 0
         self._identity_version = 0
         self._sent = m.StateVersion()
@@ -268,6 +282,7 @@ class SyncProtocol:
                 self._fail("Connect was sent twice on one connection")
                 return
             self.state, self.session_id = State.OPEN, message.session_id
+            self.result_diffs = message.result_diffs
             return
         if self.state is State.AWAITING_CONNECT:
             self._fail(f"The first message must be Connect, got {type(message).__name__}")
@@ -438,9 +453,13 @@ class SyncProtocol:
     def _record_result(self, query_id: m.QueryId, query: _Query, outcome: Outcome, ts: int) -> None:
         # A first result (after Add or Authenticate) completes a version: a Transition is due
         # even if the value is the one the client has.
+        first = query.awaiting
         if query.awaiting:
             query.awaiting, self._transition_due = False, True
         self._min_ts = max(self._min_ts, ts)
+        if not first and self._record_diff(query_id, query, outcome, ts):
+            return
+        query.value_ts, query.chained = (ts if outcome.success else None), 0
         fingerprint = outcome.fingerprint()
         if fingerprint == query.sent:
             self._pending.pop(query_id, None)  # back to what the client has
@@ -452,6 +471,37 @@ class SyncProtocol:
             else m.query_failed(query_id, outcome)
         )
         self._pending[query_id] = (entry, fingerprint)
+
+    def _record_diff(self, query_id: m.QueryId, query: _Query, outcome: Outcome, ts: int) -> bool:
+        """Queue `outcome` as a diff if it can be one (see the module docstring); False if it
+        must be sent whole."""
+        diff = outcome.diff
+        if (
+            not self.result_diffs
+            or diff is None
+            or query.value_ts is None
+            or diff.base_ts != query.value_ts
+        ):
+            return False
+        value = outcome.value
+        one = isinstance(value, dict)
+        if not one and not isinstance(value, RowsSnapshot | list):
+            return False
+        pending = self._pending.get(query_id)
+        if pending is not None and pending[0]["type"] != "QueryDiff":
+            return False  # the whole value still queued is what the diff would change
+        changed = query.chained + len(diff.removed) + len(diff.inserted) + len(diff.updated)
+        if changed > max(len(value) if not one else 1, 16):
+            return False  # the value is smaller than its diffs
+        if pending is None:
+            pending = (m.query_diff(query_id, outcome.log_lines), None)
+            self._pending[query_id] = pending
+        else:
+            pending[0]["logLines"] = list(outcome.log_lines)
+        m.add_diff(pending[0], diff, one=one)
+        query.value_ts, query.chained = ts, changed
+        self._transition_due = True
+        return True
 
     def receive_mutation_result(
         self, request_id: m.RequestId, outcome: Outcome, ts: int | None
@@ -540,7 +590,7 @@ class SyncProtocol:
             modifications.append(entry)
             query = self._queries.get(query_id)
             if query is not None:
-                query.sent = fingerprint
+                query.sent, query.chained = fingerprint, 0
         self._queue(m.transition(self._sent, end, modifications))
         self._sent, self._pending, self._transition_due = end, {}, False
 

@@ -163,7 +163,11 @@ class BackendRunner:
         failure through `callback` at once and returns a no-op unsubscribe."""
 
         def on_update(result: QueryResult) -> None:
-            callback(_outcome(result.value, result.error, result.log_lines), result.ts)
+            if result.error is None:  # no copy, no encoding: O(1) whatever the value's size
+                outcome = Outcome.ok(result.value, result.log_lines, result.diff)
+            else:
+                outcome = _outcome(None, result.error, result.log_lines)
+            callback(outcome, result.ts)
 
         try:
             return self.backend.subscribe(
