@@ -304,8 +304,7 @@ class AggregateView(MaintainedView):
         from kernel_ext.store.aggregates import GroupedAggregate
 
         self._state: GroupedAggregate = GroupedAggregate(spec)
-        for doc in docs:
-            self._state.apply(None, doc)
+        self._state.extend(docs)
         self._grouped = bool(spec.group_fields)
         self._rows = SortedRows(
             (key, self._state.row_of(key)) for key in sorted(self._state.groups)

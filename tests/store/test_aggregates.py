@@ -297,6 +297,24 @@ def test_grouped_aggregate_under_changes_equals_a_fresh_computation(spec, ops):
         assert state.value() == [] and state.groups == {}  # empty groups vanish
 
 
+@settings(max_examples=200, deadline=None)
+@given(SPECS, st.lists(documents(), max_size=30), st.lists(documents(), max_size=10))
+def test_bulk_extend_equals_adding_one_by_one(spec, docs, more):
+    """`extend` (the initial build of a view and of `collect()`) leaves the same state as
+    one `apply(None, doc)` per document, also after further changes."""
+    bulk, single = GroupedAggregate(spec), GroupedAggregate(spec)
+    bulk.extend(docs)
+    for doc in docs:
+        single.apply(None, doc)
+    assert same(bulk.value(), single.value())
+    assert same(bulk.value(), ref_aggregate(spec, docs))
+    for doc in more:
+        bulk.apply(None, doc)
+    for doc in docs:
+        bulk.apply(doc, None)
+    assert same(bulk.value(), ref_aggregate(spec, more))
+
+
 def test_missing_group_first_and_absent_from_its_dict():
     spec = AggregateSpec.build(("g",), {"n": ("_id", "count")})
     state = GroupedAggregate(spec)
