@@ -4,6 +4,13 @@ Python keeps every row and the `TableModel`; the browser holds only the rows of 
 (plus a margin) and receives, on each change, the changed rows of that window and the new row
 count, as a binary buffer. Updates are coalesced (at most ~30 messages a second). Sorting runs
 in the kernel on all rows; the selection is kept by row id.
+
+Over a maintained view (a query function that returns its query or aggregate) the table
+applies each result's `diff` instead of taking the whole value: the rows stay the view's
+immutable snapshot, and a one-row change costs O(log n) in the kernel, sorted or not
+("live · incremental" in the header); other queries replace the rows ("live · re-run").
+Columns are shown by what the store declares (`client.column_info`): ids, int64/float64
+numbers, and the datetime columns `import_dataframe` recorded.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import traitlets
 
 from kernel_ext import CallbackHandle, QueryResult, Subscription
 from widgets.paging import PagedQuery
-from widgets.table_model import TableModel
+from widgets.table_model import TableModel, declared_kinds
 
 __all__ = ["LiveTable"]
 
@@ -50,6 +57,8 @@ class LiveTable(anywidget.AnyWidget):
     complete = traitlets.Bool(True).tag(sync=True)  # False while a paginated query has more
     sortable = traitlets.Bool(True).tag(sync=True)
     height = traitlets.Int(360).tag(sync=True)
+    #: "incremental" (a maintained view's row changes), "re-run" (whole results), or "".
+    mode = traitlets.Unicode("").tag(sync=True)
 
     def __init__(
         self,
@@ -59,8 +68,11 @@ class LiveTable(anywidget.AnyWidget):
         *,
         show_system: bool = False,
         title: str | None = None,
+        client: Any = None,
         **kwargs: Any,
     ) -> None:
+        """`client`: where to read the columns' declared types when `source` is a
+        `Subscription` (with `LiveTable(client, ref, args)` it is `source`)."""
         paged = not isinstance(source, Subscription) and _is_paginated(source, ref)
         if isinstance(source, Subscription):
             subscription, self._owns = source, False
@@ -75,6 +87,9 @@ class LiveTable(anywidget.AnyWidget):
         )
         self.subscription = subscription
         self.model = TableModel(show_system=show_system)
+        self._client = client if isinstance(source, Subscription) else source
+        self._last_ts: int | None = None  # the result the model holds (a diff must start there)
+        self._described = False  # column kinds read from the store (once, at the first rows)
         self._lock = threading.Lock()
         self._dirty = False
         self._full = True
@@ -105,12 +120,39 @@ class LiveTable(anywidget.AnyWidget):
                 self._state = "error"
                 self.status, self.error = "error", f"{type(result.error).__name__}: {result.error}"
                 return
-            self.model.set_rows(result.value)
+            diff = result.diff
+            if diff is not None and diff.base_ts is not None and diff.base_ts == self._last_ts:
+                self.model.apply_diff(result.value, diff)
+            else:
+                self.model.set_rows(result.value)
+                self._describe_columns()
+            self._last_ts = result.ts
+            if not self.mode or diff is not None:
+                self.mode = (
+                    "incremental" if diff is not None or _is_snapshot(result.value) else "re-run"
+                )
             self._state = "ready"
             self.error = ""
             self._dirty = True
             self._reason = "data"
         self._schedule()
+
+    def _describe_columns(self) -> None:
+        """Read the declared column kinds of the rows' table, once (call with the lock)."""
+        if self._described or not len(self.model.rows):
+            return
+        self._described = True
+        first = self.model.rows[0]
+        column_info = getattr(self._client, "column_info", None)
+        if not isinstance(first, dict) or not isinstance(first.get("_id"), str):
+            return
+        info: dict[str, Any] = {}
+        if callable(column_info):
+            try:
+                info = column_info(first["_id"]) or {}
+            except Exception:  # a remote client without the admin key: values' own types
+                info = {}
+        self.model.column_kinds = declared_kinds(info)
 
     def _on_connection_status(self, status: str) -> None:
         """Show "reconnecting" (keeping the last rows) until the connection is back."""
@@ -208,6 +250,11 @@ class LiveTable(anywidget.AnyWidget):
         if self._paged is not None:
             self._paged.close()
         super().close()
+
+
+def _is_snapshot(value: Any) -> bool:
+    """A maintained view's value: an immutable row sequence (not a list)."""
+    return hasattr(value, "position_of") and not isinstance(value, list)
 
 
 def _path(ref: Any) -> str:

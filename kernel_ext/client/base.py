@@ -124,6 +124,12 @@ class ConvexClient(Protocol):
         `kernel_ext.client.dataframe.to_dataframe` (empty when they cannot be read)."""
         ...
 
+    def column_info(self, document_id: str) -> dict[str, dict[str, Any]]:
+        """What the store knows of the columns of the table `document_id` belongs to (for
+        the LiveTable): `{column: {"validator": <the schema's JSON validator of the field>,
+        "dtype": <the kind import_dataframe recorded>}}`, each key only when known."""
+        ...
+
     def import_dataframe(
         self, table: str, frame: pd.DataFrame, *, batch_size: int = 1000, progress: bool = True
     ) -> list[str]:

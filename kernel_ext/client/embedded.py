@@ -255,6 +255,27 @@ class Client:
         """The column kinds `import_dataframe` recorded, by table number."""
         return self.backend.store.read(column_kinds_by_number)[0]
 
+    def column_info(self, document_id: str) -> dict[str, dict[str, Any]]:
+        """What the store knows of the columns of the table `document_id` belongs to:
+        `{column: {"validator": <the schema's JSON validator of the field>, "dtype": <the
+        kind import_dataframe recorded>}}`, each key only when known (empty for an id of no
+        table)."""
+        from kernel_ext.store.ids import table_number_of
+
+        number = table_number_of(document_id)
+        if number is None:
+            return {}
+        store = self.backend.store
+        kinds = self.column_kinds().get(number, {})
+        info = {column: {"dtype": kind.get("dtype")} for column, kind in kinds.items()}
+        name = store.catalog.table_name(number)
+        definition = None if store.schema is None else store.schema.tables.get(str(name))
+        declared = {} if definition is None else definition.validator.to_json()
+        for column, field_info in (declared.get("value") or {}).items():
+            if declared.get("type") == "object":
+                info.setdefault(column, {})["validator"] = field_info["fieldType"]
+        return info
+
     def tables(self) -> list[str]:
         """The names of the user tables."""
         return [t.name for t in self.backend.store.catalog.tables() if not t.name.startswith("_")]

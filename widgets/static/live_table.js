@@ -6,8 +6,25 @@ const MARGIN = 40;
 // The kernel sends each cell's kind as one letter (widgets/table_model.py KIND_CODES).
 const KINDS = {
   i: "int", f: "float", s: "str", b: "bool", n: "null",
-  m: "missing", y: "bytes", a: "array", o: "object", d: "id",
+  m: "missing", y: "bytes", a: "array", o: "object", d: "id", t: "date",
 };
+
+/**
+ * Rows `pos .. pos + del` left and `ins` rows arrived at `pos`: move the entries after them.
+ * @template T
+ * @param {Map<number, T>} map  entries by position
+ * @param {(entry: T) => void} drop  called for each entry that left
+ * @returns {Map<number, T>}
+ */
+function splice(map, [pos, del, ins], drop) {
+  const moved = new Map();
+  for (const [p, entry] of map) {
+    if (p >= pos + del) moved.set(p + ins - del, entry);
+    else if (p < pos) moved.set(p, entry);
+    else drop(entry);
+  }
+  return moved;
+}
 
 /** @param {{ model: any, el: HTMLElement }} ctx */
 function render({ model, el }) {
@@ -19,9 +36,12 @@ function render({ model, el }) {
   title.className = "clt-title";
   const count = document.createElement("span");
   count.className = "clt-count";
+  // How the table follows the store: a maintained view (row changes) or a re-run query.
+  const mode = document.createElement("span");
+  mode.className = "clt-mode";
   const status = document.createElement("div");
   status.className = "clt-status";
-  header.append(title, count);
+  header.append(title, count, mode);
   const scroller = document.createElement("div");
   scroller.className = "clt-scroller";
   const table = document.createElement("table");
@@ -38,9 +58,9 @@ function render({ model, el }) {
   el.append(root);
 
   /** @type {Map<number, {key: string, cells: [string, string][]}>} */
-  const cache = new Map();
+  let cache = new Map();
   /** @type {Map<number, HTMLTableRowElement>} */
-  const shown = new Map();
+  let shown = new Map();
   let columns = model.get("columns") || [];
   let pending = false;
   let requested = { offset: -1, limit: 0 };
@@ -72,6 +92,9 @@ function render({ model, el }) {
     // A paginated query's count grows as pages load: say so rather than show "405+ rows".
     count.textContent = model.get("complete") ? rows : `${rows} loaded, loading more as you scroll`;
     count.dataset.complete = String(model.get("complete"));
+    const how = model.get("mode");
+    mode.textContent = how ? `live · ${how}` : "";
+    mode.dataset.mode = how;
     const state = model.get("status");
     root.dataset.status = state;
     status.textContent =
@@ -171,6 +194,13 @@ function render({ model, el }) {
       columns = data.columns;
       cache.clear();
       drawHeader();
+    }
+    if (data.reset) cache.clear();
+    // Rows removed or inserted before or inside the window: the rows held move with them
+    // (and their <tr>s too, so a row that only moved is not redrawn or flashed).
+    for (const change of data.splices || []) {
+      cache = splice(cache, change, () => {});
+      shown = splice(shown, change, (tr) => tr.remove());
     }
     const end = data.offset + Math.max(requested.limit, data.rows.length);
     for (const pos of [...cache.keys()]) {
