@@ -264,3 +264,26 @@ def test_protocol_chains_diffs_and_falls_back_to_a_whole_value():
     protocol.receive_query_result(0, sub.token, skipped, 50)
     (entry,) = _send(protocol)
     assert entry["type"] == "QueryUpdated" and entry["value"] == [{"n": 4.0}]
+
+
+def test_the_jupyter_shared_store_sends_diffs_too(tmp_path):
+    """`connect_jupyter()` uses the same client, and the extension the same server."""
+    import os
+
+    from test_server_ext import start_jupyter
+
+    process, _ = start_jupyter(tmp_path / "jupyter")
+    try:
+        with kernel_ext.connect_jupyter(runtime_dir=tmp_path / "jupyter" / "runtime") as store:
+            store.load_functions(write_app(tmp_path / "app"))
+            store.mutation("items:seed", start=0, count=2_000)
+            sub = store.subscribe("items:by_n")
+            wait_for(lambda: sub.value is not None and len(sub.value) == 2_000)
+            top = sub.value[0]["_id"]
+            store.mutation("items:move", id=top, n=-1.0)
+            assert sub.value[-1]["_id"] == top and len(sub.value) == 2_000
+            stats = store.wire_stats()
+            assert stats["QueryUpdated"] == 1 and stats["QueryDiff"] >= 1
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(15)
