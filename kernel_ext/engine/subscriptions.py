@@ -623,6 +623,7 @@ class SubscriptionManager:
                 later = [ts for ts in hits if snapshot_ts is None or ts > snapshot_ts]
                 if forced is not None:
                     later.append(forced)
+                    live.rebuild = live.view is not None  # (`rerun` asked during its run)
                 self._set_stale(live, min(later, default=None))
                 if live.stale_since is not None:
                     self._make_dirty(live)
@@ -682,41 +683,15 @@ class SubscriptionManager:
             if self._queries.get(live.key) is not live:
                 return  # unsubscribed meanwhile
             self._classify(live, elapsed)
-            live.rebuild = False
-            live.view = None if seed is None else seed.view
-            live.prelude = None if seed is None else seed.prelude
-            live.pending = []
-            # A re-run usually reads the same ranges: compare them (in C) before re-registering.
-            if read_set is not None and read_set.intervals != live.intervals:
-                self._index.register(live.key, read_set.all_intervals())
-                live.intervals = read_set.intervals
-                # The index knew only the old ranges: commits since the snapshot may have
-                # written into the new ones.
-                live.hits += [
-                    c.ts for c in self._recent if c.ts > ts and read_set.overlaps(c.keys)
-                ][:1]
-            if seed is not None and read_set is not None:
-                # The commits after the snapshot that the view must still apply (`_recent`
-                # holds every commit since this round began).
-                live.pending = [c for c in self._recent if c.ts > ts and read_set.overlaps(c.keys)]
+            self._install(live, seed, read_set, ts)
             if rows is not None:
-                previous = live.rows if live.result is not None else None
-                live.rows = rows
+                previous, live.rows = live.rows, rows
                 if previous is not None and live.result is not None:
                     # A view built again: deliver what changed, if anything did.
-                    diff = diff_values(
-                        previous,
-                        rows,
-                        itertools.chain(previous.keys(), rows.keys()),
-                        ts,
-                        live.result.ts,
-                    )
-                    if (
-                        not diff
-                        and live.result.error is None
-                        and (live.result.log_lines == result.log_lines)
-                    ):
-                        live.result = QueryResult(live.result.value, None, ts, result.log_lines)
+                    keys = dict.fromkeys(itertools.chain(previous.keys(), rows.keys()))
+                    diff = diff_values(previous, rows, keys, ts, live.result.ts)
+                    same_logs = live.result.log_lines == result.log_lines
+                    if not diff and live.result.error is None and same_logs:
                         return
                     result = QueryResult(value, None, ts, result.log_lines, diff)
             else:
@@ -727,6 +702,30 @@ class SubscriptionManager:
             subscribers = list(live.subscribers)
         self._deliver(subscribers, result)
 
+    def _install(
+        self, live: LiveQuery, seed: ViewSeed | None, read_set: ReadSet | None, ts: int
+    ) -> None:
+        """Take a run's read set (and view) at snapshot `ts` (call with the lock held)."""
+        live.rebuild = False
+        live.view = None if seed is None else seed.view
+        live.prelude = None if seed is None else seed.prelude
+        live.pending = []
+        if read_set is None:
+            return
+        # A re-run usually reads the same ranges: compare them (in C) before re-registering.
+        if read_set.intervals != live.intervals:
+            self._index.register(live.key, read_set.all_intervals())
+            live.intervals = read_set.intervals
+            # The index knew only the old ranges: commits since the snapshot may have
+            # written into the new ones.
+            live.hits += [c.ts for c in self._recent if c.ts > ts and read_set.overlaps(c.keys)][:1]
+        if seed is not None:
+            # The commits after the snapshot that the view must still apply (`_recent` holds
+            # every commit since this round began), or that make the function run again.
+            for commit in self._recent:
+                if commit.ts > ts and read_set.overlaps(commit.keys):
+                    self._queue_for_view(live, commit)
+
     def _advance_view(self, live: LiveQuery, snapshot: Any) -> None:
         """Bring the query's view to `snapshot`'s ts by applying the queued commits up to it
         (no query runs; a top-k view short of documents reads on from its last one) and
@@ -734,7 +733,10 @@ class SubscriptionManager:
         with self._lock:
             pending = [c for c in live.pending if c.ts <= snapshot.ts]
             live.pending = [c for c in live.pending if c.ts > snapshot.ts]
-            view, previous = live.view, live.result
+            view, previous, rebuild = live.view, live.result, live.rebuild
+        if rebuild:  # (a commit into its prelude came meanwhile)
+            self._execute(live, snapshot)
+            return
         assert view is not None and previous is not None
         started = time.perf_counter()
         try:

@@ -4,12 +4,16 @@ the same function's consumed result after random inserts, patches, unsets and de
 
 from __future__ import annotations
 
+import random
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cpu_load import cpu_load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polling import wait_for
 
 import kernel_ext
 from kernel_ext import define_schema, define_table, mutation, query, v
@@ -332,4 +336,69 @@ def test_describe_functions_says_which_live_queries_are_incremental(views_client
     assert live["views:consumed"] == "re-run"
     assert client.function_info("views:everything")["live"] == "incremental"
     for sub in subs:
+        sub.close()
+
+
+def test_a_redefined_function_replaces_its_view(views_client: Client) -> None:
+    client = views_client
+    _commit(client, [{"kind": "insert", "doc": {"g": g, "tag": "keep", "x": 1}} for g in "ab"])
+    sub = client.subscribe("views:everything", {})
+    assert len(sub.value) == 2
+
+    @query
+    def only_b(ctx: Any) -> Any:
+        return ctx.db.query("docs").filter(lambda q: q.eq(q.field("g"), "b"))
+
+    client.backend.register("views:everything", only_b)
+    wait_for(lambda: [row["g"] for row in sub.value] == ["b"], timeout=30)
+    ts = _commit(client, [{"kind": "insert", "doc": {"g": "b", "tag": "keep", "x": 2}}])
+    assert client.backend.subscriptions.wait_processed(ts, timeout=30)
+    assert [row["x"] for row in sub.value] == [1, 2]
+    sub.close()
+
+
+def test_views_stay_exact_under_concurrent_writers(views_client: Client) -> None:
+    """Subscriptions start (and the prelude-dependent one is rebuilt) while 4 threads write:
+    the commits that land during a view's first run must be applied to it too."""
+    client = views_client
+    last_ts: list[int] = []
+    started = threading.Event()
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        for i in range(60):
+            kinds = ["insert", "insert", "patch", "unset", "delete", "config"]
+            batch = [
+                {
+                    "kind": rng.choice(kinds),
+                    "which": rng.randrange(50),
+                    "doc": {
+                        "g": rng.choice("ab"),
+                        "tag": rng.choice(["keep", "skip"]),
+                        "x": rng.randrange(-3, 4),
+                    },
+                }
+                for _ in range(rng.randrange(1, 4))
+            ]
+            last_ts.append(_commit(client, batch))
+            if i == 5:
+                started.set()
+
+    with cpu_load():
+        threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        assert started.wait(60)
+        subs = [client.subscribe(path, args) for path, args in SUBSCRIPTIONS]
+        replayed: list[list[Any]] = [[] for _ in subs]
+        for rows, sub in zip(replayed, subs, strict=True):
+            sub.on_diff(lambda diff, rows=rows: diff.apply_to(rows))
+        for thread in threads:
+            thread.join(timeout=120)
+    assert client.backend.subscriptions.wait_processed(max(last_ts), timeout=60)
+    _wait_for_callbacks(client)
+    for (path, args), sub, rows in zip(SUBSCRIPTIONS, subs, replayed, strict=True):
+        fresh = client.query(path, args)
+        assert sub.value == fresh, (path, args)
+        assert rows == _rows(fresh), ("diffs", path, args)
         sub.close()
