@@ -24,12 +24,20 @@ end again when that message arrives on the page's WebSocket (an init script wrap
 (ZMQ, Jupyter server, WebSocket) and page (JupyterLab, anywidget, requestAnimationFrame,
 drawRows).
 
-The two paginated tables are open at the same time (two notebooks, two kernels, two pages of
-one Chromium) and take their changes in turn, so that the machine's load (a shared VM) affects
-both alike; the `collect` tables are measured one after the other.
+- `view`: `db.query("items")` returned, not consumed: a maintained view, which the LiveTable
+  follows by its row diffs (no re-run, no whole result), over 1,000,000 documents vs over
+  1,000 documents (non-paginated: the table holds every row); measured first in the query's
+  order, then while sorted by the `count` column (ascending; the table's sort index, built
+  once, then updated per change), with the changes made to the first 10 rows of that order.
 
-Targets: p50 commit -> DOM under 50 ms (the `collect` tables); paginated p50 over 1,000,000
-documents at most 1.5x the p50 over 1,000 documents (same run).
+The two paginated tables (and the two view tables) are open at the same time (two
+notebooks, two kernels, two pages of one Chromium) and take their changes in turn, so that
+the machine's load (a shared VM) affects both alike; the `collect` tables are measured one
+after the other.
+
+Targets: p50 commit -> DOM under 50 ms (the `collect` and `view` tables); paginated and view
+p50 over 1,000,000 documents at most 1.5x the p50 over 1,000 documents (same run), sorted too.
+`python -m bench.widget_latency views` runs only the view tables.
 """
 
 from __future__ import annotations
@@ -81,6 +89,18 @@ CONFIGS: Final = [
     # benchmark well under 5 minutes.
     Config("collect, 100,000 docs", 100_000, "items:all", BIG_COLLECT_CHANGES),
 ]
+VIEW_CONFIGS: Final = [
+    Config("view, 1,000 docs", 1_000, "items:view"),
+    Config("view, 1,000,000 docs", 1_000_000, "items:view"),
+]
+SORT_COLUMN: Final = "count"
+_SORT: Final = f"""_sort = {{"type": "sort", "column": "{SORT_COLUMN}"}}
+table._on_front_end_message(table, _sort, [])
+ids = [table.model.row_at(p)["_id"] for p in range(10)]"""
+_SORTED_SHOWN: Final = f"""() => {{
+  const th = document.querySelector('.convex-live-table th[data-column="{SORT_COLUMN}"]');
+  return !!th && th.dataset.sort === 'asc';
+}}"""
 
 _SETUP: Final = [
     "import time\n%load_ext kernel_ext",
@@ -89,6 +109,7 @@ _SETUP: Final = [
     "%%convex_query items:page(paginationOpts: v.any())\n"
     "return db.query('items').paginate(paginationOpts)",
     "%%convex_query items:first10\nreturn db.query('items').take(10)",
+    "%%convex_query items:view\nreturn db.query('items')",
     "%%convex_mutation items:touch(id: v.id('items'), name: v.string())\n"
     "db.patch(id, {'name': name})",
     "ids = [d['_id'] for d in convex.query('items:first10')]",
@@ -242,6 +263,69 @@ def _change(run: Run) -> None:
     page.wait_for_timeout(GAP_MS)
 
 
+def _measure_views(browser: Any, server: Any, stores: dict[int, Path]) -> list[Run]:
+    """The view tables, open together, changes in turn: in the query's order, then sorted by
+    `SORT_COLUMN` (the same tables; the sorted samples are returned as runs of their own)."""
+    with ExitStack() as stack:
+        runs = []
+        for n, config in enumerate(VIEW_CONFIGS):
+            copy = store_copy(stores[config.docs], f"latency-view-{n}-{config.docs}")
+            run = _open(browser, server, config, stack.enter_context(copy))
+            stack.callback(_close, run)
+            runs.append(run)
+        for _ in range(WARMUP + CHANGES):
+            for run in runs:
+                _change(run)
+        sorted_runs = []
+        for run in runs:
+            t0 = time.perf_counter()
+            execute(run.page, _SORT)
+            run.page.wait_for_function(_SORTED_SHOWN, timeout=120_000)
+            run.page.wait_for_function(_ROW_SHOWN, timeout=120_000)
+            label = f"{run.config.label}, sorted by {SORT_COLUMN}"
+            print(f"    {label}: sort index built and shown in {time.perf_counter() - t0:.1f} s")
+            sorted_runs.append(Run(Config(label, run.config.docs, run.config.query), run.page))
+            sorted_runs[-1].clock_offset_ms = run.clock_offset_ms
+        for _ in range(WARMUP + CHANGES):
+            for run in sorted_runs:
+                _change(run)
+        for run, sorted_run in zip(runs, sorted_runs, strict=True):
+            sorted_run.rows_shown = run.page.inner_text(".convex-live-table .clt-count")
+    return [*runs, *sorted_runs]
+
+
+def _report(runs: dict[str, Run]) -> None:
+    for label, run in runs.items():
+        print(f"  {label} (n={len(run.total_ms)})")
+        print(f"    commit -> DOM         {_fmt(run.total_ms)}")
+        print(f"    commit -> rows sent   {_fmt(run.kernel_ms)}  (kernel)")
+        print(f"    rows sent -> DOM      {_fmt(run.front_ms)}  (front end)")
+        print(f"      sent -> in page     {_fmt(run.wire_ms)}  (ZMQ, server, WebSocket)")
+        print(f"      in page -> DOM      {_fmt(run.page_ms)}  (JupyterLab, anywidget, JS)")
+        print(f"    commit -> mutation returned {_fmt(run.mutation_ms)}")
+
+
+def _view_targets(runs: dict[str, Run]) -> None:
+    for suffix in ("", f", sorted by {SORT_COLUMN}"):
+        big = runs[f"view, 1,000,000 docs{suffix}"]
+        small = runs[f"view, 1,000 docs{suffix}"]
+        ratio = p50(big.total_ms) / p50(small.total_ms)
+        for run in (small, big):
+            value = p50(run.total_ms)
+            target(
+                f"p50 commit -> DOM < {TARGET_P50_MS:.0f} ms ({run.config.label}, "
+                f"n={len(run.total_ms)})",
+                value < TARGET_P50_MS,
+                f"{value:.1f} ms (p95 {p95(run.total_ms):.1f} ms)",
+            )
+        target(
+            f"view{suffix} p50 1,000,000 / 1,000 docs <= {TARGET_RATIO}",
+            ratio <= TARGET_RATIO,
+            f"{ratio:.2f}x ({p50(big.total_ms):.1f} ms vs {p50(small.total_ms):.1f} ms; p95 "
+            f"{p95(big.total_ms) / p95(small.total_ms):.2f}x)",
+        )
+
+
 def _close(run: Run) -> None:
     try:
         run.rows_shown = run.page.inner_text(".convex-live-table .clt-count")
@@ -281,17 +365,30 @@ def p50(values: list[float]) -> float:
     return percentile(sorted(values), 50)
 
 
-def main() -> None:
+def p95(values: list[float]) -> float:
+    return percentile(sorted(values), 95)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Every table (`views`: only the maintained-view tables)."""
+    views_only = bool(argv) and argv[0] == "views"
     header(
         f"Widget latency: LiveTable commit -> DOM for a 1-row change, {CHANGES} changes "
         f"(+{WARMUP} warm-up), JupyterLab + headless Chromium"
     )
-    stores = {c.docs: ensure_widget_store(c.docs) for c in CONFIGS}
+    configs = VIEW_CONFIGS if views_only else [*CONFIGS, *VIEW_CONFIGS]
+    stores = {c.docs: ensure_widget_store(c.docs) for c in configs}
     started = time.perf_counter()
     runs: dict[str, Run] = {}
     with jupyter_lab() as server, chromium() as browser:
+        t0 = time.perf_counter()
+        for run in _measure_views(browser, server, stores):
+            runs[run.config.label] = run
+            print(f"  {run.config.label:<40} table showed {run.rows_shown!r}", flush=True)
+        print(f"    (view tables measured in {time.perf_counter() - t0:.1f} s)", flush=True)
         # The paginated pair is interleaved (their ratio is a target); the others one by one.
-        for group in ([CONFIGS[0], CONFIGS[1]], [CONFIGS[2]], [CONFIGS[3]]):
+        groups = [] if views_only else [[CONFIGS[0], CONFIGS[1]], [CONFIGS[2]], [CONFIGS[3]]]
+        for group in groups:
             t0 = time.perf_counter()
             for run in _measure(browser, server, group, stores):
                 runs[run.config.label] = run
@@ -302,14 +399,10 @@ def main() -> None:
                 )
             print(f"    ({len(group)} measured in {time.perf_counter() - t0:.1f} s)", flush=True)
     print(f"  (all in {time.perf_counter() - started:.1f} s)\n")
-    for label, run in runs.items():
-        print(f"  {label} (n={len(run.total_ms)})")
-        print(f"    commit -> DOM         {_fmt(run.total_ms)}")
-        print(f"    commit -> rows sent   {_fmt(run.kernel_ms)}  (kernel)")
-        print(f"    rows sent -> DOM      {_fmt(run.front_ms)}  (front end)")
-        print(f"      sent -> in page     {_fmt(run.wire_ms)}  (ZMQ, server, WebSocket)")
-        print(f"      in page -> DOM      {_fmt(run.page_ms)}  (JupyterLab, anywidget, JS)")
-        print(f"    commit -> mutation returned {_fmt(run.mutation_ms)}")
+    _report(runs)
+    _view_targets(runs)
+    if views_only:
+        return
 
     big = runs["paginate, 1,000,000 docs"]
     small = runs["paginate, 1,000 docs"]
@@ -340,4 +433,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])
