@@ -19,6 +19,7 @@ BENCHMARKS = [
     "server_roundtrip",
     "server_fanout",
     "server_load",
+    "served_views",
 ]
 
 
