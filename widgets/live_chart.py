@@ -16,6 +16,7 @@ import html
 import threading
 import time
 from collections.abc import Callable, Sequence
+from copy import deepcopy
 from typing import TYPE_CHECKING, Any, Final
 
 import ipywidgets
@@ -130,7 +131,11 @@ class LiveChart(ipywidgets.VBox):  # type: ignore[misc]
         self._last_flush = 0.0
         self._timer: threading.Timer | None = None
         self.updates = 0
+        self._view_seen = False  # has a front-end view drawn the figure (and reported back)?
         self.figure = _Figure(self._figure_lock, layout=self._initial_layout(height))
+        self.figure.observe(
+            self._on_view_report, names=["_js2py_layoutDelta", "_js2py_traceDeltas"]
+        )
         if plot is None:
             self.figure.add_traces([_empty_trace(kind, name) for name in columns])
         self._status_line = ipywidgets.HTML(_status_html("loading", self.title, "", ""))
@@ -215,7 +220,28 @@ class LiveChart(ipywidgets.VBox):  # type: ignore[misc]
             with self._figure_lock, self.figure.batch_update():
                 for trace, column in zip(self.figure.data, ys, strict=True):
                     trace.x, trace.y = xs, column
+        if not self._view_seen:
+            self._sync_model_state()
         return f"{len(frame):,} row" + ("" if len(frame) == 1 else "s")
+
+    # -- front end -----------------------------------------------------------------------
+
+    def _on_view_report(self, change: dict[str, Any]) -> None:
+        if change["new"] is not None:
+            self._view_seen = True
+
+    def _sync_model_state(self) -> None:
+        """Copy the figure's whole state into its synced `_widget_data`/`_widget_layout`.
+
+        Plotly sends changes as `_py2js_update` messages that its front-end model applies
+        only once its JavaScript (4.8 MB) has loaded and initialized; one that arrives
+        earlier is lost, and the view then draws the model's construction-time data (seen in
+        JupyterLab: an empty chart under a "6 rows" status). A view draws from these two
+        traits, so until a view reports back (after it has drawn), every update also sets
+        them, as `FigureWidget._repr_mimebundle_` does when a figure is displayed."""
+        with self._figure_lock:
+            self.figure._widget_layout = deepcopy(self.figure._layout_obj._props)
+            self.figure._widget_data = deepcopy(self.figure._data)
 
     # -- status line ---------------------------------------------------------------------
 
@@ -242,6 +268,7 @@ class LiveChart(ipywidgets.VBox):  # type: ignore[misc]
         return f'<div class="convex-live-chart">{status}{figure}</div>'
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        self._sync_model_state()  # the figure may have changed since it was created
         bundle = super()._repr_mimebundle_(**kwargs)
         data = bundle[0] if isinstance(bundle, tuple) else bundle
         if isinstance(data, dict):
