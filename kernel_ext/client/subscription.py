@@ -113,7 +113,9 @@ class Subscription:
             self._cond.notify_all()
             callbacks = list(self._callbacks) if had_result and result.error is None else []
             result_callbacks = list(self._result_callbacks)
-            if result.error is None:
+            if result.error is None and not self._diff_callbacks:
+                self._diff_base = result  # (a diff is made only for someone: it may be O(n))
+            elif result.error is None:
                 # Submitted under the lock: `on_diff` registering meanwhile queues its first
                 # diff before or after this one, never across it.
                 diff = self._diff_from_base(result)
