@@ -2,8 +2,9 @@
 
 The chart is a Plotly `FigureWidget` (plotly >= 6 ships its JavaScript inside the PyPI package
 as an anywidget, so nothing is fetched from a CDN) under a one-line status. Each result is
-turned into a DataFrame (`kernel_ext.client.dataframe.to_dataframe`, so imported datetime and
-nullable columns keep their dtype) and applied to the SAME figure inside `batch_update()`: the
+turned into a DataFrame (`Subscription.df`, so imported datetime and nullable columns keep
+their dtype, and a view's read-only snapshot or an ungrouped aggregate's one dict become
+rows) and applied to the SAME figure inside `batch_update()`: the
 plot element in the page stays, and `layout.uirevision` is a constant so the user's zoom, pan
 and selection survive updates. Results arrive on the client's callback thread; bursts are
 coalesced to at most 30 figure updates a second, applied on a timer thread, so a slow `plot`
@@ -118,11 +119,9 @@ class LiveChart(ipywidgets.VBox):  # type: ignore[misc]
         self.title = subscription.description if title is None else title
         self._x, self._y, self._kind, self._plot = x, columns, kind, plot
         self._static_html = static_html
-        self._kinds = _column_kinds(source, subscription)
         self._lock = threading.Lock()  # the pending result, timer and state below
         self._figure_lock = threading.RLock()  # the figure's Python-side state
         self._flush_lock = threading.Lock()  # one flush at a time, in order
-        self._pending: Any = None
         self._seq = 0  # results received; the flush of the latest one may show "ready"
         self._dirty = False
         self._closed = False
@@ -168,7 +167,7 @@ class LiveChart(ipywidgets.VBox):  # type: ignore[misc]
                 # Keep the last drawing visible under the error, as LiveTable keeps its rows.
                 self._set_state("error", f"{type(result.error).__name__}: {result.error}")
                 return
-            self._pending, self._dirty = result.value, True
+            self._dirty = True
         self._schedule()
 
     def _on_connection_status(self, status: str) -> None:
@@ -193,10 +192,10 @@ class LiveChart(ipywidgets.VBox):  # type: ignore[misc]
                 self._timer = None
                 if not self._dirty or self._closed:
                     return
-                value, seq, self._dirty = self._pending, self._seq, False
+                seq, self._dirty = self._seq, False
                 self._last_flush = time.monotonic()
             try:
-                rows = self._draw(value)
+                rows = self._draw()
             except Exception as exc:  # the user's plot or columns: show it, keep the chart
                 with self._lock:
                     self._set_state("error", f"{type(exc).__name__}: {exc}")
@@ -207,9 +206,14 @@ class LiveChart(ipywidgets.VBox):  # type: ignore[misc]
                 if seq == self._seq and not self._closed:  # no error arrived since
                     self._set_state("ready", "")
 
-    def _draw(self, value: Any) -> str:
-        """Apply one result to the figure; returns the row count text for the status."""
-        frame = _frame(value, self._kinds)
+    def _draw(self) -> str:
+        """Apply the latest result to the figure; returns the row count text for the status.
+
+        Raises:
+            Exception: the query's error (if the latest result is one), the user's `plot`'s,
+                or ValidationError for a column that is not in the result.
+        """
+        frame = self.subscription.df
         if self._plot is not None:
             new = _as_figure(self._plot(frame))  # outside the figure lock: may be slow
             with self._figure_lock:
@@ -317,25 +321,6 @@ def _check_spec(
     if kind not in _KINDS:
         raise ValidationError(f"LiveChart kind must be one of {_KINDS}, not {kind!r}")
     return [y] if isinstance(y, str) else [str(c) for c in y]
-
-
-def _column_kinds(source: Any, subscription: Subscription) -> Any:
-    """What `to_dataframe` needs to give imported columns their dtype back: the client's
-    `column_kinds`, or the subscription's (it has no public accessor yet)."""
-    kinds = getattr(source, "column_kinds", None)
-    if callable(kinds):
-        return kinds
-    return getattr(subscription, "_column_kinds", None)
-
-
-def _frame(value: Any, kinds: Any) -> pd.DataFrame:
-    """A result as a DataFrame: a list of documents or rows, one dict (an ungrouped
-    aggregate: one row), or a read-only Sequence snapshot of rows (copied to a list)."""
-    from kernel_ext.client.dataframe import to_dataframe
-
-    if isinstance(value, Sequence) and not isinstance(value, list | str | bytes):
-        value = list(value)
-    return to_dataframe(value, kinds)
 
 
 def _column(frame: pd.DataFrame, name: str) -> Any:

@@ -4,7 +4,6 @@ coalescing and its static HTML, on an embedded store."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 import pandas as pd
 import plotly.express as px
@@ -15,7 +14,7 @@ import kernel_ext
 from kernel_ext import ConvexError, mutation, query, v
 from kernel_ext.errors import ValidationError
 from widgets import LiveChart
-from widgets.live_chart import UIREVISION, _frame
+from widgets.live_chart import UIREVISION
 
 
 @pytest.fixture(params=["file", "memory"])
@@ -115,23 +114,6 @@ def test_ungrouped_aggregate_is_one_row(app):
     wait_bars(chart, ([0], [4.0]), trace=1)
     assert "1 row" in chart._status_line.value
     chart.close()
-
-
-def test_read_only_sequence_snapshot_is_copied_to_rows():
-    class Snapshot(Sequence):
-        """A read-only sequence that is not a list, like a live view's value."""
-
-        def __init__(self, rows):
-            self._rows = tuple(rows)
-
-        def __len__(self):
-            return len(self._rows)
-
-        def __getitem__(self, i):
-            return self._rows[i]
-
-    frame = _frame(Snapshot([{"k": "a", "n": 1}, {"k": "b", "n": 2}]), None)
-    assert list(frame.columns) == ["k", "n"] and list(frame["n"]) == [1, 2]
 
 
 def test_documents_keep_their_datetime_column(app):
