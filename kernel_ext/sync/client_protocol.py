@@ -16,16 +16,14 @@ applied, so the client's subscriptions already reflect it (read your writes).
 
 Result diffs: the Connect asks for them (`resultDiffs`, see `messages`), so a maintained
 view's result may arrive as a `QueryDiff` that changes the value this session holds for the
-query. The session keeps that value's rows in copy-on-write chunks (`_RowChunks`): a diff
-costs the changed rows plus O(n / CHUNK), and each value it hands out is an immutable
-`ReceivedRows` that later diffs never change. Its `QueryResultEvent.diff` is that change,
+query. The session keeps that value's rows in a persistent tree (`_RowChunks`): a diff costs
+O(log n) per changed row, and each value it hands out is an immutable `RowsSnapshot` that
+later diffs never change. Its `QueryResultEvent.diff` is that change,
 based on the query's previous result (`base_ts`: its ts), for `Subscription.on_diff`.
 """
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ from typing import Any, Literal, TypeAlias
 import orjson
 
 from kernel_ext.errors import ProtocolError
-from kernel_ext.store.rows import CHUNK, RowsSnapshot
+from kernel_ext.store.rows import PositionalRows, RowsSnapshot
 from kernel_ext.store.values import Value, from_json, to_json
 from kernel_ext.store.views import ResultDiff, rows_of
 from kernel_ext.sync.messages import (
@@ -48,7 +46,6 @@ __all__ = [
     "ClientEvent",
     "ClientSession",
     "QueryResultEvent",
-    "ReceivedRows",
     "Reconnect",
     "RequestDone",
     "TransitionApplied",
@@ -109,39 +106,20 @@ class Reconnect:
 ClientEvent: TypeAlias = QueryResultEvent | RequestDone | TransitionApplied | Reconnect
 
 
-class ReceivedRows(RowsSnapshot):
-    """A value received as diffs: an immutable sequence of rows, like a view's
-    `RowsSnapshot` (len, index, slices, iteration, `==` with a list) but without the rows'
-    keys (`position_of` is None, `keys()` is empty)."""
-
-    __slots__ = ()
-
-    def __init__(self, row_chunks: tuple[tuple[Any, ...], ...]) -> None:
-        super().__init__((), row_chunks)
-
-
 class _RowChunks:
-    """A query's rows by position, in tuples of at most `2 * CHUNK` rows that are replaced,
-    never changed (copy on write): `snapshot()` shares them with every value handed out."""
+    """A query's rows by position, kept in a persistent tree (`store.rows.PositionalRows`):
+    `snapshot()` shares it with every value handed out, and a diff changes O(log n) nodes
+    per row, never the values handed out before."""
 
     def __init__(self, rows: Iterable[Any]) -> None:
-        self._chunks: list[tuple[Any, ...]] = []
-        self._offsets: list[int] = [0]
-        self._fill(rows if isinstance(rows, list) else list(rows))
-
-    def _fill(self, rows: list[Any]) -> None:
-        self._chunks = [tuple(rows[i : i + CHUNK]) for i in range(0, len(rows), CHUNK)]
-        self._reindex()
-
-    def _reindex(self) -> None:
-        self._offsets = [0, *itertools.accumulate(map(len, self._chunks))]
+        self._rows = PositionalRows(rows if isinstance(rows, list) else list(rows))
 
     def __len__(self) -> int:
-        return self._offsets[-1]
+        return len(self._rows)
 
-    def snapshot(self) -> ReceivedRows:
+    def snapshot(self) -> RowsSnapshot:
         """The rows now, as an immutable sequence."""
-        return ReceivedRows(tuple(self._chunks))
+        return self._rows.snapshot()
 
     def apply(self, diff: ResultDiff) -> None:
         """Apply `diff` (positions as in `ResultDiff.apply_to`).
@@ -150,42 +128,19 @@ class _RowChunks:
             IndexError: a position is out of range.
         """
         changes = len(diff.removed) + len(diff.inserted) + len(diff.updated)
-        if changes * (len(self._chunks) + CHUNK) > len(self):
-            # Many changes: one pass over a flat copy (in C) costs less than many chunk edits.
-            rows = list(itertools.chain.from_iterable(self._chunks))
+        if changes * 64 > len(self):
+            # Many changes: one pass over a flat copy (in C) costs less than many tree edits.
+            rows = list(self._rows.snapshot())
             _check_positions(diff, len(rows))
             diff.apply_to(rows)
-            self._fill(rows)
+            self._rows = PositionalRows(rows)
             return
         for position in reversed(diff.removed):
-            chunk, i = self._locate(position, len(self) - 1)
-            self._replace(chunk, (*self._chunks[chunk][:i], *self._chunks[chunk][i + 1 :]))
+            self._rows.delete(position)
         for position, row in diff.inserted:
-            if not self._chunks and position == 0:
-                self._chunks.append((row,))
-                self._reindex()
-                continue
-            chunk, i = self._locate(position, len(self))
-            self._replace(chunk, (*self._chunks[chunk][:i], row, *self._chunks[chunk][i:]))
+            self._rows.insert(position, row)
         for position, row in diff.updated:
-            chunk, i = self._locate(position, len(self) - 1)
-            self._replace(chunk, (*self._chunks[chunk][:i], row, *self._chunks[chunk][i + 1 :]))
-
-    def _locate(self, position: int, last: int) -> tuple[int, int]:
-        """(chunk, index in it) of `position` (at most `last`; `len(self)`: the end)."""
-        if not 0 <= position <= last:
-            raise IndexError(f"diff position {position} is out of range (0..{last})")
-        chunk = min(bisect.bisect_right(self._offsets, position) - 1, len(self._chunks) - 1)
-        return chunk, position - self._offsets[chunk]
-
-    def _replace(self, chunk: int, rows: tuple[Any, ...]) -> None:
-        if not rows:
-            del self._chunks[chunk]
-        elif len(rows) > 2 * CHUNK:  # split: chunks stay small, so a copy stays cheap
-            self._chunks[chunk : chunk + 1] = [rows[:CHUNK], rows[CHUNK:]]
-        else:
-            self._chunks[chunk] = rows
-        self._reindex()
+            self._rows.set(position, row)
 
 
 def _check_positions(diff: ResultDiff, size: int) -> None:

@@ -1,5 +1,5 @@
-"""`SortedRows` / `RowsSnapshot`: a sorted map with copy-on-write chunks, against a dict model
-(with tiny chunks, so that splits and chunk removals happen)."""
+"""`SortedRows` / `PositionalRows` / `RowsSnapshot`: a persistent B+tree, against a dict and a
+list model (with tiny nodes, so that splits, several levels and node removals happen)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kernel_ext.store import rows as rows_module
-from kernel_ext.store.rows import RowsSnapshot, SortedRows
+from kernel_ext.store.rows import PositionalRows, RowsSnapshot, SortedRows
 
 keys = st.binary(min_size=0, max_size=3)
 operations = st.lists(st.tuples(st.sampled_from(["put", "pop"]), keys, st.integers()), max_size=80)
 
 
 @pytest.fixture(autouse=True)
-def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rows_module, "CHUNK", 2)
+def tiny_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rows_module, "LEAF", 3)
+    monkeypatch.setattr(rows_module, "FANOUT", 3)
 
 
 @given(initial=st.dictionaries(keys, st.integers(), max_size=20), ops=operations)
@@ -58,3 +59,38 @@ def test_a_snapshot_is_a_read_only_sequence() -> None:
     with pytest.raises(TypeError):
         snapshot[0] = 3  # type: ignore[index]
     assert "2 rows" in repr(snapshot)
+
+
+positional_ops = st.lists(
+    st.tuples(st.sampled_from(["insert", "delete", "set"]), st.integers(-1, 40), st.integers()),
+    max_size=80,
+)
+
+
+@given(initial=st.lists(st.integers(), max_size=20), ops=positional_ops)
+def test_positional_rows_match_a_list(initial: list[int], ops: list[Any]) -> None:
+    model = list(initial)
+    rows = PositionalRows(initial)
+    snapshots: list[tuple[RowsSnapshot, list[int]]] = []
+    for op, position, value in ops:
+        valid = 0 <= position <= len(model) if op == "insert" else 0 <= position < len(model)
+        if not valid:
+            with pytest.raises(IndexError):
+                getattr(rows, op)(position, *([] if op == "delete" else [value]))
+            continue
+        if op == "insert":
+            rows.insert(position, value)
+            model.insert(position, value)
+        elif op == "delete":
+            rows.delete(position)
+            del model[position]
+        else:
+            rows.set(position, value)
+            model[position] = value
+        snapshot = rows.snapshot()
+        snapshots.append((snapshot, list(model)))
+        assert len(rows) == len(model) and snapshot == model
+        assert [snapshot[i] for i in range(len(model))] == model
+        assert snapshot.position_of(b"x") is None and list(snapshot.keys()) == []
+    for snapshot, expected in snapshots:
+        assert list(snapshot) == expected
