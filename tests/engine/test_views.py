@@ -402,3 +402,37 @@ def test_views_stay_exact_under_concurrent_writers(views_client: Client) -> None
         assert sub.value == fresh, (path, args)
         assert rows == _rows(fresh), ("diffs", path, args)
         sub.close()
+
+
+def test_building_a_view_is_not_held_to_the_function_time_limit(views_client: Client) -> None:
+    """The scan that builds a view is the engine's work, done once: a served store's time
+    limit (here 20 ms) stops the consumed twin of the same query but not the view."""
+    client = views_client
+
+    @query
+    def consumed(ctx: Any) -> Any:
+        return ctx.db.query("docs").filter(lambda q: q.neq(q.field("tag"), "skip")).collect()
+
+    @query
+    def returned(ctx: Any) -> Any:
+        return ctx.db.query("docs").filter(lambda q: q.neq(q.field("tag"), "skip"))
+
+    client.backend.register("views:consumed", consumed)
+    client.backend.register("views:returned", returned)
+    doc = {"g": "a", "tag": "keep", "x": 1}
+    for _ in range(4):
+        _commit(client, [{"kind": "insert", "which": 0, "doc": doc}] * 5000)
+    results: dict[str, Any] = {}
+    for path in ("views:consumed", "views:returned"):
+        done = threading.Event()
+
+        def on_update(result: Any, path: str = path, done: threading.Event = done) -> None:
+            results[path] = result
+            done.set()
+
+        unsubscribe = client.backend.subscribe(path, {}, None, on_update, time_limit=0.02)
+        assert done.wait(60)
+        unsubscribe()
+    assert type(results["views:consumed"].error).__name__ == "FunctionTimeout"
+    assert results["views:returned"].error is None
+    assert len(results["views:returned"].value) == 20000
