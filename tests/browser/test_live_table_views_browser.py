@@ -14,7 +14,7 @@ db.patch(id, {"score": score})"""
 LOAD = """import pandas as pd
 ids = convex.import_dataframe(
     "big", pd.DataFrame({"n": range(100_000), "score": [n / 10 for n in range(100_000)]}),
-    batch_size=50_000, progress=False)"""
+    batch_size=10_000, progress=False)"""
 # Returns its query: a maintained view (no .collect()).
 LIVE = """%%convex_query big:view --live
 return db.query("big").with_index("by_n")"""
