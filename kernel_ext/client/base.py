@@ -127,7 +127,9 @@ class ConvexClient(Protocol):
     def column_info(self, document_id: str) -> dict[str, dict[str, Any]]:
         """What the store knows of the columns of the table `document_id` belongs to (for
         the LiveTable): `{column: {"validator": <the schema's JSON validator of the field>,
-        "dtype": <the kind import_dataframe recorded>}}`, each key only when known."""
+        "dtype": <the kind import_dataframe recorded>}}`, each key only when known. Embedded
+        and remote clients give the same value for the same store (a remote client asks
+        the server with the admin key, and gets `{}` without it)."""
         ...
 
     def import_dataframe(

@@ -260,21 +260,9 @@ class Client:
         `{column: {"validator": <the schema's JSON validator of the field>, "dtype": <the
         kind import_dataframe recorded>}}`, each key only when known (empty for an id of no
         table)."""
-        from kernel_ext.store.ids import table_number_of
+        from kernel_ext.functions.columns import column_info  # shared with served stores
 
-        number = table_number_of(document_id)
-        if number is None:
-            return {}
-        store = self.backend.store
-        kinds = self.column_kinds().get(number, {})
-        info = {column: {"dtype": kind.get("dtype")} for column, kind in kinds.items()}
-        name = store.catalog.table_name(number)
-        definition = None if store.schema is None else store.schema.tables.get(str(name))
-        declared = {} if definition is None else definition.validator.to_json()
-        for column, field_info in (declared.get("value") or {}).items():
-            if declared.get("type") == "object":
-                info.setdefault(column, {})["validator"] = field_info["fieldType"]
-        return info
+        return column_info(self.backend.store, document_id)
 
     def tables(self) -> list[str]:
         """The names of the user tables."""

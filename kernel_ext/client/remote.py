@@ -679,13 +679,24 @@ class RemoteClient:
 
     def column_info(self, document_id: str) -> dict[str, dict[str, Any]]:
         """What the store knows of the columns of the table `document_id` belongs to:
-        `{column: {"dtype": ...}}` as `import_dataframe` recorded them (admin; the schema's
-        validators do not travel yet, so no `"validator"` here)."""
-        from kernel_ext.store.ids import table_number_of
+        `{column: {"validator": <the schema's validator JSON of the field>, "dtype": <the
+        kind import_dataframe recorded>}}`, each key only when known: the embedded client's
+        value, computed by the server (admin request `{"columnInfo": id}`). Empty without
+        the admin key (the LiveTable then shows values by their types); only the recorded
+        kinds from a server older than that request."""
+        if self._admin_key is None and "Authorization" not in self._headers:
+            return {}
+        try:
+            info = self._admin("Reading column info", {"columnInfo": document_id})
+        except ValidationError:  # an older server: it refuses the request it does not know
+            from kernel_ext.store.ids import table_number_of
 
-        number = table_number_of(document_id)
-        kinds = self.column_kinds().get(number, {}) if number is not None else {}
-        return {column: {"dtype": kind.get("dtype")} for column, kind in kinds.items()}
+            number = table_number_of(document_id)
+            kinds = self.column_kinds().get(number, {}) if number is not None else {}
+            return {column: {"dtype": kind.get("dtype")} for column, kind in kinds.items()}
+        except (AuthenticationError, FunctionError):  # not an admin after all
+            return {}
+        return {str(column): dict(facts) for column, facts in info.items()}
 
     def import_dataframe(
         self, table: str, frame: pd.DataFrame, *, batch_size: int = 1000, progress: bool = True

@@ -24,6 +24,7 @@ from kernel_ext.functions.cells import (
     compile_schema,
     split_cell,
 )
+from kernel_ext.functions.columns import column_info
 from kernel_ext.store.catalog import BY_CREATION_TIME
 from kernel_ext.store.column_kinds import column_kinds_by_number, insert_rows
 from kernel_ext.store.values import from_json, to_json
@@ -59,6 +60,12 @@ class Deployer:
         - `{"sync": true}`: returns `[]` once every live query reflects the latest commit
           (the end of such an import: read your writes);
         - `{"columnKinds": true}`: `[[table number, [kind, ...]]]` (Convex JSON);
+        - `{"columnInfo": document id}`: what the store knows of the columns of that
+          document's table, `{column: {"validator": <the schema's validator JSON of the
+          field>, "dtype": <the pandas kind import_dataframe recorded>}}` with each key only
+          when known, `{}` for a string that is no document id (plain JSON; the same value as
+          the embedded `client.column_info`, see `kernel_ext.functions.columns`). Our
+          extension: the official clients never send it;
         - `{"table": name}`: every document of a table (Convex JSON), in creation order;
         - `{"functions": true}`: `[{path, kind, visibility, args}]` (args: validator JSON);
         - `{"tables": true}`: `[{table, indexes}]` of the user tables.
@@ -78,6 +85,8 @@ class Deployer:
         if body.get("columnKinds") is True:
             kinds = self.backend.store.read(column_kinds_by_number)[0]
             return to_json([[n, list(k.values())] for n, k in kinds.items()])
+        if isinstance(body.get("columnInfo"), str):
+            return column_info(self.backend.store, body["columnInfo"])
         if isinstance(body.get("table"), str):
             return self._table(body["table"])
         if body.get("functions") is True:
