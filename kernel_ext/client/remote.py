@@ -285,9 +285,12 @@ class RemoteClient:
             await socket.send(text)
 
     def _send(self, text: str | None) -> None:
-        """Queue a frame for the current socket (None: offline, the session re-sends it)."""
-        if text is not None:
-            self._loop.call_soon_threadsafe(self._outbox.put_nowait, text)
+        """Queue a frame for the current socket (None: offline, the session re-sends it).
+        Once the client is closed there is no socket: nothing is sent (a subscription or a
+        widget closed after its client, e.g. by the garbage collector, must not fail)."""
+        if text is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed since the check
+                self._loop.call_soon_threadsafe(self._outbox.put_nowait, text)
 
     def _set_status(self, status: str) -> None:
         if self.status == status:

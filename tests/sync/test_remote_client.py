@@ -347,3 +347,15 @@ def test_an_import_to_a_vanished_server_raises_the_imports_error(server_factory)
             owner.import_dataframe("t", pd.DataFrame({"n": [1, 2]}), progress=False)
         # The failing batch's error (not the closing sync's) says what was not imported.
         assert "rows 0..1 of the DataFrame" in "\n".join(getattr(info.value, "__notes__", []))
+
+
+def test_closing_a_subscription_after_its_client_does_nothing(server_factory):
+    """A LiveTable or subscription closed after its client (the garbage collector does it
+    late) must not fail: there is no socket to tell any more."""
+    server = server_factory()
+    client = kernel_ext.connect(server.url)
+    sub = client.subscribe("counter:get", name="late")
+    assert sub.value == 0.0
+    client.close()
+    sub.close()  # raised RuntimeError: Event loop is closed
+    sub.close()
