@@ -408,7 +408,7 @@ class ClientSession:
             return
         value = event.value
         # A list handed out may be changed by its consumer: the rows are copied now.
-        rows = _RowChunks(value) if isinstance(value, list) else None
+        rows = _RowChunks(value) if isinstance(value, list | RowsSnapshot) else None
         self._held[event.query_id] = _Held(event.ts, value, rows)
 
     def _apply_diffs(self, modification: Mapping[str, Any], ts: int) -> list[ClientEvent]:
@@ -461,9 +461,13 @@ def _version(data: Mapping[str, Any]) -> tuple[int, int, int]:
 def _query_event(modification: Mapping[str, Any], ts: int) -> QueryResultEvent | None:
     kind = modification.get("type")
     if kind == "QueryUpdated":
+        value = from_json(modification["value"])
+        if modification.get("view") is True and isinstance(value, list):
+            # A maintained view's whole value: immutable, like the ones its diffs make.
+            value = PositionalRows(value).snapshot()
         return QueryResultEvent(
             int(modification["queryId"]),
-            from_json(modification["value"]),
+            value,
             ts=ts,
             log_lines=_log_lines(modification),
         )

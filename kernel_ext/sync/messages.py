@@ -31,7 +31,9 @@ ungrouped aggregate: one object). The first diff applies to the value of the que
 `QueryUpdated` or `QueryDiff` on this socket; several diffs are intermediate results that
 were never sent, in order. A server sends one only for a maintained view's result whose diff
 starts from exactly the value it last sent this client (`protocol.SyncProtocol`);
-otherwise, and after every reconnect, it sends the whole value.
+otherwise, and after every reconnect, it sends the whole value. To such a client, the
+`QueryUpdated` of a maintained view's whole value also carries `"view": true` (the client
+then knows the query is maintained incrementally before its first diff).
 """
 
 from __future__ import annotations

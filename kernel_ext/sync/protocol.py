@@ -470,6 +470,8 @@ class SyncProtocol:
             if outcome.success
             else m.query_failed(query_id, outcome)
         )
+        if self.result_diffs and outcome.success and isinstance(outcome.value, RowsSnapshot):
+            entry["view"] = True  # a maintained view's value (our extension)
         self._pending[query_id] = (entry, fingerprint)
 
     def _record_diff(self, query_id: m.QueryId, query: _Query, outcome: Outcome, ts: int) -> bool:

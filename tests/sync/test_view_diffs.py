@@ -287,3 +287,22 @@ def test_the_jupyter_shared_store_sends_diffs_too(tmp_path):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(15)
+
+
+def test_a_views_whole_value_is_marked_for_a_client_that_asked():
+    """So the client hands out an immutable value and knows the view is incremental before
+    its first diff (a LiveTable says `live · incremental` from the start)."""
+    from kernel_ext.store.rows import SortedRows
+    from kernel_ext.sync.client_protocol import _query_event
+
+    view_value = SortedRows([(b"a", {"n": 1.0}), (b"b", {"n": 2.0})]).snapshot()
+    for asked in (False, True):
+        protocol, sub = _session(asked)
+        protocol.receive_query_result(0, sub.token, Outcome.ok(view_value), 10)
+        (entry,) = _send(protocol)
+        if asked:
+            assert entry["view"] is True
+            event = _query_event(entry, 10)
+            assert isinstance(event.value, RowsSnapshot) and event.value == list(view_value)
+        else:  # byte for byte what an official client always got
+            assert entry == m.query_updated(0, Outcome.ok(list(view_value)))
