@@ -127,10 +127,11 @@ class LiveTable(anywidget.AnyWidget):
                 self.model.set_rows(result.value)
                 self._describe_columns()
             self._last_ts = result.ts
-            if not self.mode or diff is not None:
-                self.mode = (
-                    "incremental" if diff is not None or _is_snapshot(result.value) else "re-run"
-                )
+            # A maintained view's value is an immutable snapshot (served ones too), and only
+            # views have diffs.
+            self.mode = (
+                "incremental" if diff is not None or _is_snapshot(result.value) else "re-run"
+            )
             self._state = "ready"
             self.error = ""
             self._dirty = True

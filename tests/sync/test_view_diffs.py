@@ -306,3 +306,15 @@ def test_a_views_whole_value_is_marked_for_a_client_that_asked():
             assert isinstance(event.value, RowsSnapshot) and event.value == list(view_value)
         else:  # byte for byte what an official client always got
             assert entry == m.query_updated(0, Outcome.ok(list(view_value)))
+
+
+def test_a_live_table_over_a_served_view_says_incremental_from_the_start(server):
+    from widgets import LiveTable
+
+    with kernel_ext.connect(server.url) as client:
+        table = LiveTable(client, "items:by_n")
+        try:
+            wait_for(lambda: table.mode != "", timeout=60)
+            assert table.mode == "incremental"  # before any diff arrived
+        finally:
+            table.close()
