@@ -296,9 +296,11 @@ class TableModel:
     def _splice(self, position: int, deleted: int, inserted: int) -> None:
         """Rows `position .. position + deleted` left and `inserted` rows arrived there:
         move what the browser holds (only window rows: O(window)), and tell it to do so."""
+        # Past everything the browser holds: only the total changes. (Earlier splices of
+        # this flush may have pushed held rows past the window's end: those still count.)
         end = self.offset + self.limit
-        if self._reset or position >= end:
-            return  # after the window: only the total changes
+        if self._reset or position >= max(end, max(self._sent, default=-1) + 1):
+            return
         if len(self._splices) > self.limit:  # a big change: resending the window is cheaper
             self._reset, self._splices, self._sent = True, [], {}
             return
@@ -310,8 +312,13 @@ class TableModel:
             elif p < position:
                 moved[p] = entry
         self._sent = moved
-        self._dirty = {p + shift if p >= position + deleted else p for p in self._dirty}
-        self._dirty.difference_update(range(position, position + deleted))
+        # Drop the deleted rows' marks before shifting: a changed row right after them moves
+        # into their positions and must stay marked.
+        self._dirty = {
+            p + shift if p >= position + deleted else p
+            for p in self._dirty
+            if not position <= p < position + deleted
+        }
         self._mark(range(position, min(end, position + inserted)))
         self._splices.append([position, deleted, inserted])
 

@@ -31,7 +31,7 @@ from kernel_ext.store.keys import key_successor
 from kernel_ext.store.ranges import KeyRange
 from kernel_ext.store.readset import Interval, ReadSet
 from kernel_ext.store.rows import RowsSnapshot, SortedRows
-from kernel_ext.store.values import Value
+from kernel_ext.store.values import Value, same_value
 
 if TYPE_CHECKING:
     from kernel_ext.store.aggregates import AggregateSpec, GroupedAggregate
@@ -119,7 +119,8 @@ def diff_values(
             inserted.append((after, current[after]))
         else:
             old, new = previous[before], current[after]
-            if old is not new and old != new:
+            # (Convex equality: Python's `==` equates 0 and 0.0, True and 1.)
+            if old is not new and not same_value(old, new):
                 updated.append((after, new))
     removed.sort()
     inserted.sort(key=lambda change: change[0])
