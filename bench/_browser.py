@@ -14,6 +14,11 @@
 - `ensure_widget_store(n)`: a store file of `n` such documents in table `items`, built once
   under `bench/.data/` in a subprocess through `kernel_ext.connect` + `backend.store.mutate`
   (batches of 20,000), closed before any kernel opens it.
+- `ensure_shared_widget_store()`: a store file for the Jupyter server's shared store: the
+  1,000,000-document `items` of `ensure_widget_store` plus `SMALL_TABLE` of 1,000 documents
+  (`make_frame(1000)`, written the same way); `jupyter_lab(shared_store=path)` copies it into
+  the server's root as `.convex/shared.db` before the server starts (importing a million rows
+  over the wire would take minutes).
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ if TYPE_CHECKING:
 ROOT: Final = Path(__file__).resolve().parent.parent
 _STORE_FORMAT: Final = 1
 _BUILD_BATCH: Final = 20_000
+#: The shared store's 1,000-document table (`items` holds the 1,000,000 documents).
+SMALL_TABLE: Final = "items1k"
+_SHARED_SMALL: Final = 1_000
 
 #: Message types that a widget causes (its comm traffic and the cell output that shows it).
 WIDGET_TYPES: Final = frozenset(
@@ -109,6 +117,32 @@ def ensure_widget_store(n_docs: int) -> Path:
     return path
 
 
+def ensure_shared_widget_store() -> Path:
+    """Build `bench/.data/widget-shared-store.db` (table `items`: the 1,000,000 documents of
+    `ensure_widget_store(1_000_000)`; `SMALL_TABLE`: `make_frame(1000)`) in a subprocess if it
+    or its completion marker is missing; returns its path."""
+    path = DATA_DIR / "widget-shared-store.db"
+    marker = DATA_DIR / "widget-shared-store.json"
+    expected = {"format": _STORE_FORMAT, "items": 1_000_000, SMALL_TABLE: _SHARED_SMALL}
+    try:
+        if json.loads(marker.read_text()) == expected and path.exists():
+            return path
+    except (OSError, ValueError):
+        pass
+    big = ensure_widget_store(1_000_000)
+    marker.unlink(missing_ok=True)
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "bench._browser", "--build-shared", str(big), str(path)],
+        cwd=ROOT,
+        check=True,
+        timeout=1800,
+    )
+    marker.write_text(json.dumps(expected))
+    print(f"  built the shared-store file in {time.perf_counter() - started:.1f} s")
+    return path
+
+
 def _remove_store(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -141,18 +175,46 @@ def _build_store(n_docs: int, path: Path) -> None:
     building.rename(path)
 
 
+def _build_shared_store(big: Path, path: Path) -> None:
+    """(Subprocess) a copy of `big` with `SMALL_TABLE` added (`make_frame(1000)`)."""
+    import shutil
+
+    import kernel_ext
+    from kernel_ext.client.dataframe import rows_from_dataframe
+
+    building = path.with_name(path.name + ".building")
+    _remove_store(path)
+    _remove_store(building)
+    shutil.copyfile(big, building)
+    rows = list(rows_from_dataframe(make_frame(_SHARED_SMALL)))
+    client = kernel_ext.connect(building)
+    try:
+        client.backend.store.mutate(lambda txn: [txn.insert(SMALL_TABLE, doc) for doc in rows])
+    finally:
+        client.close()
+    for suffix in ("-wal", "-shm", ".lock"):
+        Path(f"{building}{suffix}").unlink(missing_ok=True)
+    building.rename(path)
+
+
 @contextmanager
 def store_copy(source: Path, name: str) -> Iterator[Path]:
     """A private copy of a cached store file (every run starts from the same data), flushed
     to disk."""
-    import shutil
-
     with scratch_dir(name) as folder:
         target = folder / source.name
-        shutil.copyfile(source, target)
-        with open(target, "rb+") as f:  # no write-back of the copy during the measurement
-            os.fsync(f.fileno())
+        _copy_synced(source, target)
         yield target
+
+
+def _copy_synced(source: Path, target: Path) -> None:
+    """Copy a store file and flush the copy to disk (no write-back during a measurement)."""
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    with open(target, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 # -- JupyterLab and Chromium -----------------------------------------------------------------
@@ -167,10 +229,20 @@ def harness() -> Any:
 
 
 @contextmanager
-def jupyter_lab() -> Iterator[Any]:
-    """A JupyterLab 4 server on 127.0.0.1 with a scratch root; stopped afterwards."""
+def jupyter_lab(shared_store: Path | None = None) -> Iterator[Any]:
+    """A JupyterLab 4 server on 127.0.0.1 with a scratch root; stopped afterwards.
+
+    Args:
+        shared_store: a store file copied to `<root>/.convex/shared.db` before the server
+            starts: the server extension's shared store (`kernel_ext.server_ext.SHARED_DB`)
+            then holds its documents. None: the extension starts an empty one.
+    """
     h = harness()
     with scratch_dir("lab") as tmp:
+        if shared_store is not None:
+            from kernel_ext.server_ext import SHARED_DB
+
+            _copy_synced(shared_store, tmp / "root" / SHARED_DB)
         process, server = h._start("lab", tmp)
         try:
             yield server
@@ -406,5 +478,9 @@ def kib(n: float) -> str:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--build"]:
         _build_store(int(sys.argv[2]), Path(sys.argv[3]))
+    elif sys.argv[1:2] == ["--build-shared"]:
+        _build_shared_store(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
-        raise SystemExit("usage: python -m bench._browser --build N PATH")
+        raise SystemExit(
+            "usage: python -m bench._browser --build N PATH | --build-shared BIG_PATH PATH"
+        )

@@ -30,14 +30,26 @@ drawRows).
   order, then while sorted by the `count` column (ascending; the table's sort index, built
   once, then updated per change), with the changes made to the first 10 rows of that order.
 
-The two paginated tables (and the two view tables) are open at the same time (two
-notebooks, two kernels, two pages of one Chromium) and take their changes in turn, so that
-the machine's load (a shared VM) affects both alike; the `collect` tables are measured one
-after the other.
+- `shared view`: the same view tables on the Jupyter server's shared store (the store the
+  jupyter-server extension serves, which `make demo` uses): the notebook's kernel keeps the
+  client `%load_ext kernel_ext` gives it (a `RemoteClient` reaching the extension through
+  the Jupyter server, with the admin key the extension hands its kernels), which receives
+  the view's row diffs over the sync protocol. The store's file (`items`: the 1,000,000
+  documents, `items1k`: 1,000 more of the same frame; `bench/_browser.py`
+  `ensure_shared_widget_store`) is copied into the server's root as `.convex/shared.db`
+  before the server starts. The first load of the 1,000,000-row table (run the cells ->
+  the table shows its rows: the view built by the server, sent whole once, rebuilt by the
+  kernel's client) is printed for every table.
 
-Targets: p50 commit -> DOM under 50 ms (the `collect` and `view` tables); paginated and view
-p50 over 1,000,000 documents at most 1.5x the p50 over 1,000 documents (same run), sorted too.
-`python -m bench.widget_latency views` runs only the view tables.
+The two paginated tables (and the four view tables) are open at the same time (two/four
+notebooks, kernels, pages of one Chromium) and take their changes in turn, so that the
+machine's load (a shared VM) affects them alike; the `collect` tables are measured one after
+the other.
+
+Targets: p50 commit -> DOM under 50 ms (the `collect` and view tables, both stores);
+paginated and view p50 over 1,000,000 documents at most 1.5x the p50 over 1,000 documents
+on the same store (same run), sorted too. Also printed: shared / embedded p50 at 1,000,000
+documents. `python -m bench.widget_latency views` runs only the view tables.
 """
 
 from __future__ import annotations
@@ -46,15 +58,17 @@ import re
 import statistics
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from bench._browser import (
+    SMALL_TABLE,
     chromium,
     describe,
+    ensure_shared_widget_store,
     ensure_widget_store,
     execute,
     jupyter_lab,
@@ -79,6 +93,8 @@ class Config:
     docs: int
     query: str  # the registered query the table shows
     changes: int = CHANGES
+    table: str = "items"  # the table the setup's functions read (module of the same name)
+    shared: bool = False  # on the Jupyter server's shared store (else a private store file)
 
 
 CONFIGS: Final = [
@@ -92,7 +108,10 @@ CONFIGS: Final = [
 VIEW_CONFIGS: Final = [
     Config("view, 1,000 docs", 1_000, "items:view"),
     Config("view, 1,000,000 docs", 1_000_000, "items:view"),
+    Config("shared view, 1,000 docs", 1_000, f"{SMALL_TABLE}:view", table=SMALL_TABLE, shared=True),
+    Config("shared view, 1,000,000 docs", 1_000_000, "items:view", shared=True),
 ]
+_SHARED_LOAD_TIMEOUT_MS: Final = 600_000  # the first load of 1,000,000 rows over the wire
 SORT_COLUMN: Final = "count"
 _SORT: Final = f"""_sort = {{"type": "sort", "column": "{SORT_COLUMN}"}}
 table._on_front_end_message(table, _sort, [])
@@ -102,18 +121,24 @@ _SORTED_SHOWN: Final = f"""() => {{
   return !!th && th.dataset.sort === 'asc';
 }}"""
 
-_SETUP: Final = [
-    "import time\n%load_ext kernel_ext",
-    "from widgets import LiveTable",
-    "%%convex_query items:all\nreturn db.query('items').collect()",
-    "%%convex_query items:page(paginationOpts: v.any())\n"
-    "return db.query('items').paginate(paginationOpts)",
-    "%%convex_query items:first10\nreturn db.query('items').take(10)",
-    "%%convex_query items:view\nreturn db.query('items')",
-    "%%convex_mutation items:touch(id: v.id('items'), name: v.string())\n"
-    "db.patch(id, {'name': name})",
-    "ids = [d['_id'] for d in convex.query('items:first10')]",
-]
+_LOAD: Final = "import time\n%load_ext kernel_ext"
+
+
+def _setup(t: str) -> list[str]:
+    """The functions over table `t` (module `t`: the shared store holds both tables)."""
+    return [
+        "from widgets import LiveTable",
+        f"%%convex_query {t}:all\nreturn db.query('{t}').collect()",
+        f"%%convex_query {t}:page(paginationOpts: v.any())\n"
+        f"return db.query('{t}').paginate(paginationOpts)",
+        f"%%convex_query {t}:first10\nreturn db.query('{t}').take(10)",
+        f"%%convex_query {t}:view\nreturn db.query('{t}')",
+        f"%%convex_mutation {t}:touch(id: v.id('{t}'), name: v.string())\n"
+        "db.patch(id, {'name': name})",
+        f"ids = [d['_id'] for d in convex.query('{t}:first10')]",
+    ]
+
+
 # Wrap the table's `send` to record when each `rows` message leaves the kernel.
 _INSTRUMENT: Final = """_sent = []
 _send = table.send
@@ -186,6 +211,7 @@ class Run:
     mutation_ms: list[float] = field(default_factory=list)  # commit -> mutation returned
     changes_made: int = 0
     rows_shown: str = ""
+    first_load_s: float = float("nan")  # cells run -> the table shows its rows
 
 
 def _clock_offset(page: Any) -> float:
@@ -203,8 +229,9 @@ def _clock_offset(page: Any) -> float:
     return best[1]
 
 
-def _open(browser: Any, server: Any, config: Config, store: Path) -> Run:
-    """Open a notebook on `store`, show the LiveTable, instrument it."""
+def _open(browser: Any, server: Any, config: Config, store: Path | None) -> Run:
+    """Open a notebook on `store` (None: the Jupyter server's shared store), show the
+    LiveTable, instrument it."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.add_init_script(_TAP_WEBSOCKETS)
     try:
@@ -214,24 +241,42 @@ def _open(browser: Any, server: Any, config: Config, store: Path) -> Run:
             re.sub(r"[^a-z0-9]+", "-", config.label.lower()).strip("-"),  # one per table
             [f"table = LiveTable(convex, {config.query!r})\ntable"],
         )
-        execute(page, _SETUP[0])
-        execute(page, f"%convex connect sqlite:///{store}")
-        for code in _SETUP[1:]:
+        execute(page, _LOAD)
+        if store is None:
+            _check_shared(page, config)
+        else:
+            execute(page, f"%convex connect sqlite:///{store}")
+        for code in _setup(config.table):
             execute(page, code)
+        t0 = time.perf_counter()
         run_all_cells(page)
         try:
-            page.wait_for_function(_ROW_SHOWN, timeout=120_000)
+            timeout = _SHARED_LOAD_TIMEOUT_MS if config.shared else 120_000
+            page.wait_for_function(_ROW_SHOWN, timeout=timeout)
         except PlaywrightTimeout:
             shows = describe(page)
             raise RuntimeError(f"{config.label}: the table did not show: {shows}") from None
+        first_load = time.perf_counter() - t0
         execute(page, _INSTRUMENT)
         if page.evaluate(_OBSERVE) < 0:
             raise RuntimeError("no `name` column in the table")
         page.wait_for_timeout(500)
-        return Run(config, page, _clock_offset(page))
+        return Run(config, page, _clock_offset(page), first_load_s=first_load)
     except BaseException:
         shutdown_kernel(page)
         raise
+
+
+def _check_shared(page: Any, config: Config) -> None:
+    """The kernel's `convex` must be the shared store's remote client (the extension's)."""
+    facts = execute(
+        page,
+        "import os",
+        client="type(convex).__name__",
+        store="os.environ.get('CONVEX_JUPYTER_STORE', '')",
+    )
+    if facts["client"].strip("'") != "RemoteClient" or not facts["store"].strip("'"):
+        raise RuntimeError(f"{config.label}: the kernel is not on the shared store: {facts}")
 
 
 def _change(run: Run) -> None:
@@ -241,7 +286,8 @@ def _change(run: Run) -> None:
     page.evaluate(_EXPECT, [pos, text])
     times = execute(
         page,
-        f"_t0 = time.time()\nconvex.mutation('items:touch', id=ids[{pos}], name={text!r})"
+        f"_t0 = time.time()\nconvex.mutation('{run.config.table}:touch', id=ids[{pos}], "
+        f"name={text!r})"
         "\n_t1 = time.time()",
         t0="_t0",
         t1="_t1",
@@ -269,8 +315,12 @@ def _measure_views(browser: Any, server: Any, stores: dict[int, Path]) -> list[R
     with ExitStack() as stack:
         runs = []
         for n, config in enumerate(VIEW_CONFIGS):
-            copy = store_copy(stores[config.docs], f"latency-view-{n}-{config.docs}")
-            run = _open(browser, server, config, stack.enter_context(copy))
+            store = None
+            if not config.shared:
+                copy = store_copy(stores[config.docs], f"latency-view-{n}-{config.docs}")
+                store = stack.enter_context(copy)
+            run = _open(browser, server, config, store)
+            print(f"    {config.label}: first load {run.first_load_s:.1f} s", flush=True)
             stack.callback(_close, run)
             runs.append(run)
         for _ in range(WARMUP + CHANGES):
@@ -284,7 +334,7 @@ def _measure_views(browser: Any, server: Any, stores: dict[int, Path]) -> list[R
             run.page.wait_for_function(_ROW_SHOWN, timeout=120_000)
             label = f"{run.config.label}, sorted by {SORT_COLUMN}"
             print(f"    {label}: sort index built and shown in {time.perf_counter() - t0:.1f} s")
-            sorted_runs.append(Run(Config(label, run.config.docs, run.config.query), run.page))
+            sorted_runs.append(Run(replace(run.config, label=label), run.page))
             sorted_runs[-1].clock_offset_ms = run.clock_offset_ms
         for _ in range(WARMUP + CHANGES):
             for run in sorted_runs:
@@ -297,6 +347,8 @@ def _measure_views(browser: Any, server: Any, stores: dict[int, Path]) -> list[R
 def _report(runs: dict[str, Run]) -> None:
     for label, run in runs.items():
         print(f"  {label} (n={len(run.total_ms)})")
+        if run.first_load_s == run.first_load_s:  # not NaN: the run that opened the table
+            print(f"    first load (cells run -> rows shown) {run.first_load_s:.1f} s")
         print(f"    commit -> DOM         {_fmt(run.total_ms)}")
         print(f"    commit -> rows sent   {_fmt(run.kernel_ms)}  (kernel)")
         print(f"    rows sent -> DOM      {_fmt(run.front_ms)}  (front end)")
@@ -306,9 +358,13 @@ def _report(runs: dict[str, Run]) -> None:
 
 
 def _view_targets(runs: dict[str, Run]) -> None:
-    for suffix in ("", f", sorted by {SORT_COLUMN}"):
-        big = runs[f"view, 1,000,000 docs{suffix}"]
-        small = runs[f"view, 1,000 docs{suffix}"]
+    for prefix, suffix in [
+        (prefix, suffix)
+        for prefix in ("view", "shared view")
+        for suffix in ("", f", sorted by {SORT_COLUMN}")
+    ]:
+        big = runs[f"{prefix}, 1,000,000 docs{suffix}"]
+        small = runs[f"{prefix}, 1,000 docs{suffix}"]
         ratio = p50(big.total_ms) / p50(small.total_ms)
         for run in (small, big):
             value = p50(run.total_ms)
@@ -319,10 +375,23 @@ def _view_targets(runs: dict[str, Run]) -> None:
                 f"{value:.1f} ms (p95 {p95(run.total_ms):.1f} ms)",
             )
         target(
-            f"view{suffix} p50 1,000,000 / 1,000 docs <= {TARGET_RATIO}",
+            f"{prefix}{suffix} p50 1,000,000 / 1,000 docs <= {TARGET_RATIO}",
             ratio <= TARGET_RATIO,
             f"{ratio:.2f}x ({p50(big.total_ms):.1f} ms vs {p50(small.total_ms):.1f} ms; p95 "
             f"{p95(big.total_ms) / p95(small.total_ms):.2f}x)",
+        )
+
+
+def _shared_vs_embedded(runs: dict[str, Run]) -> None:
+    """Shared / embedded p50 and p95 at 1,000,000 documents (what the served store adds)."""
+    for suffix in ("", f", sorted by {SORT_COLUMN}"):
+        shared = runs[f"shared view, 1,000,000 docs{suffix}"].total_ms
+        embedded = runs[f"view, 1,000,000 docs{suffix}"].total_ms
+        print(
+            f"  shared / embedded, 1,000,000 docs{suffix}: p50 "
+            f"{p50(shared) / p50(embedded):.2f}x ({p50(shared):.1f} ms vs {p50(embedded):.1f} "
+            f"ms), p95 {p95(shared) / p95(embedded):.2f}x ({p95(shared):.1f} ms vs "
+            f"{p95(embedded):.1f} ms)"
         )
 
 
@@ -377,10 +446,11 @@ def main(argv: list[str] | None = None) -> None:
         f"(+{WARMUP} warm-up), JupyterLab + headless Chromium"
     )
     configs = VIEW_CONFIGS if views_only else [*CONFIGS, *VIEW_CONFIGS]
-    stores = {c.docs: ensure_widget_store(c.docs) for c in configs}
+    stores = {c.docs: ensure_widget_store(c.docs) for c in configs if not c.shared}
+    shared_store = ensure_shared_widget_store()
     started = time.perf_counter()
     runs: dict[str, Run] = {}
-    with jupyter_lab() as server, chromium() as browser:
+    with jupyter_lab(shared_store) as server, chromium() as browser:
         t0 = time.perf_counter()
         for run in _measure_views(browser, server, stores):
             runs[run.config.label] = run
@@ -401,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  (all in {time.perf_counter() - started:.1f} s)\n")
     _report(runs)
     _view_targets(runs)
+    _shared_vs_embedded(runs)
     if views_only:
         return
 
