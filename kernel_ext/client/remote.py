@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import threading
 import time
@@ -466,7 +467,8 @@ class RemoteClient:
             current = query.result
         self._send(text)
         if current is not None:
-            listener(current)
+            # A new listener never saw the value the result's diff starts from.
+            listener(current if current.diff is None else dataclasses.replace(current, diff=None))
 
         def stop() -> None:
             with self._lock:

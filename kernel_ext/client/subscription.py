@@ -89,6 +89,9 @@ class Subscription:
         self._diff_callbacks: list[Callable[[ResultDiff], None]] = []
         # The latest successful result: a diff applies to it (`on_diff`).
         self._diff_base: QueryResult | None = None
+        # Restarted: the next result comes from another live query, whose diffs do not
+        # start from `_diff_base` even when their ts says so; it replaces every row.
+        self._resync = False
         self._streams: list[queue.SimpleQueue[Any]] = []
         self._closed = False
         self._generation = 0  # results of an earlier subscription (before restart) are stale
@@ -132,7 +135,13 @@ class Subscription:
         """The diff from the latest successful value to `result`'s (call with the lock held):
         the view's own when it starts from that value, else one replacing every row."""
         base, self._diff_base = self._diff_base, result
-        if result.diff is not None and base is not None and result.diff.base_ts == base.ts:
+        resync, self._resync = self._resync, False
+        if (
+            not resync
+            and result.diff is not None
+            and base is not None
+            and result.diff.base_ts == base.ts
+        ):
             return result.diff
         previous = 0 if base is None else len(rows_of(base.value))
         return ResultDiff.replacing(previous, result.value, result.ts)
@@ -274,7 +283,7 @@ class Subscription:
             if self._closed:
                 return
             self._result = None
-            self._diff_base = None
+            self._resync = True  # (the base stays: the rows `on_diff` consumers hold)
             self._generation += 1
         self._unsubscribe()
         self._unsubscribe = self._subscribe(self._receiver())

@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import orjson
@@ -50,7 +50,7 @@ from kernel_ext.store.readset import ALL, ReadSet
 from kernel_ext.store.rows import RowsSnapshot
 from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value
-from kernel_ext.store.views import MaintainedView, ResultDiff, ViewSeed, diff_values
+from kernel_ext.store.views import MaintainedView, ResultDiff, ViewSeed, diff_rebuilt
 
 __all__ = [
     "FAST_RUNS_TO_RETURN",
@@ -175,6 +175,9 @@ class LiveQuery:
     rebuild: bool = False
     #: The rows of the latest delivered view value (for the diff of a rebuild).
     rows: RowsSnapshot | None = None
+    #: The ts the view reflects: a commit at or before it is in the view already (a commit
+    #: is stored, so seen by snapshots, a moment before it is dispatched).
+    view_ts: int = 0
 
 
 @dataclass(eq=False)
@@ -283,7 +286,8 @@ class SubscriptionManager:
             live.subscribers.append(on_update)
             current = live.result
         if current is not None:
-            on_update(current)
+            # A new subscriber never saw the value the result's diff starts from.
+            on_update(current if current.diff is None else replace(current, diff=None))
 
         def unsubscribe() -> None:
             ready: list[Callable[[], None]] = []
@@ -505,8 +509,9 @@ class SubscriptionManager:
         """Commit `commit` hit `live`'s view: queue its writes, or have the function run
         again if it changed what the function read before returning the view (call with
         the lock held)."""
-        if live.rebuild:
+        if live.rebuild or commit.ts <= live.view_ts:
             return
+        # (A schema change's commit carries only the key `ALL_KEYS`.)
         if commit.keys[0][0] == ALL or (
             live.prelude is not None
             and live.prelude.intervals
@@ -565,6 +570,9 @@ class SubscriptionManager:
             self._round(lane, to_run)
         except Exception:  # a broken store must not kill the worker silently
             _log.exception("live query round failed")
+            with self._lock:  # a view may have lost the commits it took: build it again
+                for live in to_run:
+                    live.rebuild = live.view is not None
             self._end_round(lane, to_run, redo=False)
         except BaseException:
             # Interrupted (a waiting caller's KeyboardInterrupt): the next round redoes it.
@@ -618,6 +626,8 @@ class SubscriptionManager:
                 if self._queries.get(live.key) is not live:
                     continue  # unsubscribed meanwhile
                 if redo:
+                    # Its view may have lost (or half applied) the commits it had taken.
+                    live.rebuild = live.view is not None
                     self._make_dirty(live)  # still stale since when it was
                     continue
                 later = [ts for ts in hits if snapshot_ts is None or ts > snapshot_ts]
@@ -687,11 +697,11 @@ class SubscriptionManager:
             if rows is not None:
                 previous, live.rows = live.rows, rows
                 if previous is not None and live.result is not None:
-                    # A view built again: deliver what changed, if anything did.
-                    keys = dict.fromkeys(itertools.chain(previous.keys(), rows.keys()))
-                    diff = diff_values(previous, rows, keys, ts, live.result.ts)
+                    # A view built again: deliver what changed, if anything did (as a
+                    # diff when the rows kept their order).
+                    diff = diff_rebuilt(previous, rows, ts, live.result.ts)
                     same_logs = live.result.log_lines == result.log_lines
-                    if not diff and live.result.error is None and same_logs:
+                    if diff is not None and not diff and live.result.error is None and same_logs:
                         return
                     result = QueryResult(value, None, ts, result.log_lines, diff)
             else:
@@ -710,6 +720,7 @@ class SubscriptionManager:
         live.view = None if seed is None else seed.view
         live.prelude = None if seed is None else seed.prelude
         live.pending = []
+        live.view_ts = ts
         if read_set is None:
             return
         # A re-run usually reads the same ranges: compare them (in C) before re-registering.
@@ -758,6 +769,7 @@ class SubscriptionManager:
             if self._queries.get(live.key) is not live:
                 return
             self._classify(live, elapsed)
+            live.view_ts = snapshot.ts
             if diff is None:
                 return  # nothing it shows changed: nothing to deliver
             live.rows = view.rows()

@@ -22,6 +22,7 @@ what consuming the query at the same timestamp returns (property-tested against 
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ __all__ = [
     "ResultDiff",
     "ViewPlan",
     "ViewSeed",
+    "diff_rebuilt",
     "diff_values",
     "rows_of",
 ]
@@ -126,6 +128,22 @@ def diff_values(
     inserted.sort(key=lambda change: change[0])
     updated.sort(key=lambda change: change[0])
     return ResultDiff(ts, base_ts, tuple(removed), tuple(inserted), tuple(updated))
+
+
+def diff_rebuilt(
+    previous: RowsSnapshot, current: RowsSnapshot, ts: int, base_ts: int
+) -> ResultDiff | None:
+    """The diff from `previous` to `current`, two values of a view built twice (O(n)); None
+    when the rows both hold are not in the same relative order (the order itself changed,
+    say from "asc" to "desc"), which positions of changed rows cannot express: the whole
+    value replaces the previous one then."""
+    before, after = list(previous.keys()), list(current.keys())
+    in_after, in_before = set(after), set(before)
+    if [k for k in before if k in in_after] != [k for k in after if k in in_before]:
+        return None
+    return diff_values(
+        previous, current, dict.fromkeys(itertools.chain(before, after)), ts, base_ts
+    )
 
 
 @dataclass(frozen=True)
@@ -239,9 +257,11 @@ class QueryView(MaintainedView):
     def apply(self, old: dict[str, Value] | None, new: dict[str, Value] | None) -> None:
         plan = self.plan
         old_key, new_key = plan.matches(old), plan.matches(new)
-        if old_key is not None and self._rows.pop(old_key) is not None:
-            self._touched[old_key] = None
-        if new_key is not None and self._admits(new_key):
+        held = old_key is not None and self._rows.pop(old_key) is not None
+        if held:
+            self._touched[old_key] = None  # type: ignore[index]
+        # A document that stays at its key stays in the view (also the last of a top-k).
+        if new_key is not None and ((held and new_key == old_key) or self._admits(new_key)):
             self._rows.put(new_key, new)
             self._touched[new_key] = None
             self._trim()

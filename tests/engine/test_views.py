@@ -4,6 +4,7 @@ the same function's consumed result after random inserts, patches, unsets and de
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from kernel_ext import define_schema, define_table, mutation, query, v
 from kernel_ext.client.embedded import Client
 from kernel_ext.store.keys import encode_value
 from kernel_ext.store.rows import RowsSnapshot
-from kernel_ext.store.views import ResultDiff
+from kernel_ext.store.views import QueryView, ResultDiff
 
 SCHEMA_INDEX = ("g", "x")
 
@@ -442,3 +443,127 @@ def test_building_a_view_is_not_held_to_the_function_time_limit(views_client: Cl
     assert type(results["views:consumed"].error).__name__ == "FunctionTimeout"
     assert results["views:returned"].error is None
     assert len(results["views:returned"].value) == 20000
+
+
+@query
+def order_by_prelude(ctx: Any) -> Any:
+    # The order depends on a document read first: a commit into it flips the order.
+    config = ctx.db.query("config").first()
+    desc = config is not None and config["g"] == "b"
+    return ctx.db.query("docs").with_index("by_gx").order("desc" if desc else "asc")
+
+
+FUNCTIONS["views:order_by_prelude"] = order_by_prelude
+SUBSCRIPTIONS.append(("views:order_by_prelude", {}))
+
+
+def test_a_rebuild_that_flips_the_order_is_delivered(views_client: Client) -> None:
+    """The same rows in another order: positions of changed rows cannot say it, the whole
+    value replaces the previous one (review finding 1)."""
+    client = views_client
+    _commit(
+        client, [{"kind": "insert", "doc": {"g": "a", "tag": "keep", "x": i}} for i in range(3)]
+    )
+    sub = client.subscribe("views:order_by_prelude", {})
+    rows: list[Any] = []
+    sub.on_diff(lambda diff: diff.apply_to(rows))
+    assert [row["x"] for row in sub.value] == [0, 1, 2]
+    ts = _commit(client, [{"kind": "config", "which": 0, "doc": {"g": "b"}}])
+    assert client.backend.subscriptions.wait_processed(ts, timeout=30)
+    assert [row["x"] for row in sub.value] == [2, 1, 0]
+    ts = _commit(client, [{"kind": "insert", "doc": {"g": "a", "tag": "keep", "x": 3}}])
+    assert client.backend.subscriptions.wait_processed(ts, timeout=30)
+    _wait_for_callbacks(client)
+    assert [row["x"] for row in rows] == [row["x"] for row in sub.value] == [3, 2, 1, 0]
+    sub.close()
+
+
+def test_a_commit_dispatched_after_the_view_saw_it_is_not_applied_twice(
+    views_client: Client,
+) -> None:
+    """A commit is stored (snapshots see it) a moment before its listeners run: a view built
+    in between must not count it again when it is dispatched (review finding 2)."""
+    client = views_client
+    store, manager = client.backend.store, client.backend.subscriptions
+    _commit(client, [{"kind": "insert", "doc": {"g": "a", "tag": "keep", "x": 1}}])
+    index = store._listeners.index(manager._on_commit)
+    stored, release = threading.Event(), threading.Event()
+
+    def late(commit: Any) -> None:  # the committer is descheduled before publishing
+        stored.set()
+        assert release.wait(30)
+        manager._on_commit(commit)
+
+    store._listeners[index] = late
+    writer = threading.Thread(
+        target=_commit, args=(client, [{"kind": "insert", "doc": {"g": "a", "tag": "keep"}}])
+    )
+    writer.start()
+    try:
+        assert stored.wait(30)
+        store._listeners[index] = manager._on_commit  # later commits publish at once
+        result: list[Any] = []
+        done = threading.Event()
+        client.backend.subscribe(
+            "views:overall", {}, None, lambda r: (result.append(r), done.set())
+        )
+        assert done.wait(30) and result[0].value["n"] == 2  # built on a snapshot with it
+    finally:
+        release.set()
+        writer.join(30)
+    ts = _commit(client, [{"kind": "insert", "doc": {"g": "b", "tag": "keep", "x": 2}}])
+    assert manager.wait_processed(ts, timeout=30)
+    assert result[-1].value["n"] == client.query("views:overall", {})["n"] == 3
+
+
+def test_an_interrupted_round_builds_the_view_again(
+    views_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the notebook's thread runs a view's round (mutation() waits for its
+    subscriptions) must not lose the commits the round had taken (review finding 3)."""
+    client = views_client
+    sub = client.subscribe("views:everything", {})
+    assert len(sub.value) == 0
+    original = QueryView.apply
+    fired: list[bool] = []
+
+    def interrupted(self: QueryView, old: Any, new: Any) -> None:
+        if not fired and threading.current_thread() is threading.main_thread():
+            fired.append(True)
+            raise KeyboardInterrupt
+        original(self, old, new)
+
+    monkeypatch.setattr(QueryView, "apply", interrupted)
+    for i in range(200):
+        if fired:
+            break
+        with contextlib.suppress(KeyboardInterrupt):
+            client.mutation(
+                "views:apply_ops",
+                {"ops": [{"kind": "insert", "doc": {"g": "a", "tag": "keep", "x": i}}]},
+            )
+    assert fired, "no round ran on the main thread"
+    ts = _commit(client, [{"kind": "insert", "doc": {"g": "a", "tag": "keep", "x": 1000}}])
+    assert client.backend.subscriptions.wait_processed(ts, timeout=30)
+    assert _exact(sub.value) == _exact(client.query("views:everything", {}))
+    sub.close()
+
+
+def test_diffs_after_a_restart_replace_the_rows_on_diff_consumers_hold(
+    views_client: Client,
+) -> None:
+    """`client.clear_auth()` / `set_auth()` restart subscriptions: the next diff replaces
+    the rows the consumer holds, it does not add to them (review finding 6)."""
+    client = views_client
+    _commit(
+        client, [{"kind": "insert", "doc": {"g": "a", "tag": "keep", "x": i}} for i in range(3)]
+    )
+    sub = client.subscribe("views:everything", {})
+    rows: list[Any] = []
+    sub.on_diff(lambda diff: diff.apply_to(rows))
+    assert len(sub.value) == 3
+    client.clear_auth()
+    assert len(sub.value) == 3
+    _wait_for_callbacks(client)
+    assert _exact(rows) == _exact(sub.value)
+    sub.close()
