@@ -356,6 +356,17 @@ class PositionalRows:
     def __init__(self, rows: Sequence[Any] = ()) -> None:
         self._root = _build(rows, None)
 
+    @classmethod
+    def of(cls, snapshot: RowsSnapshot) -> PositionalRows:
+        """Rows starting as `snapshot`'s: its tree is shared when it is positional and in
+        its own order (no copy), else its rows are copied."""
+        root = snapshot._root
+        if snapshot._reverse or (root is not None and _keyed(root)):
+            return cls(list(snapshot))
+        rows = cls()
+        rows._root = root
+        return rows
+
     def __len__(self) -> int:
         return 0 if self._root is None else len(self._root)
 
@@ -387,6 +398,10 @@ class PositionalRows:
     def snapshot(self) -> RowsSnapshot:
         """The current rows as an immutable sequence."""
         return RowsSnapshot(self._root)
+
+
+def _keyed(node: _Node) -> bool:
+    return node.maxes is not None if isinstance(node, _Branch) else node.keys is not None
 
 
 def _at(node: _Node, position: int, row: Any, op: str) -> tuple[_Node, ...]:

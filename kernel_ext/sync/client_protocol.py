@@ -112,7 +112,10 @@ class _RowChunks:
     per row, never the values handed out before."""
 
     def __init__(self, rows: Iterable[Any]) -> None:
-        self._rows = PositionalRows(rows if isinstance(rows, list) else list(rows))
+        if isinstance(rows, RowsSnapshot):
+            self._rows = PositionalRows.of(rows)
+        else:
+            self._rows = PositionalRows(rows if isinstance(rows, list) else list(rows))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -407,8 +410,9 @@ class ClientSession:
             self._held.pop(event.query_id, None)
             return
         value = event.value
-        # A list handed out may be changed by its consumer: the rows are copied now.
-        rows = _RowChunks(value) if isinstance(value, list | RowsSnapshot) else None
+        # A view's value (an immutable snapshot: its tree is shared, nothing is copied)
+        # gets diffs; other values get none (a diff would find them copied lazily).
+        rows = _RowChunks(value) if isinstance(value, RowsSnapshot) else None
         self._held[event.query_id] = _Held(event.ts, value, rows)
 
     def _apply_diffs(self, modification: Mapping[str, Any], ts: int) -> list[ClientEvent]:

@@ -94,3 +94,17 @@ def test_positional_rows_match_a_list(initial: list[int], ops: list[Any]) -> Non
         assert snapshot.position_of(b"x") is None and list(snapshot.keys()) == []
     for snapshot, expected in snapshots:
         assert list(snapshot) == expected
+
+
+def test_positional_rows_of_a_snapshot_share_it_and_never_change_it() -> None:
+    original = PositionalRows(list(range(10)))
+    shared = original.snapshot()
+    rows = PositionalRows.of(shared)
+    rows.delete(0)
+    rows.insert(5, 99)
+    assert list(shared) == list(range(10))
+    assert list(rows.snapshot()) == [1, 2, 3, 4, 5, 99, 6, 7, 8, 9]
+    keyed = SortedRows([(b"a", 1), (b"b", 2)]).snapshot(reverse=True)
+    copied = PositionalRows.of(keyed)  # keyed or reversed: copied
+    copied.set(0, 7)
+    assert list(copied.snapshot()) == [7, 1] and list(keyed) == [2, 1]
