@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from bench._common import DATA_DIR, scratch_dir
+from bench._common import DATA_DIR, cached_build, scratch_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -96,24 +96,12 @@ def ensure_widget_store(n_docs: int) -> Path:
     """Build `bench/.data/widget-store-N.db` (table `items`, `make_frame(N)` rows) in a
     subprocess if it or its completion marker is missing; returns its path."""
     path = widget_store_path(n_docs)
-    marker = DATA_DIR / f"widget-store-{n_docs}.json"
-    expected = {"format": _STORE_FORMAT, "docs": n_docs}
-    try:
-        if json.loads(marker.read_text()) == expected and path.exists():
-            return path
-    except (OSError, ValueError):
-        pass
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "bench._browser", "--build", str(n_docs), str(path)],
-        cwd=ROOT,
-        check=True,
-        timeout=1800,
+    cached_build(
+        (path,),
+        f"widget-store-{n_docs}",
+        {"format": _STORE_FORMAT, "docs": n_docs},
+        lambda: _build_in_subprocess("--build", str(n_docs), str(path)),
     )
-    marker.write_text(json.dumps(expected))
-    print(f"  built {n_docs:,}-document widget store in {time.perf_counter() - started:.1f} s")
     return path
 
 
@@ -122,25 +110,20 @@ def ensure_shared_widget_store() -> Path:
     `ensure_widget_store(1_000_000)`; `SMALL_TABLE`: `make_frame(1000)`) in a subprocess if it
     or its completion marker is missing; returns its path."""
     path = DATA_DIR / "widget-shared-store.db"
-    marker = DATA_DIR / "widget-shared-store.json"
-    expected = {"format": _STORE_FORMAT, "items": 1_000_000, SMALL_TABLE: _SHARED_SMALL}
-    try:
-        if json.loads(marker.read_text()) == expected and path.exists():
-            return path
-    except (OSError, ValueError):
-        pass
     big = ensure_widget_store(1_000_000)
-    marker.unlink(missing_ok=True)
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "bench._browser", "--build-shared", str(big), str(path)],
-        cwd=ROOT,
-        check=True,
-        timeout=1800,
+    cached_build(
+        (path,),
+        "widget-shared-store",
+        {"format": _STORE_FORMAT, "items": 1_000_000, SMALL_TABLE: _SHARED_SMALL},
+        lambda: _build_in_subprocess("--build-shared", str(big), str(path)),
     )
-    marker.write_text(json.dumps(expected))
-    print(f"  built the shared-store file in {time.perf_counter() - started:.1f} s")
     return path
+
+
+def _build_in_subprocess(*args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "bench._browser", *args], cwd=ROOT, check=True, timeout=1800
+    )
 
 
 def _remove_store(path: Path) -> None:

@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -163,27 +163,42 @@ def dataset_paths(n_docs: int) -> tuple[Path, Path]:
     return DATA_DIR / f"store-{n_docs}.db", DATA_DIR / f"raw-{n_docs}.db"
 
 
-def ensure_dataset(n_docs: int) -> tuple[Path, Path]:
-    """Build the data set of `n_docs` items (store file and equivalent raw SQLite file) if a
-    file or its completion marker is missing; returns `(store file, raw file)`."""
-    store_path, raw_path = dataset_paths(n_docs)
-    marker = DATA_DIR / f"dataset-{n_docs}.json"
-    expected = {"format": _DATASET_FORMAT, "docs": n_docs}
+def cached_build(
+    files: Sequence[Path], name: str, expected: dict[str, Any], build: Callable[[], None]
+) -> None:
+    """Make sure `files` hold what `build()` writes: nothing happens when they all exist and
+    the completion marker `DATA_DIR/<name>.json` holds `expected`; otherwise `build()` runs
+    (it removes what it replaces) and the marker is written once it returned, so a build
+    cut short is done again next time. Prints how long a build took."""
+    marker = DATA_DIR / f"{name}.json"
     try:
-        if json.loads(marker.read_text()) == expected and store_path.exists() and raw_path.exists():
-            return store_path, raw_path
+        if json.loads(marker.read_text()) == expected and all(f.exists() for f in files):
+            return
     except (OSError, ValueError):
         pass
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     started = time.perf_counter()
-    _build(n_docs, store_path, raw_path)
+    build()
     marker.write_text(json.dumps(expected))
-    print(f"  built {n_docs:,}-document data set in {time.perf_counter() - started:.1f} s")
+    print(f"  built {name} in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def ensure_dataset(n_docs: int) -> tuple[Path, Path]:
+    """Build the data set of `n_docs` items (store file and equivalent raw SQLite file) if a
+    file or its completion marker is missing; returns `(store file, raw file)`."""
+    store_path, raw_path = dataset_paths(n_docs)
+    cached_build(
+        (store_path, raw_path),
+        f"dataset-{n_docs}",
+        {"format": _DATASET_FORMAT, "docs": n_docs},
+        lambda: _build(n_docs, store_path, raw_path),
+    )
     return store_path, raw_path
 
 
-def _remove_db(path: Path) -> None:
+def remove_db(path: Path) -> None:
+    """Remove an SQLite store file and its companions (WAL, shared memory, lock)."""
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
@@ -192,7 +207,7 @@ def _build(n_docs: int, store_path: Path, raw_path: Path) -> None:
     tmp_store = store_path.with_name(store_path.name + ".building")
     tmp_raw = raw_path.with_name(raw_path.name + ".building")
     for path in (store_path, raw_path, tmp_store, tmp_raw):
-        _remove_db(path)
+        remove_db(path)
 
     persistence = SqlitePersistence(tmp_store)
     # A large page cache keeps the random-id B-tree inserts of the build in memory.
@@ -236,7 +251,7 @@ def _build(n_docs: int, store_path: Path, raw_path: Path) -> None:
     store.close()
     raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     raw.close()
-    _remove_db(store_path)
+    remove_db(store_path)
     tmp_store.rename(store_path)
     Path(f"{tmp_store}.lock").unlink(missing_ok=True)
     tmp_raw.rename(raw_path)

@@ -10,7 +10,6 @@ with `client.import_dataframe` (batches of `IMPORT_BATCH`, tqdm progress bar) un
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import kernel_ext
-from bench._common import DATA_DIR
+from bench._common import DATA_DIR, cached_build, remove_db
 from kernel_ext import define_schema, define_table, v
 
 if TYPE_CHECKING:
@@ -75,30 +74,17 @@ def _files(path: Path) -> list[Path]:
 def ensure_live_dataset(n: int) -> Path:
     """The cached store file of `frame(n)` (built now if it or its marker is missing)."""
     path = DATA_DIR / f"live-{n}.db"
-    marker = DATA_DIR / f"live-{n}.json"
-    expected = {"format": _FORMAT, "docs": n}
-    try:
-        if json.loads(marker.read_text()) == expected and path.exists():
-            return path
-    except (OSError, ValueError):
-        pass
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    started = time.perf_counter()
-    client = kernel_ext.connect(path)
-    try:
-        client.set_schema(LIVE_SCHEMA)
-        client.import_dataframe("items", frame(n), batch_size=IMPORT_BATCH, progress=n > 50_000)
-    finally:
-        client.close()
-    marker.write_text(json.dumps(expected))
-    print(
-        f"  built the {n:,}-document store with import_dataframe in "
-        f"{time.perf_counter() - started:.1f} s",
-        flush=True,
-    )
+
+    def build() -> None:
+        remove_db(path)
+        client = kernel_ext.connect(path)
+        try:
+            client.set_schema(LIVE_SCHEMA)
+            client.import_dataframe("items", frame(n), batch_size=IMPORT_BATCH, progress=n > 50_000)
+        finally:
+            client.close()
+
+    cached_build((path,), f"live-{n}", {"format": _FORMAT, "docs": n}, build)
     return path
 
 
