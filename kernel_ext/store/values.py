@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
@@ -395,6 +396,9 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+_FLOAT_MAX: Final = sys.float_info.max
+
+
 def to_json(value: Value) -> Any:
     """Encode a value as Convex JSON: int64 as `{"$integer"}`, bytes as `{"$bytes"}`, special
     floats as `{"$float"}`; everything else as plain JSON."""
@@ -410,10 +414,25 @@ def to_json(value: Value) -> Any:
     if t is list:
         return [to_json(x) for x in value]
     if t is dict:
-        return {k: to_json(x) for k, x in value.items()}
+        # Strings, booleans, null and ordinary floats are their own JSON: no call for them
+        # (a whole result of a million documents is encoded value by value).
+        return {
+            k: x
+            if (tx := type(x)) is str
+            or tx is bool
+            or x is None
+            or (tx is float and _plain_float(x))
+            else to_json(x)
+            for k, x in value.items()
+        }
     if isinstance(value, Sequence) and not isinstance(value, str):
         return [to_json(x) for x in value]  # a view's immutable rows (`store.rows`)
     return value
+
+
+def _plain_float(x: float) -> bool:
+    """A float JSON writes as itself: finite and not -0.0."""
+    return (x != 0.0 and -_FLOAT_MAX <= x <= _FLOAT_MAX) or (x == 0.0 and math.copysign(1, x) > 0)
 
 
 def from_json(data: Any) -> Value:
@@ -438,7 +457,13 @@ def _from_json(data: Any, depth: int) -> Value:
                 return _decode_special(key, inner)
         if depth >= MAX_VALUE_NESTING:
             raise ValidationError(_too_nested_json())
-        return {k: _from_json(x, depth + 1) for k, x in data.items()}
+        # Strings, floats, booleans and null decode as themselves: no call for them.
+        return {
+            k: x
+            if (tx := type(x)) is str or tx is float or tx is bool or x is None
+            else _from_json(x, depth + 1)
+            for k, x in data.items()
+        }
     return data
 
 
