@@ -481,7 +481,7 @@ def query_updated(query_id: QueryId, outcome: Outcome) -> Modification:
     return {
         "type": "QueryUpdated",
         "queryId": query_id,
-        "value": to_json(outcome.value),
+        "value": outcome.json_value,
         "logLines": _log_lines(outcome),
         "journal": None,
     }

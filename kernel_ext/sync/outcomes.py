@@ -15,6 +15,7 @@ Errors cross the wire as data, never as exception objects or tracebacks:
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import math
 import sysconfig
@@ -105,6 +106,12 @@ class Outcome:
         """The failure of a call whose arguments could not even be read (an `ArgumentError`)."""
         return cls.failure(f"ArgumentValidationError: {detail}", code=ArgumentError.code)
 
+    @functools.cached_property
+    def json_value(self) -> Any:
+        """`to_json(self.value)`, computed once (the fingerprint and the message share it:
+        a whole result of a million documents is encoded once, not twice)."""
+        return to_json(self.value)
+
     @property
     def has_error_data(self) -> bool:
         """True when the failure carries `ConvexError` data."""
@@ -114,7 +121,7 @@ class Outcome:
         """Bytes equal for outcomes that a client must not be sent twice in a row."""
         body: Any
         if self.success:
-            body = ["ok", to_json(self.value)]
+            body = ["ok", self.json_value]
         else:
             data = to_json(self.error_data) if self.has_error_data else None
             body = ["err", self.error_message, self.error_code, self.has_error_data, data]
