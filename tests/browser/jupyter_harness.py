@@ -136,3 +136,15 @@ def open_and_run(page, server: Server, notebook: str) -> None:
 def execute(page, code: str) -> str:
     """Run code in the notebook's kernel (not as a cell) and return the reply status."""
     return str(page.evaluate(EXECUTE, code))
+
+
+def notebook_text(page, tail: int = 4000) -> str:
+    """The open notebook's text (cells and outputs, errors included), its last `tail`
+    characters: for a failure message that says why the page did not get there."""
+    return str(
+        page.evaluate(
+            "(tail) => { const panel = document.querySelector('.jp-NotebookPanel');"
+            " return (panel || document.body).innerText.slice(-tail); }",
+            tail,
+        )
+    )
