@@ -13,13 +13,13 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import kernel_ext
-from bench._common import DATA_DIR, cached_build, remove_db
+from bench._common import DATA_DIR, cached_build, percentile, remove_db
 from kernel_ext import define_schema, define_table, v
 
 if TYPE_CHECKING:
@@ -164,3 +164,39 @@ def timed(function: Callable[[], Any], rounds: int) -> list[float]:
         function()
         seconds.append(time.perf_counter() - started)
     return seconds
+
+
+@dataclass
+class Stats:
+    """Percentiles of one series, in milliseconds."""
+
+    p50: float
+    p95: float
+    p99: float
+    max: float
+    n: int
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Stats:
+        ms = sorted(s * 1e3 for s in seconds)
+        return cls(percentile(ms, 50), percentile(ms, 95), percentile(ms, 99), ms[-1], len(ms))
+
+    def __str__(self) -> str:
+        return (
+            f"p50 {self.p50:9.3f} ms  p95 {self.p95:9.3f} ms  p99 {self.p99:9.3f} ms  "
+            f"max {self.max:9.3f} ms  (n={self.n})"
+        )
+
+
+def report(label: str, samples: list[Sample]) -> dict[str, Stats]:
+    """Print the three timings of `samples` under `label`; returns their `Stats`."""
+    stats = {
+        "commit": Stats.of([s.commit_to_cb for s in samples]),
+        "call": Stats.of([s.call_to_cb for s in samples]),
+        "mutation": Stats.of([s.call_to_return for s in samples]),
+    }
+    print(f"  {label}")
+    print(f"    commit -> on_change  {stats['commit']}")
+    print(f"    call   -> on_change  {stats['call']}")
+    print(f"    client.mutation      {stats['mutation']}")
+    return stats

@@ -34,8 +34,7 @@ from typing import Any, Final
 
 import kernel_ext
 from bench._common import header, scratch_dir, target
-from bench._live import GROUPS, Probe, Sample, copy_dataset, timed
-from bench.live_views import Stats
+from bench._live import GROUPS, Probe, Sample, Stats, copy_dataset, report, timed
 from kernel_ext import mutation, query
 
 DOCS: Final = 1_000_000
@@ -157,15 +156,7 @@ def main() -> None:
         f"exactly 1 commit and 1 on_change with every group's expected count; the first and "
         f"the last value equal pandas' groupby of the same data"
     )
-    live = {
-        "commit": Stats.of([s.commit_to_cb for s in samples]),
-        "call": Stats.of([s.call_to_cb for s in samples]),
-        "mutation": Stats.of([s.call_to_return for s in samples]),
-    }
-    print(f"  live group_by over {DOCS:,} documents")
-    print(f"    commit -> on_change  {live['commit']}")
-    print(f"    call   -> on_change  {live['call']}")
-    print(f"    client.mutation      {live['mutation']}")
+    live = report(f"live group_by over {DOCS:,} documents", samples)
     print(f"  anchor: pandas df.groupby('g').agg(5 outputs) of {DOCS:,} rows")
     print(f"    recompute            {pandas}")
     print(

@@ -35,13 +35,12 @@ import gc
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import kernel_ext
-from bench._common import header, percentile, scratch_dir, target
-from bench._live import Probe, Sample, copy_dataset
+from bench._common import header, scratch_dir, target
+from bench._live import Probe, Sample, copy_dataset, report
 from kernel_ext import mutation, query
 
 SMALL: Final = 1_000
@@ -74,28 +73,6 @@ def move(ctx: Any, id: str, x: int, v: float) -> None:
 
 
 _FUNCTIONS: Final = {"bench:live_view": live_view, "bench:consumed": consumed, "bench:move": move}
-
-
-@dataclass
-class Stats:
-    """Percentiles of one series, in milliseconds."""
-
-    p50: float
-    p95: float
-    p99: float
-    max: float
-    n: int
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> Stats:
-        ms = sorted(s * 1e3 for s in seconds)
-        return cls(percentile(ms, 50), percentile(ms, 95), percentile(ms, 99), ms[-1], len(ms))
-
-    def __str__(self) -> str:
-        return (
-            f"p50 {self.p50:9.3f} ms  p95 {self.p95:9.3f} ms  p99 {self.p99:9.3f} ms  "
-            f"max {self.max:9.3f} ms  (n={self.n})"
-        )
 
 
 class Mover:
@@ -197,19 +174,6 @@ def _twin(large: Any, view_value: Sequence[Any], mover: Mover) -> list[Sample]:
     return samples
 
 
-def _report(label: str, samples: list[Sample]) -> dict[str, Stats]:
-    stats = {
-        "commit": Stats.of([s.commit_to_cb for s in samples]),
-        "call": Stats.of([s.call_to_cb for s in samples]),
-        "mutation": Stats.of([s.call_to_return for s in samples]),
-    }
-    print(f"  {label}")
-    print(f"    commit -> on_change  {stats['commit']}")
-    print(f"    call   -> on_change  {stats['call']}")
-    print(f"    client.mutation      {stats['mutation']}")
-    return stats
-
-
 def main() -> None:
     header(
         f"Live views: commit -> on_change for a one-document patch, maintained view "
@@ -232,9 +196,9 @@ def main() -> None:
         f"{TWIN_WARMUP + TWIN_COMMITS} on the twin; the first {WARMUP} / {TWIN_WARMUP} not "
         f"counted)"
     )
-    few = _report(f"view over {SMALL:,} documents", samples[SMALL])
-    many = _report(f"view over {LARGE:,} documents", samples[LARGE])
-    rerun = _report(f"consumed twin over {LARGE:,} documents (re-run per commit)", twin)
+    few = report(f"view over {SMALL:,} documents", samples[SMALL])
+    many = report(f"view over {LARGE:,} documents", samples[LARGE])
+    rerun = report(f"consumed twin over {LARGE:,} documents (re-run per commit)", twin)
     ratio = many["commit"].p50 / few["commit"].p50
     speedup = rerun["commit"].p50 / many["commit"].p50
     print(
