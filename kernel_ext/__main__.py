@@ -26,7 +26,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a store so that the official Convex clients can use it.",
     )
     serve.add_argument("--functions", required=True, type=Path, help="the functions folder")
-    serve.add_argument("--db", required=True, type=Path, help="the store file (SQLite)")
+    serve.add_argument(
+        "--db",
+        required=True,
+        help="the store: a file path, sqlite:///path, or memory (PostgreSQL URLs are refused "
+        "in this version)",
+    )
     serve.add_argument("--port", type=_port, default=3210, help="0 picks a free port")
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine)")
     serve.add_argument("--admin-key", help="default: a new random key, printed once")
@@ -200,7 +205,7 @@ def _serve(args: argparse.Namespace) -> int:
     from kernel_ext.engine.store import Store
     from kernel_ext.errors import StoreError
     from kernel_ext.functions.backend import Backend
-    from kernel_ext.persistence.sqlite import SqlitePersistence
+    from kernel_ext.persistence.urls import open_persistence, parse_store_url
     from kernel_ext.sync.auth import (
         AuthProvider,
         admin_key_path,
@@ -216,7 +221,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     assert provider is None or isinstance(provider, AuthProvider)
     try:
-        persistence = SqlitePersistence(args.db)
+        # Parsed before anything is created: a URL of no store is refused, never a file name.
+        location = parse_store_url(args.db)
+        persistence = open_persistence(location)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -228,9 +235,12 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         admin_key = args.admin_key or generate_admin_key()
-        key_file = admin_key_path(args.db)
-        write_admin_key(key_file, admin_key)
-        print(f"Admin key (also in {key_file}): {admin_key}", flush=True)
+        if location.path is None:  # nothing on disk to keep it beside
+            print(f"Admin key: {admin_key}", flush=True)
+        else:
+            key_file = admin_key_path(location.path)
+            write_admin_key(key_file, admin_key)
+            print(f"Admin key (also in {key_file}): {admin_key}", flush=True)
 
         def ready(url: str) -> None:
             persistence.set_owner_info(url)
@@ -244,7 +254,7 @@ def _serve(args: argparse.Namespace) -> int:
                 admin_key=admin_key,
                 auth=provider,
                 on_ready=ready,
-                push_dir=Path(args.db).resolve().parent / "pushed",
+                push_dir=None if location.path is None else location.path.parent / "pushed",
                 time_limit=args.function_time_limit,
                 max_subscriptions=args.max_subscriptions,
                 max_concurrent_calls=args.max_concurrent_calls,

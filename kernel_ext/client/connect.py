@@ -12,12 +12,19 @@ from typing import Any, Final
 from kernel_ext.client.base import ConvexClient
 from kernel_ext.client.embedded import Client
 from kernel_ext.engine.store import Store
-from kernel_ext.errors import StoreError, SyncError
+from kernel_ext.errors import PersistenceError, SyncError
 from kernel_ext.functions.auth import AuthConfig
 from kernel_ext.functions.backend import Backend
-from kernel_ext.persistence.sqlite import SqlitePersistence
+from kernel_ext.persistence.urls import (
+    StoreLocation,
+    mask_password,
+    open_persistence,
+    parse_store_url,
+)
 
-__all__ = ["DEFAULT_PATH", "connect", "resolve_location"]
+# `mask_password` is re-exported for the adapters above the client (magics), which show
+# store URLs and may not import `persistence`.
+__all__ = ["DEFAULT_PATH", "connect", "mask_password", "resolve_location"]
 
 DEFAULT_PATH: Final = Path(".convex") / "store.db"
 
@@ -30,22 +37,20 @@ def resolve_location(url: str | os.PathLike[str] | None) -> Path | None:
 
     `None` -> `./.convex/store.db`; `"memory"`; `"sqlite:///relative.db"`;
     `"sqlite:////absolute.db"`; a plain path or `Path`.
+
+    Raises:
+        PersistenceError: the URL names no store file (another scheme, or a database).
     """
+    location = _location(url)
+    if location.kind == "postgresql":
+        raise PersistenceError(f"{location.describe()} names a database, not a store file")
+    return location.path
+
+
+def _location(url: str | os.PathLike[str] | None) -> StoreLocation:
     if url is None:
-        return DEFAULT_PATH.resolve()
-    if isinstance(url, os.PathLike):
-        return Path(url).resolve()
-    if not isinstance(url, str) or not url:
-        raise StoreError(f"connect() takes a URL or path, got {url!r}")
-    if url == "memory":
-        return None
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///") :]).resolve()
-    if "://" in url:
-        raise StoreError(
-            f"Unsupported store URL {url!r}: use memory, sqlite:///path, a file path or http://HOST:PORT"
-        )
-    return Path(url).resolve()
+        return StoreLocation("sqlite", DEFAULT_PATH.resolve())
+    return parse_store_url(url)
 
 
 def connect(
@@ -59,7 +64,8 @@ def connect(
 
     Args:
         url: None for `./.convex/store.db`, `"memory"` for a store that writes nothing lasting,
-            `"sqlite:///path"` or a path for a store file, `"http://host:port"` for a server.
+            `"sqlite:///path"` or a path for a store file, `"http://host:port"` for a server
+            (`kernel_ext.persistence.urls` lists the store URLs).
         auth: `{"issuer", "secret" | "public_key", "audience"?}` to verify tokens passed to
             `client.set_auth`; without it the embedded client trusts the token's claims.
         admin_key: for a server URL: act as admin (internal functions, pushing functions).
@@ -69,6 +75,11 @@ def connect(
     Returns:
         a `Client` (embedded) or a `RemoteClient` (server URL): both are a
         `kernel_ext.ConvexClient` (`client.kind` says which).
+
+    Raises:
+        PersistenceError: the URL names no store (an unknown scheme is refused, never taken
+            for a file path), or the store cannot be opened; the message never shows a
+            password.
 
     Clients of the same file in one process share one store (one process owns a file; a
     second process gets `StoreLocked` naming the owner).
@@ -82,14 +93,15 @@ def connect(
         from kernel_ext.client.remote import RemoteClient
 
         return RemoteClient(url, admin_key=admin_key, headers=headers)
-    path = resolve_location(url)
-    if path is None:
-        backend = Backend(Store(SqlitePersistence(None)))
-        return Client(backend, location="memory", release=backend.close, auth=config)
+    location = _location(url)
+    path = location.path
+    if location.kind != "sqlite" or path is None:
+        backend = Backend(Store(open_persistence(location)))
+        return Client(backend, location=location.describe(), release=backend.close, auth=config)
     with _open_lock:
         backend, count = _open.get(path, (None, 0))  # type: ignore[assignment]
         if backend is None:
-            backend = Backend(Store(SqlitePersistence(path)))
+            backend = Backend(Store(open_persistence(location)))
         _open[path] = (backend, count + 1)
     return Client(backend, location=str(path), release=lambda: _release(path), auth=config)
 

@@ -24,7 +24,7 @@ from typing import Any, Final, NamedTuple, TypeVar, cast
 from kernel_ext.engine import logs
 from kernel_ext.engine.write_log import HISTORY_MAX_KEYS, HISTORY_NS, WriteLog
 from kernel_ext.errors import ConflictError, HistoryUnavailable, SchemaError, ValidationError
-from kernel_ext.persistence.sqlite import CommitRecord, IndexChange, SqlitePersistence
+from kernel_ext.persistence.base import CommitRecord, IndexChange, Persistence
 from kernel_ext.store.catalog import (
     BY_CREATION_TIME,
     BY_ID,
@@ -118,7 +118,7 @@ class Store:
         persistence: the storage backend (owned: closed by `close()`).
     """
 
-    def __init__(self, persistence: SqlitePersistence) -> None:
+    def __init__(self, persistence: Persistence) -> None:
         self.persistence = persistence
         self.catalog = Catalog()
         self.schema: SchemaDefinition | None = None
@@ -345,7 +345,7 @@ class Store:
     @staticmethod
     def close_snapshot(snapshot: Snapshot) -> None:
         """End a snapshot opened by `snapshot()`."""
-        snapshot.close()  # type: ignore[attr-defined]
+        snapshot.close()
 
     def read(
         self, fn: Callable[[Transaction], T], snapshot: Snapshot | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from kernel_ext.client.base import ConvexClient
+from kernel_ext.client.connect import mask_password
 
 __all__ = ["describe_store"]
 
@@ -25,6 +26,8 @@ def describe_store(client: ConvexClient, *, serving: str | None = None) -> str:
 def _embedded(client: ConvexClient, serving: str | None) -> list[str]:
     if client.location == "memory":
         lines = ["convex: embedded store in this kernel's memory (nothing is written to disk)"]
+    elif "://" in client.location:
+        lines = [f"convex: store in database {mask_password(client.location)}"]
     else:
         lines = [f"convex: embedded store in this kernel, file {client.location}"]
     lines.append(f"  {len(client.tables())} tables, {len(client.functions())} functions")
@@ -42,8 +45,9 @@ def _embedded(client: ConvexClient, serving: str | None) -> list[str]:
 
 
 def _without_query(url: str) -> str:
-    """A URL without its query string (Jupyter's `?token=` must not be printed)."""
-    return url.partition("?")[0]
+    """A URL without its query string (Jupyter's `?token=` must not be printed) or the
+    password of its user part."""
+    return mask_password(url.partition("?")[0])
 
 
 def _remote(client: ConvexClient) -> list[str]:
@@ -52,8 +56,9 @@ def _remote(client: ConvexClient) -> list[str]:
     url = _without_query(client.url)
     if shared and client.url == shared:
         lines = [f"convex: the Jupyter server's shared store, served at {url}{state}"]
-        if store_file := os.environ.get("CONVEX_JUPYTER_STORE"):
-            lines.append(f"  file: {store_file} (owned by the Jupyter server process)")
+        if store := os.environ.get("CONVEX_JUPYTER_STORE"):
+            what = "store" if store == "memory" or "://" in store else "file"
+            lines.append(f"  {what}: {mask_password(store)} (owned by the Jupyter server process)")
         lines.append(
             "  every notebook of this Jupyter server uses it; from a script or another "
             "process run as the same user: kernel_ext.connect_jupyter()"

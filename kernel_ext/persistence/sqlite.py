@@ -37,9 +37,10 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from kernel_ext.errors import PersistenceError, StoreLocked
+from kernel_ext.persistence.base import CommitRecord, IndexChange
 from kernel_ext.store.catalog import TableInfo
 from kernel_ext.store.codec import decode_document, encode_document
 from kernel_ext.store.values import Value
@@ -80,25 +81,6 @@ _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _HEADER_SIZE: Final = 100
 
 Row = tuple[bytes, dict[str, Value]]
-
-
-class IndexChange(NamedTuple):
-    """Remove `old_key` (if any) and add `new_key` (if any) in one index."""
-
-    index_id: int
-    old_key: bytes | None
-    new_key: bytes | None
-
-
-class CommitRecord(NamedTuple):
-    """One document's new state (`doc` None: deleted), its index changes, and whether it
-    replaces a stored version (an update rather than an insert)."""
-
-    table_number: int
-    id_key: bytes
-    doc: dict[str, Value] | None
-    index_changes: tuple[IndexChange, ...]
-    replaces: bool = False
 
 
 def _apply(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
@@ -304,7 +286,7 @@ class _ReadTransaction:
 
 
 class SqliteSnapshot:
-    """A read snapshot at one commit; implements `store.transaction.Snapshot`.
+    """A read snapshot at one commit; implements `persistence.base.Snapshot`.
 
     Get it from `SqlitePersistence.snapshot()` and `close()` it when done; reads after
     `close()` raise `PersistenceError` (the read transaction may serve someone else by then).
@@ -380,9 +362,13 @@ class CurrentReader:
         fetch = self._owner._fetch_current
         return _scan(fetch, table_number, index_id, lo, hi, descending=descending)
 
+    def close(self) -> None:
+        """Nothing to end: each read is a statement of its own."""
+
 
 class SqlitePersistence:
-    """A store file (or a private temporary one for `memory`).
+    """A store file (or a private temporary one for `memory`); implements
+    `persistence.base.Persistence`.
 
     Args:
         path: the database file; None for a temporary store deleted on close.

@@ -1,7 +1,8 @@
 """The jupyter-server extension: one shared store for every notebook of a Jupyter server.
 
 The store lives in the Jupyter server process (kernel restarts don't touch it), at
-`<root_dir>/.convex/shared.db` (or `$CONVEX_JUPYTER_DB`), with the functions folder
+`<root_dir>/.convex/shared.db` (or `$CONVEX_JUPYTER_DB`: a path or a store URL, see
+`kernel_ext.persistence.urls`), with the functions folder
 `<root_dir>/convex/` loaded when it exists (or `$CONVEX_JUPYTER_FUNCTIONS`). It is served
 under the server's base URL, behind Jupyter's own authentication:
 
@@ -27,7 +28,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kernel_ext.persistence.urls import StoreLocation
 
 __all__ = ["SHARED_DB", "_jupyter_server_extension_points", "_load_jupyter_server_extension"]
 
@@ -90,6 +94,18 @@ def _publish(serverapp: Any, url: str, db: Path) -> None:
     ]
 
 
+def _store_location(root: Path) -> StoreLocation:
+    """The shared store: `$CONVEX_JUPYTER_DB` (a path, relative to the current folder, or
+    any store URL `kernel_ext.connect()` takes), else `<root>/.convex/shared.db`.
+
+    Raises:
+        PersistenceError: the variable holds a URL of no store (never taken for a file).
+    """
+    from kernel_ext.persistence.urls import parse_store_url
+
+    return parse_store_url(os.environ.get("CONVEX_JUPYTER_DB") or root / SHARED_DB)
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Open the shared store, mount its routes, and tell future kernels where it is."""
     import tornado.ioloop
@@ -97,15 +113,17 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
 
     from kernel_ext.engine.store import Store
     from kernel_ext.functions.backend import Backend
-    from kernel_ext.persistence.sqlite import SqlitePersistence
+    from kernel_ext.persistence.urls import open_persistence
     from kernel_ext.server_ext.handlers import handlers_for
     from kernel_ext.sync.auth import admin_key_path, generate_admin_key, write_admin_key
     from kernel_ext.sync.server import SyncServer
 
     root = Path(serverapp.root_dir)
+    location = _store_location(root)
     # Absolute: other processes, in other folders, read the key file's path from the record.
-    db = Path(os.environ.get("CONVEX_JUPYTER_DB") or root / SHARED_DB).resolve()
-    persistence = SqlitePersistence(db)
+    # A store without a file (memory) keeps its key and pushed modules where the file would be.
+    db = location.path or (root / SHARED_DB).resolve()
+    persistence = open_persistence(location)
     backend = Backend(Store(persistence))
     functions = Path(os.environ.get("CONVEX_JUPYTER_FUNCTIONS") or root / "convex")
     if functions.is_dir():
@@ -122,9 +140,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     url = url_path_join(serverapp.connection_url, "convex")
     persistence.set_owner_info(url)
     os.environ["CONVEX_JUPYTER_URL"] = url
-    os.environ["CONVEX_JUPYTER_STORE"] = str(db)  # what `%convex status` shows
+    os.environ["CONVEX_JUPYTER_STORE"] = location.describe()  # what `%convex status` shows
     os.environ["CONVEX_JUPYTER_TOKEN"] = getattr(serverapp.identity_provider, "token", "") or ""
     os.environ["CONVEX_ADMIN_KEY"] = admin_key
     _publish(serverapp, url, db)
-    serverapp.log.info("convex-notebook: shared store %s served at %s", db, url)
+    serverapp.log.info("convex-notebook: shared store %s served at %s", location.describe(), url)
     serverapp._convex_backend = backend  # closed with the process

@@ -70,6 +70,10 @@ class Snapshot(Protocol):
     ) -> Iterator[Row]:
         """Rows of an index (`index_id` None: `by_id`) with keys in `[lo, hi)`, in order."""
 
+    def close(self) -> None:
+        """End this snapshot (idempotent); its owner may reuse what it held. Reads after it
+        raise `PersistenceError`."""
+
 
 class Write(NamedTuple):
     """One document's change in a commit: `old` None for an insert, `new` None for a delete."""

@@ -1,0 +1,136 @@
+"""The persistence seam: what the engine (`kernel_ext.engine.store.Store`) needs from storage.
+
+A backend (`SqlitePersistence`, `MemoryPersistence`, later PostgreSQL) implements `Persistence`:
+read snapshots, reads of the latest commit for OCC, atomic commits, the catalog, and index
+builds. The engine serializes every write call (one committer); reads may come from any
+thread. Build one from a URL with `kernel_ext.persistence.urls.open_persistence`.
+
+`CommitRecord` and `IndexChange` are the records a commit is written as; they live here, beside
+the interface, so that no backend imports another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple, Protocol
+
+from kernel_ext.store.catalog import TableInfo
+from kernel_ext.store.transaction import Snapshot
+from kernel_ext.store.values import Value
+
+__all__ = ["CommitRecord", "IndexChange", "Persistence", "Snapshot", "StoredCatalog"]
+
+#: What `load_catalog` returns: `(tables [(number, name)],
+#: indexes [(index_id, table_number, name, fields)])`.
+StoredCatalog = tuple[list[tuple[int, str]], list[tuple[int, int, str, tuple[str, ...]]]]
+
+
+class IndexChange(NamedTuple):
+    """Remove `old_key` (if any) and add `new_key` (if any) in one index."""
+
+    index_id: int
+    old_key: bytes | None
+    new_key: bytes | None
+
+
+class CommitRecord(NamedTuple):
+    """One document's new state (`doc` None: deleted), its index changes, and whether it
+    replaces a stored version (an update rather than an insert)."""
+
+    table_number: int
+    id_key: bytes
+    doc: dict[str, Value] | None
+    index_changes: tuple[IndexChange, ...]
+    replaces: bool = False
+
+
+class Persistence(Protocol):
+    """The storage of one store, as the engine uses it (the engine owns it and closes it).
+
+    Invariants every backend keeps: a snapshot sees exactly one commit (all of it or none of
+    it); `write_commit` is atomic (a failure writes nothing of the commit); `last_ts` never
+    decreases, also across a reopen; a backend raises `kernel_ext.errors.PersistenceError`
+    (never its driver's exceptions) when storage fails, with a message that never shows a
+    password.
+    """
+
+    def last_ts(self) -> int:
+        """The timestamp of the state a new snapshot sees: the latest commit's, or after a
+        reopen a ts at or after every stored commit's (0 for a new store)."""
+        ...
+
+    def load_catalog(self) -> StoredCatalog:
+        """`(tables [(number, name)], indexes [(index_id, table_number, name, fields)])`, each
+        sorted by number / index id. Reads only the catalog, never the documents."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """A read snapshot of the latest commit; call `close()` on it when done.
+
+        Raises:
+            PersistenceError: the store is closed or cannot be read.
+        """
+        ...
+
+    def current_reader(self, ts: int) -> Snapshot:
+        """Reads of the latest committed state, statement by statement (no snapshot): for a
+        caller that validates everything it read against every commit after `ts` (OCC)
+        before relying on it. `ts` is the caller's lower bound on the commits it will see;
+        its `close()` releases nothing that matters (it may be skipped)."""
+        ...
+
+    def write_commit(
+        self, ts: int, records: list[CommitRecord], new_tables: Iterable[TableInfo] = ()
+    ) -> None:
+        """Apply one commit atomically (with the tables it created and their indexes that
+        have an id) and record its timestamp `ts` (later than every earlier commit's).
+        Snapshots taken after it returns see it.
+
+        Raises:
+            PersistenceError: nothing of the commit was written.
+        """
+        ...
+
+    def create_index(
+        self,
+        index_id: int,
+        table_number: int,
+        name: str,
+        fields: tuple[str, ...],
+        entries: Iterable[tuple[bytes, bytes]],
+    ) -> None:
+        """Persist a new index with its `(key, id_key)` entries (built from the existing
+        documents), atomically: a failure or a killed process leaves no index rather than an
+        empty one, which queries would trust and find nothing in."""
+        ...
+
+    def fill_index(self, index_id: int, entries: Iterable[tuple[bytes, bytes]]) -> None:
+        """Add `(key, id_key)` entries to an existing index, atomically (repairs an index
+        that `unfilled_indexes` reports)."""
+        ...
+
+    def unfilled_indexes(self) -> list[int]:
+        """The ids of the indexes that hold no entry although their table holds documents
+        (left by earlier versions that created and filled an index in two steps; a backend
+        that never did may return [])."""
+        ...
+
+    def drop_index(self, index_id: int) -> None:
+        """Delete an index and its entries, atomically."""
+        ...
+
+    def documents_of(self, table_number: int) -> Iterator[tuple[bytes, dict[str, Value]]]:
+        """Every `(id_key, document)` of a table in id order, read at one commit (for index
+        builds and schema checks)."""
+        ...
+
+    def set_owner_info(self, url: str | None = None) -> None:
+        """Record who has the store open (this process, and the URL it serves, if any) where
+        another process that finds the store in use can read it (a no-op where nothing
+        needs it)."""
+        ...
+
+    def close(self) -> None:
+        """Release every connection, lock and temporary file; idempotent. Reads and writes
+        after it raise `PersistenceError`."""
+        ...
