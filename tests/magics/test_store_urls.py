@@ -1,0 +1,40 @@
+"""`%convex connect` goes through `connect()`'s store URLs, and `%convex status` never prints
+a password."""
+
+from __future__ import annotations
+
+import pytest
+
+import kernel_ext
+from kernel_ext.errors import PersistenceError
+from kernel_ext.sync.background import BackgroundServer
+
+
+@pytest.fixture
+def served():
+    """An embedded store served on 127.0.0.1."""
+    owner = kernel_ext.connect("memory")
+    server = BackgroundServer(owner.backend)
+    yield server
+    server.stop()
+    owner.close()
+
+
+def test_connect_magic_refuses_postgresql_without_its_password(ip, tmp_path, capsys):
+    before = ip.user_ns["convex"]
+    created = set(tmp_path.iterdir())
+    with pytest.raises(PersistenceError) as info:
+        ip.run_line_magic("convex", "connect postgresql://u:secret@db.example/notes")
+    assert "postgresql://u:***@db.example/notes" in str(info.value)
+    assert "secret" not in str(info.value) + capsys.readouterr().out
+    assert ip.user_ns["convex"] is before  # the notebook keeps its store
+    assert set(tmp_path.iterdir()) == created
+
+
+def test_status_masks_the_password_of_the_shared_store(ip, served, monkeypatch, capsys):
+    monkeypatch.setenv("CONVEX_JUPYTER_URL", served.url)
+    monkeypatch.setenv("CONVEX_JUPYTER_STORE", "postgresql://u:secret@db.example/notes")
+    ip.run_line_magic("convex", f"connect {served.url}")
+    out = capsys.readouterr().out
+    assert "store: postgresql://u:***@db.example/notes" in out
+    assert "secret" not in out
