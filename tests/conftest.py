@@ -1,22 +1,55 @@
-"""Shared fixtures: every engine-level test runs on a SQLite file store and a memory store."""
+"""Shared fixtures: every engine-level test runs on a SQLite file store, a memory store (SQLite
+in /dev/shm) and a store on `MemoryPersistence` (dicts, no SQLite)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import kernel_ext
 from kernel_ext.client.embedded import Client
+from kernel_ext.engine.store import Store
+from kernel_ext.functions.auth import AuthConfig
+from kernel_ext.functions.backend import Backend
+from kernel_ext.persistence.memory import MemoryPersistence
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(params=["file", "memory"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A store URL: a fresh SQLite file, or memory."""
+#: `store_url`'s name for a store on `MemoryPersistence` (dicts, no SQLite). `kernel_ext.connect`
+#: does not open it (yet): the fixture patches `kernel_ext.connect` for the test to open it.
+DICTS = "dicts"
+
+
+@pytest.fixture(params=["file", "memory", DICTS])
+def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A store URL: a fresh SQLite file, memory, or `DICTS` (`kernel_ext.connect` opens it
+    on a `MemoryPersistence` during the test)."""
+    if request.param == DICTS:
+        monkeypatch.setattr(kernel_ext, "connect", _connect_dicts(kernel_ext.connect))
+        return DICTS
     return f"sqlite:///{tmp_path / 'store.db'}" if request.param == "file" else "memory"
+
+
+def _connect_dicts(connect: Callable[..., Any]) -> Callable[..., Any]:
+    """`connect`, but `connect(DICTS)` builds an embedded client on a `MemoryPersistence`
+    (as `connect("memory")` does on SQLite)."""
+
+    def connect_dicts(url: Any = None, **kwargs: Any) -> Any:
+        if url != DICTS:
+            return connect(url, **kwargs)
+        auth = kwargs.pop("auth", None)
+        assert not kwargs, f"connect({DICTS!r}) takes only auth=, got {sorted(kwargs)}"
+        config = AuthConfig.from_mapping(auth) if isinstance(auth, Mapping) else auth
+        backend = Backend(Store(MemoryPersistence()))
+        return Client(backend, location="memory", release=backend.close, auth=config)
+
+    return connect_dicts
 
 
 @pytest.fixture
