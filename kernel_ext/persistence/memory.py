@@ -214,8 +214,11 @@ class MemoryPersistence:
         self._docs: dict[int, _Keyed] = {}
         self._entries: dict[int, _Keyed] = {}
         self._open: dict[int, int] = {}  # snapshot ts -> how many are open
-        # (ts written, structure, key) of keys that kept older versions for open snapshots.
+        # (ts written, structure, key) of keys that kept older versions for open snapshots,
+        # in ts order; each key at most once (`_queued`), so that a snapshot left open keeps
+        # the queue as long as the keys, not as long as the writes.
         self._pending: deque[tuple[int, _Keyed, bytes]] = deque()
+        self._queued: set[tuple[_Keyed, bytes]] = set()
 
     # -- catalog -------------------------------------------------------------------------
 
@@ -410,7 +413,7 @@ class MemoryPersistence:
                     if change.new_key is not None and change.old_key != change.new_key:
                         keyed = self._entries.setdefault(change.index_id, _Keyed())
                         self._put(keyed, change.new_key, r.id_key, ts, open_ts)
-            self._compact(open_ts)
+            self._compact(open_ts, ts)
             self._committed_ts = max(self._committed_ts, ts)
 
     def _check_inserts(self, records: list[CommitRecord]) -> None:
@@ -442,31 +445,34 @@ class MemoryPersistence:
             keyed.versions[key] = ((ts, value),)
             keyed.keys.add(key)
             return
-        versions = _prune((*old, (ts, value)), open_ts)
-        if versions:
-            keyed.versions[key] = versions
-            if len(versions) > 1:
-                self._pending.append((ts, keyed, key))
-        else:
+        self._store(keyed, key, _prune((*old, (ts, value)), open_ts), ts)
+
+    def _store(self, keyed: _Keyed, key: bytes, versions: Versions, ts: int) -> None:
+        """Keep `versions` of `key` (none: forget the key); queue the key for compaction at
+        a commit after `ts` if it holds older versions."""
+        if not versions:
             del keyed.versions[key]
             keyed.keys.remove(key)
+            return
+        keyed.versions[key] = versions
+        if len(versions) > 1 and (keyed, key) not in self._queued:
+            self._queued.add((keyed, key))
+            self._pending.append((ts, keyed, key))
 
-    def _compact(self, open_ts: list[int]) -> None:
-        """Drop the versions that no open snapshot sees any more, for the keys written before
-        the oldest open snapshot (all of them when none is open)."""
+    def _compact(self, open_ts: list[int], ts: int) -> None:
+        """At the commit `ts`: drop the versions that no open snapshot sees any more, for the
+        keys queued before the oldest open snapshot (all of them when none is open). A key
+        that still needs older versions is queued again at `ts`."""
         pending = self._pending
         oldest = open_ts[0] if open_ts else _LATEST
-        while pending and pending[0][0] <= oldest:
+        for _ in range(len(pending)):
+            if pending[0][0] > oldest:
+                return
             _, keyed, key = pending.popleft()
+            self._queued.discard((keyed, key))
             old = keyed.versions.get(key)
-            if old is None:
-                continue
-            versions = _prune(old, open_ts)
-            if versions:
-                keyed.versions[key] = versions
-            else:
-                del keyed.versions[key]
-                keyed.keys.remove(key)
+            if old is not None:
+                self._store(keyed, key, _prune(old, open_ts), ts)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -477,3 +483,4 @@ class MemoryPersistence:
             self._docs.clear()
             self._entries.clear()
             self._pending.clear()
+            self._queued.clear()

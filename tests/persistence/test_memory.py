@@ -162,6 +162,28 @@ def test_versions_are_dropped_once_no_snapshot_sees_them() -> None:
     p.close()
 
 
+def test_a_snapshot_left_open_keeps_one_older_version_per_key() -> None:
+    """Many writes while a snapshot stays open: each key keeps the version the snapshot sees
+    and the latest, and the compaction queue holds each key once, not each write."""
+    p = MemoryPersistence()
+    p.write_commit(0, [], [new_table_info("items", TABLE, BY_CREATION)])
+    p.write_commit(1, [_record(n, None, 0) for n in range(3)])
+    snap = p.snapshot()
+    for ts in range(2, 1000):
+        p.write_commit(ts, [_record(n, ts - 2, ts - 1) for n in range(3)])
+    assert {len(v) for v in p._docs[TABLE].versions.values()} == {2}
+    # by_score: the 3 keys the snapshot sees (deleted since) and the 3 latest ones.
+    assert len(p._entries[BY_SCORE].versions) == 6
+    assert len(p._pending) == len(p._queued) == 6  # 3 documents, 3 old by_score keys
+    assert [d["score"] for _, d in snap.scan(TABLE, None, b"", b"\xff", False)] == [0, 0, 0]
+    snap.close()
+    p.write_commit(1000, [])
+    assert {len(v) for v in p._docs[TABLE].versions.values()} == {1}
+    assert not p._pending and not p._queued
+    assert len(p._entries[BY_SCORE].versions) == 3
+    p.close()
+
+
 def test_a_current_reader_reads_the_latest_commit(both: Persistences) -> None:
     for p in both:
         p.write_commit(1, [_record(0, None, 1)])
