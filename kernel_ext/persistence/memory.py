@@ -26,17 +26,15 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice, pairwise
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from sortedcontainers import SortedList
 
 from kernel_ext.errors import PersistenceError
+from kernel_ext.persistence.base import CommitRecord
 from kernel_ext.store.catalog import TableInfo
 from kernel_ext.store.codec import decode_document, encode_document
 from kernel_ext.store.values import Value
-
-if TYPE_CHECKING:
-    from kernel_ext.persistence.sqlite import CommitRecord
 
 __all__ = ["MemoryPersistence", "MemorySnapshot"]
 
@@ -199,7 +197,8 @@ class MemoryCurrentReader:
 
 
 class MemoryPersistence:
-    """A store held in this process's memory; nothing outlives it.
+    """A store held in this process's memory; nothing outlives it. Implements
+    `persistence.base.Persistence`.
 
     Same calls and contracts as `SqlitePersistence` (the engine serializes the writes);
     snapshots and reads may come from any thread.

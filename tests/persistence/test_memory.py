@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from kernel_ext.errors import PersistenceError
+from kernel_ext.persistence.base import CommitRecord, IndexChange
 from kernel_ext.persistence.memory import MemoryPersistence
-from kernel_ext.persistence.sqlite import CommitRecord, IndexChange, SqlitePersistence
+from kernel_ext.persistence.sqlite import SqlitePersistence
 from kernel_ext.store.catalog import new_table_info
 from kernel_ext.store.keys import encode_key
 
