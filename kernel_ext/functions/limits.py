@@ -134,15 +134,20 @@ def run_armed(handler: Callable[[], Any]) -> tuple[Any, BaseException | None]:
         except BaseException as exc:  # the caller decides what to contain
             return None, exc
     check_deadline()
-    _WATCHDOG.arm(limit)
     result: Any = None
     error: BaseException | None = None
-    started = False
-    # The interrupt may fire at any call or loop iteration until `disarm` has run under the
-    # watchdog's lock: every such point is inside this try, and disarming is idempotent.
+    armed = started = False
+    # The interrupt may fire at any call or loop iteration from the moment `arm` marks the
+    # limit armed (still inside `arm`: leaving its lock is such a point) until `disarm` has
+    # run under the watchdog's lock: every such point is inside this try, and disarming is
+    # idempotent. An interrupt that fires while arming means the time is up: the handler
+    # does not start.
     while True:
         try:
-            if not started:
+            if not armed:
+                armed = True
+                _WATCHDOG.arm(limit)
+            if not started and error is None:
                 started = True
                 result = handler()
             _WATCHDOG.disarm(limit)
