@@ -18,7 +18,14 @@ from kernel_ext.store.catalog import TableInfo
 from kernel_ext.store.transaction import Snapshot
 from kernel_ext.store.values import Value
 
-__all__ = ["CommitRecord", "IndexChange", "Persistence", "Snapshot", "StoredCatalog"]
+__all__ = [
+    "CommitRecord",
+    "IndexChange",
+    "Persistence",
+    "Snapshot",
+    "StoredCatalog",
+    "all_documents",
+]
 
 #: What `load_catalog` returns: `(tables [(number, name)],
 #: indexes [(index_id, table_number, name, fields)])`.
@@ -134,3 +141,15 @@ class Persistence(Protocol):
         """Release every connection, lock and temporary file; idempotent. Reads and writes
         after it raise `PersistenceError`."""
         ...
+
+
+def all_documents(
+    persistence: Persistence, table_number: int
+) -> Iterator[tuple[bytes, dict[str, Value]]]:
+    """Every `(id_key, document)` of a table, read on one snapshot of `persistence` (the
+    `documents_of` of every backend)."""
+    snap = persistence.snapshot()
+    try:
+        yield from snap.scan(table_number, None, b"", b"\xff", False)
+    finally:
+        snap.close()

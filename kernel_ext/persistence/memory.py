@@ -31,7 +31,7 @@ from typing import Final
 from sortedcontainers import SortedList
 
 from kernel_ext.errors import PersistenceError
-from kernel_ext.persistence.base import CommitRecord
+from kernel_ext.persistence.base import CommitRecord, all_documents
 from kernel_ext.store.catalog import TableInfo
 from kernel_ext.store.codec import decode_document, encode_document
 from kernel_ext.store.values import Value
@@ -257,11 +257,7 @@ class MemoryPersistence:
 
     def documents_of(self, table_number: int) -> Iterator[tuple[bytes, dict[str, Value]]]:
         """Every `(id_key, document)` of a table (for index builds and schema checks)."""
-        snap = self.snapshot()
-        try:
-            yield from snap.scan(table_number, None, b"", b"\xff", False)
-        finally:
-            snap.close()
+        return all_documents(self, table_number)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from kernel_ext.errors import PersistenceError, StoreLocked
-from kernel_ext.persistence.base import CommitRecord, IndexChange
+from kernel_ext.persistence.base import CommitRecord, IndexChange, all_documents
 from kernel_ext.store.catalog import TableInfo
 from kernel_ext.store.codec import decode_document, encode_document
 from kernel_ext.store.values import Value
@@ -818,11 +818,7 @@ class SqlitePersistence:
 
     def documents_of(self, table_number: int) -> Iterator[tuple[bytes, dict[str, Value]]]:
         """Every `(id_key, document)` of a table (for index builds and schema checks)."""
-        snap = self.snapshot()
-        try:
-            yield from snap.scan(table_number, None, b"", b"\xff", False)
-        finally:
-            snap.close()
+        return all_documents(self, table_number)
 
     # -- closing -------------------------------------------------------------------------
 
