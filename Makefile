@@ -31,12 +31,21 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
-unit: $(STAMP) $(CHROMIUM)
+# The PostgreSQL tests start a throwaway cluster of Debian's PostgreSQL (tests/pg_cluster.py) on
+# their own port and socket directory, beside any cluster the package's service runs. Installed:
+# the target is initdb's path, an existing file (nothing to do); missing: a phony that installs.
+POSTGRESQL := $(or $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb)),install-postgresql)
+.PHONY: install-postgresql
+$(POSTGRESQL):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+
+unit: $(STAMP) $(CHROMIUM) $(POSTGRESQL)
 	CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q
 
 test: lint typecheck unit
 
-bench: $(STAMP) $(CHROMIUM)
+bench: $(STAMP) $(CHROMIUM) $(POSTGRESQL)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m bench
 

@@ -3,9 +3,11 @@ in /dev/shm) and a store on `MemoryPersistence` (dicts, no SQLite)."""
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -67,3 +69,39 @@ def bare_client(store_url: str) -> Iterator[Client]:
     c = kernel_ext.connect(store_url)
     yield c
     c.close()
+
+
+# PostgreSQL: one throwaway cluster per session (tests/pg_cluster.py), started by the first test
+# that asks for it; a fresh database per test.
+
+if TYPE_CHECKING:
+    from pg_cluster import PgCluster
+
+_pg_database_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    """A running throwaway PostgreSQL cluster on 127.0.0.1 (superuser `postgres`, no password),
+    stopped at the end of the session. Fails (never skips) when PostgreSQL is not installed."""
+    from pg_cluster import PgCluster, PgClusterError
+
+    try:
+        cluster = PgCluster(tmp_path_factory.mktemp("postgres"))
+    except PgClusterError as exc:
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a fresh, empty database of `pg_cluster`, named after the test; dropped after
+    the test (its remaining connections cut), so the session's disk use stays small."""
+    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())
+    name = f"t{next(_pg_database_numbers)}_{slug}"[:63]
+    yield pg_cluster.create_database(name)
+    pg_cluster.drop_database(name)
