@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,20 +83,26 @@ _pg_database_numbers = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+def pg_cluster() -> Iterator[PgCluster]:
     """A running throwaway PostgreSQL cluster on 127.0.0.1 (superuser `postgres`, no password),
     stopped at the end of the session. Fails (never skips) when PostgreSQL is not installed."""
     from pg_cluster import PgCluster, PgClusterError
 
+    # Not under pytest's temp root: every pytest session that starts takes the other users'
+    # access to that root away again (chmod 700), and the server (user `postgres`, when we
+    # are root) would lose its data directory under a session running at the same time.
+    base = Path(tempfile.mkdtemp(prefix="convex-pg-"))
     try:
-        cluster = PgCluster(tmp_path_factory.mktemp("postgres"))
+        cluster = PgCluster(base)
     except PgClusterError as exc:
+        shutil.rmtree(base, ignore_errors=True)
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -159,6 +160,20 @@ class PgCluster:
             PgClusterError: the server did not come back within `STEP_TIMEOUT`.
         """
         self._pg_ctl("restart", "-m", "fast")
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """Stop the server for the block (fast shutdown: connected clients are cut off), then
+        start it again, same port and data.
+
+        Raises:
+            PgClusterError: it did not stop or come back within `STEP_TIMEOUT`.
+        """
+        self._pg_ctl("stop", "-m", "fast")
+        try:
+            yield
+        finally:
+            self._pg_ctl("start")
 
     def stop(self) -> None:
         """Stop the server (fast shutdown), killing it if it does not stop in time; idempotent."""
