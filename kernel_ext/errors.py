@@ -29,7 +29,10 @@
     │                                              whose code the server sent (Argument-,
     │                                              Conflict-, UnknownFunction, ...)
     ├── PersistenceError                          storage failed (disk, lock, corrupt file)
-    │   └── StoreLocked                            another process owns the store file
+    │   ├── StoreLocked                            another process owns the store file
+    │   └── CommitOutcomeUnknown                   the connection to the database was lost
+    │                                              while a commit ran: it may or may not have
+    │                                              been written (never re-applied silently)
     └── SyncError                                 remote protocol problems (server issue)
         ├── ProtocolError                          a peer broke the wire protocol
         ├── AuthenticationError                    a token or admin key was refused
@@ -95,6 +98,7 @@ __all__ = [
     "SchemaViolation",
     "StoreError",
     "StoreLocked",
+    "CommitOutcomeUnknown",
     "StoreWarning",
     "SyncError",
     "TooManyRequests",
@@ -257,6 +261,12 @@ class PersistenceError(StoreError):
 
 class StoreLocked(PersistenceError):
     """Another process owns the store file; the message names it."""
+
+
+class CommitOutcomeUnknown(PersistenceError):
+    """The database connection was lost while a commit was being written, and the commit log
+    could not be read afterwards to tell whether it was stored. It is never re-applied
+    silently: check the data (or the commit log) before running the mutation again."""
 
 
 class SyncError(StoreError):

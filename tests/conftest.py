@@ -1,5 +1,6 @@
 """Shared fixtures: every engine-level test runs on a SQLite file store, a memory store (SQLite
-in /dev/shm) and a store on `MemoryPersistence` (dicts, no SQLite)."""
+in /dev/shm), a store on `MemoryPersistence` (dicts, no SQLite) and a PostgreSQL store (a fresh
+database of the session's throwaway cluster, `pg_cluster`)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 DICTS = "dicts"
 
 
-@pytest.fixture(params=["file", "memory", DICTS])
+@pytest.fixture(params=["file", "memory", DICTS, "postgres"])
 def store_url(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> str:
-    """A store URL: a fresh SQLite file, memory, or `DICTS` (`kernel_ext.connect` opens it
-    on a `MemoryPersistence` during the test)."""
+    """A store URL: a fresh SQLite file, memory, `DICTS` (`kernel_ext.connect` opens it
+    on a `MemoryPersistence` during the test), or a fresh PostgreSQL database."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        return url
     if request.param == DICTS:
         monkeypatch.setattr(kernel_ext, "connect", _connect_dicts(kernel_ext.connect))
         return DICTS

@@ -6,10 +6,14 @@ import re
 from pathlib import Path
 
 README = Path(__file__).parent.parent / "README.md"
+#: The README's example PostgreSQL URL: the test runs that block on the session's cluster.
+EXAMPLE_PG_URL = "postgresql://analyst:password@db.internal:5432/notes"
 
 
-def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys, pg_url):
+    text = README.read_text()
+    assert EXAMPLE_PG_URL in text
+    blocks = re.findall(r"```python\n(.*?)```", text.replace(EXAMPLE_PG_URL, pg_url), re.S)
     assert blocks
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}

@@ -15,6 +15,8 @@ trace: its writes, new tables and scheduled jobs vanish. Commit timestamps are i
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import threading
 import time
@@ -23,8 +25,22 @@ from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from kernel_ext.engine import logs
 from kernel_ext.engine.write_log import HISTORY_MAX_KEYS, HISTORY_NS, WriteLog
-from kernel_ext.errors import ConflictError, HistoryUnavailable, SchemaError, ValidationError
-from kernel_ext.persistence.base import CommitRecord, IndexChange, Persistence
+from kernel_ext.errors import (
+    ConflictError,
+    HistoryUnavailable,
+    PersistenceError,
+    SchemaError,
+    ValidationError,
+)
+from kernel_ext.persistence.base import (
+    CommitRecord,
+    CommitSession,
+    IndexChange,
+    LogEntry,
+    Persistence,
+    SharedPersistence,
+)
+from kernel_ext.persistence.commit_log import LoggedCommit, decode_commit, encode_commit
 from kernel_ext.store.catalog import (
     BY_CREATION_TIME,
     BY_ID,
@@ -57,6 +73,12 @@ _DEFINITIONS_CHANGED: Final[WrittenKey] = ("*definitions", b"")
 #: Pauses before the optimistic attempts of a mutation; after the last one conflicts, it runs
 #: serially under the commit lock.
 _RETRY_DELAYS: Final = (0.0, 0.001, 0.005, 0.02)
+#: A shared store's follower wakes at least this often (s) even if a notification was lost.
+_POLL_S: Final = 0.25
+#: After the database could not be reached, wait this long (s) before trying again.
+_RETRY_S: Final = 0.5
+
+_log = logging.getLogger("kernel_ext.store")
 
 
 class Commit(NamedTuple):
@@ -114,12 +136,29 @@ def _no_new_tables(name: str) -> TableInfo:
 class Store:
     """One store: persistence, catalog, schema, committer and commit listeners.
 
+    On a shared persistence (PostgreSQL: other processes commit to it too), a commit holds the
+    cluster-wide commit lock (`SharedPersistence.exclusive`) while it validates and writes, and
+    a follower thread replays the commits of the other processes from the commit log, woken by
+    the database's notifications (and every `_POLL_S` in case one was lost): their commits
+    reach the write log (OCC), the catalog and the commit listeners (live queries, views,
+    the scheduler) exactly as local ones do, in timestamp order.
+
     Args:
         persistence: the storage backend (owned: closed by `close()`).
     """
 
     def __init__(self, persistence: Persistence) -> None:
         self.persistence = persistence
+        self._shared: SharedPersistence | None = (
+            cast("SharedPersistence", persistence)
+            if getattr(persistence, "shared", False)
+            else None
+        )
+        self._session: CommitSession | None = None  # held by the thread holding the lock
+        self._closing = threading.Event()
+        self._follower: threading.Thread | None = None
+        #: Why the database could not be reached, while it cannot (shared stores).
+        self.unreachable: PersistenceError | None = None
         self.catalog = Catalog()
         self.schema: SchemaDefinition | None = None
         self._commit_lock = threading.RLock()
@@ -128,6 +167,7 @@ class Store:
         self._writes = WriteLog(horizon=self._ts)
         self._active: dict[int, int] = {}  # id(txn) -> snapshot ts of in-flight mutations
         self._listeners: list[Callable[[Commit], None]] = []
+        self._definition_listeners: list[Callable[[int], None]] = []
         self._last_creation_time = 0.0
         try:
             self._load_catalog()
@@ -136,6 +176,16 @@ class Store:
         except BaseException:
             persistence.close()  # releases the file's lock: the store did not open
             raise
+        if self._shared is not None:
+            self._follower = threading.Thread(
+                target=self._follow, name="convex-store-follower", daemon=True
+            )
+            self._follower.start()
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes commit to this store too (PostgreSQL)."""
+        return self._shared is not None
 
     @property
     def ts(self) -> int:
@@ -147,9 +197,155 @@ class Store:
         lock (so it must be quick: enqueue, don't work)."""
         self._listeners.append(listener)
 
+    def add_definitions_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(ts)` when another process of a shared store changed function
+        definitions (its `record_change` at `ts`), after the commit was replayed, under the
+        commit lock (enqueue, don't work)."""
+        self._definition_listeners.append(listener)
+
     def close(self) -> None:
-        """Close the persistence; idempotent."""
+        """Stop following other processes' commits and close the persistence; idempotent."""
+        self._closing.set()
+        follower, self._follower = self._follower, None
+        if follower is not None and follower is not threading.current_thread():
+            assert self._shared is not None
+            self._shared.interrupt_wait()
+            follower.join(timeout=_POLL_S * 8)
         self.persistence.close()
+
+    # -- sharing a store with other processes --------------------------------------------
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[CommitSession | None]:
+        """Hold the commit lock: this process's and, on a shared store, the cluster-wide one,
+        with every commit made elsewhere replayed first. Re-entrant. Yields the database
+        session (None on a private store)."""
+        with self._commit_lock:
+            if self._shared is None or self._session is not None:
+                yield self._session
+                return
+            with self._shared.exclusive() as session:
+                self._session = session
+                try:
+                    self._replay(session.log_after(self._ts))
+                    yield session
+                finally:
+                    self._session = None
+
+    def _catch_up(self) -> None:
+        """Replay the commits made elsewhere since the latest one this process knows."""
+        if self._shared is None:
+            return
+        while True:
+            entries = self._shared.log_after(self._ts)
+            if not entries:
+                return
+            with self._commit_lock:
+                self._replay(entries)
+
+    def _replay(self, entries: list[LogEntry], *, resync: bool = False) -> None:
+        """Apply commits made elsewhere (under the commit lock), in ts order: catalog, write
+        log, listeners. Entries this process already knows are skipped; a gap (entries pruned
+        from the log while this process was away) or `resync` makes the last entry a commit
+        that every read set overlaps, so that every live query runs again."""
+        fresh = [e for e in entries if e.ts > self._ts]
+        if not fresh:
+            return
+        if fresh[0].prev_ts != self._ts:
+            resync = True
+        for i, entry in enumerate(fresh):
+            logged = decode_commit(entry.body)
+            for info in logged.new_tables:
+                if self.catalog.table(info.name) is None:
+                    self.catalog.install(info)
+            if logged.catalog_changed:
+                self._reload_catalog()
+            keys = list(logged.keys)
+            if resync and i == len(fresh) - 1:
+                self._reload_catalog()
+                keys.append(ALL_KEYS)
+            self._ts = entry.ts
+            self._writes.append(
+                entry.ts, [*keys, _DEFINITIONS_CHANGED] if logged.definitions_changed else keys
+            )
+            self._publish(Commit(entry.ts, logged.writes, keys))
+            if logged.definitions_changed:
+                for listener in self._definition_listeners:
+                    listener(entry.ts)
+        self._prune_log()
+
+    def _reload_catalog(self) -> None:
+        """Bring the catalog up to the stored one (tables and indexes created or dropped by
+        other processes)."""
+        tables, indexes = self.persistence.load_catalog()
+        for number, name in tables:
+            if self.catalog.table(name) is None:
+                self.catalog.add_table(name, number)
+        stored: dict[int, dict[str, tuple[int, tuple[str, ...]]]] = {}
+        for index_id, table_number, name, fields in indexes:
+            stored.setdefault(table_number, {})[name] = (index_id, fields)
+        for info in self.catalog.tables():
+            declared = stored.get(info.number, {})
+            for name, index in list(info.indexes.items()):
+                if name != BY_ID and declared.get(name) != (index.index_id, index.fields):
+                    self.catalog.drop_index(info.name, name)
+            for name, (index_id, fields) in declared.items():
+                if name not in info.indexes:
+                    self.catalog.add_index(info.name, name, index_id, fields)
+
+    def _follow(self) -> None:
+        """The follower thread of a shared store (see the class docstring). When the database
+        cannot be reached it says so once (log and `unreachable`), retries, and once back
+        makes every live query run again, so that each delivers the current result."""
+        shared = self._shared
+        assert shared is not None
+        while not self._closing.is_set():
+            try:
+                shared.wait_for_commits(_POLL_S)
+                if self._closing.is_set():
+                    return
+                if self.unreachable is None:
+                    self._catch_up()
+                    continue
+                entries = shared.log_after(self._ts)
+                with self._commit_lock:
+                    self._replay(entries, resync=True)
+                self._catch_up()
+                _log.warning("%s: reachable again; live queries caught up", shared.describe())
+                self.unreachable = None
+            except PersistenceError as exc:
+                if self._closing.is_set():
+                    return
+                if self.unreachable is None:
+                    _log.warning("%s; retrying every %s s", exc, _RETRY_S)
+                self.unreachable = exc
+                self._closing.wait(_RETRY_S)
+            except Exception:  # a bug: say so, keep following
+                _log.exception("Replaying commits of other processes failed")
+                self._closing.wait(_RETRY_S)
+
+    def _store_commit(
+        self,
+        session: CommitSession | None,
+        records: list[CommitRecord],
+        new_tables: list[TableInfo],
+        logged: Callable[[], LoggedCommit],
+    ) -> int:
+        """Write one commit (under `_exclusive`) and return its ts: on a private store at
+        `_next_ts()`, on a shared one through `session`, with `logged()` as its log entry."""
+        if session is None:
+            ts = self._next_ts()
+            self.persistence.write_commit(ts, records, new_tables)
+            return ts
+        session.write(records, new_tables)
+        return session.finish(encode_commit(logged()))
+
+    def _finish_commit(self, ts: int, writes: dict[str, Write], keys: list[WrittenKey]) -> None:
+        """Make a stored commit known: ts, write log, listeners (under `_exclusive`)."""
+        self._ts = ts
+        self._writes.append(ts, keys)
+        self._prune_log()
+        self._publish(Commit(ts, writes, keys))
 
     # -- catalog -------------------------------------------------------------------------
 
@@ -165,34 +361,58 @@ class Store:
         self._next_index_id = self.catalog.next_index_id()
 
     def _allocate_number(self) -> int:
+        if self._shared is not None:
+            return self._shared.next_number("table")
         with self._counter_lock:
             number = self._next_table_number
             self._next_table_number += 1
             return number
 
     def _allocate_index_id(self) -> int:
+        if self._shared is not None:
+            return self._shared.next_number("index")
         with self._counter_lock:
             index_id = self._next_index_id
             self._next_index_id += 1
             return index_id
 
     def _create_table_now(self, name: str) -> TableInfo:
-        existing = self.catalog.table(name)
-        if existing is not None:
-            return existing
-        info = new_table_info(name, self._allocate_number(), self._allocate_index_id())
-        self.persistence.write_commit(self._ts, [], [info])
-        return self.catalog.install(info)
+        with self._exclusive() as session:
+            existing = self.catalog.table(name)
+            if existing is not None:
+                return existing
+            info = new_table_info(name, self._allocate_number(), self._allocate_index_id())
+            if session is None:
+                self.persistence.write_commit(self._ts, [], [info])
+                return self.catalog.install(info)
+            session.write([], [info])
+            ts = session.finish(encode_commit(LoggedCommit(new_tables=[info])))
+            self.catalog.install(info)
+            self._finish_commit(ts, {}, [])
+            return info
 
     def _create_index_now(self, table: TableInfo, name: str, fields: tuple[str, ...]) -> None:
         # Created and filled in one storage transaction (a kill leaves no index, never an
         # empty one), and known to the catalog only once it is stored complete.
-        index_id = self._allocate_index_id()
-        index = IndexInfo(name, index_id, fields)
-        self.persistence.create_index(
-            index_id, table.number, name, fields, self._entries_of(table, index)
-        )
-        self.catalog.add_index(table.name, name, index_id, fields)
+        with self._exclusive() as session:
+            current = self.catalog.table(table.name)
+            made = None if current is None else current.indexes.get(name)
+            if made is not None and made.fields == fields:
+                return  # another process of a shared store made it since the caller looked
+            index_id = self._allocate_index_id()
+            index = IndexInfo(name, index_id, fields)
+            if session is None:
+                self.persistence.create_index(
+                    index_id, table.number, name, fields, self._entries_of(table, index)
+                )
+                self.catalog.add_index(table.name, name, index_id, fields)
+                return
+            # The lock keeps every other commit out: the documents read are all there are.
+            entries = [(index.key_of(doc), key) for key, doc in session.documents_of(table.number)]
+            session.create_index(index_id, table.number, name, fields, entries)
+            ts = session.finish(encode_commit(LoggedCommit(catalog_changed=True)))
+            self.catalog.add_index(table.name, name, index_id, fields)
+            self._finish_commit(ts, {}, [])
 
     def _entries_of(self, table: TableInfo, index: IndexInfo) -> Iterator[tuple[bytes, bytes]]:
         """The `(key, id_key)` entries of `index` built from the stored documents."""
@@ -236,22 +456,22 @@ class Store:
                     self._reconcile_indexes(info, {i.name: i.fields for i in definition.indexes})
             self.schema = schema
             # A schema change is a commit that every read set overlaps: it conflicts with
-            # running mutations and re-runs every live query. Its ts is durable like any other.
-            ts = self._next_ts()
-            self.persistence.write_commit(ts, [])
-            self._ts = ts
-            self._writes.append(ts, [ALL_KEYS])
-            self._publish(Commit(ts, {}, [ALL_KEYS]))
+            # running mutations and re-runs every live query (in every process of a shared
+            # store). Its ts is durable like any other.
+            with self._exclusive() as session:
+                ts = self._store_commit(
+                    session, [], [], lambda: LoggedCommit(keys=[ALL_KEYS], catalog_changed=True)
+                )
+                self._finish_commit(ts, {}, [ALL_KEYS])
         self._store_again(restore)
 
     def record_change(self, change: Callable[[], T]) -> T:
         """Make `change()` (a change outside the documents, such as redefining functions) a
         commit without writes: it gets a ts, live queries see a commit, and reads as of an
         earlier ts are no longer answered from the latest state. Returns what it returns."""
-        with self._commit_lock:
+        with self._exclusive() as session:
             result = change()
-            ts = self._next_ts()
-            self.persistence.write_commit(ts, [])
+            ts = self._store_commit(session, [], [], lambda: LoggedCommit(definitions_changed=True))
             self._ts = ts
             # In the write log only (no read set holds that key, so neither OCC nor live
             # queries react to it): `read_as_of` sees a redefinition like any later commit.
@@ -302,8 +522,14 @@ class Store:
             if name in (BY_CREATION_TIME, BY_ID) or declared.get(name) == index.fields:
                 continue
             assert index.index_id is not None
-            self.persistence.drop_index(index.index_id)
-            self.catalog.drop_index(info.name, name)
+            with self._exclusive() as session:
+                if session is None:
+                    self.persistence.drop_index(index.index_id)
+                else:
+                    session.drop_index(index.index_id)
+                    ts = session.finish(encode_commit(LoggedCommit(catalog_changed=True)))
+                    self._finish_commit(ts, {}, [])
+                self.catalog.drop_index(info.name, name)
         for name, fields in declared.items():
             if name not in info.indexes:
                 self._create_index_now(info, name, fields)
@@ -454,9 +680,10 @@ class Store:
             except _Conflict as conflict:
                 conflicts |= conflict.tables
         forget_output()
-        with self._commit_lock:
-            # Serially: while this thread holds the lock nothing else commits, so the reads are
-            # those of the state at the start ts and validation passes.
+        with self._exclusive():
+            # Serially: while this thread holds the lock nothing else commits (in any process
+            # of a shared store), so the reads are those of the state at the start ts and
+            # validation passes.
             try:
                 return self._attempt(fn)
             except _Conflict as conflict:
@@ -499,6 +726,7 @@ class Store:
     def _check_reads(self, txn: Transaction) -> None:
         """Raise `_Conflict` if a commit after the transaction's ts wrote into its reads."""
         read_set = txn.read_set.finalize()
+        self._catch_up()  # commits made elsewhere before the reads ran are in the log now
         with self._commit_lock:
             self._validate(txn.snapshot.ts, read_set)
 
@@ -511,14 +739,18 @@ class Store:
         """
         writes = txn.write_set()
         read_set = txn.read_set.finalize()
-        with self._commit_lock:
+        if not writes:
+            # Nothing to write: validating against what is known once caught up is enough
+            # (no need for a shared store's cluster-wide lock).
+            self._catch_up()
+            with self._commit_lock:
+                self._validate(txn.snapshot.ts, read_set)
+            return txn.snapshot.ts
+        with self._exclusive() as session:
             self._validate(txn.snapshot.ts, read_set)
-            if not writes:
-                return txn.snapshot.ts
             assert isinstance(txn.catalog, _TxnCatalog)
             tables = self._tables_for(txn.catalog, writes)
             records, keys = self._records(writes, tables)
-            ts = self._next_ts()
             new_tables = (
                 [t for t in tables.values() if self.catalog.table(t.name) is None]
                 if txn.catalog.new_tables
@@ -529,15 +761,17 @@ class Store:
             for info in new_tables:
                 self.catalog.install(info)
             try:
-                self.persistence.write_commit(ts, records, new_tables)
+                ts = self._store_commit(
+                    session,
+                    records,
+                    new_tables,
+                    lambda: LoggedCommit(writes, keys, new_tables),
+                )
             except BaseException:
                 for info in new_tables:
                     self.catalog.remove_table(info.name)
                 raise
-            self._ts = ts
-            self._writes.append(ts, keys)
-            self._prune_log()
-            self._publish(Commit(ts, writes, keys))
+            self._finish_commit(ts, writes, keys)
             return ts
 
     def _validate(self, since: int, read_set: ReadSet) -> None:

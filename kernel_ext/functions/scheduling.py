@@ -5,9 +5,13 @@ Jobs are documents of the system table `_scheduled_functions` (`name`, `args: [a
 of its transaction (rolled back with it, run only after it commits). Scheduled mutations run
 exactly once: the job is marked `success` in the same transaction as the mutation's writes.
 Actions run at most once: marked `inProgress` first; one interrupted by a restart is marked
-`failed`. Jobs are durable, so pending ones run after a restart; a job whose function is not
-registered (yet: after a restart, functions are registered when the user loads them) stays
-pending until it is, and is passed over meanwhile: jobs due after it still run.
+`failed` (on a store shared by several processes, PostgreSQL, it stays `inProgress`: another
+process may be running it). Jobs are durable, so pending ones run after a restart; a job
+whose function is not registered (yet: after a restart, functions are registered when the
+user loads them) stays pending until it is, and is passed over meanwhile: jobs due after it
+still run. On a shared store every process runs due jobs whose function it has registered;
+the mutation that marks a job claimed is serialized with every other process's, so each
+job runs in one process only.
 
 Contention slows a scheduled mutation, never fails it, as in Convex: the store guarantees
 the commit (`Store.mutate`). One whose handler fails, or raises any `BaseException`
@@ -124,7 +128,10 @@ class SchedulerService:
         self._claimed: set[str] = set()
         self._claimed_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convex-job")
-        self._fail_interrupted()
+        if not backend.store.shared:
+            # On a shared store another process may be running an action right now: an
+            # `inProgress` job there is not known to be interrupted.
+            self._fail_interrupted()
         backend.store.add_listener(self._on_commit)
         self._thread = threading.Thread(target=self._loop, name="convex-scheduler", daemon=True)
         self._thread.start()

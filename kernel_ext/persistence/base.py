@@ -12,6 +12,7 @@ the interface, so that no backend imports another.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol
 
 from kernel_ext.store.catalog import TableInfo
@@ -20,8 +21,11 @@ from kernel_ext.store.values import Value
 
 __all__ = [
     "CommitRecord",
+    "CommitSession",
     "IndexChange",
+    "LogEntry",
     "Persistence",
+    "SharedPersistence",
     "Snapshot",
     "StoredCatalog",
     "all_documents",
@@ -140,6 +144,98 @@ class Persistence(Protocol):
     def close(self) -> None:
         """Release every connection, lock and temporary file; idempotent. Reads and writes
         after it raise `PersistenceError`."""
+        ...
+
+
+class LogEntry(NamedTuple):
+    """A commit-log entry of a shared store: the commit's ts, the ts of the commit before it
+    (a gap shows that entries were pruned), and its body (`commit_log.decode_commit`)."""
+
+    ts: int
+    prev_ts: int
+    body: bytes
+
+
+class CommitSession(Protocol):
+    """The cluster-wide commit lock of a shared store, held (`SharedPersistence.exclusive`):
+    no process commits until the session ends. Writes are queued and sent by `finish`, in the
+    one database transaction that commits them; a session left without `finish` writes
+    nothing."""
+
+    clock: int  #: the ts of the latest commit
+
+    def log_after(self, ts: int) -> list[LogEntry]:
+        """Every log entry after `ts`, oldest first."""
+        ...
+
+    def documents_of(self, table_number: int) -> Iterator[tuple[bytes, dict[str, Value]]]:
+        """Every `(id_key, document)` of a table as of the latest commit."""
+        ...
+
+    def write(self, records: list[CommitRecord], new_tables: Iterable[TableInfo] = ()) -> None:
+        """Queue a commit's documents, index entries and new tables."""
+        ...
+
+    def create_index(
+        self,
+        index_id: int,
+        table_number: int,
+        name: str,
+        fields: tuple[str, ...],
+        entries: Iterable[tuple[bytes, bytes]],
+    ) -> None:
+        """Queue a new index with its entries."""
+        ...
+
+    def drop_index(self, index_id: int) -> None:
+        """Queue the removal of an index and its entries."""
+        ...
+
+    def finish(self, body: bytes, ts: int | None = None) -> int:
+        """Write what was queued plus the log entry `body`, notify every process, commit, and
+        return the commit's ts (later than `clock`; from the database's clock).
+
+        Raises:
+            PersistenceError: nothing was written.
+            CommitOutcomeUnknown: the connection was lost and the database could not tell
+                whether the commit was stored.
+        """
+        ...
+
+
+class SharedPersistence(Persistence, Protocol):
+    """Storage that other processes open and commit to at the same time (PostgreSQL). The
+    engine commits through `exclusive` sessions and replays the other processes' commits
+    from `log_after`, woken by `wait_for_commits`."""
+
+    shared: bool  #: True: tells a shared store from a private one
+
+    def exclusive(self) -> AbstractContextManager[CommitSession]:
+        """Take the cluster-wide commit lock for a `with` block."""
+        ...
+
+    def log_after(self, ts: int) -> list[LogEntry]:
+        """Log entries after `ts`, oldest first; a bounded batch (ask again after the last)."""
+        ...
+
+    def wait_for_commits(self, timeout: float) -> bool:
+        """Wait until a commit is notified (True) or `timeout` s pass (False).
+
+        Raises:
+            PersistenceError: the database cannot be reached (the next call tries again).
+        """
+        ...
+
+    def interrupt_wait(self) -> None:
+        """Make a `wait_for_commits` in progress return soon."""
+        ...
+
+    def next_number(self, kind: str) -> int:
+        """A new table number (`kind` "table") or index id ("index"), unique in the store."""
+        ...
+
+    def describe(self) -> str:
+        """Where the store is, for messages (never with a password)."""
         ...
 
 

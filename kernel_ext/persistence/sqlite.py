@@ -35,12 +35,13 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 from kernel_ext.errors import PersistenceError, StoreLocked
 from kernel_ext.persistence.base import CommitRecord, IndexChange, all_documents
+from kernel_ext.persistence.scans import Row, scan_in_batches
 from kernel_ext.store.catalog import TableInfo
 from kernel_ext.store.codec import decode_document, encode_document
 from kernel_ext.store.values import Value
@@ -55,8 +56,6 @@ __all__ = [
 ]
 
 _FORMAT_VERSION: Final = 1
-_FIRST_BATCH: Final = 16
-_MAX_BATCH: Final = 1024
 #: How far ahead of a commit's ts the stored ceiling is raised (ns): at most ten `meta`
 #: writes a second, and after a restart timestamps run at most this far ahead of the clock.
 _TS_LEASE: Final = 100_000_000
@@ -79,8 +78,6 @@ _STORE_TABLES: Final = frozenset({"meta", "tables", "indexes", "documents", "ind
 #: The first bytes of every SQLite database file.
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _HEADER_SIZE: Final = 100
-
-Row = tuple[bytes, dict[str, Value]]
 
 
 def _apply(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
@@ -238,36 +235,6 @@ _SCAN_SQL: Final = {
     (True, True): _SCAN_INDEX_SQL.format("DESC"),
 }
 
-#: Runs one SELECT and returns all its rows.
-Fetch = Callable[[str, tuple[Any, ...]], list[Any]]
-
-
-def _scan(
-    fetch: Fetch,
-    table_number: int,
-    index_id: int | None,
-    lo: bytes,
-    hi: bytes,
-    *,
-    descending: bool,
-) -> Iterator[Row]:
-    """Rows in `[lo, hi)` in key order, fetched in growing batches so that `first()` reads
-    little and `collect()` makes few round trips."""
-    sql = _SCAN_SQL[index_id is not None, descending]
-    prefix: tuple[int, ...] = (table_number,) if index_id is None else (table_number, index_id)
-    batch = _FIRST_BATCH
-    while lo < hi:
-        rows = fetch(sql, (*prefix, lo, hi, batch))
-        for key, body in rows:
-            yield key, decode_document(body)
-        if len(rows) < batch:
-            return
-        if descending:
-            hi = rows[-1][0]
-        else:
-            lo = rows[-1][0] + b"\x00"
-        batch = min(batch * 2, _MAX_BATCH)
-
 
 class _ReadTransaction:
     """An open SQLite read transaction on a pooled connection, seeing the commit at `ts`.
@@ -318,7 +285,9 @@ class SqliteSnapshot:
         self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
     ) -> Iterator[Row]:
         """Rows in `[lo, hi)` in key order (`index_id` None: the documents by id)."""
-        return _scan(self._fetch, table_number, index_id, lo, hi, descending=descending)
+        return scan_in_batches(
+            self._fetch, _SCAN_SQL, table_number, index_id, lo=lo, hi=hi, descending=descending
+        )
 
     def close(self) -> None:
         """End this snapshot; idempotent. The read transaction stays open for the next
@@ -360,7 +329,9 @@ class CurrentReader:
     ) -> Iterator[Row]:
         """Rows in `[lo, hi)` in key order; each batch is read at the latest commit."""
         fetch = self._owner._fetch_current
-        return _scan(fetch, table_number, index_id, lo, hi, descending=descending)
+        return scan_in_batches(
+            fetch, _SCAN_SQL, table_number, index_id, lo=lo, hi=hi, descending=descending
+        )
 
     def close(self) -> None:
         """Nothing to end: each read is a statement of its own."""

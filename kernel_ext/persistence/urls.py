@@ -6,8 +6,8 @@ Accepted:
 - `memory`: a store that writes nothing lasting (gone when closed);
 - `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, or a plain path (`str` or
   `os.PathLike`): a store file;
-- `postgresql://user:password@host:port/dbname` (or `postgres://`): recognised, and refused
-  in this version with a `PersistenceError`.
+- `postgresql://user:password@host:port/dbname` (or `postgres://`): a store in that
+  PostgreSQL database (it must exist), which any number of processes may open at once.
 
 Any other `scheme://...` is refused (never taken for a file path: `postgresql://u:pw@h/db`
 would otherwise become a folder named after the password). Server URLs (`http(s)://`,
@@ -141,9 +141,9 @@ def open_persistence(url: str | os.PathLike[str] | StoreLocation) -> Persistence
     """Open (creating it if new) the store `url` names.
 
     Raises:
-        PersistenceError: the URL names no store, names a PostgreSQL store (not available in
-            this version), or the store cannot be opened (`StoreLocked`: another process owns
-            the file).
+        PersistenceError: the URL names no store, or the store cannot be opened
+            (`StoreLocked`: another process owns the file; for PostgreSQL, the server cannot
+            be reached, the database does not exist or holds an incompatible store).
     """
     location = url if isinstance(url, StoreLocation) else parse_store_url(url)
     if location.kind == "memory":
@@ -154,7 +154,6 @@ def open_persistence(url: str | os.PathLike[str] | StoreLocation) -> Persistence
         from kernel_ext.persistence.sqlite import SqlitePersistence
 
         return SqlitePersistence(location.path)
-    raise PersistenceError(
-        f"Cannot open {location.describe()}: PostgreSQL stores are not available in this "
-        "version yet. Use a store file (a path or sqlite:///path) or memory."
-    )
+    from kernel_ext.persistence.postgres import PostgresPersistence
+
+    return PostgresPersistence(location.url or "")

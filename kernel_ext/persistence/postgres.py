@@ -1,0 +1,836 @@
+"""PostgreSQL storage: one store that any number of processes, on any number of machines, open
+at once (`postgresql://user:password@host:port/dbname`).
+
+Tables (created on first open, in the URL's database; all named `convex_*`):
+
+- `convex_documents(table_number, id_key, body)` and `convex_index_entries(index_id, key,
+  id_key)`: as in the SQLite store (`bytea` keys compare bytewise, so index ranges stay byte
+  ranges); `convex_tables`, `convex_indexes`: the catalog; `convex_meta`: the format version
+  (a store written by an incompatible version is refused) and settings every process shares
+  (the served admin key); `convex_pushes`: function definitions pushed to a `serve` process,
+  which every other `serve` process applies too; two sequences number tables and indexes.
+- `convex_clock`: one row, the ts of the latest commit. A commit sets it to `max(ts + 1, the
+  database's clock in ns)`, so timestamps never decrease, whichever process commits.
+- `convex_commit_log(ts, prev_ts, commit_id, body)`: recent commits (`commit_log` entries, the
+  last `LOG_WINDOW_NS`), from which every process replays the commits made elsewhere.
+
+Commits (`CommitSession`): a READ COMMITTED transaction takes the one cluster-wide lock (`FOR
+UPDATE` on the clock row), reads the log entries the engine has not seen (it validates against
+them), writes the documents, index entries and its log entry, moves the clock, `NOTIFY`s
+`convex_commits` and commits, all in one pipeline. A commit whose connection is lost during
+that pipeline is looked up by its id in the log before anything else happens
+(`CommitOutcomeUnknown` if the database cannot tell).
+
+Reads: a snapshot is a REPEATABLE READ, READ ONLY transaction on a pooled connection; its ts is
+the clock it sees. A read on a connection found broken (the server restarted) is retried once
+on a new one. Every connection has a connect timeout and TCP keepalives, so a dead server is
+an error within seconds, never a hang. Errors name the host, port and database, never the
+password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final, NamedTuple, TypeVar
+
+import psycopg
+from psycopg import sql as pgsql
+
+from kernel_ext.errors import CommitOutcomeUnknown, PersistenceError
+from kernel_ext.persistence.base import CommitRecord, LogEntry, all_documents
+from kernel_ext.persistence.commit_log import LoggedCommit, encode_commit
+from kernel_ext.persistence.scans import Row, scan_in_batches
+from kernel_ext.persistence.urls import mask_password
+from kernel_ext.store.catalog import TableInfo
+from kernel_ext.store.codec import decode_document, encode_document
+from kernel_ext.store.values import Value
+
+__all__ = ["CommitSession", "PostgresPersistence", "PostgresSnapshot"]
+
+T = TypeVar("T")
+
+_FORMAT_VERSION: Final = "1"
+#: How long commits stay in the log (ns): a process that falls further behind (disconnected)
+#: catches up by re-running every live query instead of replaying.
+LOG_WINDOW_NS: Final = 300 * 1_000_000_000
+#: Prune the log once per this many commits of a process.
+_PRUNE_EVERY: Final = 256
+_CHANNEL: Final = "convex_commits"
+#: Entries read per `log_after` call.
+_LOG_BATCH: Final = 1000
+#: Idle connections kept per process.
+_POOL_KEEP: Final = 8
+#: A database clock in ns, in SQL.
+_NOW_NS: Final = "(extract(epoch from clock_timestamp()) * 1000000000)::bigint"
+_CONNECT_OPTIONS: Final[dict[str, Any]] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+    "application_name": "convex-notebook",
+}
+#: One transaction-level advisory lock key: creating the tables is serialized across processes.
+_SETUP_LOCK: Final = 0x636F6E766578  # "convex"
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS convex_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS convex_clock (id int PRIMARY KEY CHECK (id = 1), ts bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS convex_tables (number int PRIMARY KEY, name text NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS convex_indexes (
+    index_id int PRIMARY KEY, table_number int NOT NULL, name text NOT NULL,
+    fields text NOT NULL, UNIQUE (table_number, name));
+CREATE TABLE IF NOT EXISTS convex_documents (
+    table_number int NOT NULL, id_key bytea NOT NULL, body bytea NOT NULL,
+    PRIMARY KEY (table_number, id_key));
+CREATE TABLE IF NOT EXISTS convex_index_entries (
+    index_id int NOT NULL, key bytea NOT NULL, id_key bytea NOT NULL,
+    PRIMARY KEY (index_id, key));
+CREATE TABLE IF NOT EXISTS convex_commit_log (
+    ts bigint PRIMARY KEY, prev_ts bigint NOT NULL, commit_id uuid NOT NULL UNIQUE,
+    body bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS convex_pushes (seq bigserial PRIMARY KEY, body bytea NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS convex_table_numbers;
+CREATE SEQUENCE IF NOT EXISTS convex_index_ids;
+INSERT INTO convex_clock VALUES (1, 0) ON CONFLICT DO NOTHING;
+"""
+
+_GET_SQL: Final = "SELECT body FROM convex_documents WHERE table_number=%s AND id_key=%s"
+_SCAN_IDS_SQL: Final = (
+    "SELECT id_key, body FROM convex_documents WHERE table_number=%s AND id_key>=%s "
+    "AND id_key<%s ORDER BY id_key {} LIMIT %s"
+)
+_SCAN_INDEX_SQL: Final = (
+    "SELECT e.key, d.body FROM convex_index_entries e JOIN convex_documents d "
+    "ON d.table_number=%s AND d.id_key=e.id_key "
+    "WHERE e.index_id=%s AND e.key>=%s AND e.key<%s ORDER BY e.key {} LIMIT %s"
+)
+_SCAN_SQL: Final = {
+    (False, False): _SCAN_IDS_SQL.format("ASC"),
+    (False, True): _SCAN_IDS_SQL.format("DESC"),
+    (True, False): _SCAN_INDEX_SQL.format("ASC"),
+    (True, True): _SCAN_INDEX_SQL.format("DESC"),
+}
+_LOG_SQL: Final = (
+    "SELECT ts, prev_ts, body FROM convex_commit_log WHERE ts > %s ORDER BY ts LIMIT %s"
+)
+
+
+class _Where(NamedTuple):
+    """What errors name: the server and database, never the password."""
+
+    host: str
+    port: str
+    dbname: str
+    url: str  # masked
+
+    def error(self, action: str, exc: BaseException, secret: str | None) -> PersistenceError:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if secret:
+            reason = reason.replace(secret, "***")
+        return PersistenceError(
+            f"PostgreSQL at {self.host}:{self.port} (database {self.dbname!r}): {action} "
+            f"failed: {reason}"
+        )
+
+
+def _where(url: str) -> tuple[_Where, str | None]:
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise PersistenceError(
+            f"{mask_password(url)!r} is not a PostgreSQL URL libpq understands ({exc}); write "
+            "postgresql://user:password@host:port/dbname"
+        ) from None
+    password = info.get("password")
+    return (
+        _Where(
+            str(info.get("host") or "localhost"),
+            str(info.get("port") or "5432"),
+            str(info.get("dbname") or info.get("user") or "?"),
+            mask_password(url),
+        ),
+        str(password) if password else None,
+    )
+
+
+class _Pool:
+    """Idle autocommit connections, reused; a connection found broken is dropped (with every
+    other idle one: after a server restart all of them are dead)."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+        self._connect = connect
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def get(self) -> psycopg.Connection[Any]:
+        with self._lock:
+            if self.closed:
+                raise PersistenceError("The store is closed")
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
+
+    def put(self, conn: psycopg.Connection[Any]) -> None:
+        ok = not conn.broken and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with self._lock:
+            if ok and not self.closed and len(self._idle) < _POOL_KEEP:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def discard(self, conn: psycopg.Connection[Any]) -> None:
+        """Close `conn` (found broken) and every idle connection."""
+        conn.close()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for other in idle:
+            other.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class PostgresSnapshot:
+    """A REPEATABLE READ, READ ONLY transaction at one commit; implements
+    `persistence.base.Snapshot`."""
+
+    __slots__ = ("_conn", "_owner", "ts")
+
+    def __init__(self, owner: PostgresPersistence, conn: psycopg.Connection[Any], ts: int) -> None:
+        self._owner = owner
+        self._conn: psycopg.Connection[Any] | None = conn
+        self.ts = ts
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        conn = self._conn
+        if conn is None:
+            raise PersistenceError("This snapshot is closed")
+        try:
+            return conn.execute(sql, params, prepare=True).fetchall()
+        except psycopg.Error as exc:
+            raise self._owner.error("Reading", exc) from None
+
+    def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
+        """The document, or None."""
+        rows = self._fetch(_GET_SQL, (table_number, id_key))
+        return decode_document(rows[0][0]) if rows else None
+
+    def scan(
+        self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
+    ) -> Iterator[Row]:
+        """Rows in `[lo, hi)` in key order (`index_id` None: the documents by id)."""
+        return scan_in_batches(
+            self._fetch, _SCAN_SQL, table_number, index_id, lo=lo, hi=hi, descending=descending
+        )
+
+    def close(self) -> None:
+        """End the transaction and return the connection; idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("COMMIT")
+        except psycopg.Error:
+            conn.close()
+            return
+        self._owner.pool.put(conn)
+
+
+class CurrentReader:
+    """Reads of the latest committed state, one autocommit statement at a time, for a caller
+    that validates its reads against every commit after `ts` (OCC); see
+    `Persistence.current_reader`."""
+
+    __slots__ = ("_owner", "ts")
+
+    def __init__(self, owner: PostgresPersistence, ts: int) -> None:
+        self._owner = owner
+        self.ts = ts
+
+    def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
+        """The document as of the latest commit, or None."""
+        rows = self._owner.fetch(_GET_SQL, (table_number, id_key))
+        return decode_document(rows[0][0]) if rows else None
+
+    def scan(
+        self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
+    ) -> Iterator[Row]:
+        """Rows in `[lo, hi)` in key order; each batch is read at the latest commit."""
+        return scan_in_batches(
+            self._owner.fetch,
+            _SCAN_SQL,
+            table_number,
+            index_id,
+            lo=lo,
+            hi=hi,
+            descending=descending,
+        )
+
+    def close(self) -> None:
+        """Nothing to end: each read is a statement of its own."""
+
+
+class CommitSession:
+    """The cluster-wide commit lock, held: a READ COMMITTED transaction that locked the clock
+    row. Nothing commits anywhere until it ends (`finish` commits; leaving the `with` block of
+    `PostgresPersistence.exclusive` without it rolls back).
+
+    Attributes:
+        clock: the ts of the latest commit (no other can come while the lock is held).
+    """
+
+    def __init__(self, owner: PostgresPersistence, conn: psycopg.Connection[Any]) -> None:
+        self._owner = owner
+        self._conn = conn
+        self._statements: list[tuple[str, list[tuple[Any, ...]]]] = []
+        self.finished = False
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                cur = conn.execute("SELECT ts FROM convex_clock WHERE id = 1 FOR UPDATE")
+            row = cur.fetchone()
+        except psycopg.Error as exc:
+            raise owner.error("Taking the commit lock", exc) from None
+        assert row is not None
+        self.clock: int = row[0]
+
+    def log_after(self, ts: int) -> list[LogEntry]:
+        """Every log entry after `ts`, oldest first (all of them: nothing can commit now)."""
+        entries: list[LogEntry] = []
+        while True:
+            batch = self._fetch(_LOG_SQL, (ts, _LOG_BATCH))
+            entries.extend(LogEntry(t, p, bytes(b)) for t, p, b in batch)
+            if len(batch) < _LOG_BATCH:
+                return entries
+            ts = entries[-1].ts
+
+    def reader(self) -> CurrentReader:
+        """Reads of the latest state (with the lock held, nothing changes it but this
+        session; reads do not see this session's own pending writes)."""
+        return CurrentReader(self._owner, self.clock)
+
+    def documents_of(self, table_number: int) -> Iterator[tuple[bytes, dict[str, Value]]]:
+        """Every `(id_key, document)` of a table, as of the latest commit."""
+        return scan_in_batches(
+            self._fetch, _SCAN_SQL, table_number, None, lo=b"", hi=b"\xff", descending=False
+        )
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            raise self._owner.error("Reading", exc) from None
+
+    def write(self, records: list[CommitRecord], new_tables: Iterable[TableInfo] = ()) -> None:
+        """Queue a commit's documents, index entries and new tables (sent by `finish`)."""
+        inserts, updates, deletes = [], [], []
+        removed, added, moved = [], [], []
+        for r in records:
+            if r.doc is None:
+                deletes.append((r.table_number, r.id_key))
+            elif r.replaces:
+                updates.append((encode_document(r.doc), r.table_number, r.id_key))
+            else:
+                inserts.append((r.table_number, r.id_key, encode_document(r.doc)))
+            for index_id, old, new in r.index_changes:
+                if old == new:
+                    continue
+                if old is not None and new is not None:
+                    moved.append((new, index_id, old))
+                elif old is not None:
+                    removed.append((index_id, old))
+                else:
+                    added.append((index_id, new, r.id_key))
+        for table in new_tables:
+            self._queue("INSERT INTO convex_tables VALUES (%s, %s)", [(table.number, table.name)])
+            self._queue(
+                "INSERT INTO convex_indexes VALUES (%s, %s, %s, %s)",
+                [
+                    (i.index_id, table.number, i.name, json.dumps(list(i.fields)))
+                    for i in table.indexes.values()
+                    if i.index_id is not None
+                ],
+            )
+        self._queue("DELETE FROM convex_index_entries WHERE index_id=%s AND key=%s", removed)
+        # Keys end with the document's id, so a moved key never lands on another's old key.
+        self._queue("UPDATE convex_index_entries SET key=%s WHERE index_id=%s AND key=%s", moved)
+        self._queue("DELETE FROM convex_documents WHERE table_number=%s AND id_key=%s", deletes)
+        self._queue(
+            "UPDATE convex_documents SET body=%s WHERE table_number=%s AND id_key=%s", updates
+        )
+        self._queue("INSERT INTO convex_documents VALUES (%s, %s, %s)", inserts)
+        self._queue("INSERT INTO convex_index_entries VALUES (%s, %s, %s)", added)
+
+    def create_index(
+        self,
+        index_id: int,
+        table_number: int,
+        name: str,
+        fields: tuple[str, ...],
+        entries: Iterable[tuple[bytes, bytes]],
+    ) -> None:
+        """Queue a new index with its `(key, id_key)` entries."""
+        self._queue(
+            "INSERT INTO convex_indexes VALUES (%s, %s, %s, %s)",
+            [(index_id, table_number, name, json.dumps(list(fields)))],
+        )
+        self.fill_index(index_id, entries)
+
+    def fill_index(self, index_id: int, entries: Iterable[tuple[bytes, bytes]]) -> None:
+        """Queue `(key, id_key)` entries of an index."""
+        self._queue(
+            "INSERT INTO convex_index_entries VALUES (%s, %s, %s)",
+            [(index_id, key, id_of) for key, id_of in entries],
+        )
+
+    def drop_index(self, index_id: int) -> None:
+        """Queue the removal of an index and its entries."""
+        self._queue("DELETE FROM convex_index_entries WHERE index_id=%s", [(index_id,)])
+        self._queue("DELETE FROM convex_indexes WHERE index_id=%s", [(index_id,)])
+
+    def _queue(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            self._statements.append((sql, rows))
+
+    def finish(self, body: bytes, ts: int | None = None) -> int:
+        """Write what was queued and the log entry `body`, move the clock, notify every process
+        and commit; returns the commit's ts (`ts` if given: it must be later than the clock).
+
+        Raises:
+            PersistenceError: nothing was written.
+            CommitOutcomeUnknown: the connection was lost during the commit and the database
+                could not tell afterwards whether it was stored.
+        """
+        conn = self._conn
+        commit_id = uuid.uuid4()
+        pid = conn.info.backend_pid
+        self.finished = True
+        try:
+            with conn.pipeline():
+                for sql, rows in self._statements:
+                    if len(rows) == 1:
+                        conn.execute(sql, rows[0], prepare=True)
+                    else:
+                        conn.cursor().executemany(sql, rows)
+                new_ts = (
+                    f"GREATEST(ts + 1, {_NOW_NS})" if ts is None else f"GREATEST(ts + 1, {int(ts)})"
+                )
+                cur = conn.execute(
+                    "WITH c AS (UPDATE convex_clock SET ts = "
+                    + new_ts
+                    + " WHERE id = 1 RETURNING ts) INSERT INTO convex_commit_log "
+                    "SELECT c.ts, %s, %s, %s FROM c RETURNING ts",
+                    (self.clock, commit_id, body),
+                    prepare=True,
+                )
+                conn.execute(pgsql.SQL("NOTIFY {}").format(pgsql.Identifier(_CHANNEL)))
+                conn.execute("COMMIT")
+            row = cur.fetchone()
+        except psycopg.OperationalError as exc:
+            if not conn.broken:
+                self._roll_back()
+                raise self._owner.error("Commit (nothing was written):", exc) from None
+            conn.close()
+            committed = self._owner.lookup_commit(commit_id, pid, exc)
+            if committed is None:
+                raise self._owner.error(
+                    "Commit (the connection was lost; the commit log shows it was not written)",
+                    exc,
+                ) from None
+            return committed
+        except psycopg.Error as exc:
+            self._roll_back()
+            raise self._owner.error("Commit (nothing was written):", exc) from None
+        except BaseException:
+            conn.close()  # Ctrl-C mid-pipeline: the server rolls back with the connection
+            raise
+        assert row is not None
+        self._owner.committed(row[0])
+        return int(row[0])
+
+    def _roll_back(self) -> None:
+        try:
+            self._conn.execute("ROLLBACK")
+        except psycopg.Error:
+            self._conn.close()
+
+    def end(self) -> None:
+        """Roll back unless `finish` ran, and return the connection."""
+        if not self.finished and not self._conn.closed:
+            self._roll_back()
+        if self._conn.closed:
+            return
+        self._owner.pool.put(self._conn)
+
+
+class PostgresPersistence:
+    """A store in a PostgreSQL database; implements `persistence.base.Persistence` plus what
+    a shared store needs (`exclusive`, `log_after`, `wait_for_commits`, `next_number`).
+
+    Args:
+        url: `postgresql://user:password@host:port/dbname` (the database must exist).
+
+    Raises:
+        PersistenceError: the server cannot be reached (host, port and reason named), the
+            database does not exist, or it holds a store of an incompatible version.
+    """
+
+    shared: Final = True
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._where, self._secret = _where(url)
+        self.pool = _Pool(self._connect)
+        self._listener: psycopg.Connection[Any] | None = None
+        self._listener_lock = threading.Lock()
+        self._commits = 0
+        self._clock_lock = threading.Lock()
+        self._latest = 0
+        conn = self._connect()
+        try:
+            self._set_up(conn)
+        finally:
+            conn.close()
+
+    def describe(self) -> str:
+        """The URL with its password masked."""
+        return self._where.url
+
+    def __repr__(self) -> str:
+        return f"PostgresPersistence({self._where.url!r})"
+
+    def error(self, action: str, exc: BaseException) -> PersistenceError:
+        """A `PersistenceError` naming the server, database, what failed and why."""
+        return self._where.error(action, exc, self._secret)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self._url, autocommit=True, **_CONNECT_OPTIONS)
+        except psycopg.Error as exc:
+            raise self.error("Connecting", exc) from None
+
+    def _set_up(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK,))
+                conn.execute(_SCHEMA)
+                conn.execute(
+                    "INSERT INTO convex_meta VALUES ('format', %s) ON CONFLICT DO NOTHING",
+                    (_FORMAT_VERSION,),
+                )
+                row = conn.execute("SELECT value FROM convex_meta WHERE key='format'").fetchone()
+                clock = conn.execute("SELECT ts FROM convex_clock WHERE id = 1").fetchone()
+        except psycopg.Error as exc:
+            raise self.error("Opening the store", exc) from None
+        assert row is not None and clock is not None
+        if row[0] != _FORMAT_VERSION:
+            raise PersistenceError(
+                f"The store in {self._where.url} was written by an incompatible version of "
+                f"convex-notebook (format {row[0]}, this version reads format "
+                f"{_FORMAT_VERSION}); open it with that version, or use another database."
+            )
+        self._latest = clock[0]
+
+    # -- reading -------------------------------------------------------------------------
+
+    def with_connection(self, action: str, use: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """`use(conn)` on a pooled connection, retried once on a new connection if the first
+        was broken (the server restarted since it was opened)."""
+        for attempt in (1, 2):
+            conn = self.pool.get()
+            try:
+                result = use(conn)
+            except psycopg.OperationalError as exc:
+                if conn.broken and attempt == 1:
+                    self.pool.discard(conn)
+                    continue
+                if conn.broken:
+                    self.pool.discard(conn)
+                else:
+                    self.pool.put(conn)
+                raise self.error(action, exc) from None
+            except psycopg.Error as exc:
+                self.pool.put(conn)
+                raise self.error(action, exc) from None
+            except BaseException:
+                conn.close()
+                raise
+            self.pool.put(conn)
+            return result
+        raise AssertionError("unreachable")
+
+    def fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """The rows of one autocommit SELECT."""
+        return self.with_connection(
+            "Reading", lambda conn: conn.execute(sql, params, prepare=True).fetchall()
+        )
+
+    def last_ts(self) -> int:
+        """The ts of the latest commit (the clock row)."""
+        rows = self.fetch("SELECT ts FROM convex_clock WHERE id = 1", ())
+        return int(rows[0][0])
+
+    def load_catalog(
+        self,
+    ) -> tuple[list[tuple[int, str]], list[tuple[int, int, str, tuple[str, ...]]]]:
+        """`(tables [(number, name)], indexes [(index_id, table_number, name, fields)])`."""
+
+        def read(conn: psycopg.Connection[Any]) -> tuple[list[Any], list[Any]]:
+            with conn.transaction():
+                tables = conn.execute(
+                    "SELECT number, name FROM convex_tables ORDER BY number"
+                ).fetchall()
+                indexes = conn.execute(
+                    "SELECT index_id, table_number, name, fields FROM convex_indexes "
+                    "ORDER BY index_id"
+                ).fetchall()
+            return tables, indexes
+
+        tables, rows = self.with_connection("Reading the catalog", read)
+        return [(n, name) for n, name in tables], [
+            (i, t, name, tuple(json.loads(fields))) for i, t, name, fields in rows
+        ]
+
+    def snapshot(self) -> PostgresSnapshot:
+        """A REPEATABLE READ snapshot of the latest commit; `close()` it when done."""
+
+        def begin(conn: psycopg.Connection[Any]) -> PostgresSnapshot:
+            with conn.pipeline():
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                cur = conn.execute("SELECT ts FROM convex_clock WHERE id = 1", prepare=True)
+            row = cur.fetchone()
+            assert row is not None
+            return PostgresSnapshot(self, conn, int(row[0]))
+
+        for attempt in (1, 2):
+            conn = self.pool.get()
+            try:
+                return begin(conn)
+            except psycopg.OperationalError as exc:
+                if conn.broken and attempt == 1:
+                    self.pool.discard(conn)
+                    continue
+                conn.close()
+                raise self.error("Reading", exc) from None
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def current_reader(self, ts: int) -> CurrentReader:
+        """Reads of the latest committed state, statement by statement."""
+        return CurrentReader(self, ts)
+
+    def documents_of(self, table_number: int) -> Iterator[tuple[bytes, dict[str, Value]]]:
+        """Every `(id_key, document)` of a table, read on one snapshot."""
+        return all_documents(self, table_number)
+
+    def unfilled_indexes(self) -> list[int]:
+        """None: this backend always creates an index and its entries in one transaction."""
+        return []
+
+    def set_owner_info(self, url: str | None = None) -> None:
+        """Nothing to record: any number of processes may open the store."""
+
+    # -- the commit log ------------------------------------------------------------------
+
+    def log_after(self, ts: int) -> list[LogEntry]:
+        """The log entries after `ts`, oldest first (at most `_LOG_BATCH`: call again after
+        the last one's ts)."""
+        rows = self.fetch(_LOG_SQL, (ts, _LOG_BATCH))
+        return [LogEntry(t, p, bytes(b)) for t, p, b in rows]
+
+    def wait_for_commits(self, timeout: float) -> bool:
+        """Wait until another commit is notified (True) or `timeout` seconds pass (False).
+
+        Raises:
+            PersistenceError: the notification connection failed (it is opened again on the
+                next call).
+        """
+        with self._listener_lock:
+            conn = self._listener
+            try:
+                if conn is None or conn.closed:
+                    conn = self._listener = self._connect()
+                    conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(_CHANNEL)))
+                for _ in conn.notifies(timeout=timeout, stop_after=1):
+                    return True
+                return False
+            except psycopg.Error as exc:
+                if conn is not None:
+                    conn.close()
+                self._listener = None
+                raise self.error("Listening for commits", exc) from None
+
+    def interrupt_wait(self) -> None:
+        """Make a `wait_for_commits` in progress return (used when closing)."""
+        with contextlib.suppress(psycopg.Error, PersistenceError):
+            self.with_connection(
+                "Notifying",
+                lambda conn: conn.execute(
+                    pgsql.SQL("NOTIFY {}").format(pgsql.Identifier(_CHANNEL))
+                ),
+            )
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[CommitSession]:
+        """Hold the cluster-wide commit lock for the block (see `CommitSession`)."""
+        conn = self.pool.get()
+        try:
+            session = CommitSession(self, conn)
+        except BaseException:
+            conn.close()
+            raise
+        try:
+            yield session
+        finally:
+            session.end()
+
+    def committed(self, ts: int) -> None:
+        """Called by a session after its commit: prunes the log now and then."""
+        with self._clock_lock:
+            self._latest = max(self._latest, ts)
+            self._commits += 1
+            prune = self._commits % _PRUNE_EVERY == 0
+        if prune:
+            with contextlib.suppress(PersistenceError):
+                self.with_connection(
+                    "Pruning the commit log",
+                    lambda conn: conn.execute(
+                        "DELETE FROM convex_commit_log WHERE ts < %s", (ts - LOG_WINDOW_NS,)
+                    ),
+                )
+
+    def lookup_commit(
+        self, commit_id: uuid.UUID, backend_pid: int, cause: BaseException
+    ) -> int | None:
+        """The ts of the commit `commit_id` if it was stored, None if it was not, once the
+        server process that ran it (`backend_pid`) is gone.
+
+        Raises:
+            CommitOutcomeUnknown: the database cannot be asked within a few seconds.
+        """
+        deadline = time.monotonic() + 10.0
+        last: BaseException = cause
+        while time.monotonic() < deadline:
+            try:
+                conn = self._connect()
+            except PersistenceError as exc:
+                last = exc
+                time.sleep(0.2)
+                continue
+            try:
+                while time.monotonic() < deadline:
+                    alive = conn.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend_pid,)
+                    ).fetchone()
+                    if alive is None:
+                        break
+                    time.sleep(0.05)
+                row = conn.execute(
+                    "SELECT ts FROM convex_commit_log WHERE commit_id = %s", (commit_id,)
+                ).fetchone()
+                return None if row is None else int(row[0])
+            except psycopg.Error as exc:
+                last = exc
+            finally:
+                conn.close()
+        reason = " ".join(str(last).split())
+        if self._secret:
+            reason = reason.replace(self._secret, "***")
+        raise CommitOutcomeUnknown(
+            f"PostgreSQL at {self._where.host}:{self._where.port} (database "
+            f"{self._where.dbname!r}): the connection was lost while a commit was being "
+            f"written, and the database could not be asked since ({reason}). The mutation may "
+            "or may not have been stored: check the data before running it again."
+        )
+
+    def next_number(self, kind: str) -> int:
+        """A new table number (`kind` "table") or index id ("index"), unique in the store."""
+        sequence = "convex_table_numbers" if kind == "table" else "convex_index_ids"
+        return int(self.fetch(f"SELECT nextval('{sequence}')", ())[0][0])
+
+    # -- settings every process shares ---------------------------------------------------
+
+    def setting(self, key: str) -> str | None:
+        """The store's setting `key` (e.g. the served admin key), or None."""
+        rows = self.fetch("SELECT value FROM convex_meta WHERE key = %s", (f"setting:{key}",))
+        return None if not rows else str(rows[0][0])
+
+    def setting_or_default(self, key: str, default: str) -> str:
+        """The setting `key`; `default` is stored first if it has none (the first process
+        to ask decides, every later one gets the same value)."""
+        rows = self.fetch(
+            "WITH i AS (INSERT INTO convex_meta VALUES (%s, %s) ON CONFLICT DO NOTHING "
+            "RETURNING value) SELECT value FROM i UNION ALL "
+            "SELECT value FROM convex_meta WHERE key = %s",
+            (f"setting:{key}", default, f"setting:{key}"),
+        )
+        return str(rows[0][0])
+
+    def add_push(self, body: bytes) -> int:
+        """Keep a push of function definitions (what `serve`'s deployer applied), so that
+        every `serve` process on the store applies it too; returns its sequence number."""
+        rows = self.fetch("INSERT INTO convex_pushes (body) VALUES (%s) RETURNING seq", (body,))
+        return int(rows[0][0])
+
+    def pushes_after(self, seq: int) -> list[tuple[int, bytes]]:
+        """The pushes kept after sequence number `seq`, oldest first."""
+        rows = self.fetch("SELECT seq, body FROM convex_pushes WHERE seq > %s ORDER BY seq", (seq,))
+        return [(int(n), bytes(b)) for n, b in rows]
+
+    # -- writing outside the engine's sessions (the Persistence protocol) ------------------
+
+    def write_commit(
+        self, ts: int, records: list[CommitRecord], new_tables: Iterable[TableInfo] = ()
+    ) -> None:
+        """Apply one commit atomically at `ts` (later than the clock)."""
+        tables = list(new_tables)
+        with self.exclusive() as session:
+            session.write(records, tables)
+            session.finish(encode_commit(LoggedCommit(new_tables=tables)), ts)
+
+    def create_index(
+        self,
+        index_id: int,
+        table_number: int,
+        name: str,
+        fields: tuple[str, ...],
+        entries: Iterable[tuple[bytes, bytes]],
+    ) -> None:
+        """Persist a new index with its entries in one commit."""
+        with self.exclusive() as session:
+            session.create_index(index_id, table_number, name, fields, entries)
+            session.finish(encode_commit(LoggedCommit(catalog_changed=True)))
+
+    def fill_index(self, index_id: int, entries: Iterable[tuple[bytes, bytes]]) -> None:
+        """Add entries to an index in one commit."""
+        with self.exclusive() as session:
+            session.fill_index(index_id, entries)
+            session.finish(encode_commit(LoggedCommit(catalog_changed=True)))
+
+    def drop_index(self, index_id: int) -> None:
+        """Delete an index and its entries in one commit."""
+        with self.exclusive() as session:
+            session.drop_index(index_id)
+            session.finish(encode_commit(LoggedCommit(catalog_changed=True)))
+
+    def close(self) -> None:
+        """Close every connection; idempotent."""
+        self.pool.close()
+        with self._listener_lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
