@@ -9,7 +9,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
+
+if TYPE_CHECKING:
+    from kernel_ext.engine.store import Store
+    from kernel_ext.persistence.urls import StoreLocation
+    from kernel_ext.sync.auth import SharedSettings
 
 __all__ = ["main"]
 
@@ -29,12 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--db",
         required=True,
-        help="the store: a file path, sqlite:///path, or memory (PostgreSQL URLs are refused "
-        "in this version)",
+        help="the store: a file path, sqlite:///path, memory, or "
+        "postgresql://user:password@host:port/dbname (any number of serve processes may "
+        "serve one PostgreSQL store: they share its data, admin key and pushed functions)",
     )
     serve.add_argument("--port", type=_port, default=3210, help="0 picks a free port")
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine)")
-    serve.add_argument("--admin-key", help="default: a new random key, printed once")
+    serve.add_argument(
+        "--admin-key",
+        help="default: a new random key, printed once (a PostgreSQL store keeps the key of the "
+        "first process that served it: give none, or that one)",
+    )
     limits = serve.add_argument_group("limits (per function call / per WebSocket)")
     limits.add_argument(
         "--function-time-limit",
@@ -206,12 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
     from kernel_ext.errors import StoreError
     from kernel_ext.functions.backend import Backend
     from kernel_ext.persistence.urls import open_persistence, parse_store_url
-    from kernel_ext.sync.auth import (
-        AuthProvider,
-        admin_key_path,
-        generate_admin_key,
-        write_admin_key,
-    )
+    from kernel_ext.sync.auth import AuthProvider
     from kernel_ext.sync.server import run_server
 
     try:
@@ -223,6 +228,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         # Parsed before anything is created: a URL of no store is refused, never a file name.
         location = parse_store_url(args.db)
+        print(f"Store: {location.describe()}", flush=True)
         persistence = open_persistence(location)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -231,16 +237,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         try:
             backend.load_functions(args.functions)
+            admin_key = _admin_key(args.admin_key, backend.store, location)
         except (FileNotFoundError, StoreError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        admin_key = args.admin_key or generate_admin_key()
-        if location.path is None:  # nothing on disk to keep it beside
-            print(f"Admin key: {admin_key}", flush=True)
-        else:
-            key_file = admin_key_path(location.path)
-            write_admin_key(key_file, admin_key)
-            print(f"Admin key (also in {key_file}): {admin_key}", flush=True)
 
         def ready(url: str) -> None:
             persistence.set_owner_info(url)
@@ -265,6 +265,36 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         backend.close()
     return 0
+
+
+def _admin_key(given: str | None, store: Store, location: StoreLocation) -> str:
+    """The served admin key, printed once: on a shared store (PostgreSQL) the one kept in the
+    database (`given`, or a new one, stored first if it has none); otherwise `given` or a new
+    one, kept beside the store file (mode 0600) when there is one.
+
+    Raises:
+        AuthenticationError: `given` differs from the key a shared store keeps.
+    """
+    from kernel_ext.sync.auth import (
+        admin_key_path,
+        generate_admin_key,
+        stored_admin_key,
+        write_admin_key,
+    )
+
+    if store.shared:
+        settings = cast("SharedSettings", store.persistence)
+        key = stored_admin_key(settings, given, location.describe())
+        print(f"Admin key (kept in the database): {key}", flush=True)
+        return key
+    key = given or generate_admin_key()
+    if location.path is None:  # nothing on disk to keep it beside
+        print(f"Admin key: {key}", flush=True)
+    else:
+        key_file = admin_key_path(location.path)
+        write_admin_key(key_file, key)
+        print(f"Admin key (also in {key_file}): {key}", flush=True)
+    return key
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
   `exp` claim, as Convex requires. Without a provider, every token is refused, as Convex
   does when no auth provider matches.
 - The admin key is generated at start (or given), printed once and stored next to the store
-  file with mode 0600. It allows internal functions, and acting as any user.
+  file with mode 0600; a PostgreSQL store keeps it in the database (`stored_admin_key`), so
+  every `serve` process on it has the same one. It allows internal functions, and acting as
+  any user.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
@@ -32,9 +34,11 @@ from kernel_ext.sync.protocol import Identity
 __all__ = [
     "AuthProvider",
     "ServerAuthenticator",
+    "SharedSettings",
     "admin_key_path",
     "generate_admin_key",
     "parse_admin_header",
+    "stored_admin_key",
     "write_admin_key",
 ]
 
@@ -225,3 +229,35 @@ def write_admin_key(path: Path, key: str) -> None:
         os.write(fd, (key + "\n").encode("ascii"))
     finally:
         os.close(fd)
+
+
+class SharedSettings(Protocol):
+    """What a shared store keeps for every process (`PostgresPersistence`)."""
+
+    def setting_or_default(self, key: str, default: str) -> str: ...
+
+
+#: The setting a shared store keeps its admin key in.
+_ADMIN_KEY_SETTING = "admin_key"
+
+
+def stored_admin_key(settings: SharedSettings, given: str | None, where: str) -> str:
+    """The admin key a shared store keeps for every process serving it: the one it has, or
+    `given` (else a fresh one) stored first if it has none (the first process decides).
+
+    Args:
+        settings: the store.
+        given: the key the operator asked for (`serve --admin-key`), if any.
+        where: the store, as messages name it (its password masked).
+
+    Raises:
+        AuthenticationError: `given` differs from the stored key (neither key is named).
+    """
+    stored = settings.setting_or_default(_ADMIN_KEY_SETTING, given or generate_admin_key())
+    if given is not None and not hmac.compare_digest(stored.encode(), given.encode()):
+        raise AuthenticationError(
+            f"The store {where} has its own admin key, kept in the database and shared by "
+            "every process serving it, and --admin-key differs from it: omit --admin-key to "
+            "serve with the stored key (it is printed at start)"
+        )
+    return stored

@@ -3,17 +3,25 @@
 Only requests that carry the admin key get here (`HttpApi` checks). A pushed cell carries
 only its own source: it runs with the names `kernel_ext` exports (`v`, `ConvexError`,
 `UNDEFINED`, ...) but none of the sending notebook's globals.
+
+On a shared store (PostgreSQL, `Store.shared`) a push of functions (`cell`, `files`) that
+succeeded is also kept in the database, and every process serving the store applies the
+pushes it has not applied yet, in their order: at start (after its own functions folder) and
+whenever another process changed definitions (`Store.add_definitions_listener`). So every
+`serve` process on one database serves the same functions.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol, cast
 
 from kernel_ext.errors import ValidationError
 from kernel_ext.functions.backend import Backend
@@ -29,7 +37,21 @@ from kernel_ext.store.catalog import BY_CREATION_TIME
 from kernel_ext.store.column_kinds import column_kinds_by_number, insert_rows
 from kernel_ext.store.values import from_json, to_json
 
-__all__ = ["Deployer"]
+__all__ = ["Deployer", "PushLog"]
+
+_log = logging.getLogger(__name__)
+
+
+class PushLog(Protocol):
+    """Where a shared store keeps the pushes of functions (`PostgresPersistence`)."""
+
+    def add_push(self, body: bytes) -> int:
+        """Keep a push; returns its sequence number (increasing)."""
+        ...
+
+    def pushes_after(self, seq: int) -> list[tuple[int, bytes]]:
+        """The pushes kept after sequence number `seq`, oldest first."""
+        ...
 
 
 class Deployer:
@@ -45,7 +67,60 @@ class Deployer:
         self.folder = (
             folder if folder is not None else Path(tempfile.mkdtemp(prefix="convex-push-"))
         )
-        self._push_lock = threading.Lock()  # one push of modules at a time
+        # One push at a time: pushes of modules build on the folder, and on a shared store
+        # every process applies the kept pushes in the same order.
+        self._push_lock = threading.RLock()
+        self._log: PushLog | None = None
+        self._applied = 0  # the sequence number of the last kept push applied here
+        self._wake = threading.Event()
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        if backend.store.shared:
+            self._follow(cast("PushLog", backend.store.persistence))
+
+    def _follow(self, log: PushLog) -> None:
+        """Apply the pushes kept in the shared store now, then whenever another process
+        changes definitions (on a thread of ours: listeners run under the commit lock)."""
+        self._log = log
+        self.backend.store.add_definitions_listener(lambda ts: self._wake.set())
+        self._catch_up()
+        self._worker = threading.Thread(target=self._run_worker, name="convex-pushes", daemon=True)
+        self._worker.start()
+
+    def close(self) -> None:
+        """Stop applying other processes' pushes; idempotent."""
+        self._closed = True
+        self._wake.set()
+        worker, self._worker = self._worker, None
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=10)
+
+    def _run_worker(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closed:
+                return
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Apply the kept pushes not applied here yet, in order. A push that fails here (this
+        process serves other functions it relies on) is logged and skipped; an unreachable
+        database is logged, and the next definitions change tries again."""
+        assert self._log is not None
+        try:
+            with self._push_lock:
+                for seq, body in self._log.pushes_after(self._applied):
+                    if self._closed:
+                        return
+                    try:
+                        self._define(json.loads(body))
+                    except Exception as exc:
+                        _log.warning("A push of functions (#%d) failed to apply here: %s", seq, exc)
+                    self._applied = seq
+        except Exception as exc:  # the database: say so, keep serving
+            if not self._closed:
+                _log.warning("Pushes of other processes could not be read: %s", exc)
 
     def __call__(self, body: Mapping[str, Any]) -> Any:
         """Apply an admin request:
@@ -75,7 +150,7 @@ class Deployer:
             HeaderError, SyntaxError, SchemaError, ...: the pushed code is bad; nothing changed.
         """
         if isinstance(body.get("cell"), str):
-            return self._cell(body["cell"])
+            return self._push({"cell": body["cell"]})
         if isinstance(body.get("import"), str) and isinstance(body.get("rows"), list):
             kinds = from_json(body.get("kinds", []))
             return self._import(body["import"], body["rows"], kinds, body.get("wait") is not False)
@@ -93,6 +168,34 @@ class Deployer:
             return self.backend.describe_functions()
         if body.get("tables") is True:
             return self.backend.describe_tables()
+        files = body.get("files")
+        if isinstance(files, Mapping) and files:
+            return self._push({"files": dict(files)})
+        raise ValidationError('A push is {"cell": "%%convex_query ..."} or {"files": {...}}')
+
+    def _push(self, body: dict[str, Any]) -> list[str]:
+        """Apply a push of functions (`{"cell": ...}` or `{"files": ...}`); on a shared store,
+        keep it once it succeeded (a failed push is neither applied nor kept)."""
+        with self._push_lock:
+            if self._log is None:
+                return self._define(body)
+            self._catch_up()  # the pushes of others first: the same order as everywhere
+            defined = self._define(body)
+            log = self._log
+            data = json.dumps(body).encode()
+            # Kept inside a definitions change (a commit): the other processes are told of
+            # it only once the push is in the database.
+            seq = self.backend.store.record_change(lambda: log.add_push(data))
+            if seq == self._applied + 1:
+                self._applied = seq
+            else:  # another process pushed meanwhile: apply its pushes, then this one again
+                self._wake.set()
+            return defined
+
+    def _define(self, body: Mapping[str, Any]) -> list[str]:
+        """Apply `{"cell": source}` or `{"files": {path: source}}`."""
+        if isinstance(body.get("cell"), str):
+            return self._cell(body["cell"])
         files = body.get("files")
         if isinstance(files, Mapping) and files:
             return self._files(files)

@@ -254,7 +254,8 @@ class SyncServer:
         self.runner = BackendRunner(backend, time_limit=time_limit)
         self.max_subscriptions, self.max_concurrent_calls = max_subscriptions, max_concurrent_calls
         self.authenticator = ServerAuthenticator(admin_key, auth)
-        self.http_api = HttpApi(self.runner, self.authenticator, Deployer(backend, push_dir))
+        self.deployer = Deployer(backend, push_dir)
+        self.http_api = HttpApi(self.runner, self.authenticator, self.deployer)
         self.ping_interval, self.tick_interval = ping_interval, tick_interval
         self.executor = concurrent.futures.ThreadPoolExecutor(workers, "convex-calls")
         self.action_executor = concurrent.futures.ThreadPoolExecutor(workers, "convex-actions")
@@ -336,6 +337,7 @@ class SyncServer:
             self._http_server.stop()
         if self._ticker is not None:
             self._ticker.stop()
+        self.deployer.close()
         for socket in list(self.sockets):
             socket.close(CLOSE_GOING_AWAY, "ServerShutdown")
         for executor in (self.executor, self.action_executor):
