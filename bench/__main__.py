@@ -20,6 +20,9 @@ BENCHMARKS = [
     "server_fanout",
     "server_load",
     "served_views",
+    "pg_mutations",
+    "pg_fanout",
+    "pg_scale",
 ]
 
 
