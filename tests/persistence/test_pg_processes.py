@@ -225,3 +225,14 @@ def test_views_in_one_process_follow_the_commits_of_another(pg_url: str, spawn: 
         wait_for(lambda name=name: reader.values(name)[-1:] == [states[-1][name]], timeout=15)
         delivered = reader.values(name)
         assert _in_order(delivered, [s[name] for s in states]), name
+
+
+def test_the_job_of_a_killed_process_runs_in_another(pg_url: str, spawn: Any) -> None:
+    a, b = spawn("repl", pg_url), spawn("repl", pg_url)
+    _ready(a, b)
+    pid_b = b.wait_event(lambda e: e["event"] == "ready", 1)["pid"]
+    job = _mutation(a, "jobs:schedule_later", ref="jobs:record", tag="orphan", ms=300)
+    a.kill()  # before the job is due
+    wait_for(lambda: _query(b, "jobs:job", id=job)["kind"] != "pending", timeout=15)
+    assert _query(b, "jobs:job", id=job) == {"kind": "success"}
+    assert _query(b, "jobs:runs") == [["orphan", pid_b]]
