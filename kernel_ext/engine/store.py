@@ -73,8 +73,9 @@ _DEFINITIONS_CHANGED: Final[WrittenKey] = ("*definitions", b"")
 #: Pauses before the optimistic attempts of a mutation; after the last one conflicts, it runs
 #: serially under the commit lock.
 _RETRY_DELAYS: Final = (0.0, 0.001, 0.005, 0.02)
-#: A shared store's follower wakes at least this often (s) even if a notification was lost.
-_POLL_S: Final = 0.25
+#: A shared store's follower reads the log at least this often (s), in case a notification
+#: was lost.
+_POLL_S: Final = 1.0
 #: After the database could not be reached, wait this long (s) before trying again.
 _RETRY_S: Final = 0.5
 
@@ -224,7 +225,7 @@ class Store:
             if self._shared is None or self._session is not None:
                 yield self._session
                 return
-            with self._shared.exclusive() as session:
+            with self._shared.exclusive(self._ts) as session:
                 self._session = session
                 try:
                     self._replay(session.log_after(self._ts))
@@ -301,11 +302,12 @@ class Store:
         assert shared is not None
         while not self._closing.is_set():
             try:
-                shared.wait_for_commits(_POLL_S)
+                notified = shared.wait_for_commits(_POLL_S)
                 if self._closing.is_set():
                     return
                 if self.unreachable is None:
-                    self._catch_up()
+                    if notified is None or notified == 0 or notified > self._ts:
+                        self._catch_up()  # news, or the poll in case a notification was lost
                     continue
                 entries = shared.log_after(self._ts)
                 with self._commit_lock:
@@ -610,6 +612,8 @@ class Store:
                 reaches, or something after `ts` changed what `fn` read.
         """
         if ts > self._ts:
+            self._catch_up()  # `ts` may come from another process of a shared store
+        if ts > self._ts:
             raise HistoryUnavailable(
                 f"ts {ts} is later than the latest commit ({self._ts}); ask for a ts this "
                 "store has returned (query_ts)"
@@ -626,6 +630,7 @@ class Store:
             txn.closed = True
             self.close_snapshot(snap)
         read_set = txn.read_set.finalize()
+        self._catch_up()  # the commits of other processes that the snapshot may have seen
         with self._commit_lock:  # waits for a schema change in progress to be logged
             later = self._writes.after(ts)
         if later is None:

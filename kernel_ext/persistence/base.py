@@ -210,16 +210,18 @@ class SharedPersistence(Persistence, Protocol):
 
     shared: bool  #: True: tells a shared store from a private one
 
-    def exclusive(self) -> AbstractContextManager[CommitSession]:
-        """Take the cluster-wide commit lock for a `with` block."""
+    def exclusive(self, since: int = -1) -> AbstractContextManager[CommitSession]:
+        """Take the cluster-wide commit lock for a `with` block; the session's `log_after(since)`
+        costs no extra round trip."""
         ...
 
     def log_after(self, ts: int) -> list[LogEntry]:
         """Log entries after `ts`, oldest first; a bounded batch (ask again after the last)."""
         ...
 
-    def wait_for_commits(self, timeout: float) -> bool:
-        """Wait until a commit is notified (True) or `timeout` s pass (False).
+    def wait_for_commits(self, timeout: float) -> int | None:
+        """Wait until a commit is notified (returns the latest ts notified, 0 if unknown) or
+        `timeout` s pass (None).
 
         Raises:
             PersistenceError: the database cannot be reached (the next call tries again).

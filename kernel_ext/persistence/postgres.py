@@ -291,23 +291,34 @@ class CommitSession:
         clock: the ts of the latest commit (no other can come while the lock is held).
     """
 
-    def __init__(self, owner: PostgresPersistence, conn: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self, owner: PostgresPersistence, conn: psycopg.Connection[Any], since: int
+    ) -> None:
         self._owner = owner
         self._conn = conn
         self._statements: list[tuple[str, list[tuple[Any, ...]]]] = []
         self.finished = False
+        # One round trip: the lock, then (behind it, so complete) the log after `since`.
         try:
             with conn.pipeline():
                 conn.execute("BEGIN")
-                cur = conn.execute("SELECT ts FROM convex_clock WHERE id = 1 FOR UPDATE")
-            row = cur.fetchone()
+                clock = conn.execute(
+                    "SELECT ts FROM convex_clock WHERE id = 1 FOR UPDATE", prepare=True
+                )
+                log = conn.execute(_LOG_SQL, (since, _LOG_BATCH), prepare=True)
+            row = clock.fetchone()
+            rows = log.fetchall()
         except psycopg.Error as exc:
             raise owner.error("Taking the commit lock", exc) from None
         assert row is not None
         self.clock: int = row[0]
+        self._since = since
+        self._log = [LogEntry(t, p, bytes(b)) for t, p, b in rows]
 
     def log_after(self, ts: int) -> list[LogEntry]:
         """Every log entry after `ts`, oldest first (all of them: nothing can commit now)."""
+        if ts == self._since and len(self._log) < _LOG_BATCH:
+            return self._log
         entries: list[LogEntry] = []
         while True:
             batch = self._fetch(_LOG_SQL, (ts, _LOG_BATCH))
@@ -435,7 +446,12 @@ class CommitSession:
                     (self.clock, commit_id, body),
                     prepare=True,
                 )
-                conn.execute(pgsql.SQL("NOTIFY {}").format(pgsql.Identifier(_CHANNEL)))
+                # The payload is the ts: a process that knows it already needs no catch-up.
+                conn.execute(
+                    "SELECT pg_notify(%s, (SELECT ts FROM convex_clock WHERE id = 1)::text)",
+                    (_CHANNEL,),
+                    prepare=True,
+                )
                 conn.execute("COMMIT")
             row = cur.fetchone()
         except psycopg.OperationalError as exc:
@@ -652,8 +668,9 @@ class PostgresPersistence:
         rows = self.fetch(_LOG_SQL, (ts, _LOG_BATCH))
         return [LogEntry(t, p, bytes(b)) for t, p, b in rows]
 
-    def wait_for_commits(self, timeout: float) -> bool:
-        """Wait until another commit is notified (True) or `timeout` seconds pass (False).
+    def wait_for_commits(self, timeout: float) -> int | None:
+        """Wait until a commit is notified (returns the latest ts notified, 0 if unknown) or
+        `timeout` seconds pass (None).
 
         Raises:
             PersistenceError: the notification connection failed (it is opened again on the
@@ -665,9 +682,14 @@ class PostgresPersistence:
                 if conn is None or conn.closed:
                     conn = self._listener = self._connect()
                     conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(_CHANNEL)))
-                for _ in conn.notifies(timeout=timeout, stop_after=1):
-                    return True
-                return False
+                latest: int | None = None
+                for notify in conn.notifies(timeout=timeout, stop_after=1):
+                    latest = int(notify.payload) if notify.payload.isdigit() else 0
+                # Drain what else is queued, without waiting.
+                for notify in conn.notifies(timeout=0):
+                    ts = int(notify.payload) if notify.payload.isdigit() else 0
+                    latest = ts if latest is None else max(latest, ts)
+                return latest
             except psycopg.Error as exc:
                 if conn is not None:
                     conn.close()
@@ -685,11 +707,12 @@ class PostgresPersistence:
             )
 
     @contextlib.contextmanager
-    def exclusive(self) -> Iterator[CommitSession]:
-        """Hold the cluster-wide commit lock for the block (see `CommitSession`)."""
+    def exclusive(self, since: int = -1) -> Iterator[CommitSession]:
+        """Hold the cluster-wide commit lock for the block (see `CommitSession`); the log
+        entries after `since` are read with the lock (`CommitSession.log_after(since)`)."""
         conn = self.pool.get()
         try:
-            session = CommitSession(self, conn)
+            session = CommitSession(self, conn, since if since >= 0 else 1 << 62)
         except BaseException:
             conn.close()
             raise

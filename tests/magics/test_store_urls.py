@@ -38,3 +38,32 @@ def test_status_masks_the_password_of_the_shared_store(ip, served, monkeypatch, 
     out = capsys.readouterr().out
     assert "store: postgresql://u:***@db.example/notes" in out
     assert "secret" not in out
+
+
+def test_convex_url_and_connect_magic_open_a_postgresql_store(ip, pg_url, monkeypatch, capsys):
+    from kernel_ext.magics import default_client
+
+    secret_url = pg_url.replace("postgres@", "postgres:pw-secret@", 1)
+    monkeypatch.setenv("CONVEX_URL", secret_url)
+    client = default_client()
+    try:
+        assert "postgresql://postgres:***@" in repr(client)
+    finally:
+        client.close()
+    ip.run_line_magic("convex", f"connect {secret_url}")
+    ip.run_cell_magic(
+        "convex_mutation",
+        "add_note(text: v.string())",
+        'return ctx.db.insert("notes", {"text": text})',
+    )
+    ip.run_line_magic("convex", "status")
+    out = capsys.readouterr().out
+    assert "pw-secret" not in out and "postgresql://postgres:***@" in out
+    # Another client of the same database (another kernel, in effect) sees the note.
+    ip.user_ns["convex"].mutation("notebook:add_note", {"text": "hello"})
+    other = kernel_ext.connect(pg_url)
+    try:
+        assert list(other.table_df("notes")["text"]) == ["hello"]
+    finally:
+        other.close()
+        ip.run_line_magic("convex", "connect memory")  # before the database is dropped
