@@ -24,14 +24,22 @@ def describe_store(client: ConvexClient, *, serving: str | None = None) -> str:
 
 
 def _embedded(client: ConvexClient, serving: str | None) -> list[str]:
+    database = "://" in client.location
     if client.location == "memory":
         lines = ["convex: embedded store in this kernel's memory (nothing is written to disk)"]
-    elif "://" in client.location:
+    elif database:
         lines = [f"convex: store in database {mask_password(client.location)}"]
     else:
         lines = [f"convex: embedded store in this kernel, file {client.location}"]
     lines.append(f"  {len(client.tables())} tables, {len(client.functions())} functions")
-    if serving is not None:
+    if database:  # a shared store: no owner, every process opens it itself
+        lines.append(
+            "  other processes open the same database at once and see its changes live: "
+            "kernel_ext.connect(URL) (with the password), `python -m kernel_ext serve --db URL`"
+        )
+        if serving is not None:
+            lines.append(f"  also served at {serving} by this kernel (`%convex serve`)")
+    elif serving is not None:
         lines.append(
             f"  served at {serving}: from a script or another process, "
             f"kernel_ext.connect({serving!r}) (admin: admin_key=convex_admin_key's value)"
@@ -57,8 +65,12 @@ def _remote(client: ConvexClient) -> list[str]:
     if shared and client.url == shared:
         lines = [f"convex: the Jupyter server's shared store, served at {url}{state}"]
         if store := os.environ.get("CONVEX_JUPYTER_STORE"):
-            what = "store" if store == "memory" or "://" in store else "file"
-            lines.append(f"  {what}: {mask_password(store)} (owned by the Jupyter server process)")
+            if "://" in store:  # a database other processes may open too
+                masked = mask_password(store)
+                lines.append(f"  store: {masked} (PostgreSQL: other processes may open it too)")
+            else:
+                what = "store" if store == "memory" else "file"
+                lines.append(f"  {what}: {store} (owned by the Jupyter server process)")
         lines.append(
             "  every notebook of this Jupyter server uses it; from a script or another "
             "process run as the same user: kernel_ext.connect_jupyter()"

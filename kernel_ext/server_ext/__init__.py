@@ -1,10 +1,12 @@
 """The jupyter-server extension: one shared store for every notebook of a Jupyter server.
 
 The store lives in the Jupyter server process (kernel restarts don't touch it), at
-`<root_dir>/.convex/shared.db` (or `$CONVEX_JUPYTER_DB`: a path or a store URL, see
-`kernel_ext.persistence.urls`), with the functions folder
-`<root_dir>/convex/` loaded when it exists (or `$CONVEX_JUPYTER_FUNCTIONS`). It is served
-under the server's base URL, behind Jupyter's own authentication:
+`<root_dir>/.convex/shared.db` (or `$CONVEX_JUPYTER_DB`, else `c.ConvexNotebook.db` in the
+server's config: a path or a store URL, see `kernel_ext.persistence.urls`), with the
+functions folder `<root_dir>/convex/` loaded when it exists (or `$CONVEX_JUPYTER_FUNCTIONS`).
+A PostgreSQL store may be open in other processes too (other Jupyter servers, `serve`
+processes, kernels): its admin key and pushed functions are kept in the database and shared
+with them. It is served under the server's base URL, behind Jupyter's own authentication:
 
     <base_url>convex/api/sync, <base_url>convex/api/<version>/sync   the sync WebSocket
     <base_url>convex/api/...                                          the HTTP API
@@ -14,7 +16,8 @@ the server process (kernels inherit them): `CONVEX_JUPYTER_URL`, `CONVEX_JUPYTER
 `CONVEX_ADMIN_KEY` (the notebook owner may push functions and call internal ones). Other
 processes of the same user find it with `kernel_ext.connect_jupyter()`, through
 `<runtime dir>/convex-notebook-<pid>.json` (mode 0600) beside Jupyter's `jpserver-<pid>.json`;
-the admin key stays in `<db>.admin-key` (mode 0600).
+the admin key stays in `<db>.admin-key` (mode 0600; for a store without a file, `<root_dir>/
+.convex/shared.db.admin-key`).
 
 Browsers may use these routes only from the server's own pages (Jupyter's origin and XSRF
 checks, see `handlers`); kernels and scripts send Jupyter's token.
@@ -28,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from kernel_ext.persistence.urls import StoreLocation
@@ -94,16 +97,18 @@ def _publish(serverapp: Any, url: str, db: Path) -> None:
     ]
 
 
-def _store_location(root: Path) -> StoreLocation:
-    """The shared store: `$CONVEX_JUPYTER_DB` (a path, relative to the current folder, or
-    any store URL `kernel_ext.connect()` takes), else `<root>/.convex/shared.db`.
+def _store_location(root: Path, config: Any = None) -> StoreLocation:
+    """The shared store: `$CONVEX_JUPYTER_DB`, else `c.ConvexNotebook.db` of the server's
+    `config` (a path, relative to the current folder, or any store URL `kernel_ext.connect()`
+    takes, e.g. `postgresql://user:password@host/dbname`), else `<root>/.convex/shared.db`.
 
     Raises:
-        PersistenceError: the variable holds a URL of no store (never taken for a file).
+        PersistenceError: the setting holds a URL of no store (never taken for a file).
     """
     from kernel_ext.persistence.urls import parse_store_url
 
-    return parse_store_url(os.environ.get("CONVEX_JUPYTER_DB") or root / SHARED_DB)
+    configured = (config or {}).get("ConvexNotebook", {}).get("db")
+    return parse_store_url(os.environ.get("CONVEX_JUPYTER_DB") or configured or root / SHARED_DB)
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
@@ -115,11 +120,17 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     from kernel_ext.functions.backend import Backend
     from kernel_ext.persistence.urls import open_persistence
     from kernel_ext.server_ext.handlers import handlers_for
-    from kernel_ext.sync.auth import admin_key_path, generate_admin_key, write_admin_key
+    from kernel_ext.sync.auth import (
+        SharedSettings,
+        admin_key_path,
+        generate_admin_key,
+        stored_admin_key,
+        write_admin_key,
+    )
     from kernel_ext.sync.server import SyncServer
 
     root = Path(serverapp.root_dir)
-    location = _store_location(root)
+    location = _store_location(root, serverapp.config)
     # Absolute: other processes, in other folders, read the key file's path from the record.
     # A store without a file (memory) keeps its key and pushed modules where the file would be.
     db = location.path or (root / SHARED_DB).resolve()
@@ -128,7 +139,11 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     functions = Path(os.environ.get("CONVEX_JUPYTER_FUNCTIONS") or root / "convex")
     if functions.is_dir():
         backend.load_functions(functions)
-    admin_key = generate_admin_key()
+    if backend.store.shared:  # the key every process serving the database has
+        settings = cast("SharedSettings", persistence)
+        admin_key = stored_admin_key(settings, None, location.describe())
+    else:
+        admin_key = generate_admin_key()
     write_admin_key(admin_key_path(db), admin_key)
     server = SyncServer(
         backend, admin_key=admin_key, push_dir=db.parent / "pushed", **_limits(serverapp)
