@@ -59,9 +59,8 @@ class Client:
         self._closed = False
         self._lock = threading.Lock()
 
-    #: The store runs in this process: always connected (`kernel_ext.ConvexClient`).
+    #: The store runs in this process (`kernel_ext.ConvexClient`).
     kind: ClientKind = "embedded"
-    status = "connected"
 
     def __repr__(self) -> str:
         return f"<kernel_ext.Client embedded store at {self.location}>"
@@ -71,9 +70,16 @@ class Client:
         """True once `close()` ran."""
         return self._closed
 
+    @property
+    def status(self) -> str:
+        """ "connected"; on a PostgreSQL store, "reconnecting" while its server cannot be
+        reached (`backend.store.unreachable` says why)."""
+        return self.backend.store.status
+
     def on_status(self, listener: Callable[[str], None]) -> CallbackHandle:
-        """Nothing to report: an embedded store is never connecting or lost."""
-        return CallbackHandle(lambda: None)
+        """Call `listener(status)` when `status` changes (only a PostgreSQL store's does:
+        "reconnecting" while its server cannot be reached, then "connected")."""
+        return CallbackHandle(self.backend.store.on_status(listener))
 
     def call_as_owner(self, kind: CallKind, ref: Any, args: Mapping[str, Any]) -> Any:
         """Run any function, internal ones too, as the store's owner; read your writes."""
@@ -85,8 +91,11 @@ class Client:
 
     @property
     def url(self) -> str:
-        """Where the store is: `memory` or `sqlite:///path`."""
-        return "memory" if self.location == "memory" else f"sqlite:///{self.location}"
+        """Where the store is: `memory`, `sqlite:///path`, or the PostgreSQL URL with its
+        password masked."""
+        if self.location == "memory" or self.location.startswith(("postgresql:", "postgres:")):
+            return self.location
+        return f"sqlite:///{self.location}"
 
     def _check_open(self) -> None:
         if self._closed:

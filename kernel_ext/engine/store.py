@@ -169,6 +169,7 @@ class Store:
         self._active: dict[int, int] = {}  # id(txn) -> snapshot ts of in-flight mutations
         self._listeners: list[Callable[[Commit], None]] = []
         self._definition_listeners: list[Callable[[int], None]] = []
+        self._status_listeners: list[Callable[[str], None]] = []
         self._last_creation_time = 0.0
         try:
             self._load_catalog()
@@ -203,6 +204,33 @@ class Store:
         definitions (its `record_change` at `ts`), after the commit was replayed, under the
         commit lock (enqueue, don't work)."""
         self._definition_listeners.append(listener)
+
+    @property
+    def status(self) -> str:
+        """ "connected", or "reconnecting" while a shared store's database cannot be reached
+        (`unreachable` says why)."""
+        return "connected" if self.unreachable is None else "reconnecting"
+
+    def on_status(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call `listener(status)` from the follower thread when `status` changes; returns a
+        function that stops the calls."""
+        self._status_listeners.append(listener)
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):  # stopped already
+                self._status_listeners.remove(listener)
+
+        return stop
+
+    def _set_unreachable(self, error: PersistenceError | None) -> None:
+        was = self.status
+        self.unreachable = error
+        if self.status != was:
+            for listener in list(self._status_listeners):
+                try:
+                    listener(self.status)
+                except Exception:
+                    _log.exception("A status listener failed")
 
     def close(self) -> None:
         """Stop following other processes' commits and close the persistence; idempotent."""
@@ -314,13 +342,13 @@ class Store:
                     self._replay(entries, resync=True)
                 self._catch_up()
                 _log.warning("%s: reachable again; live queries caught up", shared.describe())
-                self.unreachable = None
+                self._set_unreachable(None)
             except PersistenceError as exc:
                 if self._closing.is_set():
                     return
                 if self.unreachable is None:
                     _log.warning("%s; retrying every %s s", exc, _RETRY_S)
-                self.unreachable = exc
+                self._set_unreachable(exc)
                 self._closing.wait(_RETRY_S)
             except Exception:  # a bug: say so, keep following
                 _log.exception("Replaying commits of other processes failed")

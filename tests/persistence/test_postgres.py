@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from polling import wait_for
 
+import kernel_ext
+from kernel_ext import mutation, query, v
 from kernel_ext.engine.store import ALL_KEYS, Commit, Store
 from kernel_ext.errors import PersistenceError
 from kernel_ext.persistence.base import CommitRecord, IndexChange, LogEntry
@@ -126,3 +129,39 @@ def test_index_changes_move_keys(pg_url):
             snap.close()
     finally:
         persistence.close()
+
+
+def test_a_restarted_server_is_reported_then_caught_up(pg_cluster, pg_url):
+    client = kernel_ext.connect(pg_url)
+    other = kernel_ext.connect(pg_url)
+    try:
+        statuses: list[str] = []
+        handle = client.on_status(statuses.append)
+        assert client.status == "connected"
+        pg_cluster.restart()
+        wait_for(lambda: "reconnecting" in statuses, timeout=30)
+        wait_for(lambda: statuses[-1:] == ["connected"], timeout=30)
+        assert statuses == ["reconnecting", "connected"]
+        assert client.backend.store.unreachable is None and client.status == "connected"
+        # It follows other processes' commits again.
+        other.backend.register("notes:add", _add_note)
+        client.backend.register("notes:list", _list_notes)
+        sub = client.subscribe("notes:list")
+        assert sub.value == []
+        other.mutation("notes:add", {"text": "after the restart"})
+        wait_for(lambda: sub.value == ["after the restart"], timeout=30)
+        handle.remove()
+        handle.remove()  # idempotent
+    finally:
+        client.close()
+        other.close()
+
+
+@mutation(args={"text": v.string()})
+def _add_note(ctx, text):
+    ctx.db.insert("notes", {"text": text})
+
+
+@query
+def _list_notes(ctx):
+    return [d["text"] for d in ctx.db.query("notes").collect()]
