@@ -206,3 +206,42 @@ def test_serve_on_an_unreachable_database_fails_naming_it_without_the_password(t
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
     assert "127.0.0.1:1" in output and PASSWORD not in output
+
+
+def test_concurrent_pushes_to_two_serve_processes_end_the_same_everywhere(serve, pg_url):
+    """Both processes apply every push (none is skipped) in the database's order: whichever
+    push got the last sequence number defines a function in both."""
+    import psycopg
+
+    servers = serve(), serve()
+    key = servers[0].admin_key
+    count = 12
+
+    def push_many(server: ServerProcess, label: str) -> None:
+        for i in range(count):
+            module = (
+                "from kernel_ext import query\n\n"
+                f"@query\ndef who(ctx):\n    return '{label}{i}'\n\n"
+                f"@query\ndef {label}{i}(ctx):\n    return {i}.0\n"
+            )
+            _push(server, key, {"files": {f"{label}{i}.py": module, "shared.py": module}})
+
+    threads = [
+        threading.Thread(target=push_many, args=(server, label))
+        for server, label in zip(servers, "ab", strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT body FROM convex_pushes ORDER BY seq DESC LIMIT 1").fetchall()
+    last = json.loads(bytes(rows[0][0]))["files"]["shared.py"].split("'")[1]
+    expected = {f"{label}{i}:{label}{i}": float(i) for label in "ab" for i in range(count)}
+    expected["shared:who"] = last
+
+    def converged(server: ServerProcess) -> bool:
+        return all(_answers(server, path)() == value for path, value in expected.items())
+
+    for server in servers:
+        assert wait_for(lambda s=server: converged(s), 30)
