@@ -11,7 +11,9 @@ functions folder and writes JSON lines to stdout (flushed, one event each):
 - `increment <counter id> <n>`: `counter:increment` n times, then `{"event": "done",
   "values": [...]}` (or `{"event": "error", ...}`).
 - `writer <first n>`: `items:add_pair` for n, n + 1, ... forever, printing `{"event": "ack",
-  "n"}` once each mutation returned (the commit is acknowledged).
+  "n"}` once each mutation returned (the commit is acknowledged). `tolerant_writer`: the same,
+  but a mutation failing with a `PersistenceError` prints `{"event": "failed", "n", "type",
+  "message"}` and the writer goes on with the next n.
 
 The test side, `Worker`, starts such a process, reads its events on a thread and kills it.
 """
@@ -109,12 +111,20 @@ def _increment(client: Any, counter: str, times: int) -> None:
     _emit(event="done", values=values)
 
 
-def _writer(client: Any, first: int) -> None:
+def _writer(client: Any, first: int, *, tolerant: bool = False) -> None:
+    from kernel_ext.errors import PersistenceError
+
     _emit(event="ready", pid=os.getpid())
     n = first
     while True:
-        client.mutation("items:add_pair", {"n": n, "group": f"g{n % 3}", "score": n})
-        _emit(event="ack", n=n)
+        try:
+            client.mutation("items:add_pair", {"n": n, "group": f"g{n % 3}", "score": n})
+        except PersistenceError as exc:
+            if not tolerant:
+                raise
+            _emit(event="failed", n=n, type=type(exc).__name__, message=str(exc))
+        else:
+            _emit(event="ack", n=n)
         n += 1
 
 
@@ -127,8 +137,8 @@ def main(argv: list[str]) -> None:
             _repl(client)
         elif mode == "increment":
             _increment(client, rest[0], int(rest[1]))
-        elif mode == "writer":
-            _writer(client, int(rest[0]))
+        elif mode in ("writer", "tolerant_writer"):
+            _writer(client, int(rest[0]), tolerant=mode == "tolerant_writer")
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     except Exception as exc:

@@ -472,9 +472,9 @@ class CommitSession:
                 conn.execute("COMMIT")
             row = cur.fetchone()
         except psycopg.OperationalError as exc:
-            if not conn.broken:
-                self._roll_back()
-                raise self._owner.error("Commit (nothing was written):", exc) from None
+            # The outcome is unknown even on a connection psycopg does not call broken (yet):
+            # the server may end it right after the COMMIT went through ("cannot exit pipeline
+            # mode while busy"). Ask the commit log once the session is gone.
             conn.close()
             committed = self._owner.lookup_commit(commit_id, pid, exc)
             if committed is None:

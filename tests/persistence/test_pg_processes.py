@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 from pg_workers import Worker, WorkerError
 from polling import wait_for
@@ -132,6 +133,43 @@ def test_every_acknowledged_commit_survives_sigkill(pg_url: str, spawn: Any) -> 
     assert not missing, f"acknowledged commits lost: {sorted(missing)}"
     torn = {n: h for n, h in halves.items() if h != [0, 1]}
     assert not torn, f"commits stored in part: {torn}"
+
+
+def test_commits_cut_off_by_the_server_are_reported_as_they_ended(
+    pg_cluster: PgCluster, pg_url: str, spawn: Any
+) -> None:
+    # The server ends every connection of the writers, again and again, at random moments
+    # (also between their COMMIT and its answer): a mutation that returned is stored, one that
+    # failed saying it was not written is not, and none is stored in part.
+    writers = [spawn("tolerant_writer", pg_url, str(i * 100_000)) for i in range(2)]
+    for writer in writers:
+        writer.wait_event(lambda e: e["event"] == "ack", START_S)
+    database = pg_url.rsplit("/", 1)[1]
+    rng = random.Random(8)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        for _ in range(40):
+            time.sleep(rng.uniform(0.01, 0.05))  # random moments of the streams
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )
+    for writer in writers:  # each still writes
+        count = len(writer.matching(lambda e: e["event"] == "ack"))
+        wait_for(lambda w=writer, c=count: len(w.matching(lambda e: e["event"] == "ack")) > c, 20)
+        writer.kill()
+    events = [e for w in writers for e in w.events]
+    acknowledged = {e["n"] for e in events if e["event"] == "ack"}
+    failed = [e for e in events if e["event"] == "failed"]
+    assert {e["type"] for e in failed} <= {"PersistenceError", "CommitOutcomeUnknown"}, failed
+
+    with kernel_ext.connect(pg_url) as client:
+        client.load_functions(FUNCTIONS)
+        halves = {int(n): sorted(h) for n, h in client.query("items:halves").items()}
+    assert not acknowledged - set(halves), "acknowledged commits lost"
+    assert {n: h for n, h in halves.items() if h != [0, 1]} == {}, "commits stored in part"
+    written = [e for e in failed if e["type"] == "PersistenceError" and e["n"] in halves]
+    assert not written, f"reported as not written, but stored: {written}"
 
 
 def test_a_restarted_server_is_reported_and_followed_again(
