@@ -140,8 +140,16 @@ def test_commits_cut_off_by_the_server_are_reported_as_they_ended(
 ) -> None:
     # The server ends every connection of the writers, again and again, at random moments
     # (also between their COMMIT and its answer): a mutation that returned is stored, one that
-    # failed saying it was not written is not, and none is stored in part.
+    # failed saying it was not written is not, and none is stored in part. The live queries
+    # of a third process (its connections cut too) end with the stored results.
     writers = [spawn("tolerant_writer", pg_url, str(i * 100_000)) for i in range(2)]
+    reader = spawn("repl", pg_url)
+    _ready(reader)
+    live = {"top": ("items:top", "items:top_fresh", {"lo": 5}), "groups": (
+        "items:per_group", "items:per_group_fresh", {}), "halves": (
+        "items:halves", "items:halves", {})}  # fmt: skip
+    for name, (ref, _, args) in live.items():
+        reader.send("subscribe", sub=name, ref=ref, args=args)
     for writer in writers:
         writer.wait_event(lambda e: e["event"] == "ack", START_S)
     database = pg_url.rsplit("/", 1)[1]
@@ -170,6 +178,9 @@ def test_commits_cut_off_by_the_server_are_reported_as_they_ended(
     assert {n: h for n, h in halves.items() if h != [0, 1]} == {}, "commits stored in part"
     written = [e for e in failed if e["type"] == "PersistenceError" and e["n"] in halves]
     assert not written, f"reported as not written, but stored: {written}"
+    for name, (_, fresh, args) in live.items():
+        stored = _query(reader, fresh, **args)
+        wait_for(lambda n=name, v=stored: reader.values(n)[-1:] == [v], timeout=15)
 
 
 def test_a_restarted_server_is_reported_and_followed_again(
