@@ -30,9 +30,12 @@
     │                                              Conflict-, UnknownFunction, ...)
     ├── PersistenceError                          storage failed (disk, lock, corrupt file)
     │   ├── StoreLocked                            another process owns the store file
-    │   └── CommitOutcomeUnknown                   the connection to the database was lost
-    │                                              while a commit ran: it may or may not have
-    │                                              been written (never re-applied silently)
+    │   ├── CommitOutcomeUnknown                   the connection to the database was lost
+    │   │                                          while a commit ran: it may or may not have
+    │   │                                          been written (never re-applied silently)
+    │   └── CommitNotWritten                       the connection was lost while a commit ran,
+    │                                              and the commit log shows it was not written
+    │                                              (the store runs the mutation again)
     └── SyncError                                 remote protocol problems (server issue)
         ├── ProtocolError                          a peer broke the wire protocol
         ├── AuthenticationError                    a token or admin key was refused
@@ -99,6 +102,7 @@ __all__ = [
     "StoreError",
     "StoreLocked",
     "CommitOutcomeUnknown",
+    "CommitNotWritten",
     "StoreWarning",
     "SyncError",
     "TooManyRequests",
@@ -261,6 +265,12 @@ class PersistenceError(StoreError):
 
 class StoreLocked(PersistenceError):
     """Another process owns the store file; the message names it."""
+
+
+class CommitNotWritten(PersistenceError):
+    """The database connection was lost while a commit was being written, and the commit log
+    shows it was not stored: nothing of it was written. `Store.mutate` runs the mutation
+    again (on a new connection) rather than failing it."""
 
 
 class CommitOutcomeUnknown(PersistenceError):

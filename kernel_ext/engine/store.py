@@ -26,6 +26,7 @@ from typing import Any, Final, NamedTuple, TypeVar, cast
 from kernel_ext.engine import logs
 from kernel_ext.engine.write_log import HISTORY_MAX_KEYS, HISTORY_NS, WriteLog
 from kernel_ext.errors import (
+    CommitNotWritten,
     ConflictError,
     HistoryUnavailable,
     PersistenceError,
@@ -50,7 +51,7 @@ from kernel_ext.store.catalog import (
     id_key,
     new_table_info,
 )
-from kernel_ext.store.readset import ALL, ReadSet, WrittenKey
+from kernel_ext.store.readset import ALL, TABLES, ReadSet, WrittenKey, table_created_key
 from kernel_ext.store.schema import SchemaDefinition
 from kernel_ext.store.transaction import Snapshot, Transaction, Write, index_keys
 
@@ -68,6 +69,9 @@ SYSTEM_TABLES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
 }
 #: A written key that every read set contains (schema changes invalidate everything).
 ALL_KEYS: Final[WrittenKey] = (ALL, b"")
+#: The log entry of an index created or dropped on a shared store: other processes reload
+#: their catalog and re-run every live query.
+_CATALOG_CHANGE: Final = encode_commit(LoggedCommit(keys=[ALL_KEYS], catalog_changed=True))
 #: The write log's mark of `record_change` (an index name no read set uses).
 _DEFINITIONS_CHANGED: Final[WrittenKey] = ("*definitions", b"")
 #: Pauses before the optimistic attempts of a mutation; after the last one conflicts, it runs
@@ -283,6 +287,8 @@ class Store:
         if fresh[0].prev_ts != self._ts:
             resync = True
         for i, entry in enumerate(fresh):
+            if entry.ts <= self._ts:  # replayed meanwhile (a listener that committed)
+                continue
             logged = decode_commit(entry.body)
             for info in logged.new_tables:
                 if self.catalog.table(info.name) is None:
@@ -292,7 +298,7 @@ class Store:
             keys = list(logged.keys)
             if resync and i == len(fresh) - 1:
                 self._reload_catalog()
-                keys.append(ALL_KEYS)
+                keys.insert(0, ALL_KEYS)  # first: that is where views look for it
             self._ts = entry.ts
             self._writes.append(
                 entry.ts, [*keys, _DEFINITIONS_CHANGED] if logged.definitions_changed else keys
@@ -416,9 +422,10 @@ class Store:
                 self.persistence.write_commit(self._ts, [], [info])
                 return self.catalog.install(info)
             session.write([], [info])
-            ts = session.finish(encode_commit(LoggedCommit(new_tables=[info])))
+            keys = [(TABLES, table_created_key(info.number))]
+            ts = session.finish(encode_commit(LoggedCommit(keys=keys, new_tables=[info])))
             self.catalog.install(info)
-            self._finish_commit(ts, {}, [])
+            self._finish_commit(ts, {}, keys)
             return info
 
     def _create_index_now(self, table: TableInfo, name: str, fields: tuple[str, ...]) -> None:
@@ -429,6 +436,12 @@ class Store:
             made = None if current is None else current.indexes.get(name)
             if made is not None and made.fields == fields:
                 return  # another process of a shared store made it since the caller looked
+            if made is not None:
+                raise SchemaError(
+                    f"Index {name!r} of table {table.name!r} was just defined with other "
+                    f"fields {list(made.fields)} by another process of this store; install "
+                    "the schema again once the other process is done."
+                )
             index_id = self._allocate_index_id()
             index = IndexInfo(name, index_id, fields)
             if session is None:
@@ -440,7 +453,9 @@ class Store:
             # The lock keeps every other commit out: the documents read are all there are.
             entries = [(index.key_of(doc), key) for key, doc in session.documents_of(table.number)]
             session.create_index(index_id, table.number, name, fields, entries)
-            ts = session.finish(encode_commit(LoggedCommit(catalog_changed=True)))
+            # Other processes re-run everything (rare): a query by an index that changed
+            # under it must not keep its result.
+            ts = session.finish(_CATALOG_CHANGE)
             self.catalog.add_index(table.name, name, index_id, fields)
             self._finish_commit(ts, {}, [])
 
@@ -548,21 +563,33 @@ class Store:
             self.mutate(replace_all(ids[start : start + 1000]))
 
     def _reconcile_indexes(self, info: TableInfo, declared: dict[str, tuple[str, ...]]) -> None:
-        for name, index in list(info.indexes.items()):
-            if name in (BY_CREATION_TIME, BY_ID) or declared.get(name) == index.fields:
-                continue
-            assert index.index_id is not None
+        for name in list(info.indexes):
             with self._exclusive() as session:
+                # Read under the lock: another process may have changed it since.
+                index = info.indexes.get(name)
+                if (
+                    index is None
+                    or name in (BY_CREATION_TIME, BY_ID)
+                    or declared.get(name) == index.fields
+                ):
+                    continue
+                assert index.index_id is not None
                 if session is None:
                     self.persistence.drop_index(index.index_id)
                 else:
                     session.drop_index(index.index_id)
-                    ts = session.finish(encode_commit(LoggedCommit(catalog_changed=True)))
+                    ts = session.finish(_CATALOG_CHANGE)
                     self._finish_commit(ts, {}, [])
                 self.catalog.drop_index(info.name, name)
         for name, fields in declared.items():
             if name not in info.indexes:
                 self._create_index_now(info, name, fields)
+            elif info.indexes[name].fields != fields:  # another process made it meanwhile
+                raise SchemaError(
+                    f"Index {name!r} of table {info.name!r} was just defined with other "
+                    f"fields {list(info.indexes[name].fields)} by another process of this "
+                    "store; install the schema again once the other process is done."
+                )
 
     # -- transactions --------------------------------------------------------------------
 
@@ -595,8 +622,19 @@ class Store:
         )
 
     def snapshot(self) -> Snapshot:
-        """A read snapshot of the latest commit; close it with `close_snapshot`."""
-        return self.persistence.snapshot()
+        """A read snapshot of the latest commit; close it with `close_snapshot`.
+
+        On a shared store the snapshot may see commits of other processes that this one has
+        not replayed yet: they are replayed before it is returned, so that the catalog knows
+        their tables and live queries know their commits."""
+        snap = self.persistence.snapshot()
+        if self._shared is not None and snap.ts > self._ts:
+            try:
+                self._catch_up()
+            except BaseException:
+                snap.close()
+                raise
+        return snap
 
     @staticmethod
     def close_snapshot(snapshot: Snapshot) -> None:
@@ -611,7 +649,7 @@ class Store:
         Returns:
             `(result, finalized read set, snapshot ts)`; `fn`'s exceptions propagate.
         """
-        snap = self.persistence.snapshot() if snapshot is None else snapshot
+        snap = self.snapshot() if snapshot is None else snapshot
         txn = self.transaction(snap, writable=False)
         try:
             return fn(txn), txn.read_set.finalize(), snap.ts
@@ -646,7 +684,7 @@ class Store:
                 f"ts {ts} is later than the latest commit ({self._ts}); ask for a ts this "
                 "store has returned (query_ts)"
             )
-        snap = self.persistence.snapshot()
+        snap = self.snapshot()
         txn = self.transaction(snap, writable=False)
         value: Any = None
         error: Exception | None = None
@@ -712,15 +750,19 @@ class Store:
                 return self._attempt(fn)
             except _Conflict as conflict:
                 conflicts |= conflict.tables
-        forget_output()
-        with self._exclusive():
-            # Serially: while this thread holds the lock nothing else commits (in any process
-            # of a shared store), so the reads are those of the state at the start ts and
-            # validation passes.
-            try:
-                return self._attempt(fn)
-            except _Conflict as conflict:
-                conflicts |= conflict.tables
+        # Serially: while this thread holds the lock nothing else commits (in any process of
+        # a shared store), so the reads are those of the state at the start ts and validation
+        # passes. On a shared store a serial attempt whose connection was lost before its
+        # commit was stored (`CommitNotWritten`) runs once more.
+        for _ in range(2 if self._shared is not None else 1):
+            forget_output()
+            with self._exclusive():
+                try:
+                    return self._attempt(fn)
+                except _Conflict as conflict:
+                    conflicts |= conflict.tables
+                    if conflict.tables:
+                        break
         tables = ", ".join(f'"{t}"' for t in sorted(conflicts)) or "the same"
         raise ConflictError(
             f"Documents read from or written to the {tables} table changed while this "
@@ -793,6 +835,7 @@ class Store:
             # the rows must also see the tables.
             for info in new_tables:
                 self.catalog.install(info)
+                keys.append((TABLES, table_created_key(info.number)))
             try:
                 ts = self._store_commit(
                     session,
@@ -800,6 +843,11 @@ class Store:
                     new_tables,
                     lambda: LoggedCommit(writes, keys, new_tables),
                 )
+            except CommitNotWritten:
+                for info in new_tables:
+                    self.catalog.remove_table(info.name)
+                # Known not to be stored: run it again on a new connection, as for a conflict.
+                raise _Conflict(set()) from None
             except BaseException:
                 for info in new_tables:
                     self.catalog.remove_table(info.name)

@@ -253,6 +253,9 @@ class SubscriptionManager:
         self._sequence = itertools.count()
         self._closed = False
         store.add_listener(self._on_commit)
+        # A round that failed while a shared store's database was down kept its old results:
+        # once it is back, every live query runs again.
+        store.on_status(self._on_status)
         for lane in self._lanes:
             lane.thread = threading.Thread(
                 target=self._run, args=(lane,), name=lane.name, daemon=True
@@ -309,6 +312,10 @@ class SubscriptionManager:
                 for key, live in self._queries.items()
                 if live.result is not None
             }
+
+    def _on_status(self, status: str) -> None:
+        if status == "connected":
+            self.rerun(lambda _: True)
 
     def rerun(self, predicate: Callable[[Hashable], bool]) -> None:
         """Re-run (in the next round of its lane) every live query whose key satisfies

@@ -41,7 +41,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 import psycopg
 from psycopg import sql as pgsql
 
-from kernel_ext.errors import CommitOutcomeUnknown, PersistenceError
+from kernel_ext.errors import CommitNotWritten, CommitOutcomeUnknown, PersistenceError
 from kernel_ext.persistence.base import CommitRecord, LogEntry, all_documents
 from kernel_ext.persistence.commit_log import LoggedCommit, encode_commit
 from kernel_ext.persistence.scans import Row, scan_in_batches
@@ -63,6 +63,9 @@ _PRUNE_EVERY: Final = 256
 _CHANNEL: Final = "convex_commits"
 #: Entries read per `log_after` call.
 _LOG_BATCH: Final = 1000
+#: How long a commit session may sit idle in its transaction (holding the commit lock): longer
+#: than a mutation run serially under the lock may take (the served time limit is 10 s).
+_SESSION_TIMEOUT: Final = "SET LOCAL idle_in_transaction_session_timeout = '30s'"
 #: A snapshot keeps results of at most this many rows, and at most `_CACHED_ROWS` in all.
 _CACHED_RESULT_ROWS: Final = 64
 _CACHED_ROWS: Final = 20_000
@@ -78,6 +81,12 @@ _CONNECT_OPTIONS: Final[dict[str, Any]] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 15000,
     "application_name": "convex-notebook",
+    # The server's side too: a client that vanished while holding the commit lock must not
+    # hold up every other process for the hours of the default keepalive.
+    "options": (
+        "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
+        "-c tcp_user_timeout=15000"
+    ),
 }
 #: One transaction-level advisory lock key: creating the tables is serialized across processes.
 _SETUP_LOCK: Final = 0x636F6E766578  # "convex"
@@ -319,6 +328,9 @@ class CommitSession:
         try:
             with conn.pipeline():
                 conn.execute("BEGIN")
+                # A process that stops while it holds the lock (frozen, asleep, at a
+                # breakpoint) loses it after this long, instead of holding up every process.
+                conn.execute(_SESSION_TIMEOUT, prepare=True)
                 clock = conn.execute(
                     "SELECT ts FROM convex_clock WHERE id = 1 FOR UPDATE", prepare=True
                 )
@@ -478,16 +490,20 @@ class CommitSession:
             conn.close()
             committed = self._owner.lookup_commit(commit_id, pid, exc)
             if committed is None:
-                raise self._owner.error(
+                lost = self._owner.error(
                     "Commit (the connection was lost; the commit log shows it was not written)",
                     exc,
-                ) from None
+                )
+                raise CommitNotWritten(str(lost)) from None
             return committed
         except psycopg.Error as exc:
             self._roll_back()
             raise self._owner.error("Commit (nothing was written):", exc) from None
         except BaseException:
-            conn.close()  # Ctrl-C mid-pipeline: the server rolls back with the connection
+            # Ctrl-C mid-pipeline: closing the connection rolls back, unless COMMIT had already
+            # reached the server: then the commit stands, and this process's follower replays
+            # it from the log like another process's.
+            conn.close()
             raise
         assert row is not None
         self._owner.committed(row[0])
@@ -727,12 +743,23 @@ class PostgresPersistence:
     def exclusive(self, since: int = -1) -> Iterator[CommitSession]:
         """Hold the cluster-wide commit lock for the block (see `CommitSession`); the log
         entries after `since` are read with the lock (`CommitSession.log_after(since)`)."""
-        conn = self.pool.get()
-        try:
-            session = CommitSession(self, conn, since if since >= 0 else 1 << 62)
-        except BaseException:
-            conn.close()
-            raise
+        for attempt in (1, 2):
+            conn = self.pool.get()
+            try:
+                session = CommitSession(self, conn, since if since >= 0 else 1 << 62)
+                break
+            except PersistenceError:
+                # A pooled connection the server dropped (it restarted): once more on a new
+                # one, which is safe: nothing was written. (psycopg does not always call such
+                # a connection broken: "cannot exit pipeline mode while busy".)
+                conn.close()
+                if attempt == 1:
+                    self.pool.discard(conn)
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
         try:
             yield session
         finally:
@@ -772,13 +799,13 @@ class PostgresPersistence:
                 time.sleep(0.2)
                 continue
             try:
-                while time.monotonic() < deadline:
-                    alive = conn.execute(
-                        "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend_pid,)
-                    ).fetchone()
-                    if alive is None:
+                if not self._backend_gone(conn, backend_pid, deadline - 2.0):
+                    # Still there (the server has not noticed the lost client yet): end it, so
+                    # that its transaction cannot commit after the log is read.
+                    conn.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
+                    if not self._backend_gone(conn, backend_pid, deadline):
+                        last = RuntimeError(f"its server process {backend_pid} did not end")
                         break
-                    time.sleep(0.05)
                 row = conn.execute(
                     "SELECT ts FROM convex_commit_log WHERE commit_id = %s", (commit_id,)
                 ).fetchone()
@@ -796,6 +823,16 @@ class PostgresPersistence:
             f"written, and the database could not be asked since ({reason}). The mutation may "
             "or may not have been stored: check the data before running it again."
         )
+
+    @staticmethod
+    def _backend_gone(conn: psycopg.Connection[Any], pid: int, deadline: float) -> bool:
+        """Wait until the server process `pid` has ended (False: not by `deadline`)."""
+        while time.monotonic() < deadline:
+            alive = conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+            if alive is None:
+                return True
+            time.sleep(0.05)
+        return False
 
     def next_number(self, kind: str) -> int:
         """A new table number (`kind` "table") or index id ("index"), unique in the store."""

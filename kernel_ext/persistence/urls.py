@@ -45,7 +45,7 @@ _POSTGRES_SCHEMES: Final = frozenset({"postgresql", "postgres"})
 _SCHEME: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SQLITE_PREFIX: Final = "sqlite:///"
 #: libpq also takes the password as a parameter (`?password=...`).
-_PASSWORD_PARAM: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_PASSWORD_PARAM: Final = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,27 @@ from typing import Final
 
 from kernel_ext.store.keys import key_successor
 
-__all__ = ["ALL", "Interval", "ReadSet", "ScanProgress", "WrittenKey"]
+__all__ = [
+    "ALL",
+    "TABLES",
+    "Interval",
+    "ReadSet",
+    "ScanProgress",
+    "WrittenKey",
+    "table_created_key",
+]
 
 #: The index name of a written key that every read set overlaps (a schema change).
 ALL: Final = "*"
+#: The index name of the key a commit that creates a table writes (`table_created_key`), and
+#: a read of an id whose table does not exist (yet) reads.
+TABLES: Final = "*tables"
+
+
+def table_created_key(number: int) -> bytes:
+    """The key of "table `number` exists" (see `TABLES`)."""
+    return number.to_bytes(8, "big")
+
 
 #: (index name "table.index", lo, hi): a half-open interval of encoded keys.
 Interval = tuple[str, bytes, bytes]

@@ -34,7 +34,7 @@ from kernel_ext.store.keys import KEY_MAX
 from kernel_ext.store.notices import warn_once
 from kernel_ext.store.query import Query, Row
 from kernel_ext.store.ranges import KeyRange
-from kernel_ext.store.readset import ReadSet, ScanProgress, WrittenKey
+from kernel_ext.store.readset import TABLES, ReadSet, ScanProgress, WrittenKey, table_created_key
 from kernel_ext.store.schema import SYSTEM_FIELDS, SchemaDefinition, check_table_name
 from kernel_ext.store.validators import NumberKind
 from kernel_ext.store.values import (
@@ -238,7 +238,11 @@ class Transaction:
                 f"Invalid argument `id` for `db.{method}`: {doc_id!r} is not a valid document id"
             )
         table = self.catalog.table_by_number(decoded[0])
-        if table is not None and table.name.startswith("_") != system:
+        if table is None:
+            # What was read is that no such table exists: a commit that creates it (in
+            # another process of a shared store, say) conflicts with this read.
+            self.read_set.add_point(TABLES, table_created_key(decoded[0]))
+        elif table.name.startswith("_") != system:
             if system:
                 raise ValidationError(f"db.system.{method} can only read system tables")
             raise ValidationError("System tables can only be accessed with db.system.")
