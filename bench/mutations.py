@@ -76,10 +76,11 @@ def seed(ctx: Any, n: int) -> list[str]:
 
 
 class StoreRunner:
-    """The store side: a client of a fresh store file with the benchmark functions."""
+    """The store side: a client of a fresh store (a file, or a PostgreSQL database's URL for
+    bench/pg_mutations.py) with the benchmark functions."""
 
-    def __init__(self, path: Path) -> None:
-        self.client = kernel_ext.connect(path)
+    def __init__(self, location: Path | str) -> None:
+        self.client = kernel_ext.connect(location)
         self.client.backend.store.set_schema(SCHEMA)
         for name, fn in (("insert", insert_item), ("bump", bump), ("seed", seed)):
             self.client.backend.register(f"bench:{name}", fn)

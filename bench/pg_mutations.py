@@ -35,80 +35,15 @@ from typing import Any, Final
 import orjson
 import psycopg
 
-import kernel_ext
 from bench._common import header, target
 from bench._pg import DURABLE, bench_cluster, settings_line
-from kernel_ext import define_schema, define_table, mutation, v
+from bench.mutations import COUNTERS, StoreRunner
 from kernel_ext.persistence.postgres import PostgresPersistence
 
 TARGET_RATIO: Final = 0.5
 OPS: Final = 600 if DURABLE else 2_000  # operations per round
 ROUNDS: Final = 5
 WARMUP: Final = 100
-COUNTERS: Final = 1_000
-
-SCHEMA: Final = define_schema(
-    {
-        "items": define_table({"key": v.int64(), "value": v.int64(), "name": v.string()}),
-        "counters": define_table({"key": v.int64(), "value": v.int64(), "name": v.string()}).index(
-            "by_value", ["value"]
-        ),
-    }
-)
-
-
-@mutation
-def insert_item(ctx: Any, key: int, value: int, name: str) -> str:
-    """Insert one document."""
-    return ctx.db.insert("items", {"key": key, "value": value, "name": name})
-
-
-@mutation
-def bump(ctx: Any, id: str) -> None:
-    """Read a document, increment its value, write it back."""
-    doc = ctx.db.get(id)
-    ctx.db.patch(id, {"value": doc["value"] + 1})
-
-
-@mutation
-def seed(ctx: Any, n: int) -> list[str]:
-    """Insert `n` counters."""
-    return [
-        ctx.db.insert("counters", {"key": k, "value": 0, "name": f"counter-{k:05d}"})
-        for k in range(n)
-    ]
-
-
-class StoreRunner:
-    """The store side: a client of a fresh PostgreSQL store with the benchmark functions."""
-
-    def __init__(self, url: str) -> None:
-        self.client = kernel_ext.connect(url)
-        self.client.backend.store.set_schema(SCHEMA)
-        for name, fn in (("insert", insert_item), ("bump", bump), ("seed", seed)):
-            self.client.backend.register(f"bench:{name}", fn)
-        self.ids: list[str] = self.client.mutation("bench:seed", {"n": COUNTERS})
-        self.next_key = 0
-
-    def inserts(self, n: int) -> float:
-        mutate = self.client.mutation
-        start = time.perf_counter()
-        for k in range(self.next_key, self.next_key + n):
-            mutate("bench:insert", {"key": k, "value": k % 1000, "name": f"item-{k:07d}"})
-        elapsed = time.perf_counter() - start
-        self.next_key += n
-        return elapsed
-
-    def patches(self, n: int, picks: list[int]) -> float:
-        mutate, ids = self.client.mutation, self.ids
-        start = time.perf_counter()
-        for i in picks[:n]:
-            mutate("bench:bump", {"id": ids[i]})
-        return time.perf_counter() - start
-
-    def close(self) -> None:
-        self.client.close()
-
 
 _pack_d = struct.Struct(">d").pack
 _pack_q = struct.Struct(">q").pack

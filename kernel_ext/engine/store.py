@@ -763,6 +763,13 @@ class Store:
                     conflicts |= conflict.tables
                     if conflict.tables:
                         break
+        if self._shared is not None and not conflicts:
+            raise PersistenceError(
+                f"{self._shared.describe()}: this mutation ran under the commit lock twice, and "
+                "each time the connection was lost before its commit was stored (nothing was "
+                "written). A mutation that keeps conflicting runs under the lock, which it may "
+                "hold for at most 30 s: make it shorter, or check the database's health."
+            )
         tables = ", ".join(f'"{t}"' for t in sorted(conflicts)) or "the same"
         raise ConflictError(
             f"Documents read from or written to the {tables} table changed while this "

@@ -45,9 +45,10 @@ from kernel_ext.errors import CommitNotWritten, CommitOutcomeUnknown, Persistenc
 from kernel_ext.persistence.base import CommitRecord, LogEntry, all_documents
 from kernel_ext.persistence.commit_log import LoggedCommit, encode_commit
 from kernel_ext.persistence.scans import Row, scan_in_batches
+from kernel_ext.persistence.sql_rows import commit_rows
 from kernel_ext.persistence.urls import mask_password
 from kernel_ext.store.catalog import TableInfo
-from kernel_ext.store.codec import decode_document, encode_document
+from kernel_ext.store.codec import decode_document
 from kernel_ext.store.values import Value
 
 __all__ = ["CommitSession", "PostgresPersistence", "PostgresSnapshot"]
@@ -63,9 +64,9 @@ _PRUNE_EVERY: Final = 256
 _CHANNEL: Final = "convex_commits"
 #: Entries read per `log_after` call.
 _LOG_BATCH: Final = 1000
-#: How long a commit session may sit idle in its transaction (holding the commit lock): longer
-#: than a mutation run serially under the lock may take (the served time limit is 10 s).
-_SESSION_TIMEOUT: Final = "SET LOCAL idle_in_transaction_session_timeout = '30s'"
+#: How long (s) a commit session may sit idle in its transaction, holding the commit lock:
+#: longer than a mutation run serially under the lock may take (the served time limit is 10 s).
+COMMIT_LOCK_LIMIT_S: Final = 30.0
 #: A snapshot keeps results of at most this many rows, and at most `_CACHED_ROWS` in all.
 _CACHED_RESULT_ROWS: Final = 64
 _CACHED_ROWS: Final = 20_000
@@ -324,19 +325,22 @@ class CommitSession:
         self._conn = conn
         self._statements: list[tuple[str, list[tuple[Any, ...]]]] = []
         self.finished = False
-        # One round trip: the lock, then (behind it, so complete) the log after `since`.
+        # One round trip: the lock, then (behind it, so complete) the log after `since`. One
+        # simple query (the numbers are ints, safe to inline), not a pipeline: after a
+        # pipeline the server does not arm its idle-in-transaction timer (PostgreSQL 15).
         try:
-            with conn.pipeline():
-                conn.execute("BEGIN")
-                # A process that stops while it holds the lock (frozen, asleep, at a
-                # breakpoint) loses it after this long, instead of holding up every process.
-                conn.execute(_SESSION_TIMEOUT, prepare=True)
-                clock = conn.execute(
-                    "SELECT ts FROM convex_clock WHERE id = 1 FOR UPDATE", prepare=True
-                )
-                log = conn.execute(_LOG_SQL, (since, _LOG_BATCH), prepare=True)
-            row = clock.fetchone()
-            rows = log.fetchall()
+            cur = conn.execute(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = "
+                f"'{int(owner.commit_lock_limit_s * 1000)}ms'; "
+                "SELECT ts FROM convex_clock WHERE id = 1 FOR UPDATE; "
+                "SELECT ts, prev_ts, body FROM convex_commit_log "
+                f"WHERE ts > {int(since)} ORDER BY ts LIMIT {_LOG_BATCH}"
+            )
+            cur.nextset()  # past BEGIN
+            cur.nextset()  # past SET
+            row = cur.fetchone()
+            cur.nextset()
+            rows = cur.fetchall()
         except psycopg.Error as exc:
             raise owner.error("Taking the commit lock", exc) from None
         assert row is not None
@@ -375,24 +379,7 @@ class CommitSession:
 
     def write(self, records: list[CommitRecord], new_tables: Iterable[TableInfo] = ()) -> None:
         """Queue a commit's documents, index entries and new tables (sent by `finish`)."""
-        inserts, updates, deletes = [], [], []
-        removed, added, moved = [], [], []
-        for r in records:
-            if r.doc is None:
-                deletes.append((r.table_number, r.id_key))
-            elif r.replaces:
-                updates.append((encode_document(r.doc), r.table_number, r.id_key))
-            else:
-                inserts.append((r.table_number, r.id_key, encode_document(r.doc)))
-            for index_id, old, new in r.index_changes:
-                if old == new:
-                    continue
-                if old is not None and new is not None:
-                    moved.append((new, index_id, old))
-                elif old is not None:
-                    removed.append((index_id, old))
-                else:
-                    added.append((index_id, new, r.id_key))
+        inserts, updates, deletes, removed, moved, added = commit_rows(records)
         for table in new_tables:
             self._queue("INSERT INTO convex_tables VALUES (%s, %s)", [(table.number, table.name)])
             self._queue(
@@ -530,6 +517,9 @@ class PostgresPersistence:
 
     Args:
         url: `postgresql://user:password@host:port/dbname` (the database must exist).
+        commit_lock_limit_s: a commit session of this process that sits idle this long while
+            it holds the commit lock (the process froze, slept, stopped at a breakpoint) is
+            ended by the server, so that the other processes can commit again.
 
     Raises:
         PersistenceError: the server cannot be reached (host, port and reason named), the
@@ -538,8 +528,9 @@ class PostgresPersistence:
 
     shared: Final = True
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, commit_lock_limit_s: float = COMMIT_LOCK_LIMIT_S) -> None:
         self._url = url
+        self.commit_lock_limit_s = commit_lock_limit_s
         self._where, self._secret = _where(url)
         self.pool = _Pool(self._connect)
         self._listener: psycopg.Connection[Any] | None = None

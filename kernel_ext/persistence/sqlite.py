@@ -42,8 +42,9 @@ from typing import Any, Final
 from kernel_ext.errors import PersistenceError, StoreLocked
 from kernel_ext.persistence.base import CommitRecord, IndexChange, all_documents
 from kernel_ext.persistence.scans import Row, scan_in_batches
+from kernel_ext.persistence.sql_rows import commit_rows
 from kernel_ext.store.catalog import TableInfo
-from kernel_ext.store.codec import decode_document, encode_document
+from kernel_ext.store.codec import decode_document
 from kernel_ext.store.values import Value
 
 __all__ = [
@@ -727,24 +728,7 @@ class SqlitePersistence:
         Raises:
             PersistenceError: nothing of the commit was written.
         """
-        inserts, updates, deletes = [], [], []
-        removed, added, moved = [], [], []
-        for r in records:
-            if r.doc is None:
-                deletes.append((r.table_number, r.id_key))
-            elif r.replaces:
-                updates.append((encode_document(r.doc), r.table_number, r.id_key))
-            else:
-                inserts.append((r.table_number, r.id_key, encode_document(r.doc)))
-            for index_id, old, new in r.index_changes:
-                if old == new:
-                    continue
-                if old is not None and new is not None:
-                    moved.append((new, index_id, old))
-                elif old is not None:
-                    removed.append((index_id, old))
-                else:
-                    added.append((index_id, new, r.id_key))
+        inserts, updates, deletes, removed, moved, added = commit_rows(records)
         w = self._begin_write()
         committed = None
         try:

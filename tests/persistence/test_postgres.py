@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 from polling import wait_for
@@ -165,3 +167,23 @@ def _add_note(ctx, text):
 @query
 def _list_notes(ctx):
     return [d["text"] for d in ctx.db.query("notes").collect()]
+
+
+def test_a_frozen_lock_holder_loses_the_lock(pg_url):
+    frozen = PostgresPersistence(pg_url, commit_lock_limit_s=1.0)
+    store = Store(PostgresPersistence(pg_url))
+    try:
+        with frozen.exclusive() as session:
+            started = time.monotonic()
+            # Another process's mutation waits for the lock, which the server takes away
+            # from the session that sits idle with it (its process frozen, say).
+            store.mutate(lambda txn: txn.insert("t", {"x": 1}))
+            waited = time.monotonic() - started
+            assert 0.5 < waited < 10
+            with pytest.raises(PersistenceError, match=r"not written|nothing was written"):
+                session.finish(encode_commit(LoggedCommit()))
+        rows, _, _ = store.read(lambda txn: txn.query("t").collect())
+        assert [r["x"] for r in rows] == [1]
+    finally:
+        frozen.close()
+        store.close()
