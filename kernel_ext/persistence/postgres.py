@@ -377,6 +377,10 @@ class CommitSession:
         except psycopg.Error as exc:
             raise self._owner.error("Reading", exc) from None
 
+    def fetch_now(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """Run one statement in the session's transaction now (not queued); its rows."""
+        return self._fetch(sql, params)
+
     def write(self, records: list[CommitRecord], new_tables: Iterable[TableInfo] = ()) -> None:
         """Queue a commit's documents, index entries and new tables (sent by `finish`)."""
         inserts, updates, deletes, removed, moved, added = commit_rows(records)
@@ -535,6 +539,7 @@ class PostgresPersistence:
         self.pool = _Pool(self._connect)
         self._listener: psycopg.Connection[Any] | None = None
         self._listener_lock = threading.Lock()
+        self._held = threading.local()  # .session: the commit session this thread holds
         self._commits = 0
         self._clock_lock = threading.Lock()
         self._latest = 0
@@ -751,9 +756,11 @@ class PostgresPersistence:
             except BaseException:
                 conn.close()
                 raise
+        self._held.session = session
         try:
             yield session
         finally:
+            self._held.session = None
             session.end()
 
     def committed(self, ts: int) -> None:
@@ -850,8 +857,13 @@ class PostgresPersistence:
 
     def add_push(self, body: bytes) -> int:
         """Keep a push of function definitions (what `serve`'s deployer applied), so that
-        every `serve` process on the store applies it too; returns its sequence number."""
-        rows = self.fetch("INSERT INTO convex_pushes (body) VALUES (%s) RETURNING seq", (body,))
+        every `serve` process on the store applies it too; returns its sequence number.
+
+        Called while this thread holds a commit session (inside `Store.record_change`), the
+        push is written in that session's transaction: kept exactly when its commit is."""
+        sql = "INSERT INTO convex_pushes (body) VALUES (%s) RETURNING seq"
+        session: CommitSession | None = getattr(self._held, "session", None)
+        rows = self.fetch(sql, (body,)) if session is None else session.fetch_now(sql, (body,))
         return int(rows[0][0])
 
     def pushes_after(self, seq: int) -> list[tuple[int, bytes]]:

@@ -17,7 +17,7 @@ import kernel_ext
 from kernel_ext import define_schema, define_table, v
 from kernel_ext.engine.store import Store
 from kernel_ext.engine.subscriptions import SubscriptionManager
-from kernel_ext.errors import PersistenceError
+from kernel_ext.errors import HistoryUnavailable, PersistenceError
 from kernel_ext.persistence.postgres import PostgresPersistence
 
 FUNCTIONS = Path(__file__).parent.parent / "fixtures" / "pg_app"
@@ -233,3 +233,20 @@ def test_lookup_does_not_answer_while_the_backend_lives(pg_url):
     finally:
         other.close()
         persistence.close()
+
+
+def test_a_read_as_of_a_ts_another_process_returned(pg_url):
+    a, b = Store(PostgresPersistence(pg_url)), Store(PostgresPersistence(pg_url))
+    try:
+        b.keep_history()
+        with b._commit_lock:  # B has not replayed A's commit yet when the read arrives ...
+            _, ts = a.mutate(lambda txn: txn.insert("t", {"x": 1}))
+            count = b.read_as_of(ts, lambda txn: len(txn.query("t").collect()))
+        assert count == 1  # ... it catches up instead of refusing or answering empty
+        _, later = a.mutate(lambda txn: txn.insert("t", {"x": 2}))
+        wait_for(lambda: b.ts >= later)
+        with pytest.raises(HistoryUnavailable):  # what it read changed since `ts`
+            b.read_as_of(ts, lambda txn: len(txn.query("t").collect()))
+    finally:
+        a.close()
+        b.close()
