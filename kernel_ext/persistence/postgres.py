@@ -84,9 +84,10 @@ _CONNECT_OPTIONS: Final[dict[str, Any]] = {
     "application_name": "convex-notebook",
     # The server's side too: a client that vanished while holding the commit lock must not
     # hold up every other process for the hours of the default keepalive.
+    # (Commits inline values as literals: standard strings, backslashes kept as they are.)
     "options": (
         "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
-        "-c tcp_user_timeout=15000"
+        "-c tcp_user_timeout=15000 -c standard_conforming_strings=on"
     ),
 }
 #: One transaction-level advisory lock key: creating the tables is serialized across processes.
@@ -115,6 +116,51 @@ INSERT INTO convex_clock VALUES (1, 0) ON CONFLICT DO NOTHING;
 """
 
 _GET_SQL: Final = "SELECT body FROM convex_documents WHERE table_number=%s AND id_key=%s"
+#: The statements of a commit, `{values}` filled by `_values(rows)` (see `commit_rows`).
+_INSERT_TABLES: Final = "INSERT INTO convex_tables VALUES {values}"
+_INSERT_INDEXES: Final = "INSERT INTO convex_indexes VALUES {values}"
+_DELETE_ENTRIES: Final = (
+    "DELETE FROM convex_index_entries WHERE (index_id, key) IN (VALUES {values})"
+)
+_MOVE_ENTRIES: Final = (
+    "UPDATE convex_index_entries e SET key = v.new_key FROM (VALUES {values}) "
+    "AS v(new_key, index_id, old_key) WHERE e.index_id = v.index_id AND e.key = v.old_key"
+)
+_DELETE_DOCUMENTS: Final = (
+    "DELETE FROM convex_documents WHERE (table_number, id_key) IN (VALUES {values})"
+)
+_UPDATE_DOCUMENTS: Final = (
+    "UPDATE convex_documents d SET body = v.body FROM (VALUES {values}) "
+    "AS v(body, table_number, id_key) WHERE d.table_number = v.table_number "
+    "AND d.id_key = v.id_key"
+)
+_INSERT_DOCUMENTS: Final = "INSERT INTO convex_documents VALUES {values}"
+_INSERT_ENTRIES: Final = "INSERT INTO convex_index_entries VALUES {values}"
+#: Rows per statement, and characters per query sent, of a commit's writes.
+_ROWS_PER_STATEMENT: Final = 2000
+_BATCH_CHARS: Final = 4_000_000
+
+
+def _literal(value: Any) -> str:
+    """`value` (int, bytes, str or None) as an SQL literal. Only values this module made are
+    inlined: ints, bytes as hex, and names and JSON the catalog checked; strings are quoted
+    as standard strings (`standard_conforming_strings` is on for every connection)."""
+    if isinstance(value, bytes):
+        return "'\\x" + value.hex() + "'::bytea"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if value is None:
+        return "NULL"
+    raise TypeError(f"cannot inline {type(value).__name__} in SQL")
+
+
+def _values(rows: list[tuple[Any, ...]]) -> str:
+    """`(a, b), (c, d)`: rows of literals for a VALUES list."""
+    return ", ".join("(" + ", ".join(map(_literal, row)) + ")" for row in rows)
+
+
 _SCAN_IDS_SQL: Final = (
     "SELECT id_key, body FROM convex_documents WHERE table_number=%s AND id_key>=%s "
     "AND id_key<%s ORDER BY id_key {} LIMIT %s"
@@ -323,7 +369,7 @@ class CommitSession:
     ) -> None:
         self._owner = owner
         self._conn = conn
-        self._statements: list[tuple[str, list[tuple[Any, ...]]]] = []
+        self._statements: list[str] = []
         self.finished = False
         # One round trip: the lock, then (behind it, so complete) the log after `since`. One
         # simple query (the numbers are ints, safe to inline), not a pipeline: after a
@@ -385,24 +431,22 @@ class CommitSession:
         """Queue a commit's documents, index entries and new tables (sent by `finish`)."""
         inserts, updates, deletes, removed, moved, added = commit_rows(records)
         for table in new_tables:
-            self._queue("INSERT INTO convex_tables VALUES (%s, %s)", [(table.number, table.name)])
+            self._queue(_INSERT_TABLES, [(table.number, table.name)])
             self._queue(
-                "INSERT INTO convex_indexes VALUES (%s, %s, %s, %s)",
+                _INSERT_INDEXES,
                 [
                     (i.index_id, table.number, i.name, json.dumps(list(i.fields)))
                     for i in table.indexes.values()
                     if i.index_id is not None
                 ],
             )
-        self._queue("DELETE FROM convex_index_entries WHERE index_id=%s AND key=%s", removed)
+        self._queue(_DELETE_ENTRIES, removed)
         # Keys end with the document's id, so a moved key never lands on another's old key.
-        self._queue("UPDATE convex_index_entries SET key=%s WHERE index_id=%s AND key=%s", moved)
-        self._queue("DELETE FROM convex_documents WHERE table_number=%s AND id_key=%s", deletes)
-        self._queue(
-            "UPDATE convex_documents SET body=%s WHERE table_number=%s AND id_key=%s", updates
-        )
-        self._queue("INSERT INTO convex_documents VALUES (%s, %s, %s)", inserts)
-        self._queue("INSERT INTO convex_index_entries VALUES (%s, %s, %s)", added)
+        self._queue(_MOVE_ENTRIES, moved)
+        self._queue(_DELETE_DOCUMENTS, deletes)
+        self._queue(_UPDATE_DOCUMENTS, updates)
+        self._queue(_INSERT_DOCUMENTS, inserts)
+        self._queue(_INSERT_ENTRIES, added)
 
     def create_index(
         self,
@@ -413,27 +457,24 @@ class CommitSession:
         entries: Iterable[tuple[bytes, bytes]],
     ) -> None:
         """Queue a new index with its `(key, id_key)` entries."""
-        self._queue(
-            "INSERT INTO convex_indexes VALUES (%s, %s, %s, %s)",
-            [(index_id, table_number, name, json.dumps(list(fields)))],
-        )
+        self._queue(_INSERT_INDEXES, [(index_id, table_number, name, json.dumps(list(fields)))])
         self.fill_index(index_id, entries)
 
     def fill_index(self, index_id: int, entries: Iterable[tuple[bytes, bytes]]) -> None:
         """Queue `(key, id_key)` entries of an index."""
-        self._queue(
-            "INSERT INTO convex_index_entries VALUES (%s, %s, %s)",
-            [(index_id, key, id_of) for key, id_of in entries],
-        )
+        self._queue(_INSERT_ENTRIES, [(index_id, key, id_of) for key, id_of in entries])
 
     def drop_index(self, index_id: int) -> None:
         """Queue the removal of an index and its entries."""
-        self._queue("DELETE FROM convex_index_entries WHERE index_id=%s", [(index_id,)])
-        self._queue("DELETE FROM convex_indexes WHERE index_id=%s", [(index_id,)])
+        self._statements.append(f"DELETE FROM convex_index_entries WHERE index_id = {index_id}")
+        self._statements.append(f"DELETE FROM convex_indexes WHERE index_id = {index_id}")
 
-    def _queue(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if rows:
-            self._statements.append((sql, rows))
+    def _queue(self, template: str, rows: list[tuple[Any, ...]]) -> None:
+        """Queue `template` with its `{values}` filled by `rows` (several statements for
+        many rows)."""
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            chunk = rows[start : start + _ROWS_PER_STATEMENT]
+            self._statements.append(template.format(values=_values(chunk)))
 
     def finish(self, body: bytes, ts: int | None = None) -> int:
         """Write what was queued and the log entry `body`, move the clock, notify every process
@@ -448,31 +489,29 @@ class CommitSession:
         commit_id = uuid.uuid4()
         pid = conn.info.backend_pid
         self.finished = True
+        new_ts = _NOW_NS if ts is None else str(int(ts))
+        tail = [
+            "WITH c AS (UPDATE convex_clock SET ts = GREATEST(ts + 1, "
+            f"{new_ts}) WHERE id = 1 RETURNING ts) INSERT INTO convex_commit_log SELECT c.ts, "
+            f"{int(self.clock)}, '{commit_id}', {_literal(body)} FROM c RETURNING ts",
+            # The payload is the ts: a process that knows it already needs no catch-up.
+            f"SELECT pg_notify('{_CHANNEL}', (SELECT ts FROM convex_clock WHERE id = 1)::text)",
+            "COMMIT",
+        ]
         try:
-            with conn.pipeline():
-                for sql, rows in self._statements:
-                    if len(rows) == 1:
-                        conn.execute(sql, rows[0], prepare=True)
-                    else:
-                        conn.cursor().executemany(sql, rows)
-                new_ts = (
-                    f"GREATEST(ts + 1, {_NOW_NS})" if ts is None else f"GREATEST(ts + 1, {int(ts)})"
-                )
-                cur = conn.execute(
-                    "WITH c AS (UPDATE convex_clock SET ts = "
-                    + new_ts
-                    + " WHERE id = 1 RETURNING ts) INSERT INTO convex_commit_log "
-                    "SELECT c.ts, %s, %s, %s FROM c RETURNING ts",
-                    (self.clock, commit_id, body),
-                    prepare=True,
-                )
-                # The payload is the ts: a process that knows it already needs no catch-up.
-                conn.execute(
-                    "SELECT pg_notify(%s, (SELECT ts FROM convex_clock WHERE id = 1)::text)",
-                    (_CHANNEL,),
-                    prepare=True,
-                )
-                conn.execute("COMMIT")
+            # A few simple queries of many statements each (usually one: one round trip and
+            # no per-statement protocol work; values are inlined as literals).
+            batch: list[str] = []
+            size = 0
+            for statement in self._statements:
+                if size + len(statement) > _BATCH_CHARS and batch:
+                    conn.execute("; ".join(batch))
+                    batch, size = [], 0
+                batch.append(statement)
+                size += len(statement)
+            cur = conn.execute("; ".join([*batch, *tail]))
+            for _ in batch:
+                cur.nextset()
             row = cur.fetchone()
         except psycopg.OperationalError as exc:
             # The outcome is unknown even on a connection psycopg does not call broken (yet):
