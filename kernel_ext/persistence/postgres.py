@@ -691,9 +691,11 @@ class PostgresPersistence:
         """A REPEATABLE READ snapshot of the latest commit; `close()` it when done."""
 
         def begin(conn: psycopg.Connection[Any]) -> PostgresSnapshot:
-            with conn.pipeline():
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                cur = conn.execute("SELECT ts FROM convex_clock WHERE id = 1", prepare=True)
+            cur = conn.execute(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
+                "SELECT ts FROM convex_clock WHERE id = 1"
+            )
+            cur.nextset()  # past BEGIN
             row = cur.fetchone()
             assert row is not None
             return PostgresSnapshot(self, conn, int(row[0]))
