@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +31,9 @@ DEFAULT_PATH: Final = Path(".convex") / "store.db"
 
 _open: dict[Path, tuple[Backend, int]] = {}
 _open_lock = threading.Lock()
+#: Open stores that are not files (memory, PostgreSQL): closed at exit too, so that their
+#: threads (a PostgreSQL store's follower, the scheduler) stop before the interpreter does.
+_unshared: weakref.WeakSet[Backend] = weakref.WeakSet()
 
 
 def resolve_location(url: str | os.PathLike[str] | None) -> Path | None:
@@ -97,6 +101,7 @@ def connect(
     path = location.path
     if location.kind != "sqlite" or path is None:
         backend = Backend(Store(open_persistence(location)))
+        _unshared.add(backend)
         return Client(backend, location=location.describe(), release=backend.close, auth=config)
     with _open_lock:
         backend, count = _open.get(path, (None, 0))  # type: ignore[assignment]
@@ -121,5 +126,5 @@ def _close_all() -> None:
     with _open_lock:
         backends = [b for b, _ in _open.values()]
         _open.clear()
-    for backend in backends:
+    for backend in [*backends, *list(_unshared)]:
         backend.close()
