@@ -828,6 +828,11 @@ class Store:
             with self._commit_lock:
                 self._validate(txn.snapshot.ts, read_set)
             return txn.snapshot.ts
+        if self._shared is not None and self._session is None:
+            with self._commit_lock:
+                ts = self._commit_if_latest(txn, writes, read_set)
+            if ts is not None:
+                return ts
         with self._exclusive() as session:
             self._validate(txn.snapshot.ts, read_set)
             assert isinstance(txn.catalog, _TxnCatalog)
@@ -861,6 +866,42 @@ class Store:
                 raise
             self._finish_commit(ts, writes, keys)
             return ts
+
+    def _commit_if_latest(
+        self, txn: Transaction, writes: dict[str, Write], read_set: ReadSet
+    ) -> int | None:
+        """A shared store's commit in one round trip, when no other process committed since
+        the latest commit this process knows (the common case of a process writing alone):
+        validated against the local write log, which then holds every commit. Returns its ts,
+        or None (nothing written) when another commit came first: then the caller commits
+        under the cluster-wide lock. Call with the commit lock held.
+
+        Raises:
+            _Conflict: a commit this process knows wrote into the read set.
+        """
+        assert self._shared is not None and isinstance(txn.catalog, _TxnCatalog)
+        self._validate(txn.snapshot.ts, read_set)
+        tables = self._tables_for(txn.catalog, writes)
+        records, keys = self._records(writes, tables)
+        new_tables = [t for t in tables.values() if self.catalog.table(t.name) is None]
+        for info in new_tables:
+            self.catalog.install(info)
+            keys.append((TABLES, table_created_key(info.number)))
+        body = encode_commit(LoggedCommit(writes, keys, new_tables))
+        try:
+            ts = self._shared.commit_if_latest(self._ts, records, new_tables, body)
+        except CommitNotWritten:
+            ts = None
+        except BaseException:
+            for info in new_tables:
+                self.catalog.remove_table(info.name)
+            raise
+        if ts is None:
+            for info in new_tables:
+                self.catalog.remove_table(info.name)
+            return None
+        self._finish_commit(ts, writes, keys)
+        return ts
 
     def _validate(self, since: int, read_set: ReadSet) -> None:
         tables = self._writes.tables_overlapping(since, read_set)

@@ -236,6 +236,23 @@ class SharedPersistence(Persistence, Protocol):
         """A new table number (`kind` "table") or index id ("index"), unique in the store."""
         ...
 
+    def commit_if_latest(
+        self,
+        expect_clock: int,
+        records: list[CommitRecord],
+        new_tables: Iterable[TableInfo],
+        body: bytes,
+    ) -> int | None:
+        """Commit `records` with the log entry `body` in one round trip if no commit came
+        after `expect_clock`; returns its ts, or None (nothing written) if one did.
+
+        Raises:
+            PersistenceError: nothing was written.
+            CommitOutcomeUnknown: the connection was lost and the database could not tell
+                whether the commit was stored.
+        """
+        ...
+
     def describe(self) -> str:
         """Where the store is, for messages (never with a password)."""
         ...

@@ -176,6 +176,8 @@ _SCAN_SQL: Final = {
     (True, False): _SCAN_INDEX_SQL.format("ASC"),
     (True, True): _SCAN_INDEX_SQL.format("DESC"),
 }
+#: The SQLSTATE of a deferred-lock commit that found a newer clock (`Stale`).
+_STALE: Final = "CX001"
 _LOG_SQL: Final = (
     "SELECT ts, prev_ts, body FROM convex_commit_log WHERE ts > %s ORDER BY ts LIMIT %s"
 )
@@ -355,6 +357,18 @@ class CurrentReader:
         """Nothing to end: each read is a statement of its own."""
 
 
+class Stale(Exception):
+    """`commit_if_latest`'s commit was not written: another process committed since."""
+
+
+def _session_timeout(owner: PostgresPersistence) -> str:
+    """The statement bounding how long a commit session may sit idle holding the lock."""
+    return (
+        "SET LOCAL idle_in_transaction_session_timeout = "
+        f"'{int(owner.commit_lock_limit_s * 1000)}ms'"
+    )
+
+
 class CommitSession:
     """The cluster-wide commit lock, held: a READ COMMITTED transaction that locked the clock
     row. Nothing commits anywhere until it ends (`finish` commits; leaving the `with` block of
@@ -365,19 +379,37 @@ class CommitSession:
     """
 
     def __init__(
-        self, owner: PostgresPersistence, conn: psycopg.Connection[Any], since: int
+        self,
+        owner: PostgresPersistence,
+        conn: psycopg.Connection[Any],
+        since: int,
+        *,
+        expect_clock: int | None = None,
     ) -> None:
         self._owner = owner
         self._conn = conn
         self._statements: list[str] = []
         self.finished = False
+        if expect_clock is not None:
+            # Deferred: `finish` takes the lock in its own query, and fails with `Stale`
+            # unless the clock is still `expect_clock` (see `commit_if_latest`).
+            self.clock = expect_clock
+            self._since = since
+            self._log: list[LogEntry] = []
+            self._statements = [
+                "BEGIN",
+                _session_timeout(owner),
+                "DO $$ BEGIN IF (SELECT ts FROM convex_clock WHERE id = 1 FOR UPDATE) <> "
+                f"{int(expect_clock)} THEN RAISE EXCEPTION 'stale' USING ERRCODE = "
+                f"'{_STALE}'; END IF; END $$",
+            ]
+            return
         # One round trip: the lock, then (behind it, so complete) the log after `since`. One
         # simple query (the numbers are ints, safe to inline), not a pipeline: after a
         # pipeline the server does not arm its idle-in-transaction timer (PostgreSQL 15).
         try:
             cur = conn.execute(
-                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = "
-                f"'{int(owner.commit_lock_limit_s * 1000)}ms'; "
+                f"BEGIN; {_session_timeout(owner)}; "
                 "SELECT ts FROM convex_clock WHERE id = 1 FOR UPDATE; "
                 "SELECT ts, prev_ts, body FROM convex_commit_log "
                 f"WHERE ts > {int(since)} ORDER BY ts LIMIT {_LOG_BATCH}"
@@ -390,7 +422,7 @@ class CommitSession:
         except psycopg.Error as exc:
             raise owner.error("Taking the commit lock", exc) from None
         assert row is not None
-        self.clock: int = row[0]
+        self.clock = int(row[0])
         self._since = since
         self._log = [LogEntry(t, p, bytes(b)) for t, p, b in rows]
 
@@ -528,6 +560,8 @@ class CommitSession:
             return committed
         except psycopg.Error as exc:
             self._roll_back()
+            if exc.sqlstate == _STALE:
+                raise Stale from None
             raise self._owner.error("Commit (nothing was written):", exc) from None
         except BaseException:
             # Ctrl-C mid-pipeline: closing the connection rolls back, unless COMMIT had already
@@ -802,6 +836,32 @@ class PostgresPersistence:
             yield session
         finally:
             self._held.session = None
+            session.end()
+
+    def commit_if_latest(
+        self,
+        expect_clock: int,
+        records: list[CommitRecord],
+        new_tables: Iterable[TableInfo],
+        body: bytes,
+    ) -> int | None:
+        """Commit in ONE round trip if no process committed since `expect_clock` (the caller
+        validated against every commit up to it): the lock, the check, the writes, the log
+        entry and COMMIT in one query. Returns the commit's ts, or None if another commit came
+        first (nothing was written: validate again under the lock, `exclusive`).
+
+        Raises:
+            PersistenceError, CommitNotWritten, CommitOutcomeUnknown: as `CommitSession.finish`.
+        """
+        conn = self.pool.get()
+        session = CommitSession(self, conn, expect_clock, expect_clock=expect_clock)
+        try:
+            session.write(records, new_tables)
+            try:
+                return session.finish(body)
+            except Stale:
+                return None
+        finally:
             session.end()
 
     def committed(self, ts: int) -> None:
