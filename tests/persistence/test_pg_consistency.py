@@ -250,3 +250,24 @@ def test_a_read_as_of_a_ts_another_process_returned(pg_url):
     finally:
         a.close()
         b.close()
+
+
+def test_a_one_round_trip_commit_falls_back_when_another_process_committed(pg_url):
+    a, b = Store(PostgresPersistence(pg_url)), Store(PostgresPersistence(pg_url))
+    try:
+        doc_id, _ = a.mutate(lambda txn: txn.insert("counter", {"n": 0}))
+        wait_for(lambda: b.ts == a.ts)
+
+        def increment(txn):
+            txn.patch(doc_id, {"n": txn.get(doc_id)["n"] + 1})
+
+        with b._commit_lock:  # B has not replayed A's next commit when it commits itself
+            _, ts_a = a.mutate(increment)
+            known = b.ts
+            _, ts_b = b.mutate(increment)  # its read saw A's write or was re-run: never lost
+        assert known < ts_a < ts_b
+        rows, _, _ = a.read(lambda txn: txn.get(doc_id))
+        assert rows["n"] == 2
+    finally:
+        a.close()
+        b.close()
