@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import weakref
@@ -127,4 +128,7 @@ def _close_all() -> None:
         backends = [b for b, _ in _open.values()]
         _open.clear()
     for backend in [*backends, *list(_unshared)]:
-        backend.close()
+        try:
+            backend.close()
+        except Exception:  # one store's failure must not keep the others open
+            logging.getLogger(__name__).exception("Closing a store at exit failed")

@@ -160,6 +160,9 @@ class Store:
             else None
         )
         self._session: CommitSession | None = None  # held by the thread holding the lock
+        # The latest ts another process was notified to have committed: while it is ahead
+        # of `_ts`, a one-round-trip commit would only find the clock moved.
+        self._notified = 0
         self._closing = threading.Event()
         self._follower: threading.Thread | None = None
         #: Why the database could not be reached, while it cannot (shared stores).
@@ -339,6 +342,8 @@ class Store:
                 notified = shared.wait_for_commits(_POLL_S)
                 if self._closing.is_set():
                     return
+                if notified:
+                    self._notified = max(self._notified, notified)
                 if self.unreachable is None:
                     if notified is None or notified == 0 or notified > self._ts:
                         self._catch_up()  # news, or the poll in case a notification was lost
@@ -828,7 +833,7 @@ class Store:
             with self._commit_lock:
                 self._validate(txn.snapshot.ts, read_set)
             return txn.snapshot.ts
-        if self._shared is not None and self._session is None:
+        if self._shared is not None and self._session is None and self._notified <= self._ts:
             with self._commit_lock:
                 ts = self._commit_if_latest(txn, writes, read_set)
             if ts is not None:
@@ -884,11 +889,13 @@ class Store:
         tables = self._tables_for(txn.catalog, writes)
         records, keys = self._records(writes, tables)
         new_tables = [t for t in tables.values() if self.catalog.table(t.name) is None]
-        for info in new_tables:
-            self.catalog.install(info)
-            keys.append((TABLES, table_created_key(info.number)))
+        keys.extend((TABLES, table_created_key(info.number)) for info in new_tables)
         body = encode_commit(LoggedCommit(writes, keys, new_tables))
         try:
+            # Installed for the round trip only (a snapshot that sees the rows must see the
+            # tables), inside the `try`: every way out that did not commit takes them out.
+            for info in new_tables:
+                self.catalog.install(info)
             ts = self._shared.commit_if_latest(self._ts, records, new_tables, body)
         except CommitNotWritten:
             ts = None
@@ -917,7 +924,9 @@ class Store:
                 continue
             info = self.catalog.table(write.table)
             if info is None:
-                pending = catalog.new_tables[write.table]
+                pending = catalog.new_tables.get(write.table)
+                if pending is None:  # it saw a table another commit installed, then removed
+                    raise _Conflict({write.table})
                 info = new_table_info(pending.name, pending.number, self._allocate_index_id())
             elif write.table in catalog.new_tables:
                 raise _Conflict({write.table})  # another mutation created it first: re-run

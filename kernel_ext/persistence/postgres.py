@@ -35,6 +35,7 @@ import json
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -116,7 +117,7 @@ INSERT INTO convex_clock VALUES (1, 0) ON CONFLICT DO NOTHING;
 """
 
 _GET_SQL: Final = "SELECT body FROM convex_documents WHERE table_number=%s AND id_key=%s"
-#: The statements of a commit, `{values}` filled by `_values(rows)` (see `commit_rows`).
+#: The statements of a commit, `{values}` filled with rows of literals (see `commit_rows`).
 _INSERT_TABLES: Final = "INSERT INTO convex_tables VALUES {values}"
 _INSERT_INDEXES: Final = "INSERT INTO convex_indexes VALUES {values}"
 _DELETE_ENTRIES: Final = (
@@ -150,15 +151,12 @@ def _literal(value: Any) -> str:
     if isinstance(value, int):
         return str(int(value))
     if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("cannot inline a string holding NUL in SQL")
         return "'" + value.replace("'", "''") + "'"
     if value is None:
         return "NULL"
     raise TypeError(f"cannot inline {type(value).__name__} in SQL")
-
-
-def _values(rows: list[tuple[Any, ...]]) -> str:
-    """`(a, b), (c, d)`: rows of literals for a VALUES list."""
-    return ", ".join("(" + ", ".join(map(_literal, row)) + ")" for row in rows)
 
 
 _SCAN_IDS_SQL: Final = (
@@ -176,6 +174,9 @@ _SCAN_SQL: Final = {
     (True, False): _SCAN_INDEX_SQL.format("ASC"),
     (True, True): _SCAN_INDEX_SQL.format("DESC"),
 }
+#: A server process by pid and start time (a later process may reuse the pid; an unknown
+#: start time matches the pid alone). Parameters: pid, start, start.
+_SAME_BACKEND: Final = "pid = %s AND (%s::timestamptz IS NULL OR backend_start = %s)"
 #: The SQLSTATE of a deferred-lock commit that found a newer clock (`Stale`).
 _STALE: Final = "CX001"
 _LOG_SQL: Final = (
@@ -498,15 +499,25 @@ class CommitSession:
 
     def drop_index(self, index_id: int) -> None:
         """Queue the removal of an index and its entries."""
+        index_id = int(index_id)
         self._statements.append(f"DELETE FROM convex_index_entries WHERE index_id = {index_id}")
         self._statements.append(f"DELETE FROM convex_indexes WHERE index_id = {index_id}")
 
     def _queue(self, template: str, rows: list[tuple[Any, ...]]) -> None:
         """Queue `template` with its `{values}` filled by `rows` (several statements for
         many rows)."""
-        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-            chunk = rows[start : start + _ROWS_PER_STATEMENT]
-            self._statements.append(template.format(values=_values(chunk)))
+        values: list[str] = []
+        size = 0
+        for row in rows:
+            value = "(" + ", ".join(map(_literal, row)) + ")"
+            values.append(value)
+            size += len(value)
+            # Bounded in rows and in characters (PostgreSQL refuses a message over 1 GB).
+            if len(values) == _ROWS_PER_STATEMENT or size > _BATCH_CHARS:
+                self._statements.append(template.format(values=", ".join(values)))
+                values, size = [], 0
+        if values:
+            self._statements.append(template.format(values=", ".join(values)))
 
     def finish(self, body: bytes, ts: int | None = None) -> int:
         """Write what was queued and the log entry `body`, move the clock, notify every process
@@ -520,6 +531,7 @@ class CommitSession:
         conn = self._conn
         commit_id = uuid.uuid4()
         pid = conn.info.backend_pid
+        started = self._owner.backend_start(conn)
         self.finished = True
         new_ts = _NOW_NS if ts is None else str(int(ts))
         tail = [
@@ -550,7 +562,7 @@ class CommitSession:
             # the server may end it right after the COMMIT went through ("cannot exit pipeline
             # mode while busy"). Ask the commit log once the session is gone.
             conn.close()
-            committed = self._owner.lookup_commit(commit_id, pid, exc)
+            committed = self._owner.lookup_commit(commit_id, (pid, started), exc)
             if committed is None:
                 lost = self._owner.error(
                     "Commit (the connection was lost; the commit log shows it was not written)",
@@ -613,6 +625,9 @@ class PostgresPersistence:
         self._listener: psycopg.Connection[Any] | None = None
         self._listener_lock = threading.Lock()
         self._held = threading.local()  # .session: the commit session this thread holds
+        self._backend_starts: weakref.WeakKeyDictionary[psycopg.Connection[Any], Any] = (
+            weakref.WeakKeyDictionary()
+        )
         self._commits = 0
         self._clock_lock = threading.Lock()
         self._latest = 0
@@ -635,9 +650,19 @@ class PostgresPersistence:
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self._url, autocommit=True, **_CONNECT_OPTIONS)
+            conn = psycopg.connect(self._url, autocommit=True, **_CONNECT_OPTIONS)
+            row = conn.execute(
+                "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            ).fetchone()
         except psycopg.Error as exc:
             raise self.error("Connecting", exc) from None
+        # What tells this connection's server process from a later one with its pid.
+        self._backend_starts[conn] = None if row is None else row[0]
+        return conn
+
+    def backend_start(self, conn: psycopg.Connection[Any]) -> Any:
+        """When `conn`'s server process started (None if unknown)."""
+        return self._backend_starts.get(conn)
 
     def _set_up(self, conn: psycopg.Connection[Any]) -> None:
         try:
@@ -880,10 +905,10 @@ class PostgresPersistence:
                 )
 
     def lookup_commit(
-        self, commit_id: uuid.UUID, backend_pid: int, cause: BaseException
+        self, commit_id: uuid.UUID, backend: tuple[int, Any], cause: BaseException
     ) -> int | None:
         """The ts of the commit `commit_id` if it was stored, None if it was not, once the
-        server process that ran it (`backend_pid`) is gone.
+        server process that ran it (`backend`: its pid and start time) is gone.
 
         Raises:
             CommitOutcomeUnknown: the database cannot be asked within a few seconds.
@@ -898,12 +923,16 @@ class PostgresPersistence:
                 time.sleep(0.2)
                 continue
             try:
-                if not self._backend_gone(conn, backend_pid, deadline - 2.0):
+                if not self._backend_gone(conn, backend, deadline - 2.0):
                     # Still there (the server has not noticed the lost client yet): end it, so
                     # that its transaction cannot commit after the log is read.
-                    conn.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
-                    if not self._backend_gone(conn, backend_pid, deadline):
-                        last = RuntimeError(f"its server process {backend_pid} did not end")
+                    conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                        + _SAME_BACKEND,
+                        (*backend, backend[1]),
+                    )
+                    if not self._backend_gone(conn, backend, deadline):
+                        last = RuntimeError(f"its server process {backend[0]} did not end")
                         break
                 row = conn.execute(
                     "SELECT ts FROM convex_commit_log WHERE commit_id = %s", (commit_id,)
@@ -924,10 +953,15 @@ class PostgresPersistence:
         )
 
     @staticmethod
-    def _backend_gone(conn: psycopg.Connection[Any], pid: int, deadline: float) -> bool:
-        """Wait until the server process `pid` has ended (False: not by `deadline`)."""
+    def _backend_gone(
+        conn: psycopg.Connection[Any], backend: tuple[int, Any], deadline: float
+    ) -> bool:
+        """Wait until the server process `backend` (pid, start time; a later process with
+        the same pid is another) has ended (False: not by `deadline`)."""
         while time.monotonic() < deadline:
-            alive = conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+            alive = conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE " + _SAME_BACKEND, (*backend, backend[1])
+            ).fetchone()
             if alive is None:
                 return True
             time.sleep(0.05)

@@ -221,7 +221,11 @@ def test_lookup_does_not_answer_while_the_backend_lives(pg_url):
             (1 << 61, commit_id, b""),
         )
         started = time.monotonic()
-        answer = persistence.lookup_commit(commit_id, other.info.backend_pid, OSError("lost"))
+        backend_start = other.execute(
+            "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        ).fetchone()[0]
+        backend = (other.info.backend_pid, backend_start)
+        answer = persistence.lookup_commit(commit_id, backend, OSError("lost"))
         assert time.monotonic() - started < 15
         with pytest.raises(psycopg.OperationalError):
             other.commit()  # ended by the lookup: it cannot land after the answer
