@@ -2,9 +2,10 @@
 
 Store: `client.mutation(...)` through `kernel_ext.connect("postgresql://...")` on a fresh
 database of a throwaway cluster (bench/_pg.py: durable settings unless `BENCH_PG_FAST=1`). One
-commit per call: the cluster-wide commit lock (`FOR UPDATE` on the clock row), the commit log
-read since the process's last commit, the document row, its index rows, the log entry, the
-clock, a `NOTIFY`, `COMMIT`.
+commit per call: the cluster-wide commit lock (`FOR UPDATE` on the clock row) and a check that
+no other process committed since, the document row, its index rows, the log entry, the clock,
+a `NOTIFY`, `COMMIT`, in one query (one round trip; when another process did commit, the lock
+and the commit log first, then the writes: two).
 
 Anchor, measured in the same run on another database of the same cluster: raw psycopg 3 on one
 connection doing the same rows in the store's table layout (`documents(table_number, id_key
@@ -28,7 +29,6 @@ import random
 import statistics
 import struct
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -38,6 +38,7 @@ import psycopg
 from bench._common import header, target
 from bench._pg import DURABLE, bench_cluster, settings_line
 from bench.mutations import COUNTERS, StoreRunner
+from kernel_ext.persistence.base import CommitRecord, IndexChange
 from kernel_ext.persistence.postgres import PostgresPersistence
 
 TARGET_RATIO: Final = 0.5
@@ -147,49 +148,33 @@ class RawRunner:
 
 
 class SqlFloorRunner:
-    """Diagnosis only: the statements the store sends for one insert mutation, replayed with
-    psycopg on a store database (tables made by `PostgresPersistence`), without the engine:
-    BEGIN + the clock row `FOR UPDATE` (one pipeline), the commit log since the last commit,
-    then documents row, index row, clock + log entry, NOTIFY, COMMIT (one pipeline)."""
+    """Diagnosis only: the persistence's commit of one insert (`commit_if_latest`: the lock, the
+    clock check, the document row, its index row, the log entry, `NOTIFY`, `COMMIT` in one
+    query), without the engine (no function, no validation, no log entry encoding)."""
 
     def __init__(self, url: str) -> None:
-        PostgresPersistence(url).close()  # creates the store's tables
-        self.conn = psycopg.connect(url, autocommit=True)
-        self.last = 0
+        self.persistence = PostgresPersistence(url)
+        self.clock = self.persistence.last_ts()
 
     def inserts(self, n: int) -> float:
-        conn, execute = self.conn, self.conn.execute
+        commit = self.persistence.commit_if_latest
+        body = b"c" * 300  # about what a one-document insert's log entry weighs
         start = time.perf_counter()
         for _ in range(n):
             doc_id = os.urandom(21)
-            with conn.pipeline():
-                execute("BEGIN")
-                cur = execute("SELECT ts FROM convex_clock WHERE id = 1 FOR UPDATE")
-            (clock,) = cur.fetchone()  # type: ignore[misc]
-            execute(_FLOOR_LOG, (self.last, 1000), prepare=True).fetchall()
-            with conn.pipeline():
-                execute(_FLOOR_DOC, (_ITEMS, doc_id, b"\0" + b"x" * 110), prepare=True)
-                execute(_FLOOR_ENTRY, (_BY_TIME, b"t" * 8 + doc_id, doc_id), prepare=True)
-                cur = execute(_FLOOR_CLOCK, (clock, uuid.uuid4(), b"c" * 300), prepare=True)
-                execute('NOTIFY "convex_commits"')
-                execute("COMMIT")
-            (self.last,) = cur.fetchone()  # type: ignore[misc]
+            record = CommitRecord(
+                _ITEMS,
+                doc_id,
+                {"_id": doc_id.hex(), "x": "x" * 100},
+                (IndexChange(_BY_TIME, None, b"t" * 8 + doc_id),),
+            )
+            ts = commit(self.clock, [record], [], body)
+            assert ts is not None, "nothing else commits to this database"
+            self.clock = ts
         return time.perf_counter() - start
 
     def close(self) -> None:
-        self.conn.close()
-
-
-_FLOOR_LOG: Final = (
-    "SELECT ts, prev_ts, body FROM convex_commit_log WHERE ts > %s ORDER BY ts LIMIT %s"
-)
-_FLOOR_DOC: Final = "INSERT INTO convex_documents VALUES (%s, %s, %s)"
-_FLOOR_ENTRY: Final = "INSERT INTO convex_index_entries VALUES (%s, %s, %s)"
-_FLOOR_CLOCK: Final = (
-    "WITH c AS (UPDATE convex_clock SET ts = GREATEST(ts + 1, (extract(epoch from "
-    "clock_timestamp()) * 1000000000)::bigint) WHERE id = 1 RETURNING ts) INSERT INTO "
-    "convex_commit_log SELECT c.ts, %s, %s, %s FROM c RETURNING ts"
-)
+        self.persistence.close()
 
 
 def _rate(run: Callable[[int], float], n: int) -> float:
@@ -248,7 +233,7 @@ def main() -> None:
             floor.inserts(WARMUP)
             rate = _rate(floor.inserts, OPS)
             print(
-                f"  diagnosis: the store's SQL for one insert replayed with psycopg (no engine): "
+                f"  diagnosis: the persistence's commit of one insert, no engine: "
                 f"{rate:8,.0f} ops/s ({1e3 / rate:6.2f} ms/op), one round",
                 flush=True,
             )
