@@ -45,11 +45,10 @@ from psycopg import sql as pgsql
 from kernel_ext.errors import CommitNotWritten, CommitOutcomeUnknown, PersistenceError
 from kernel_ext.persistence.base import CommitRecord, LogEntry, all_documents
 from kernel_ext.persistence.commit_log import LoggedCommit, encode_commit
-from kernel_ext.persistence.scans import Row, scan_in_batches
+from kernel_ext.persistence.scans import SqlReads, scan_in_batches
 from kernel_ext.persistence.sql_rows import commit_rows
 from kernel_ext.persistence.urls import mask_password
 from kernel_ext.store.catalog import TableInfo
-from kernel_ext.store.codec import decode_document
 from kernel_ext.store.values import Value
 
 __all__ = ["CommitSession", "PostgresPersistence", "PostgresSnapshot"]
@@ -264,11 +263,13 @@ class _Pool:
             conn.close()
 
 
-class PostgresSnapshot:
+class PostgresSnapshot(SqlReads):
     """A REPEATABLE READ, READ ONLY transaction at one commit; implements
     `persistence.base.Snapshot`."""
 
     __slots__ = ("_cache", "_cached_rows", "_conn", "_owner", "ts")
+    GET_SQL = _GET_SQL
+    SCAN_SQL = _SCAN_SQL
 
     def __init__(self, owner: PostgresPersistence, conn: psycopg.Connection[Any], ts: int) -> None:
         self._owner = owner
@@ -297,19 +298,6 @@ class PostgresSnapshot:
             self._cached_rows += len(rows) + 1
         return rows
 
-    def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
-        """The document, or None."""
-        rows = self._fetch(_GET_SQL, (table_number, id_key))
-        return decode_document(rows[0][0]) if rows else None
-
-    def scan(
-        self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
-    ) -> Iterator[Row]:
-        """Rows in `[lo, hi)` in key order (`index_id` None: the documents by id)."""
-        return scan_in_batches(
-            self._fetch, _SCAN_SQL, table_number, index_id, lo=lo, hi=hi, descending=descending
-        )
-
     def close(self) -> None:
         """End the transaction and return the connection; idempotent."""
         conn, self._conn = self._conn, None
@@ -324,35 +312,21 @@ class PostgresSnapshot:
         self._owner.pool.put(conn)
 
 
-class CurrentReader:
+class CurrentReader(SqlReads):
     """Reads of the latest committed state, one autocommit statement at a time, for a caller
     that validates its reads against every commit after `ts` (OCC); see
     `Persistence.current_reader`."""
 
     __slots__ = ("_owner", "ts")
+    GET_SQL = _GET_SQL
+    SCAN_SQL = _SCAN_SQL
 
     def __init__(self, owner: PostgresPersistence, ts: int) -> None:
         self._owner = owner
         self.ts = ts
 
-    def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
-        """The document as of the latest commit, or None."""
-        rows = self._owner.fetch(_GET_SQL, (table_number, id_key))
-        return decode_document(rows[0][0]) if rows else None
-
-    def scan(
-        self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
-    ) -> Iterator[Row]:
-        """Rows in `[lo, hi)` in key order; each batch is read at the latest commit."""
-        return scan_in_batches(
-            self._owner.fetch,
-            _SCAN_SQL,
-            table_number,
-            index_id,
-            lo=lo,
-            hi=hi,
-            descending=descending,
-        )
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        return self._owner.fetch(sql, params)
 
     def close(self) -> None:
         """Nothing to end: each read is a statement of its own."""

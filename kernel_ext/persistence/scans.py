@@ -8,12 +8,12 @@ makes few round trips. Each backend supplies its SQL (its placeholders) and a `f
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from kernel_ext.store.codec import decode_document
 from kernel_ext.store.values import Value
 
-__all__ = ["FIRST_BATCH", "MAX_BATCH", "Fetch", "Row", "ScanSql", "scan_in_batches"]
+__all__ = ["FIRST_BATCH", "MAX_BATCH", "Fetch", "Row", "ScanSql", "SqlReads", "scan_in_batches"]
 
 FIRST_BATCH: Final = 16
 MAX_BATCH: Final = 1024
@@ -51,3 +51,29 @@ def scan_in_batches(
         else:
             lo = bytes(rows[-1][0]) + b"\x00"
         batch = min(batch * 2, MAX_BATCH)
+
+
+class SqlReads:
+    """`get` and `scan` of a `Snapshot` for an SQL backend: a subclass supplies `_fetch` (one
+    SELECT, all its rows) and its SQL (`GET_SQL`: the body of one document by
+    `(table_number, id_key)`; `SCAN_SQL`: see `ScanSql`)."""
+
+    __slots__ = ()
+    GET_SQL: ClassVar[str]
+    SCAN_SQL: ClassVar[ScanSql]
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        raise NotImplementedError
+
+    def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
+        """The document with that (encoded) id in that table, or None."""
+        rows = self._fetch(self.GET_SQL, (table_number, id_key))
+        return decode_document(rows[0][0]) if rows else None
+
+    def scan(
+        self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
+    ) -> Iterator[Row]:
+        """Rows in `[lo, hi)` in key order (`index_id` None: the documents by id)."""
+        return scan_in_batches(
+            self._fetch, self.SCAN_SQL, table_number, index_id, lo=lo, hi=hi, descending=descending
+        )

@@ -41,10 +41,9 @@ from typing import Any, Final
 
 from kernel_ext.errors import PersistenceError, StoreLocked
 from kernel_ext.persistence.base import CommitRecord, IndexChange, all_documents
-from kernel_ext.persistence.scans import Row, scan_in_batches
+from kernel_ext.persistence.scans import SqlReads
 from kernel_ext.persistence.sql_rows import commit_rows
 from kernel_ext.store.catalog import TableInfo
-from kernel_ext.store.codec import decode_document
 from kernel_ext.store.values import Value
 
 __all__ = [
@@ -253,7 +252,7 @@ class _ReadTransaction:
         self.generation = generation
 
 
-class SqliteSnapshot:
+class SqliteSnapshot(SqlReads):
     """A read snapshot at one commit; implements `persistence.base.Snapshot`.
 
     Get it from `SqlitePersistence.snapshot()` and `close()` it when done; reads after
@@ -261,6 +260,8 @@ class SqliteSnapshot:
     """
 
     __slots__ = ("_conn", "_owner", "_txn", "ts")
+    GET_SQL = _GET_SQL
+    SCAN_SQL = _SCAN_SQL
 
     def __init__(self, owner: SqlitePersistence, txn: _ReadTransaction) -> None:
         self._owner = owner
@@ -277,19 +278,6 @@ class SqliteSnapshot:
         except sqlite3.Error as exc:
             raise storage_error(self._owner.path, "Reading", exc) from exc
 
-    def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
-        """The document, or None."""
-        rows = self._fetch(_GET_SQL, (table_number, id_key))
-        return decode_document(rows[0][0]) if rows else None
-
-    def scan(
-        self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
-    ) -> Iterator[Row]:
-        """Rows in `[lo, hi)` in key order (`index_id` None: the documents by id)."""
-        return scan_in_batches(
-            self._fetch, _SCAN_SQL, table_number, index_id, lo=lo, hi=hi, descending=descending
-        )
-
     def close(self) -> None:
         """End this snapshot; idempotent. The read transaction stays open for the next
         snapshot if no write happened meanwhile, else it ends and its connection returns to
@@ -299,7 +287,7 @@ class SqliteSnapshot:
             self._owner._end_read(self._txn)
 
 
-class CurrentReader:
+class CurrentReader(SqlReads):
     """Reads of the latest committed state, each statement on its own (no snapshot).
 
     Consecutive reads may see different commits, so this is only for a caller that validates
@@ -315,24 +303,15 @@ class CurrentReader:
     """
 
     __slots__ = ("_owner", "ts")
+    GET_SQL = _GET_SQL
+    SCAN_SQL = _SCAN_SQL
 
     def __init__(self, owner: SqlitePersistence, ts: int) -> None:
         self._owner = owner
         self.ts = ts
 
-    def get(self, table_number: int, id_key: bytes) -> dict[str, Value] | None:
-        """The document as of the latest commit, or None."""
-        rows = self._owner._fetch_current(_GET_SQL, (table_number, id_key))
-        return decode_document(rows[0][0]) if rows else None
-
-    def scan(
-        self, table_number: int, index_id: int | None, lo: bytes, hi: bytes, descending: bool
-    ) -> Iterator[Row]:
-        """Rows in `[lo, hi)` in key order; each batch is read at the latest commit."""
-        fetch = self._owner._fetch_current
-        return scan_in_batches(
-            fetch, _SCAN_SQL, table_number, index_id, lo=lo, hi=hi, descending=descending
-        )
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        return self._owner._fetch_current(sql, params)
 
     def close(self) -> None:
         """Nothing to end: each read is a statement of its own."""
