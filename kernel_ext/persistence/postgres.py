@@ -15,11 +15,16 @@ Tables (created on first open, in the URL's database; all named `convex_*`):
   last `LOG_WINDOW_NS`), from which every process replays the commits made elsewhere.
 
 Commits (`CommitSession`): a READ COMMITTED transaction takes the one cluster-wide lock (`FOR
-UPDATE` on the clock row), reads the log entries the engine has not seen (it validates against
-them), writes the documents, index entries and its log entry, moves the clock, `NOTIFY`s
-`convex_commits` and commits, all in one pipeline. A commit whose connection is lost during
-that pipeline is looked up by its id in the log before anything else happens
-(`CommitOutcomeUnknown` if the database cannot tell).
+UPDATE` on the clock row) and reads the log entries the engine has not seen, in one query; the
+engine validates against them; a second query writes the documents, index entries and the log
+entry, moves the clock, `NOTIFY`s `convex_commits` (with the ts) and commits. When no other
+process committed since this one last looked, `commit_if_latest` does it all in one query (a
+clock check in place of the log read). Queries are simple-protocol, values inlined as literals
+(`_literal`): psycopg's pipeline mode cost more than the round trips it saved, and after a
+pipeline PostgreSQL does not arm the idle-in-transaction timer that ends a frozen lock
+holder's session (`commit_lock_limit_s`). A commit whose connection is lost is looked up by
+its id in the log once its server process is gone (`CommitNotWritten` if it was not stored,
+`CommitOutcomeUnknown` if the database cannot tell).
 
 Reads: a snapshot is a REPEATABLE READ, READ ONLY transaction on a pooled connection; its ts is
 the clock it sees. A read on a connection found broken (the server restarted) is retried once
