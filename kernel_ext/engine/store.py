@@ -840,37 +840,60 @@ class Store:
                 return ts
         with self._exclusive() as session:
             self._validate(txn.snapshot.ts, read_set)
-            assert isinstance(txn.catalog, _TxnCatalog)
-            tables = self._tables_for(txn.catalog, writes)
-            records, keys = self._records(writes, tables)
-            new_tables = (
-                [t for t in tables.values() if self.catalog.table(t.name) is None]
-                if txn.catalog.new_tables
-                else []
+            records, keys, new_tables = self._prepare_commit(txn, writes)
+            ts = self._with_new_tables(
+                new_tables,
+                lambda: self._store_commit(
+                    session, records, new_tables, lambda: LoggedCommit(writes, keys, new_tables)
+                ),
             )
-            # Tables go into the catalog before their rows reach storage: a snapshot that sees
-            # the rows must also see the tables.
-            for info in new_tables:
-                self.catalog.install(info)
-                keys.append((TABLES, table_created_key(info.number)))
-            try:
-                ts = self._store_commit(
-                    session,
-                    records,
-                    new_tables,
-                    lambda: LoggedCommit(writes, keys, new_tables),
-                )
-            except CommitNotWritten:
-                for info in new_tables:
-                    self.catalog.remove_table(info.name)
+            if ts is None:
                 # Known not to be stored: run it again on a new connection, as for a conflict.
-                raise _Conflict(set()) from None
-            except BaseException:
-                for info in new_tables:
-                    self.catalog.remove_table(info.name)
-                raise
+                raise _Conflict(set())
             self._finish_commit(ts, writes, keys)
             return ts
+
+    def _prepare_commit(
+        self, txn: Transaction, writes: dict[str, Write]
+    ) -> tuple[list[CommitRecord], list[WrittenKey], list[TableInfo]]:
+        """`(storage records, written keys, tables the commit creates)` of a transaction's
+        writes (call with the commit lock held). Creating a table writes its `TABLES` key.
+
+        Raises:
+            _Conflict: another commit created a table this one creates.
+        """
+        assert isinstance(txn.catalog, _TxnCatalog)
+        tables = self._tables_for(txn.catalog, writes)
+        records, keys = self._records(writes, tables)
+        new_tables = (
+            [t for t in tables.values() if self.catalog.table(t.name) is None]
+            if txn.catalog.new_tables
+            else []
+        )
+        keys.extend((TABLES, table_created_key(info.number)) for info in new_tables)
+        return records, keys, new_tables
+
+    def _with_new_tables(
+        self, new_tables: list[TableInfo], store: Callable[[], int | None]
+    ) -> int | None:
+        """`store()` with `new_tables` in the catalog while it runs (a snapshot that sees the
+        commit's rows must see their tables); they stay only if it returns a ts. Returns
+        that ts, or None (nothing stored: `store()` returned None or raised
+        `CommitNotWritten`)."""
+        try:
+            for info in new_tables:  # inside the `try`: every way out undoes it
+                self.catalog.install(info)
+            ts = store()
+        except CommitNotWritten:
+            ts = None
+        except BaseException:
+            for info in new_tables:
+                self.catalog.remove_table(info.name)
+            raise
+        if ts is None:
+            for info in new_tables:
+                self.catalog.remove_table(info.name)
+        return ts
 
     def _commit_if_latest(
         self, txn: Transaction, writes: dict[str, Write], read_set: ReadSet
@@ -884,30 +907,17 @@ class Store:
         Raises:
             _Conflict: a commit this process knows wrote into the read set.
         """
-        assert self._shared is not None and isinstance(txn.catalog, _TxnCatalog)
+        shared = self._shared
+        assert shared is not None
         self._validate(txn.snapshot.ts, read_set)
-        tables = self._tables_for(txn.catalog, writes)
-        records, keys = self._records(writes, tables)
-        new_tables = [t for t in tables.values() if self.catalog.table(t.name) is None]
-        keys.extend((TABLES, table_created_key(info.number)) for info in new_tables)
+        records, keys, new_tables = self._prepare_commit(txn, writes)
         body = encode_commit(LoggedCommit(writes, keys, new_tables))
-        try:
-            # Installed for the round trip only (a snapshot that sees the rows must see the
-            # tables), inside the `try`: every way out that did not commit takes them out.
-            for info in new_tables:
-                self.catalog.install(info)
-            ts = self._shared.commit_if_latest(self._ts, records, new_tables, body)
-        except CommitNotWritten:
-            ts = None
-        except BaseException:
-            for info in new_tables:
-                self.catalog.remove_table(info.name)
-            raise
-        if ts is None:
-            for info in new_tables:
-                self.catalog.remove_table(info.name)
-            return None
-        self._finish_commit(ts, writes, keys)
+        known = self._ts
+        ts = self._with_new_tables(
+            new_tables, lambda: shared.commit_if_latest(known, records, new_tables, body)
+        )
+        if ts is not None:
+            self._finish_commit(ts, writes, keys)
         return ts
 
     def _validate(self, since: int, read_set: ReadSet) -> None:
