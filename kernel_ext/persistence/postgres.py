@@ -387,20 +387,18 @@ class CommitSession:
         # One round trip: the lock, then (behind it, so complete) the log after `since`. One
         # simple query (the numbers are ints, safe to inline), not a pipeline: after a
         # pipeline the server does not arm its idle-in-transaction timer (PostgreSQL 15).
-        try:
-            cur = conn.execute(
-                f"BEGIN; {_session_timeout(owner)}; "
-                "SELECT ts FROM convex_clock WHERE id = 1 FOR UPDATE; "
-                "SELECT ts, prev_ts, body FROM convex_commit_log "
-                f"WHERE ts > {int(since)} ORDER BY ts LIMIT {_LOG_BATCH}"
-            )
-            cur.nextset()  # past BEGIN
-            cur.nextset()  # past SET
-            row = cur.fetchone()
-            cur.nextset()
-            rows = cur.fetchall()
-        except psycopg.Error as exc:
-            raise owner.error("Taking the commit lock", exc) from None
+        # (psycopg errors propagate: `PostgresPersistence.exclusive` words them.)
+        cur = conn.execute(
+            f"BEGIN; {_session_timeout(owner)}; "
+            "SELECT ts FROM convex_clock WHERE id = 1 FOR UPDATE; "
+            "SELECT ts, prev_ts, body FROM convex_commit_log "
+            f"WHERE ts > {int(since)} ORDER BY ts LIMIT {_LOG_BATCH}"
+        )
+        cur.nextset()  # past BEGIN
+        cur.nextset()  # past SET
+        row = cur.fetchone()
+        cur.nextset()
+        rows = cur.fetchall()
         assert row is not None
         self.clock = int(row[0])
         self._since = since
@@ -667,31 +665,41 @@ class PostgresPersistence:
 
     # -- reading -------------------------------------------------------------------------
 
-    def with_connection(self, action: str, use: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """`use(conn)` on a pooled connection, retried once on a new connection if the first
-        was broken (the server restarted since it was opened)."""
+    def _first_use(
+        self, action: str, use: Callable[[psycopg.Connection[Any]], T]
+    ) -> tuple[T, psycopg.Connection[Any]]:
+        """`(use(conn), conn)` on a pooled connection, which the caller then keeps or returns
+        to the pool. `use` must be safe to run twice: if the first connection turns out lost
+        (an idle connection the server dropped when it restarted), it runs once more on a new
+        one.
+
+        Raises:
+            PersistenceError: `action` failed (the connection went back to the pool, or was
+                closed if it cannot be reused).
+        """
         for attempt in (1, 2):
             conn = self.pool.get()
             try:
-                result = use(conn)
+                return use(conn), conn
             except psycopg.OperationalError as exc:
-                if conn.broken and attempt == 1:
-                    self.pool.discard(conn)
+                self.pool.discard(conn)
+                if attempt == 1:
                     continue
-                if conn.broken:
-                    self.pool.discard(conn)
-                else:
-                    self.pool.put(conn)
                 raise self.error(action, exc) from None
             except psycopg.Error as exc:
-                self.pool.put(conn)
+                self.pool.put(conn)  # closed there unless it is idle and usable
                 raise self.error(action, exc) from None
             except BaseException:
                 conn.close()
                 raise
-            self.pool.put(conn)
-            return result
         raise AssertionError("unreachable")
+
+    def with_connection(self, action: str, use: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """`use(conn)` on a pooled connection, returned to the pool after (see `_first_use`:
+        once more on a new connection if the first was lost)."""
+        result, conn = self._first_use(action, use)
+        self.pool.put(conn)
+        return result
 
     def fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """The rows of one autocommit SELECT."""
@@ -738,20 +746,7 @@ class PostgresPersistence:
             assert row is not None
             return PostgresSnapshot(self, conn, int(row[0]))
 
-        for attempt in (1, 2):
-            conn = self.pool.get()
-            try:
-                return begin(conn)
-            except psycopg.OperationalError as exc:
-                if conn.broken and attempt == 1:
-                    self.pool.discard(conn)
-                    continue
-                conn.close()
-                raise self.error("Reading", exc) from None
-            except BaseException:
-                conn.close()
-                raise
-        raise AssertionError("unreachable")
+        return self._first_use("Reading", begin)[0]
 
     def current_reader(self, ts: int) -> CurrentReader:
         """Reads of the latest committed state, statement by statement."""
@@ -818,23 +813,11 @@ class PostgresPersistence:
     def exclusive(self, since: int = -1) -> Iterator[CommitSession]:
         """Hold the cluster-wide commit lock for the block (see `CommitSession`); the log
         entries after `since` are read with the lock (`CommitSession.log_after(since)`)."""
-        for attempt in (1, 2):
-            conn = self.pool.get()
-            try:
-                session = CommitSession(self, conn, since if since >= 0 else 1 << 62)
-                break
-            except PersistenceError:
-                # A pooled connection the server dropped (it restarted): once more on a new
-                # one, which is safe: nothing was written. (psycopg does not always call such
-                # a connection broken: "cannot exit pipeline mode while busy".)
-                conn.close()
-                if attempt == 1:
-                    self.pool.discard(conn)
-                    continue
-                raise
-            except BaseException:
-                conn.close()
-                raise
+        # Taking the lock writes nothing: safe to run again on a new connection.
+        session, _ = self._first_use(
+            "Taking the commit lock",
+            lambda conn: CommitSession(self, conn, since if since >= 0 else 1 << 62),
+        )
         self._held.session = session
         try:
             yield session
