@@ -20,6 +20,7 @@ from kernel_ext.client.subscription import CallbackHandle, Subscription
 from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.errors import ConvexError
 from kernel_ext.functions.auth import make_dev_token
+from kernel_ext.functions.http_actions import Response, http_action, http_router
 from kernel_ext.functions.registration import (
     action,
     internal_action,
@@ -42,6 +43,7 @@ __all__ = [
     "ConvexError",
     "FunctionReference",
     "QueryResult",
+    "Response",
     "Subscription",
     "action",
     "api",
@@ -50,6 +52,8 @@ __all__ = [
     "connect_jupyter",
     "define_schema",
     "define_table",
+    "http_action",
+    "http_router",
     "internal",
     "internal_action",
     "internal_mutation",

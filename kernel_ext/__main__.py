@@ -39,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
         "serve one PostgreSQL store: they share its data, admin key and pushed functions)",
     )
     serve.add_argument("--port", type=_port, default=3210, help="0 picks a free port")
+    serve.add_argument(
+        "--site-port",
+        type=_port,
+        default=None,
+        help="where HTTP actions (http.py) are served (default: the port + 1, as Convex's "
+        "3210/3211, or a free port, with a warning, when that is taken or --port is 0)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine)")
     serve.add_argument(
         "--admin-key",
@@ -246,6 +253,11 @@ def _serve(args: argparse.Namespace) -> int:
             persistence.set_owner_info(url)
             print(f"Serving {url}", flush=True)
 
+        def site_ready(url: str, warning: str) -> None:
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
+            print(f"HTTP actions at {url}", flush=True)
+
         try:
             run_server(
                 backend,
@@ -254,13 +266,16 @@ def _serve(args: argparse.Namespace) -> int:
                 admin_key=admin_key,
                 auth=provider,
                 on_ready=ready,
+                site_port=args.site_port,
+                on_site_ready=site_ready,
                 push_dir=None if location.path is None else location.path.parent / "pushed",
                 time_limit=args.function_time_limit,
                 max_subscriptions=args.max_subscriptions,
                 max_concurrent_calls=args.max_concurrent_calls,
             )
         except OSError as exc:  # the address is taken or not ours
-            print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            ports = f"{args.port}" if args.site_port is None else f"{args.port} or {args.site_port}"
+            print(f"error: cannot listen on {args.host}:{ports}: {exc}", file=sys.stderr)
             return 1
     finally:
         backend.close()

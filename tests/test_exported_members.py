@@ -21,6 +21,9 @@ API_NAMES = {
     "ConvexError",
     "UNDEFINED",
     "api",
+    "http_router",
+    "http_action",
+    "Response",
 }
 
 

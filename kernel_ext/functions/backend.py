@@ -26,6 +26,7 @@ from kernel_ext.errors import (
 )
 from kernel_ext.functions import limits
 from kernel_ext.functions.context import ActionCtx, MutationCtx, QueryCtx
+from kernel_ext.functions.http_actions import HttpRouter, Request, Response, run_http_action
 from kernel_ext.functions.limits import check_deadline, contained, run_armed
 from kernel_ext.functions.receipts import MutationReceipts
 from kernel_ext.functions.registration import FunctionDefinition, FunctionKind
@@ -72,6 +73,8 @@ class Backend:
         self.subscriptions = SubscriptionManager(store, family=_function_of)
         self.scheduler = SchedulerService(self)
         self.receipts = MutationReceipts(store)
+        #: The routes of the functions folder's `http.py` (None: no HTTP actions).
+        self.http_router: HttpRouter | None = None
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -93,6 +96,8 @@ class Backend:
         loaded = load_folder(folder)
         if loaded.schema is not None:
             self.store.set_schema(loaded.schema)
+        if loaded.http is not None:  # a folder without http.py keeps the routes there are
+            self.http_router = loaded.http
 
         def register_all() -> None:
             for path, function in loaded.functions.items():
@@ -269,6 +274,11 @@ class Backend:
             except ValidationError as exc:
                 raise ReturnsError(f"ReturnsValidationError for {function.path}: {exc}") from exc
         return value
+
+    def run_http(self, request: Request, identity: Any) -> Response:
+        """Answer an HTTP request with the routed HTTP action (`http_actions.run_http_action`:
+        404 without a route, 500 when the handler fails); blocks while it runs."""
+        return run_http_action(self.http_router, request, identity, self)
 
     # Runner protocol (for ctx.run_* and ctx.scheduler) -------------------------------
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernel_ext.errors import SchemaError, UnknownFunction, WrongFunctionKind
+from kernel_ext.errors import SchemaError, UnknownFunction, ValidationError, WrongFunctionKind
+from kernel_ext.functions.http_actions import HttpRouter
 from kernel_ext.functions.registration import FunctionDefinition, FunctionKind
 from kernel_ext.store.schema import SchemaDefinition
 
@@ -171,21 +172,25 @@ class FunctionRegistry:
 
 @dataclass(frozen=True)
 class LoadedFolder:
-    """What `load_folder` found: functions by path and the schema (or None)."""
+    """What `load_folder` found: functions by path, the schema (or None) and the HTTP
+    router of `http.py` (or None)."""
 
     functions: dict[str, FunctionDefinition]
     schema: SchemaDefinition | None
+    http: HttpRouter | None = None
 
 
 def load_folder(folder: str | Path) -> LoadedFolder:
     """Import every module of a functions folder (subfolders too) and collect its functions.
 
     Modules are imported as submodules of a private package, so they can import each other
-    relatively (`from . import helpers`). `schema.py` must define `schema`.
+    relatively (`from . import helpers`). `schema.py` must define `schema`; `http.py`, if
+    there is one, `http` (an `HttpRouter`).
 
     Raises:
         FileNotFoundError: the folder does not exist.
         SchemaError: `schema.py` has no valid `schema`.
+        ValidationError: `http.py` has no `http` router, or it routes badly.
         Exception: whatever a module raised while being imported (with a note naming it).
     """
     root = Path(folder).resolve()
@@ -194,6 +199,7 @@ def load_folder(folder: str | Path) -> LoadedFolder:
     package = _package_for(root)
     functions: dict[str, FunctionDefinition] = {}
     schema: SchemaDefinition | None = None
+    http: HttpRouter | None = None
     for file in sorted(root.rglob("*.py")):
         relative = file.relative_to(root).with_suffix("")
         if any(part.startswith(("_", ".")) for part in relative.parts):
@@ -202,10 +208,12 @@ def load_folder(folder: str | Path) -> LoadedFolder:
         if relative.as_posix() == "schema":
             schema = _schema_of(module, file)
             continue
+        if relative.as_posix() == "http":
+            http = _router_of(module, file)
         for name, value in vars(module).items():
             if isinstance(value, FunctionDefinition) and not name.startswith("_"):
                 functions[f"{relative.as_posix()}:{name}"] = value
-    return LoadedFolder(functions, schema)
+    return LoadedFolder(functions, schema, http)
 
 
 def _package_for(root: Path) -> str:
@@ -238,3 +246,14 @@ def _schema_of(module: types.ModuleType, file: Path) -> SchemaDefinition:
             f"{file} must define `schema = define_schema({{...}})`, found {type(schema).__name__}"
         )
     return schema
+
+
+def _router_of(module: types.ModuleType, file: Path) -> HttpRouter:
+    """`http.py`'s router: its `http` (only that name routes requests)."""
+    router = getattr(module, "http", None)
+    if not isinstance(router, HttpRouter):
+        raise ValidationError(
+            f"{file} must define `http = http_router()` (with http.route(...) calls), found "
+            f"{type(router).__name__}"
+        )
+    return router

@@ -10,6 +10,7 @@ with them. It is served under the server's base URL, behind Jupyter's own authen
 
     <base_url>convex/api/sync, <base_url>convex/api/<version>/sync   the sync WebSocket
     <base_url>convex/api/...                                          the HTTP API
+    <base_url>convex/http/<path>                                      HTTP actions (http.py)
 
 Kernels started by this server find it through environment variables the extension sets in
 the server process (kernels inherit them): `CONVEX_JUPYTER_URL`, `CONVEX_JUPYTER_TOKEN` and
@@ -120,6 +121,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     from kernel_ext.functions.backend import Backend
     from kernel_ext.persistence.urls import open_persistence
     from kernel_ext.server_ext.handlers import handlers_for
+    from kernel_ext.server_ext.site import site_handlers
     from kernel_ext.sync.auth import (
         SharedSettings,
         admin_key_path,
@@ -128,6 +130,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         write_admin_key,
     )
     from kernel_ext.sync.server import SyncServer
+    from kernel_ext.sync.site import SiteServer
 
     root = Path(serverapp.root_dir)
     location = _store_location(root, serverapp.config)
@@ -149,7 +152,10 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         backend, admin_key=admin_key, push_dir=db.parent / "pushed", **_limits(serverapp)
     )
     prefix = url_path_join(serverapp.base_url, "convex")
-    serverapp.web_app.add_handlers(".*$", handlers_for(server, prefix, admin_key))
+    site = SiteServer(backend, server.authenticator, server.action_executor)
+    serverapp.web_app.add_handlers(
+        ".*$", [*handlers_for(server, prefix, admin_key), *site_handlers(site, prefix)]
+    )
     ticker = tornado.ioloop.PeriodicCallback(server._tick, server.tick_interval * 1000)
     ticker.start()
     url = url_path_join(serverapp.connection_url, "convex")

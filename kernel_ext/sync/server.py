@@ -371,31 +371,56 @@ def run_server(
     admin_key: str,
     auth: AuthProvider | None = None,
     on_ready: Callable[[str], None] | None = None,
+    site_port: int | None = None,
+    on_site_ready: Callable[[str, str], None] | None = None,
     **options: Any,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly (see `SyncServer.stop`).
 
     Args:
         on_ready: called with the server's URL once it accepts connections.
+        site_port: where HTTP actions are served (`kernel_ext.sync.site`): None for the
+            port + 1, or a free port when that is taken or the port is 0; else that port.
+        on_site_ready: called (before `on_ready`) with the HTTP actions' URL and a warning
+            ("" when none: see `site.bind_site_sockets`).
         options: more `SyncServer` options.
+
+    Raises:
+        OSError: a port is taken or the address is not ours.
     """
     server = SyncServer(backend, admin_key=admin_key, auth=auth, **options)
-    asyncio.run(_serve(server, host, port, on_ready))
+    asyncio.run(
+        _serve(server, host, port, on_ready, site_port=site_port, on_site_ready=on_site_ready)
+    )
 
 
 async def _serve(
-    server: SyncServer, host: str, port: int, on_ready: Callable[[str], None] | None
+    server: SyncServer,
+    host: str,
+    port: int,
+    on_ready: Callable[[str], None] | None,
+    *,
+    site_port: int | None = None,
+    on_site_ready: Callable[[str, str], None] | None = None,
 ) -> None:
+    from kernel_ext.sync.site import SiteServer
+
     actual = await server.start(host, port)
+    site = SiteServer(server.backend, server.authenticator, server.action_executor)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        wanted = actual + 1 if site_port is None and port != 0 else site_port or 0
+        site_actual, warning = await site.start(host, wanted, fallback=site_port is None)
+        if on_site_ready is not None:
+            on_site_ready(url_for(host, site_actual), warning)
         if on_ready is not None:
             on_ready(url_for(host, actual))
         await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        await site.stop()
         await server.stop()
