@@ -40,6 +40,7 @@ from kernel_ext.persistence.base import (
     LogEntry,
     Persistence,
     SharedPersistence,
+    StoredIndex,
 )
 from kernel_ext.persistence.commit_log import LoggedCommit, decode_commit, encode_commit
 from kernel_ext.store.catalog import (
@@ -50,6 +51,14 @@ from kernel_ext.store.catalog import (
     TableInfo,
     id_key,
     new_table_info,
+)
+from kernel_ext.store.index_kinds import (
+    DB,
+    SEARCH,
+    VECTOR,
+    IndexKind,
+    config_from_json,
+    config_to_json,
 )
 from kernel_ext.store.readset import ALL, TABLES, ReadSet, WrittenKey, table_created_key
 from kernel_ext.store.schema import SchemaDefinition
@@ -136,6 +145,13 @@ class _TxnCatalog:
 
 def _no_new_tables(name: str) -> TableInfo:
     raise AssertionError(f"a read-only transaction cannot create table {name!r}")
+
+
+def _index_info(stored: StoredIndex) -> IndexInfo:
+    """The catalog's view of a stored index (its config parsed)."""
+    config = config_from_json(stored.kind, stored.config)  # refuses an unknown kind
+    kind: IndexKind = SEARCH if stored.kind == SEARCH else VECTOR if stored.kind == VECTOR else DB
+    return IndexInfo(stored.name, stored.index_id, stored.fields, kind, config)
 
 
 class Store:
@@ -319,17 +335,17 @@ class Store:
         for number, name in tables:
             if self.catalog.table(name) is None:
                 self.catalog.add_table(name, number)
-        stored: dict[int, dict[str, tuple[int, tuple[str, ...]]]] = {}
-        for index_id, table_number, name, fields in indexes:
-            stored.setdefault(table_number, {})[name] = (index_id, fields)
+        stored: dict[int, dict[str, IndexInfo]] = {}
+        for row in indexes:
+            stored.setdefault(row.table_number, {})[row.name] = _index_info(row)
         for info in self.catalog.tables():
             declared = stored.get(info.number, {})
-            for name, index in list(info.indexes.items()):
-                if name != BY_ID and declared.get(name) != (index.index_id, index.fields):
+            for name, known in info.all_indexes().items():
+                if name != BY_ID and declared.get(name) != known:
                     self.catalog.drop_index(info.name, name)
-            for name, (index_id, fields) in declared.items():
-                if name not in info.indexes:
-                    self.catalog.add_index(info.name, name, index_id, fields)
+            for name, index in declared.items():
+                if name not in info.all_indexes():
+                    self.catalog.add_index(info.name, index)
 
     def _follow(self) -> None:
         """The follower thread of a shared store (see the class docstring). When the database
@@ -394,10 +410,10 @@ class Store:
         tables, indexes = self.persistence.load_catalog()
         for number, name in tables:
             self.catalog.add_table(name, number)
-        for index_id, table_number, name, fields in indexes:
-            info = self.catalog.table_by_number(table_number)
+        for stored in indexes:
+            info = self.catalog.table_by_number(stored.table_number)
             if info is not None:
-                self.catalog.add_index(info.name, name, index_id, fields)
+                self.catalog.add_index(info.name, _index_info(stored))
         self._next_table_number = self.catalog.next_table_number()
         self._next_index_id = self.catalog.next_index_id()
 
@@ -433,36 +449,60 @@ class Store:
             self._finish_commit(ts, {}, keys)
             return info
 
-    def _create_index_now(self, table: TableInfo, name: str, fields: tuple[str, ...]) -> None:
+    def _create_index_now(self, table: TableInfo, wanted: IndexInfo) -> None:
+        """Create the index `wanted` (its id is allocated here) of `table`."""
         # Created and filled in one storage transaction (a kill leaves no index, never an
         # empty one), and known to the catalog only once it is stored complete.
+        name = wanted.name
         with self._exclusive() as session:
             current = self.catalog.table(table.name)
-            made = None if current is None else current.indexes.get(name)
-            if made is not None and made.fields == fields:
+            made = None if current is None else current.all_indexes().get(name)
+            if made is not None and made.shape == wanted.shape:
                 return  # another process of a shared store made it since the caller looked
             if made is not None:
                 raise SchemaError(
-                    f"Index {name!r} of table {table.name!r} was just defined with other "
-                    f"fields {list(made.fields)} by another process of this store; install "
-                    "the schema again once the other process is done."
+                    f"Index {name!r} of table {table.name!r} was just defined otherwise "
+                    f"({made.kind} index of {list(made.fields)}) by another process of this "
+                    "store; install the schema again once the other process is done."
                 )
             index_id = self._allocate_index_id()
-            index = IndexInfo(name, index_id, fields)
+            index = IndexInfo(name, index_id, wanted.fields, wanted.kind, wanted.config)
+            # Only ordered indexes have entries; search and vector indexes are described by
+            # their config (the backend builds what it keeps for them from the documents).
+            ordered = index.kind == DB
+            config = config_to_json(index.config)
             if session is None:
                 self.persistence.create_index(
-                    index_id, table.number, name, fields, self._entries_of(table, index)
+                    index_id,
+                    table.number,
+                    name,
+                    index.fields,
+                    self._entries_of(table, index) if ordered else (),
+                    kind=index.kind,
+                    config=config,
                 )
-                self.catalog.add_index(table.name, name, index_id, fields)
-                return
-            # The lock keeps every other commit out: the documents read are all there are.
-            entries = [(index.key_of(doc), key) for key, doc in session.documents_of(table.number)]
-            session.create_index(index_id, table.number, name, fields, entries)
-            # Other processes re-run everything (rare): a query by an index that changed
-            # under it must not keep its result.
-            ts = session.finish(_CATALOG_CHANGE)
-            self.catalog.add_index(table.name, name, index_id, fields)
-            self._finish_commit(ts, {}, [])
+            else:
+                # The lock keeps every other commit out: the documents read are all there are.
+                entries = (
+                    [(index.key_of(doc), key) for key, doc in session.documents_of(table.number)]
+                    if ordered
+                    else []
+                )
+                session.create_index(
+                    index_id,
+                    table.number,
+                    name,
+                    index.fields,
+                    entries,
+                    kind=index.kind,
+                    config=config,
+                )
+                # Other processes re-run everything (rare): a query by an index that changed
+                # under it must not keep its result.
+                ts = session.finish(_CATALOG_CHANGE)
+            self.catalog.add_index(table.name, index)
+            if session is not None:
+                self._finish_commit(ts, {}, [])
 
     def _entries_of(self, table: TableInfo, index: IndexInfo) -> Iterator[tuple[bytes, bytes]]:
         """The `(key, id_key)` entries of `index` built from the stored documents."""
@@ -484,7 +524,7 @@ class Store:
                 info = self._create_table_now(name)
                 for index, fields in indexes.items():
                     if index not in info.indexes:
-                        self._create_index_now(info, index, fields)
+                        self._create_index_now(info, IndexInfo(index, None, fields))
 
     def set_schema(self, schema: SchemaDefinition | None) -> None:
         """Install a schema: check existing documents against it, create its tables, build new
@@ -503,7 +543,13 @@ class Store:
                 restore = self._check_existing_documents(schema)
                 for name, definition in schema.tables.items():
                     info = self._create_table_now(name)
-                    self._reconcile_indexes(info, {i.name: i.fields for i in definition.indexes})
+                    self._reconcile_indexes(
+                        info,
+                        {
+                            i.name: IndexInfo(i.name, None, i.fields, i.kind, i.config)
+                            for i in definition.indexes
+                        },
+                    )
             self.schema = schema
             # A schema change is a commit that every read set overlaps: it conflicts with
             # running mutations and re-runs every live query (in every process of a shared
@@ -567,15 +613,18 @@ class Store:
         for start in range(0, len(ids), 1000):
             self.mutate(replace_all(ids[start : start + 1000]))
 
-    def _reconcile_indexes(self, info: TableInfo, declared: dict[str, tuple[str, ...]]) -> None:
-        for name in list(info.indexes):
+    def _reconcile_indexes(self, info: TableInfo, declared: dict[str, IndexInfo]) -> None:
+        """Drop the indexes of `info` that `declared` (by name, ids ignored) does not list as
+        they are, and create those it lists that do not exist."""
+        for name in list(info.all_indexes()):
             with self._exclusive() as session:
                 # Read under the lock: another process may have changed it since.
-                index = info.indexes.get(name)
+                index = info.all_indexes().get(name)
+                wanted = declared.get(name)
                 if (
                     index is None
                     or name in (BY_CREATION_TIME, BY_ID)
-                    or declared.get(name) == index.fields
+                    or (wanted is not None and wanted.shape == index.shape)
                 ):
                     continue
                 assert index.index_id is not None
@@ -586,13 +635,14 @@ class Store:
                     ts = session.finish(_CATALOG_CHANGE)
                     self._finish_commit(ts, {}, [])
                 self.catalog.drop_index(info.name, name)
-        for name, fields in declared.items():
-            if name not in info.indexes:
-                self._create_index_now(info, name, fields)
-            elif info.indexes[name].fields != fields:  # another process made it meanwhile
+        for name, wanted in declared.items():
+            made = info.all_indexes().get(name)
+            if made is None:
+                self._create_index_now(info, wanted)
+            elif made.shape != wanted.shape:  # another process made it meanwhile
                 raise SchemaError(
-                    f"Index {name!r} of table {info.name!r} was just defined with other "
-                    f"fields {list(info.indexes[name].fields)} by another process of this "
+                    f"Index {name!r} of table {info.name!r} was just defined otherwise "
+                    f"({made.kind} index of {list(made.fields)}) by another process of this "
                     "store; install the schema again once the other process is done."
                 )
 

@@ -155,9 +155,19 @@ class Backend:
         return modes
 
     def describe_tables(self) -> list[dict[str, Any]]:
-        """`[{table, indexes}]` of the user tables (system tables start with `_`)."""
+        """`[{table, indexes, searchIndexes, vectorIndexes}]` of the user tables (system tables
+        start with `_`): index names of each kind, sorted."""
         return [
-            {"table": t.name, "indexes": sorted(t.indexes)}
+            {
+                "table": t.name,
+                "indexes": sorted(t.indexes),
+                **{
+                    f"{kind}Indexes": sorted(
+                        name for name, i in t.search_indexes.items() if i.kind == kind
+                    )
+                    for kind in ("search", "vector")
+                },
+            }
             for t in self.store.catalog.tables()
             if not t.name.startswith("_")
         ]

@@ -80,7 +80,10 @@ class _SchemaSummary:
     def __repr__(self) -> str:
         lines = ["schema:"]
         for name, table in self.schema.tables.items():
-            indexes = ", ".join(f"{i.name}{list(i.fields)}" for i in table.indexes)
+            indexes = ", ".join(
+                f"{i.name}{list(i.fields)}" + ("" if i.kind == "db" else f" ({i.kind})")
+                for i in table.indexes
+            )
             lines.append(f"  {name}" + (f"  indexes: {indexes}" if indexes else ""))
         return "\n".join(lines)
 
@@ -231,7 +234,16 @@ class ConvexMagics(Magics):
         import pandas as pd
 
         rows = [
-            {"table": t["table"], "indexes": ", ".join(t["indexes"])}
+            {
+                "table": t["table"],
+                "indexes": ", ".join(
+                    [
+                        *t["indexes"],
+                        *(f"{i} (search)" for i in t.get("searchIndexes", ())),
+                        *(f"{i} (vector)" for i in t.get("vectorIndexes", ())),
+                    ]
+                ),
+            }
             for t in self.client.describe_tables()
         ]
         return pd.DataFrame(rows, columns=["table", "indexes"])

@@ -28,12 +28,25 @@ __all__ = [
     "SharedPersistence",
     "Snapshot",
     "StoredCatalog",
+    "StoredIndex",
     "all_documents",
 ]
 
-#: What `load_catalog` returns: `(tables [(number, name)],
-#: indexes [(index_id, table_number, name, fields)])`.
-StoredCatalog = tuple[list[tuple[int, str]], list[tuple[int, int, str, tuple[str, ...]]]]
+
+class StoredIndex(NamedTuple):
+    """An index as the catalog stores it: `kind` "db" (ordered entries), "search" or
+    "vector", and for the last two their config as JSON text (`index_kinds.config_to_json`)."""
+
+    index_id: int
+    table_number: int
+    name: str
+    fields: tuple[str, ...]
+    kind: str = "db"
+    config: str | None = None
+
+
+#: What `load_catalog` returns: `(tables [(number, name)], indexes)`.
+StoredCatalog = tuple[list[tuple[int, str]], list[StoredIndex]]
 
 
 class IndexChange(NamedTuple):
@@ -71,8 +84,8 @@ class Persistence(Protocol):
         ...
 
     def load_catalog(self) -> StoredCatalog:
-        """`(tables [(number, name)], indexes [(index_id, table_number, name, fields)])`, each
-        sorted by number / index id. Reads only the catalog, never the documents."""
+        """`(tables [(number, name)], indexes [StoredIndex])`, each sorted by number / index
+        id. Reads only the catalog, never the documents."""
         ...
 
     def snapshot(self) -> Snapshot:
@@ -109,10 +122,14 @@ class Persistence(Protocol):
         name: str,
         fields: tuple[str, ...],
         entries: Iterable[tuple[bytes, bytes]],
+        *,
+        kind: str = "db",
+        config: str | None = None,
     ) -> None:
         """Persist a new index with its `(key, id_key)` entries (built from the existing
         documents), atomically: a failure or a killed process leaves no index rather than an
-        empty one, which queries would trust and find nothing in."""
+        empty one, which queries would trust and find nothing in. A search or vector index
+        (`kind`, `config` as in `StoredIndex`) has no entries."""
         ...
 
     def fill_index(self, index_id: int, entries: Iterable[tuple[bytes, bytes]]) -> None:
@@ -183,8 +200,11 @@ class CommitSession(Protocol):
         name: str,
         fields: tuple[str, ...],
         entries: Iterable[tuple[bytes, bytes]],
+        *,
+        kind: str = "db",
+        config: str | None = None,
     ) -> None:
-        """Queue a new index with its entries."""
+        """Queue a new index with its entries (`kind`, `config` as in `StoredIndex`)."""
         ...
 
     def drop_index(self, index_id: int) -> None:

@@ -31,7 +31,7 @@ from typing import Final
 from sortedcontainers import SortedList
 
 from kernel_ext.errors import PersistenceError
-from kernel_ext.persistence.base import CommitRecord, all_documents
+from kernel_ext.persistence.base import CommitRecord, StoredCatalog, StoredIndex, all_documents
 from kernel_ext.store.catalog import TableInfo
 from kernel_ext.store.codec import decode_document, encode_document
 from kernel_ext.store.values import Value
@@ -209,7 +209,7 @@ class MemoryPersistence:
         self._committed_ts = 0
         self._closed = False
         self._tables: dict[int, str] = {}
-        self._indexes: dict[int, tuple[int, str, tuple[str, ...]]] = {}
+        self._indexes: dict[int, StoredIndex] = {}
         self._docs: dict[int, _Keyed] = {}
         self._entries: dict[int, _Keyed] = {}
         self._open: dict[int, int] = {}  # snapshot ts -> how many are open
@@ -221,13 +221,11 @@ class MemoryPersistence:
 
     # -- catalog -------------------------------------------------------------------------
 
-    def load_catalog(
-        self,
-    ) -> tuple[list[tuple[int, str]], list[tuple[int, int, str, tuple[str, ...]]]]:
-        """`(tables [(number, name)], indexes [(index_id, table_number, name, fields)])`."""
+    def load_catalog(self) -> StoredCatalog:
+        """`(tables [(number, name)], indexes [StoredIndex])`."""
         with self._lock:
             tables = sorted(self._tables.items())
-            indexes = [(i, *info) for i, info in sorted(self._indexes.items())]
+            indexes = [info for _, info in sorted(self._indexes.items())]
         return tables, indexes
 
     def last_ts(self) -> int:
@@ -333,6 +331,9 @@ class MemoryPersistence:
         name: str,
         fields: tuple[str, ...],
         entries: Iterable[tuple[bytes, bytes]],
+        *,
+        kind: str = "db",
+        config: str | None = None,
     ) -> None:
         """Record a new index with its `(key, id_key)` entries (built from the existing
         documents): known only once complete."""
@@ -340,7 +341,9 @@ class MemoryPersistence:
         self._fill(keyed, entries)
         with self._lock:
             self._check_open()
-            self._indexes[index_id] = (table_number, name, tuple(fields))
+            self._indexes[index_id] = StoredIndex(
+                index_id, table_number, name, tuple(fields), kind, config
+            )
             self._entries[index_id] = keyed
 
     def fill_index(self, index_id: int, entries: Iterable[tuple[bytes, bytes]]) -> None:
@@ -368,9 +371,10 @@ class MemoryPersistence:
         with self._lock:
             return [
                 index_id
-                for index_id, (table_number, _, _) in self._indexes.items()
-                if not self._entries.get(index_id, _Keyed()).has_live()
-                and self._docs.get(table_number, _Keyed()).has_live()
+                for index_id, index in self._indexes.items()
+                if index.kind == "db"
+                and not self._entries.get(index_id, _Keyed()).has_live()
+                and self._docs.get(index.table_number, _Keyed()).has_live()
             ]
 
     def drop_index(self, index_id: int) -> None:
@@ -426,7 +430,9 @@ class MemoryPersistence:
         self._docs.setdefault(table.number, _Keyed())
         for index in table.indexes.values():
             if index.index_id is not None:
-                self._indexes[index.index_id] = (table.number, index.name, tuple(index.fields))
+                self._indexes[index.index_id] = StoredIndex(
+                    index.index_id, table.number, index.name, tuple(index.fields)
+                )
                 self._entries.setdefault(index.index_id, _Keyed())
 
     def _put(

@@ -48,7 +48,13 @@ import psycopg
 from psycopg import sql as pgsql
 
 from kernel_ext.errors import CommitNotWritten, CommitOutcomeUnknown, PersistenceError
-from kernel_ext.persistence.base import CommitRecord, LogEntry, all_documents
+from kernel_ext.persistence.base import (
+    CommitRecord,
+    LogEntry,
+    StoredCatalog,
+    StoredIndex,
+    all_documents,
+)
 from kernel_ext.persistence.commit_log import LoggedCommit, encode_commit
 from kernel_ext.persistence.scans import SqlReads, scan_in_batches
 from kernel_ext.persistence.sql_rows import commit_rows
@@ -60,7 +66,9 @@ __all__ = ["CommitSession", "PostgresPersistence", "PostgresSnapshot"]
 
 T = TypeVar("T")
 
-_FORMAT_VERSION: Final = "1"
+#: Format "2" added the index kind and config (search and vector indexes); a store of
+#: format "1" is upgraded when opened (`_UPGRADE_FROM_1`).
+_FORMAT_VERSION: Final = "2"
 #: How long commits stay in the log (ns): a process that falls further behind (disconnected)
 #: catches up by re-running every live query instead of replaying.
 LOG_WINDOW_NS: Final = 300 * 1_000_000_000
@@ -104,7 +112,8 @@ CREATE TABLE IF NOT EXISTS convex_clock (id int PRIMARY KEY CHECK (id = 1), ts b
 CREATE TABLE IF NOT EXISTS convex_tables (number int PRIMARY KEY, name text NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS convex_indexes (
     index_id int PRIMARY KEY, table_number int NOT NULL, name text NOT NULL,
-    fields text NOT NULL, UNIQUE (table_number, name));
+    fields text NOT NULL, kind text NOT NULL DEFAULT 'db', config text,
+    UNIQUE (table_number, name));
 CREATE TABLE IF NOT EXISTS convex_documents (
     table_number int NOT NULL, id_key bytea NOT NULL, body bytea NOT NULL,
     PRIMARY KEY (table_number, id_key));
@@ -119,11 +128,20 @@ CREATE SEQUENCE IF NOT EXISTS convex_table_numbers;
 CREATE SEQUENCE IF NOT EXISTS convex_index_ids;
 INSERT INTO convex_clock VALUES (1, 0) ON CONFLICT DO NOTHING;
 """
+#: Format "1" to "2", in the transaction that opens the store (under the setup lock).
+_UPGRADE_FROM_1: Final = """
+ALTER TABLE convex_indexes ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'db',
+    ADD COLUMN IF NOT EXISTS config text;
+UPDATE convex_meta SET value = '2' WHERE key = 'format' AND value = '1';
+"""
 
 _GET_SQL: Final = "SELECT body FROM convex_documents WHERE table_number=%s AND id_key=%s"
 #: The statements of a commit, `{values}` filled with rows of literals (see `commit_rows`).
 _INSERT_TABLES: Final = "INSERT INTO convex_tables VALUES {values}"
-_INSERT_INDEXES: Final = "INSERT INTO convex_indexes VALUES {values}"
+_INSERT_INDEXES: Final = (
+    "INSERT INTO convex_indexes (index_id, table_number, name, fields, kind, config) "
+    "VALUES {values}"
+)
 _DELETE_ENTRIES: Final = (
     "DELETE FROM convex_index_entries WHERE (index_id, key) IN (VALUES {values})"
 )
@@ -445,7 +463,7 @@ class CommitSession:
             self._queue(
                 _INSERT_INDEXES,
                 [
-                    (i.index_id, table.number, i.name, json.dumps(list(i.fields)))
+                    (i.index_id, table.number, i.name, json.dumps(list(i.fields)), "db", None)
                     for i in table.indexes.values()
                     if i.index_id is not None
                 ],
@@ -465,9 +483,13 @@ class CommitSession:
         name: str,
         fields: tuple[str, ...],
         entries: Iterable[tuple[bytes, bytes]],
+        *,
+        kind: str = "db",
+        config: str | None = None,
     ) -> None:
         """Queue a new index with its `(key, id_key)` entries."""
-        self._queue(_INSERT_INDEXES, [(index_id, table_number, name, json.dumps(list(fields)))])
+        row = (index_id, table_number, name, json.dumps(list(fields)), kind, config)
+        self._queue(_INSERT_INDEXES, [row])
         self.fill_index(index_id, entries)
 
     def fill_index(self, index_id: int, entries: Iterable[tuple[bytes, bytes]]) -> None:
@@ -651,6 +673,9 @@ class PostgresPersistence:
                     (_FORMAT_VERSION,),
                 )
                 row = conn.execute("SELECT value FROM convex_meta WHERE key='format'").fetchone()
+                if row is not None and row[0] == "1":
+                    conn.execute(_UPGRADE_FROM_1)
+                    row = (_FORMAT_VERSION,)
                 clock = conn.execute("SELECT ts FROM convex_clock WHERE id = 1").fetchone()
         except psycopg.Error as exc:
             raise self.error("Opening the store", exc) from None
@@ -712,10 +737,8 @@ class PostgresPersistence:
         rows = self.fetch("SELECT ts FROM convex_clock WHERE id = 1", ())
         return int(rows[0][0])
 
-    def load_catalog(
-        self,
-    ) -> tuple[list[tuple[int, str]], list[tuple[int, int, str, tuple[str, ...]]]]:
-        """`(tables [(number, name)], indexes [(index_id, table_number, name, fields)])`."""
+    def load_catalog(self) -> StoredCatalog:
+        """`(tables [(number, name)], indexes [StoredIndex])`."""
 
         def read(conn: psycopg.Connection[Any]) -> tuple[list[Any], list[Any]]:
             with conn.transaction():
@@ -723,14 +746,15 @@ class PostgresPersistence:
                     "SELECT number, name FROM convex_tables ORDER BY number"
                 ).fetchall()
                 indexes = conn.execute(
-                    "SELECT index_id, table_number, name, fields FROM convex_indexes "
-                    "ORDER BY index_id"
+                    "SELECT index_id, table_number, name, fields, kind, config "
+                    "FROM convex_indexes ORDER BY index_id"
                 ).fetchall()
             return tables, indexes
 
         tables, rows = self.with_connection("Reading the catalog", read)
         return [(n, name) for n, name in tables], [
-            (i, t, name, tuple(json.loads(fields))) for i, t, name, fields in rows
+            StoredIndex(i, t, name, tuple(json.loads(fields)), kind, config)
+            for i, t, name, fields, kind, config in rows
         ]
 
     def snapshot(self) -> PostgresSnapshot:
@@ -986,10 +1010,15 @@ class PostgresPersistence:
         name: str,
         fields: tuple[str, ...],
         entries: Iterable[tuple[bytes, bytes]],
+        *,
+        kind: str = "db",
+        config: str | None = None,
     ) -> None:
         """Persist a new index with its entries in one commit."""
         with self.exclusive() as session:
-            session.create_index(index_id, table_number, name, fields, entries)
+            session.create_index(
+                index_id, table_number, name, fields, entries, kind=kind, config=config
+            )
             session.finish(encode_commit(LoggedCommit(catalog_changed=True)))
 
     def fill_index(self, index_id: int, entries: Iterable[tuple[bytes, bytes]]) -> None:

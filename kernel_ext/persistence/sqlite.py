@@ -40,7 +40,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from kernel_ext.errors import PersistenceError, StoreLocked
-from kernel_ext.persistence.base import CommitRecord, IndexChange, all_documents
+from kernel_ext.persistence.base import (
+    CommitRecord,
+    IndexChange,
+    StoredCatalog,
+    StoredIndex,
+    all_documents,
+)
 from kernel_ext.persistence.scans import SqlReads
 from kernel_ext.persistence.sql_rows import commit_rows
 from kernel_ext.store.catalog import TableInfo
@@ -55,7 +61,15 @@ __all__ = [
     "storage_error",
 ]
 
-_FORMAT_VERSION: Final = 1
+_FORMAT_VERSION: Final = 2
+#: How a store of format N becomes N + 1 (run in order, in the transaction that opens it):
+#: 2 added the index kind and config (search and vector indexes).
+_UPGRADES: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        "ALTER TABLE indexes ADD COLUMN kind TEXT NOT NULL DEFAULT 'db'",
+        "ALTER TABLE indexes ADD COLUMN config TEXT",
+    ),
+}
 #: How far ahead of a commit's ts the stored ceiling is raised (ns): at most ten `meta`
 #: writes a second, and after a restart timestamps run at most this far ahead of the clock.
 _TS_LEASE: Final = 100_000_000
@@ -65,7 +79,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tables (number INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS indexes (
     index_id INTEGER PRIMARY KEY, table_number INTEGER NOT NULL, name TEXT NOT NULL,
-    fields TEXT NOT NULL, UNIQUE (table_number, name));
+    fields TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'db', config TEXT,
+    UNIQUE (table_number, name));
 CREATE TABLE IF NOT EXISTS documents (
     table_number INTEGER NOT NULL, id_key BLOB NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (table_number, id_key)) WITHOUT ROWID;
@@ -74,6 +89,10 @@ CREATE TABLE IF NOT EXISTS index_entries (
     PRIMARY KEY (index_id, key)) WITHOUT ROWID;
 """
 
+_INSERT_INDEX: Final = (
+    "INSERT INTO indexes (index_id, table_number, name, fields, kind, config) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
 _STORE_TABLES: Final = frozenset({"meta", "tables", "indexes", "documents", "index_entries"})
 #: The first bytes of every SQLite database file.
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
@@ -458,10 +477,16 @@ class SqlitePersistence:
             conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)", [("format", str(_FORMAT_VERSION)), ("ts", "0")]
             )
-        elif int(row[0]) != _FORMAT_VERSION:
+        elif int(row[0]) not in (*_UPGRADES, _FORMAT_VERSION):
             raise PersistenceError(
-                f"{self.path} has store format {row[0]}, this version reads {_FORMAT_VERSION}"
+                f"{self.path} has store format {row[0]}, this version reads {_FORMAT_VERSION} "
+                "and earlier: open it with the version that wrote it"
             )
+        else:  # an older store is upgraded in this (the opening) transaction
+            for version in range(int(row[0]), _FORMAT_VERSION):
+                for statement in _UPGRADES[version]:
+                    conn.execute(statement)
+            conn.execute("UPDATE meta SET value=? WHERE key='format'", (str(_FORMAT_VERSION),))
         ceiling_row = conn.execute("SELECT value FROM meta WHERE key='ts'").fetchone()
         if ceiling_row is None:
             raise PersistenceError(
@@ -473,23 +498,22 @@ class SqlitePersistence:
         # at that ts, and the next commit gets a later one.
         self._committed_ts = self._ts_ceiling = int(ceiling)
 
-    def load_catalog(
-        self,
-    ) -> tuple[list[tuple[int, str]], list[tuple[int, int, str, tuple[str, ...]]]]:
-        """`(tables [(number, name)], indexes [(index_id, table_number, name, fields)])`."""
+    def load_catalog(self) -> StoredCatalog:
+        """`(tables [(number, name)], indexes [StoredIndex])`."""
         with self._write_lock:
             try:
                 tables = self._writer.execute(
                     "SELECT number, name FROM tables ORDER BY number"
                 ).fetchall()
                 rows = self._writer.execute(
-                    "SELECT index_id, table_number, name, fields FROM indexes ORDER BY index_id"
+                    "SELECT index_id, table_number, name, fields, kind, config FROM indexes "
+                    "ORDER BY index_id"
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise storage_error(self.path, "Reading the catalog of", exc) from exc
         indexes = [
-            (index_id, table, name, tuple(json.loads(fields)))
-            for index_id, table, name, fields in rows
+            StoredIndex(index_id, table, name, tuple(json.loads(fields)), kind, config)
+            for index_id, table, name, fields, kind, config in rows
         ]
         return tables, indexes
 
@@ -649,6 +673,9 @@ class SqlitePersistence:
         name: str,
         fields: tuple[str, ...],
         entries: Iterable[tuple[bytes, bytes]],
+        *,
+        kind: str = "db",
+        config: str | None = None,
     ) -> None:
         """Persist a new index with its `(key, id_key)` entries (built from the existing
         documents), in one transaction: a process killed while it runs leaves no index
@@ -656,8 +683,8 @@ class SqlitePersistence:
         with self._writing() as w:
             w.execute("BEGIN")
             w.execute(
-                "INSERT INTO indexes VALUES (?, ?, ?, ?)",
-                (index_id, table_number, name, json.dumps(list(fields))),
+                _INSERT_INDEX,
+                (index_id, table_number, name, json.dumps(list(fields)), kind, config),
             )
             w.executemany(
                 "INSERT INTO index_entries VALUES (?, ?, ?)", ((index_id, k, i) for k, i in entries)
@@ -683,7 +710,7 @@ class SqlitePersistence:
         with self._write_lock:
             try:
                 rows = self._writer.execute(
-                    "SELECT i.index_id FROM indexes i WHERE NOT EXISTS "
+                    "SELECT i.index_id FROM indexes i WHERE i.kind = 'db' AND NOT EXISTS "
                     "(SELECT 1 FROM index_entries e WHERE e.index_id=i.index_id) AND EXISTS "
                     "(SELECT 1 FROM documents d WHERE d.table_number=i.table_number)"
                 ).fetchall()
@@ -716,9 +743,16 @@ class SqlitePersistence:
                 for table in new_tables:
                     w.execute("INSERT INTO tables VALUES (?, ?)", (table.number, table.name))
                     w.executemany(
-                        "INSERT INTO indexes VALUES (?, ?, ?, ?)",
+                        _INSERT_INDEX,
                         [
-                            (i.index_id, table.number, i.name, json.dumps(list(i.fields)))
+                            (
+                                i.index_id,
+                                table.number,
+                                i.name,
+                                json.dumps(list(i.fields)),
+                                "db",
+                                None,
+                            )
                             for i in table.indexes.values()
                             if i.index_id is not None
                         ],

@@ -4,6 +4,8 @@ Pure bookkeeping; the engine persists every change through the persistence layer
 is applied here. Every table has the implicit indexes `by_id` (key `[_id]`, served by the
 documents table itself, so it has no storage id) and `by_creation_time`
 (key `[_creationTime, _id]`); a user index on `fields` is keyed `[*fields, _creationTime, _id]`.
+Search and vector indexes (`index_kinds`) have no ordered entries: a table keeps them apart
+(`TableInfo.search_indexes`), so that writes and range queries only ever see ordered indexes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from kernel_ext.store.expressions import field_value
+from kernel_ext.store.index_kinds import DB, IndexConfig, IndexKind
 from kernel_ext.store.keys import encode_key
 from kernel_ext.store.values import Value, same_value
 
@@ -52,11 +55,15 @@ def _suffix(creation_time: float, doc_id: str) -> bytes:
 
 @dataclass(frozen=True)
 class IndexInfo:
-    """An index of a table: storage id (None for `by_id`), user fields and full key fields."""
+    """An index of a table: storage id (None for `by_id`), user fields and full key fields;
+    for a search or vector index its `kind` and `config` (`fields` then lists the fields it
+    reads, and `key_of` does not apply)."""
 
     name: str
     index_id: int | None
     fields: tuple[str, ...]
+    kind: IndexKind = DB
+    config: IndexConfig | None = None
     #: The fields of the stored key, including the implicit suffix (derived from the others).
     key_fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -74,6 +81,11 @@ class IndexInfo:
             return suffix
         return encode_key([field_value(doc, f) for f in self.fields]) + suffix
 
+    @property
+    def shape(self) -> tuple[str, tuple[str, ...], IndexConfig | None]:
+        """What makes two definitions of an index the same index: kind, fields, config."""
+        return (self.kind, self.fields, self.config)
+
     def same_fields(self, a: dict[str, Value], b: dict[str, Value]) -> bool:
         """True if two versions of one document (same `_id` and `_creationTime`) have the same
         key in this index: compares the indexed fields without encoding them."""
@@ -86,11 +98,17 @@ class IndexInfo:
 
 @dataclass
 class TableInfo:
-    """A table: its name, number and indexes by name."""
+    """A table: its name, number, ordered (`db`) indexes by name, and search and vector
+    indexes by name (index names are unique across both)."""
 
     name: str
     number: int
     indexes: dict[str, IndexInfo] = field(default_factory=dict)
+    search_indexes: dict[str, IndexInfo] = field(default_factory=dict)
+
+    def all_indexes(self) -> dict[str, IndexInfo]:
+        """Every index of the table, of every kind, by name."""
+        return {**self.indexes, **self.search_indexes}
 
 
 class CatalogView(Protocol):
@@ -141,13 +159,17 @@ class Catalog:
         if info is not None:
             self._by_number.pop(info.number, None)
 
-    def add_index(self, table: str, name: str, index_id: int, fields: tuple[str, ...]) -> None:
+    def add_index(self, table: str, index: IndexInfo) -> None:
         """Record an index of an existing table."""
-        self._by_name[table].indexes[name] = IndexInfo(name, index_id, fields)
+        info = self._by_name[table]
+        by_kind = info.indexes if index.kind == DB else info.search_indexes
+        by_kind[index.name] = index
 
     def drop_index(self, table: str, name: str) -> None:
-        """Forget an index."""
-        self._by_name[table].indexes.pop(name, None)
+        """Forget an index (of any kind)."""
+        info = self._by_name[table]
+        info.indexes.pop(name, None)
+        info.search_indexes.pop(name, None)
 
     def table(self, name: str) -> TableInfo | None:
         """The table with that name, or None."""
@@ -172,5 +194,5 @@ class Catalog:
 
     def next_index_id(self) -> int:
         """An index id no index has yet (ids start at 1)."""
-        ids = [i.index_id or 0 for t in self._by_name.values() for i in t.indexes.values()]
+        ids = [i.index_id or 0 for t in self._by_name.values() for i in t.all_indexes().values()]
         return max(ids, default=0) + 1

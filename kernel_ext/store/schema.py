@@ -22,6 +22,18 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kernel_ext.errors import SchemaError, SchemaViolation, ValidationError
+from kernel_ext.store.index_kinds import (
+    DB,
+    MAX_FILTER_FIELDS,
+    MAX_VECTOR_DIMENSIONS,
+    MIN_VECTOR_DIMENSIONS,
+    SEARCH,
+    VECTOR,
+    IndexConfig,
+    IndexKind,
+    SearchIndexConfig,
+    VectorIndexConfig,
+)
 from kernel_ext.store.validators import (
     IdValidator,
     NumberKind,
@@ -55,6 +67,8 @@ SYSTEM_FIELDS: Final = ("_id", "_creationTime")
 IMPLICIT_INDEXES: Final[dict[str, tuple[str, ...]]] = {"by_id": (), "by_creation_time": ()}
 _MAX_INDEX_FIELDS: Final = 16
 _MAX_INDEXES: Final = 32
+#: Convex's limit of search indexes and of vector indexes per table (each).
+_MAX_SEARCH_INDEXES: Final = 4
 _MAX_NAME: Final = 64
 
 
@@ -78,11 +92,18 @@ def check_table_name(name: object, *, system: bool = False) -> str:
 
 @dataclass(frozen=True)
 class IndexDefinition:
-    """A user index: its name and fields; entries are keyed by `fields + (_creationTime, _id)`."""
+    """A user index: its name, kind and fields.
+
+    A `db` index's entries are keyed by `fields + (_creationTime, _id)`; a `search` or
+    `vector` index is described by its `config`, and `fields` lists what it reads (the
+    searched or vector field first, then the filter fields).
+    """
 
     name: str
     fields: tuple[str, ...]
     staged: bool = False
+    kind: IndexKind = DB
+    config: IndexConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -104,12 +125,73 @@ class TableDefinition:
             fields = fields.get("fields", ())
         if isinstance(fields, str) or not isinstance(fields, Sequence):
             raise SchemaError(f"Index {name!r}: fields must be a list of field names")
-        new = IndexDefinition(name, tuple(fields), staged)
+        return self._with_index(IndexDefinition(name, tuple(fields), staged))
+
+    def search_index(
+        self,
+        name: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        search_field: str | None = None,
+        filter_fields: Sequence[str] = (),
+    ) -> TableDefinition:
+        """Return a copy with a full-text index of the string field `search_field`, with
+        equality filters on `filter_fields` (at most 16). `config` may give them Convex's way:
+        `{"searchField": ..., "filterFields": [...]}`."""
+        if config is not None:
+            search_field = config.get("searchField", search_field)
+            filter_fields = config.get("filterFields", filter_fields)
+        if not isinstance(search_field, str) or not search_field:
+            raise SchemaError(
+                f"Search index {name!r}: give the field to search, as "
+                f'search_index({name!r}, search_field="body")'
+            )
+        filters = _filter_fields(name, filter_fields)
+        search = SearchIndexConfig(search_field, filters)
+        return self._with_index(IndexDefinition(name, search.fields, False, SEARCH, search))
+
+    def vector_index(
+        self,
+        name: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        vector_field: str | None = None,
+        dimensions: int | None = None,
+        filter_fields: Sequence[str] = (),
+    ) -> TableDefinition:
+        """Return a copy with a vector index of the array-of-numbers field `vector_field`
+        holding `dimensions` numbers (2..4096), with equality filters on `filter_fields` (at
+        most 16). `config` may give them Convex's way: `{"vectorField": ..., "dimensions": ...,
+        "filterFields": [...]}`."""
+        if config is not None:
+            vector_field = config.get("vectorField", vector_field)
+            dimensions = config.get("dimensions", dimensions)
+            filter_fields = config.get("filterFields", filter_fields)
+        if not isinstance(vector_field, str) or not vector_field:
+            raise SchemaError(
+                f"Vector index {name!r}: give the field holding the vectors, as "
+                f'vector_index({name!r}, vector_field="embedding", dimensions=384)'
+            )
+        if (
+            isinstance(dimensions, bool)
+            or not isinstance(dimensions, int)
+            or not MIN_VECTOR_DIMENSIONS <= dimensions <= MAX_VECTOR_DIMENSIONS
+        ):
+            raise SchemaError(
+                f"Vector index {name!r}: dimensions must be an integer from "
+                f"{MIN_VECTOR_DIMENSIONS} to {MAX_VECTOR_DIMENSIONS} (the length of every "
+                f"vector it holds), got {dimensions!r}"
+            )
+        filters = _filter_fields(name, filter_fields)
+        vector = VectorIndexConfig(vector_field, dimensions, filters)
+        return self._with_index(IndexDefinition(name, vector.fields, False, VECTOR, vector))
+
+    def _with_index(self, new: IndexDefinition) -> TableDefinition:
         _check_index(new, self.indexes)
         for path in new.fields:
             if _leaves(self.validator, tuple(path.split("."))) == []:
                 raise SchemaError(
-                    f"Index {name!r}: field {path!r} is not in the table's validator "
+                    f"Index {new.name!r}: field {path!r} is not in the table's validator "
                     f"{self.validator!r}, so the index would hold no value of it. Fix the name, "
                     "or declare the field (v.optional(...) if not every document has it)"
                 )
@@ -182,6 +264,16 @@ def _leaves(validator: Validator, path: tuple[str, ...]) -> list[Validator] | No
     return []  # a scalar or an array has no fields (index paths do not enter arrays)
 
 
+def _filter_fields(index: str, fields: object) -> tuple[str, ...]:
+    if isinstance(fields, str) or not isinstance(fields, Sequence):
+        raise SchemaError(f"Index {index!r}: filter_fields must be a list of field names")
+    if len(fields) > MAX_FILTER_FIELDS:
+        raise SchemaError(
+            f"Index {index!r} has {len(fields)} filter fields; at most {MAX_FILTER_FIELDS}"
+        )
+    return tuple(fields)
+
+
 def _check_index(new: IndexDefinition, existing: tuple[IndexDefinition, ...]) -> None:
     name, fields = new.name, new.fields
     if not isinstance(name, str) or not _IDENTIFIER.match(name) or len(name) > _MAX_NAME:
@@ -190,7 +282,7 @@ def _check_index(new: IndexDefinition, existing: tuple[IndexDefinition, ...]) ->
         raise SchemaError(f"Index name {name!r} is reserved (by_id and by_creation_time exist)")
     if not fields:
         raise SchemaError(f"Index {name!r} must have at least one field")
-    if len(fields) + 1 > _MAX_INDEX_FIELDS:
+    if new.kind == DB and len(fields) + 1 > _MAX_INDEX_FIELDS:
         raise SchemaError(f"Index {name!r} has too many fields (at most 15 plus _creationTime)")
     if len(set(fields)) != len(fields):
         raise SchemaError(f"Index {name!r} lists a field twice: {list(fields)}")
@@ -205,10 +297,16 @@ def _check_index(new: IndexDefinition, existing: tuple[IndexDefinition, ...]) ->
             raise SchemaError(f"Index {name!r}: field {f!r} starts with '_' (system field)")
     if any(x.name == name for x in existing):
         raise SchemaError(f"Duplicate index name {name!r}")
-    if any(x.fields == fields for x in existing):
-        raise SchemaError(f"Index {name!r} has the same fields as another index: {list(fields)}")
-    if len(existing) + 1 > _MAX_INDEXES:
-        raise SchemaError("A table can have at most 32 indexes")
+    same_kind = [x for x in existing if x.kind == new.kind]
+    if new.kind == DB:
+        if any(x.fields == fields for x in same_kind):
+            raise SchemaError(
+                f"Index {name!r} has the same fields as another index: {list(fields)}"
+            )
+        if len(same_kind) + 1 > _MAX_INDEXES:
+            raise SchemaError(f"A table can have at most {_MAX_INDEXES} indexes")
+    elif len(same_kind) + 1 > _MAX_SEARCH_INDEXES:
+        raise SchemaError(f"A table can have at most {_MAX_SEARCH_INDEXES} {new.kind} indexes")
 
 
 def define_table(fields: Mapping[str, Validator] | Validator) -> TableDefinition:

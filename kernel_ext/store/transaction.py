@@ -327,6 +327,12 @@ class Transaction:
             self.read_set.add(f"{table}.{BY_CREATION_TIME}", b"", KEY_MAX)
             return None
         found = info.indexes.get(index)
+        if found is None and index in info.search_indexes:
+            kind = info.search_indexes[index].kind
+            raise QueryError(
+                f"Index {table}.{index} is a {kind} index, which with_index cannot read: use "
+                f".with_{kind}_index({index!r}, ...) instead"
+            )
         if found is None:
             raise QueryError(
                 f"Index {table}.{index} not found. Declare it in the schema with "

@@ -143,7 +143,8 @@ class Deployer:
           extension: the official clients never send it;
         - `{"table": name}`: every document of a table (Convex JSON), in creation order;
         - `{"functions": true}`: `[{path, kind, visibility, args}]` (args: validator JSON);
-        - `{"tables": true}`: `[{table, indexes}]` of the user tables.
+        - `{"tables": true}`: `[{table, indexes, searchIndexes, vectorIndexes}]` of the user
+          tables.
 
         Raises:
             ValidationError: the body is neither.

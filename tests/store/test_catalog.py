@@ -91,7 +91,7 @@ def test_catalog_lookup_by_name_and_number():
 def test_add_and_drop_indexes():
     catalog = Catalog()
     catalog.install(new_table_info("tasks", 1, 1))
-    catalog.add_index("tasks", "by_done", 6, ("done",))
+    catalog.add_index("tasks", IndexInfo("by_done", 6, ("done",)))
     info = catalog.table("tasks")
     assert isinstance(info, TableInfo)
     assert info.indexes["by_done"] == IndexInfo("by_done", 6, ("done",))

@@ -23,7 +23,7 @@ from kernel_ext.errors import (
     TransactionClosed,
     ValidationError,
 )
-from kernel_ext.store.catalog import Catalog, TableInfo, new_table_info
+from kernel_ext.store.catalog import Catalog, IndexInfo, TableInfo, new_table_info
 from kernel_ext.store.ids import decode_id, new_id
 from kernel_ext.store.keys import encode_key
 from kernel_ext.store.query import MAX_PAGE_SIZE, Query, Row, decode_cursor, encode_cursor
@@ -74,9 +74,9 @@ class MemoryStore:
     def __init__(self, schema=None) -> None:
         self.catalog = Catalog()
         self.catalog.install(new_table_info("tasks", 1, 1))
-        self.catalog.add_index("tasks", "by_done", 2, ("done",))
-        self.catalog.add_index("tasks", "by_priority", 3, ("priority",))
-        self.catalog.add_index("tasks", "by_done_priority", 4, ("done", "priority"))
+        self.catalog.add_index("tasks", IndexInfo("by_done", 2, ("done",)))
+        self.catalog.add_index("tasks", IndexInfo("by_priority", 3, ("priority",)))
+        self.catalog.add_index("tasks", IndexInfo("by_done_priority", 4, ("done", "priority")))
         self.catalog.install(new_table_info("_scheduled_functions", 2, 5))
         self.schema = schema
         self.docs: dict[tuple[int, bytes], dict] = {}
