@@ -274,7 +274,7 @@ def test_http_py_without_a_router_is_refused(tmp_path: Path):
     folder.mkdir()
     (folder / "http.py").write_text("routes = 1\n")
     with (
-        kernel_ext.connect(":memory:") as client,
+        kernel_ext.connect("memory") as client,
         pytest.raises(ValidationError, match="http_router"),
     ):
         client.load_functions(folder)
