@@ -20,6 +20,7 @@ from kernel_ext.client.subscription import CallbackHandle, Subscription
 from kernel_ext.engine.subscriptions import QueryResult
 from kernel_ext.errors import ConvexError
 from kernel_ext.functions.auth import make_dev_token
+from kernel_ext.functions.crons import cron_jobs
 from kernel_ext.functions.http_actions import Response, http_action, http_router
 from kernel_ext.functions.registration import (
     action,
@@ -50,6 +51,7 @@ __all__ = [
     "compare_values",
     "connect",
     "connect_jupyter",
+    "cron_jobs",
     "define_schema",
     "define_table",
     "http_action",

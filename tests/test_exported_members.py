@@ -21,6 +21,7 @@ API_NAMES = {
     "ConvexError",
     "UNDEFINED",
     "api",
+    "cron_jobs",
     "http_router",
     "http_action",
     "Response",

@@ -632,7 +632,7 @@ class RemoteClient:
 
     def functions(self) -> list[str]:
         """The paths of the server's functions (admin)."""
-        return [f["path"] for f in self.describe_functions()]
+        return [f["path"] for f in self.describe_functions() if f["kind"] != "cron"]
 
     def describe_functions(self) -> list[dict[str, Any]]:
         """`[{path, kind, visibility, args}]` of the server's functions (admin)."""

@@ -75,6 +75,8 @@ MUTATION_RECEIPTS: Final = "_mutation_receipts"
 SYSTEM_TABLES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
     SCHEDULED_FUNCTIONS: {"by_state": ("state.kind", "scheduledTime")},
     MUTATION_RECEIPTS: {"by_key": ("key",)},
+    # Crons (`functions.cron_service`): their definitions and next run.
+    "_cron_jobs": {"by_name": ("name",)},
 }
 #: A written key that every read set contains (schema changes invalidate everything).
 ALL_KEYS: Final[WrittenKey] = (ALL, b"")

@@ -26,6 +26,7 @@ from kernel_ext.errors import (
 )
 from kernel_ext.functions import limits
 from kernel_ext.functions.context import ActionCtx, MutationCtx, QueryCtx
+from kernel_ext.functions.cron_service import CronService
 from kernel_ext.functions.http_actions import HttpRouter, Request, Response, run_http_action
 from kernel_ext.functions.limits import check_deadline, contained, run_armed
 from kernel_ext.functions.receipts import MutationReceipts
@@ -72,6 +73,7 @@ class Backend:
         # that was slow lately start in the slow lane.
         self.subscriptions = SubscriptionManager(store, family=_function_of)
         self.scheduler = SchedulerService(self)
+        self.crons = CronService(self)
         self.receipts = MutationReceipts(store)
         #: The routes of the functions folder's `http.py` (None: no HTTP actions).
         self.http_router: HttpRouter | None = None
@@ -84,6 +86,7 @@ class Backend:
             if self._closed:
                 return
             self._closed = True
+        self.crons.close()
         self.scheduler.close()
         self.subscriptions.close()
         self.store.close()
@@ -94,6 +97,9 @@ class Backend:
         """Load a functions folder: install its schema, register its functions (replacing
         those of the same paths) and re-run live queries. Returns the paths registered."""
         loaded = load_folder(folder)
+        crons = None  # checked before anything changes; without crons.py they stay
+        if loaded.crons is not None:
+            crons = self.crons.resolve(loaded.crons, loaded.functions)
         if loaded.schema is not None:
             self.store.set_schema(loaded.schema)
         if loaded.http is not None:  # a folder without http.py keeps the routes there are
@@ -107,6 +113,9 @@ class Backend:
         self.store.record_change(register_all)
         self.subscriptions.rerun(lambda key: True)
         self.scheduler.functions_changed()
+        if crons is not None:
+            self.crons.define(crons)
+        self.crons.wake()
         return sorted(loaded.functions)
 
     def register(self, path: str, function: FunctionDefinition) -> str:
@@ -115,14 +124,15 @@ class Backend:
         canonical = self.store.record_change(lambda: self.registry.register(path, function))
         self.subscriptions.rerun(lambda key: isinstance(key, tuple) and key[0] == canonical)
         self.scheduler.functions_changed()
+        self.crons.wake()
         return canonical
 
     def describe_functions(self) -> list[dict[str, Any]]:
         """`[{path, kind, visibility, args, live}]` of the registered functions (see
-        `describe_function`)."""
+        `describe_function`), then the crons (`CronService.describe`: kind "cron")."""
         modes = self._live_modes()
         described = (self.describe_function(path, modes) for path in self.registry.paths())
-        return [info for info in described if info is not None]
+        return [info for info in described if info is not None] + self.crons.describe()
 
     def describe_function(
         self, path: str, modes: dict[str, set[bool]] | None = None

@@ -20,6 +20,7 @@ from typing import Any
 
 from kernel_ext.errors import SchemaError, UnknownFunction, ValidationError, WrongFunctionKind
 from kernel_ext.functions.http_actions import HttpRouter
+from kernel_ext.functions.crons import CronJobs
 from kernel_ext.functions.registration import FunctionDefinition, FunctionKind
 from kernel_ext.store.schema import SchemaDefinition
 
@@ -178,6 +179,8 @@ class LoadedFolder:
     functions: dict[str, FunctionDefinition]
     schema: SchemaDefinition | None
     http: HttpRouter | None = None
+    #: The crons of `crons.py` (None: the folder has none).
+    crons: CronJobs | None = None
 
 
 def load_folder(folder: str | Path) -> LoadedFolder:
@@ -199,6 +202,7 @@ def load_folder(folder: str | Path) -> LoadedFolder:
     package = _package_for(root)
     functions: dict[str, FunctionDefinition] = {}
     schema: SchemaDefinition | None = None
+    crons: CronJobs | None = None
     http: HttpRouter | None = None
     for file in sorted(root.rglob("*.py")):
         relative = file.relative_to(root).with_suffix("")
@@ -208,12 +212,14 @@ def load_folder(folder: str | Path) -> LoadedFolder:
         if relative.as_posix() == "schema":
             schema = _schema_of(module, file)
             continue
+        if relative.as_posix() == "crons":
+            crons = _crons_of(module, file)
         if relative.as_posix() == "http":
             http = _router_of(module, file)
         for name, value in vars(module).items():
             if isinstance(value, FunctionDefinition) and not name.startswith("_"):
                 functions[f"{relative.as_posix()}:{name}"] = value
-    return LoadedFolder(functions, schema, http)
+    return LoadedFolder(functions, schema, http, crons=crons)
 
 
 def _package_for(root: Path) -> str:
@@ -237,6 +243,16 @@ def _import(module_name: str, file: Path) -> types.ModuleType:
     except Exception as exc:
         exc.add_note(f"while loading functions module {file}")
         raise
+
+
+def _crons_of(module: types.ModuleType, file: Path) -> CronJobs:
+    crons = getattr(module, "crons", None)
+    if not isinstance(crons, CronJobs):
+        raise ValidationError(
+            f"{file} must define `crons = cron_jobs()` (from kernel_ext import cron_jobs), "
+            f"found {type(crons).__name__}"
+        )
+    return crons
 
 
 def _schema_of(module: types.ModuleType, file: Path) -> SchemaDefinition:

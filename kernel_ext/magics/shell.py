@@ -228,7 +228,9 @@ class ConvexMagics(Magics):
 
         rows = self.client.describe_functions()  # a served store: needs the admin key
         # live: how its live subscriptions update ("incremental": a maintained view)
-        return pd.DataFrame(rows, columns=["path", "kind", "visibility", "live"])
+        # crons (kind "cron"): their function, schedule and next run (ms, UTC)
+        columns = ["path", "kind", "visibility", "live", "function", "schedule", "nextRun"]
+        return pd.DataFrame(rows, columns=columns)
 
     def _cmd_tables(self, args: list[str]) -> Any:
         import pandas as pd
