@@ -293,6 +293,7 @@ class ConvexMagics(Magics):
         # The key stays out of the output (notebooks get shared): a name holds it.
         self._ip.user_ns["convex_admin_key"] = self._server.admin_key
         print(f"convex: serving {self._server.url}")
+        print(f"  HTTP actions at {self._server.site_url}")
         print(
             f"  from another process: kernel_ext.connect({self._server.url!r}); "
             "as admin, add admin_key= the notebook variable `convex_admin_key`"

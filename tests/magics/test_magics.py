@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import traceback
+import urllib.error
+import urllib.request
 
 import pandas as pd
 import pytest
@@ -171,9 +173,14 @@ def test_serve_the_kernels_store(ip, capsys):
     ip.run_line_magic("convex", "serve")
     out = capsys.readouterr().out
     url = out.split("serving ")[1].split()[0]
+    site = out.split("HTTP actions at ")[1].split()[0]
     try:
         with kernel_ext.connect(url) as remote:
             assert remote.query("notebook:hello") == "served"
+        # No http.py is loaded: the site answers, with Convex's 404 for an unrouted path.
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"{site}/nothing", timeout=10)
+        assert answer.value.code == 404
     finally:
         ip.run_line_magic("convex", "serve stop")
 
