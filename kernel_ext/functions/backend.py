@@ -95,7 +95,8 @@ class Backend:
 
     def load_functions(self, folder: str | Path) -> list[str]:
         """Load a functions folder: install its schema, register its functions (replacing
-        those of the same paths) and re-run live queries. Returns the paths registered."""
+        those of the same paths), re-run live queries and, if it has a `crons.py`, make its
+        crons the store's (`CronService.define`). Returns the paths registered."""
         loaded = load_folder(folder)
         crons = None  # checked before anything changes; without crons.py they stay
         if loaded.crons is not None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kernel_ext.errors import SchemaError, UnknownFunction, ValidationError, WrongFunctionKind
-from kernel_ext.functions.http_actions import HttpRouter
 from kernel_ext.functions.crons import CronJobs
+from kernel_ext.functions.http_actions import HttpRouter
 from kernel_ext.functions.registration import FunctionDefinition, FunctionKind
 from kernel_ext.store.schema import SchemaDefinition
 
@@ -193,6 +193,7 @@ def load_folder(folder: str | Path) -> LoadedFolder:
     Raises:
         FileNotFoundError: the folder does not exist.
         SchemaError: `schema.py` has no valid `schema`.
+        ValidationError: `crons.py` has no `crons = cron_jobs()`, or a cron is bad.
         ValidationError: `http.py` has no `http` router, or it routes badly.
         Exception: whatever a module raised while being imported (with a note naming it).
     """
