@@ -43,6 +43,7 @@ from kernel_ext.persistence.base import (
     StoredIndex,
 )
 from kernel_ext.persistence.commit_log import LoggedCommit, decode_commit, encode_commit
+from kernel_ext.persistence.files import FileStore
 from kernel_ext.store.catalog import (
     BY_CREATION_TIME,
     BY_ID,
@@ -77,6 +78,9 @@ SYSTEM_TABLES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
     MUTATION_RECEIPTS: {"by_key": ("key",)},
     # Crons (`functions.cron_service`): their definitions and next run.
     "_cron_jobs": {"by_name": ("name",)},
+    # File storage (`functions.storage`): a row per stored file, and the unused upload URLs.
+    "_storage": {},
+    "_upload_tokens": {"by_hash": ("hash",)},
 }
 #: A written key that every read set contains (schema changes invalidate everything).
 ALL_KEYS: Final[WrittenKey] = (ALL, b"")
@@ -213,6 +217,11 @@ class Store:
     def shared(self) -> bool:
         """Whether other processes commit to this store too (PostgreSQL)."""
         return self._shared is not None
+
+    @property
+    def files(self) -> FileStore:
+        """The bytes of the store's files (`ctx.storage`), beside its documents."""
+        return self.persistence.files
 
     @property
     def ts(self) -> int:

@@ -33,6 +33,7 @@ from kernel_ext.functions.receipts import MutationReceipts
 from kernel_ext.functions.registration import FunctionDefinition, FunctionKind
 from kernel_ext.functions.registry import FunctionRegistry, load_folder
 from kernel_ext.functions.scheduling import Scheduler, SchedulerService
+from kernel_ext.functions.storage import StorageService
 from kernel_ext.store.keys import encode_value
 from kernel_ext.store.query import LazyResult
 from kernel_ext.store.readset import ReadSet
@@ -75,6 +76,8 @@ class Backend:
         self.scheduler = SchedulerService(self)
         self.crons = CronService(self)
         self.receipts = MutationReceipts(store)
+        #: The store's files (`ctx.storage`, the storage HTTP routes).
+        self.storage = StorageService(store)
         #: The routes of the functions folder's `http.py` (None: no HTTP actions).
         self.http_router: HttpRouter | None = None
         self._closed = False
@@ -88,6 +91,7 @@ class Backend:
             self._closed = True
         self.crons.close()
         self.scheduler.close()
+        self.storage.close()
         self.subscriptions.close()
         self.store.close()
 

@@ -1,9 +1,10 @@
 """The `ctx` objects handed to function handlers, and `ctx.db`.
 
-- query: `ctx.db` (reader), `ctx.auth`, `ctx.run_query`
-- mutation: `ctx.db` (writer), `ctx.auth`, `ctx.scheduler`, `ctx.run_query`, `ctx.run_mutation`
-- action: `ctx.auth`, `ctx.scheduler`, `ctx.run_query`, `ctx.run_mutation`, `ctx.run_action`
-  (no `db`: actions are not transactional).
+- query: `ctx.db` (reader), `ctx.auth`, `ctx.storage` (reader), `ctx.run_query`
+- mutation: `ctx.db` (writer), `ctx.auth`, `ctx.storage` (writer), `ctx.scheduler`,
+  `ctx.run_query`, `ctx.run_mutation`
+- action: `ctx.auth`, `ctx.storage` (all of it), `ctx.scheduler`, `ctx.run_query`,
+  `ctx.run_mutation`, `ctx.run_action` (no `db`: actions are not transactional).
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from kernel_ext.errors import ValidationError
 from kernel_ext.functions.limits import check_deadline
+from kernel_ext.functions.storage import (
+    ActionStorage,
+    MutationStorage,
+    QueryStorage,
+    StorageService,
+)
 from kernel_ext.store.ids import decode_id
 from kernel_ext.store.query import Query
 from kernel_ext.store.transaction import Transaction
@@ -97,6 +104,10 @@ class Runner(Protocol):
 
     def scheduler_for(self, txn: Transaction | None) -> Scheduler:
         """`ctx.scheduler` for a mutation's `txn` (None: an action's)."""
+
+    @property
+    def storage(self) -> StorageService:
+        """The store's files (`ctx.storage`)."""
 
 
 def _split(txn: Transaction, method: str, args: tuple[Any, ...], count: int) -> tuple[Any, ...]:
@@ -229,6 +240,11 @@ class QueryCtx:
         """Who is calling (made on first use)."""
         return Auth(self._identity)
 
+    @functools.cached_property
+    def storage(self) -> QueryStorage:
+        """`ctx.storage`: `get_url`, `get_metadata` (made on first use)."""
+        return QueryStorage(self._runner.storage, self._txn)
+
     def run_query(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
         """Run another query in this transaction (same snapshot)."""
         return self._runner.nested_query(self._txn, ref, args, self._identity)
@@ -251,6 +267,11 @@ class MutationCtx(QueryCtx):
             self._scheduler = self._runner.scheduler_for(self._txn)
         return self._scheduler
 
+    @functools.cached_property
+    def storage(self) -> MutationStorage:
+        """`ctx.storage`: also `generate_upload_url`, `delete` (made on first use)."""
+        return MutationStorage(self._runner.storage, self._txn)
+
     def run_mutation(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
         """Run another mutation as a sub-transaction: if it raises, only its writes are
         undone (and the error propagates); if it returns, its writes join this mutation's."""
@@ -264,6 +285,11 @@ class ActionCtx:
         self._identity, self._runner = identity, runner
         self.auth = Auth(identity)
         self.scheduler = runner.scheduler_for(None)
+
+    @functools.cached_property
+    def storage(self) -> ActionStorage:
+        """`ctx.storage`: every storage method (made on first use)."""
+        return ActionStorage(self._runner.storage)
 
     def run_query(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
         """Run a query (its own snapshot)."""

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol
 
+from kernel_ext.persistence.files import FileStore
 from kernel_ext.store.catalog import TableInfo
 from kernel_ext.store.transaction import Snapshot
 from kernel_ext.store.values import Value
@@ -77,6 +78,8 @@ class Persistence(Protocol):
     (never its driver's exceptions) when storage fails, with a message that never shows a
     password.
     """
+
+    files: FileStore  #: the bytes of the store's files (`ctx.storage`)
 
     def last_ts(self) -> int:
         """The timestamp of the state a new snapshot sees: the latest commit's, or after a

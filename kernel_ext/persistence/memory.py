@@ -32,6 +32,7 @@ from sortedcontainers import SortedList
 
 from kernel_ext.errors import PersistenceError
 from kernel_ext.persistence.base import CommitRecord, StoredCatalog, StoredIndex, all_documents
+from kernel_ext.persistence.files import FileStore, MemoryFiles
 from kernel_ext.store.catalog import TableInfo
 from kernel_ext.store.codec import decode_document, encode_document
 from kernel_ext.store.values import Value
@@ -205,6 +206,7 @@ class MemoryPersistence:
     """
 
     def __init__(self) -> None:
+        self.files: FileStore = MemoryFiles()  #: the files' bytes (`ctx.storage`)
         self._lock = threading.Lock()  # guards every change, the key lists and `_open`
         self._committed_ts = 0
         self._closed = False

@@ -56,6 +56,7 @@ from kernel_ext.persistence.base import (
     all_documents,
 )
 from kernel_ext.persistence.commit_log import LoggedCommit, encode_commit
+from kernel_ext.persistence.files import FileStore, PostgresFiles
 from kernel_ext.persistence.scans import SqlReads, scan_in_batches
 from kernel_ext.persistence.sql_rows import commit_rows
 from kernel_ext.persistence.urls import mask_password
@@ -124,6 +125,9 @@ CREATE TABLE IF NOT EXISTS convex_commit_log (
     ts bigint PRIMARY KEY, prev_ts bigint NOT NULL, commit_id uuid NOT NULL UNIQUE,
     body bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS convex_pushes (seq bigserial PRIMARY KEY, body bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS convex_files (
+    key text NOT NULL, seq int NOT NULL, data bytea NOT NULL,
+    created timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (key, seq));
 CREATE SEQUENCE IF NOT EXISTS convex_table_numbers;
 CREATE SEQUENCE IF NOT EXISTS convex_index_ids;
 INSERT INTO convex_clock VALUES (1, 0) ON CONFLICT DO NOTHING;
@@ -630,6 +634,8 @@ class PostgresPersistence:
         self._commits = 0
         self._clock_lock = threading.Lock()
         self._latest = 0
+        #: The files' bytes (`ctx.storage`), in `convex_files`.
+        self.files: FileStore = PostgresFiles(self)
         conn = self._connect()
         try:
             self._set_up(conn)

@@ -47,6 +47,7 @@ from kernel_ext.persistence.base import (
     StoredIndex,
     all_documents,
 )
+from kernel_ext.persistence.files import FileStore, FolderFiles, MemoryFiles
 from kernel_ext.persistence.scans import SqlReads
 from kernel_ext.persistence.sql_rows import commit_rows
 from kernel_ext.store.catalog import TableInfo
@@ -357,6 +358,12 @@ class SqlitePersistence:
             durable = False
         self.path = Path(path)
         self.durable = durable
+        #: The files' bytes (`ctx.storage`): a folder beside the file, in memory for `memory`.
+        self.files: FileStore = (
+            MemoryFiles()
+            if self._tempdir is not None
+            else FolderFiles(self.path.with_name(self.path.name + ".files"))
+        )
         self._pool: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()  # guards the pool, `_generation` and `_idle`
         # Held for every use of the writer connection: a write transaction, or a

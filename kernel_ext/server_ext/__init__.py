@@ -159,6 +159,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     ticker = tornado.ioloop.PeriodicCallback(server._tick, server.tick_interval * 1000)
     ticker.start()
     url = url_path_join(serverapp.connection_url, "convex")
+    backend.storage.serve_at(url)  # file URLs: <url>/api/storage/...
     persistence.set_owner_info(url)
     os.environ["CONVEX_JUPYTER_URL"] = url
     os.environ["CONVEX_JUPYTER_STORE"] = location.describe()  # what `%convex status` shows

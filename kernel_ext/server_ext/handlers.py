@@ -1,4 +1,5 @@
-"""The sync server's handlers behind Jupyter's authentication, under `<base_url>convex/`.
+"""The sync server's handlers behind Jupyter's authentication, under `<base_url>convex/`
+(file storage's upload and download routes too, `functions.storage_http`).
 
 A request that passes Jupyter's authentication comes from the notebook server's owner, so the
 HTTP API acts as admin. That makes these routes as powerful as Jupyter's own kernel API, so
@@ -27,9 +28,17 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.utils import url_path_join
 
+from kernel_ext.functions.storage import StorageService
+from kernel_ext.functions.storage_http import DownloadHandler, UploadHandler, storage_routes
 from kernel_ext.sync.server import ApiHandler, SyncServer, SyncSocketHandler
 
-__all__ = ["JupyterApiHandler", "JupyterSyncSocketHandler", "handlers_for"]
+__all__ = [
+    "JupyterApiHandler",
+    "JupyterDownloadHandler",
+    "JupyterSyncSocketHandler",
+    "JupyterUploadHandler",
+    "handlers_for",
+]
 
 _CROSS_ORIGIN = (
     "Cross-origin request refused: the shared store only answers pages of this Jupyter "
@@ -106,12 +115,62 @@ class JupyterApiHandler(APIHandler, ApiHandler):  # type: ignore[misc]
         JupyterHandler.check_xsrf_cookie(self)
 
 
+class JupyterUploadHandler(APIHandler, UploadHandler):  # type: ignore[misc]
+    """`POST <base_url>convex/api/storage/upload?token=...`, behind Jupyter's
+    authentication (and its XSRF check for a browser's login cookie)."""
+
+    cors = False  # Jupyter's CORS
+
+    def initialize(self, storage: StorageService, host_allowed: Any = None) -> None:
+        """Route kwargs: the storage service."""
+        UploadHandler.initialize(self, storage, host_allowed)
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        """Authenticate with Jupyter, then check the upload (`UploadHandler.prepare`).
+
+        Raises:
+            tornado.web.HTTPError: 403 without Jupyter's login.
+        """
+        await JupyterHandler.prepare(self, _redirect_to_login=False)
+        if self.request.method == "OPTIONS":
+            return
+        if self.current_user is None:
+            raise tornado.web.HTTPError(403, "Jupyter authentication required")
+        await UploadHandler.prepare(self)
+
+
+class JupyterDownloadHandler(APIHandler, DownloadHandler):  # type: ignore[misc]
+    """`GET <base_url>convex/api/storage/<storageId>`, behind Jupyter's authentication."""
+
+    cors = False  # Jupyter's CORS
+
+    def initialize(self, storage: StorageService, host_allowed: Any = None) -> None:
+        """Route kwargs: the storage service."""
+        DownloadHandler.initialize(self, storage, host_allowed)
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        """Authenticate with Jupyter.
+
+        Raises:
+            tornado.web.HTTPError: 403 without Jupyter's login.
+        """
+        await JupyterHandler.prepare(self, _redirect_to_login=False)
+        if self.current_user is None:
+            raise tornado.web.HTTPError(403, "Jupyter authentication required")
+
+
 def handlers_for(
     server: SyncServer, prefix: str, admin_key: str
 ) -> list[tuple[str, type, dict[str, Any]]]:
     """Tornado routes for the shared store under `prefix` (e.g. `/convex`)."""
     route = {"server": server}
     return [
+        *storage_routes(
+            prefix,
+            server.backend.storage,
+            upload=JupyterUploadHandler,
+            download=JupyterDownloadHandler,
+        ),
         (url_path_join(prefix, "api/sync"), JupyterSyncSocketHandler, route),
         (url_path_join(prefix, r"api/[^/]+/sync"), JupyterSyncSocketHandler, route),
         (

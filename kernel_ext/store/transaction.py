@@ -29,7 +29,7 @@ from kernel_ext.store.catalog import (
     document_suffix,
     id_key,
 )
-from kernel_ext.store.ids import decode_id, new_id
+from kernel_ext.store.ids import decode_id, new_id, table_number_of
 from kernel_ext.store.keys import KEY_MAX
 from kernel_ext.store.notices import warn_once
 from kernel_ext.store.query import Query, Row
@@ -421,8 +421,17 @@ class Transaction:
         base = pending.old if pending is not None else old
         self._layers[-1][doc_id] = Write(table, base, new, pending is not None)
 
-    def insert(self, table: str, value: Mapping[str, Any], *, system: bool = False) -> str:
-        """Insert a new document; returns its id."""
+    def insert(
+        self,
+        table: str,
+        value: Mapping[str, Any],
+        *,
+        system: bool = False,
+        doc_id: str | None = None,
+    ) -> str:
+        """Insert a new document; returns its id. `doc_id` (system tables only): the id,
+        made beforehand with `new_id` of the table's number (a stored file is named by its
+        `_storage` id before that row commits)."""
         self._check_writable("insert")
         info = self.catalog.table(table) if type(table) is str else None
         # An existing table's name was checked when it was created (a user may still not
@@ -434,7 +443,10 @@ class Transaction:
                 raise ValidationError(str(exc)) from exc
         fields = _user_fields(value, "insert", system=system)
         info = info or self._allocate_table(table)
-        doc_id = new_id(info.number)
+        if doc_id is None:
+            doc_id = new_id(info.number)
+        elif not system or table_number_of(doc_id) != info.number:
+            raise ValidationError(f"insert(doc_id=...) takes an id of system table {table!r}")
         doc = {"_id": doc_id, "_creationTime": self._creation_time(), **fields}
         self._put(table, doc_id, None, self._validate(table, doc))
         return doc_id

@@ -31,6 +31,7 @@ import tornado.websocket
 
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.limits import DEFAULT_TIME_LIMIT
+from kernel_ext.functions.storage_http import storage_routes
 from kernel_ext.sync.auth import AuthProvider, ServerAuthenticator
 from kernel_ext.sync.connection import (
     MAX_CONCURRENT_CALLS,
@@ -271,6 +272,7 @@ class SyncServer:
             [
                 (r"/api/sync", SyncSocketHandler, route),
                 (r"/api/[^/]+/sync", SyncSocketHandler, route),
+                *storage_routes("", self.backend.storage, self.host_allowed),
                 (r"/api/.*", ApiHandler, route),
                 (r"/", RootHandler, route),
             ],
@@ -321,6 +323,8 @@ class SyncServer:
             self.application(), max_body_size=MAX_MESSAGE_SIZE, xheaders=False
         )
         self._http_server.add_sockets(sockets)
+        # File URLs (`ctx.storage`) point here.
+        self.backend.storage.serve_at(url_for(host, int(sockets[0].getsockname()[1])))
         self._ticker = tornado.ioloop.PeriodicCallback(self._tick, self.tick_interval * 1000)
         self._ticker.start()
         return int(sockets[0].getsockname()[1])

@@ -1,0 +1,229 @@
+"""File storage (`ctx.storage`) on every backend: store/get/metadata/delete, upload URLs over
+real HTTP (single-use, expiring), downloads, the `_storage` system table, freeing bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from polling import wait_for
+
+import kernel_ext
+from kernel_ext.errors import ConvexError
+
+APP = Path(__file__).parent.parent / "fixtures" / "storage_app"
+
+
+@pytest.fixture
+def files(store_url):
+    c = kernel_ext.connect(store_url)
+    c.load_functions(APP)
+    yield c
+    c.close()
+
+
+def _post(url: str, data: bytes, content_type: str | None = "text/plain") -> tuple[int, Any]:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _get(url: str) -> tuple[int, bytes, str | None]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read(), response.headers.get("Content-Type")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), None
+
+
+def _tokens(c: Any) -> list[Any]:
+    store = c.backend.store
+    return store.read(lambda txn: txn.query("_upload_tokens", system=True).collect())[0]
+
+
+def test_store_get_metadata_and_delete_in_actions(files):
+    data = bytes(range(256)) * 5000  # 1.28 MB: more than one chunk
+    sid = files.action("files:store", data=data, contentType="application/x-test")
+    assert files.action("files:get", id=sid) == data
+    meta = files.action("files:action_metadata", id=sid)
+    assert meta == {
+        "_id": sid,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "contentType": "application/x-test",
+    }
+    assert files.query("files:metadata", id=sid) == meta
+    row = files.query("files:row", id=sid)
+    assert row["sha256"] == meta["sha256"] and row["size"] == len(data)
+    assert row["_creationTime"] > 0
+    assert [f["_id"] for f in files.query("files:files")] == [sid]
+    url = files.action("files:action_url", id=sid)
+    assert url == files.query("files:url", id=sid)
+    assert _get(url) == (200, data, "application/x-test")
+
+    files.action("files:action_delete", id=sid)
+    assert files.action("files:get", id=sid) is None
+    assert files.query("files:metadata", id=sid) is None
+    assert files.query("files:url", id=sid) is None
+    assert files.query("files:files") == []
+    wait_for(lambda: files.backend.store.files.read(sid) is None)
+    assert _get(url)[0] == 404
+
+
+def test_empty_file_without_content_type(files):
+    sid = files.action("files:store", data=b"")
+    assert files.action("files:get", id=sid) == b""
+    meta = files.query("files:metadata", id=sid)
+    assert meta["size"] == 0 and meta["contentType"] is None
+    assert "contentType" not in files.query("files:row", id=sid)
+    assert _get(files.query("files:url", id=sid)) == (200, b"", "application/octet-stream")
+
+
+def test_upload_url_from_a_mutation_is_single_use(files):
+    url = files.mutation("files:upload_url")
+    status, body = _post(url, b"hello file", "text/markdown")
+    assert status == 200
+    sid = body["storageId"]
+    assert files.action("files:get", id=sid) == b"hello file"
+    assert files.query("files:metadata", id=sid)["contentType"] == "text/markdown"
+    assert _get(files.query("files:url", id=sid)) == (200, b"hello file", "text/markdown")
+    # The same URL again: refused, nothing stored.
+    status, body = _post(url, b"again")
+    assert status == 403 and "single-use" in body["message"]
+    assert [f["_id"] for f in files.query("files:files")] == [sid]
+    assert _tokens(files) == []
+
+
+def test_upload_url_from_an_action(files):
+    url = files.action("files:action_upload_url")
+    status, body = _post(url, b"from an action")
+    assert status == 200
+    assert files.action("files:get", id=body["storageId"]) == b"from an action"
+
+
+def test_expired_upload_url_is_refused(files):
+    url = files.mutation("files:upload_url")
+    storage = files.backend.storage
+    storage.clock = lambda: time.time() + 3601
+    status, body = _post(url, b"too late")
+    assert status == 403 and "expired" in body["message"]
+    assert files.query("files:files") == []
+    storage.clock = time.time
+    # A fresh URL still works.
+    assert _post(files.mutation("files:upload_url"), b"in time")[0] == 200
+
+
+def test_a_mutation_that_raises_leaves_no_upload_url(files):
+    with pytest.raises(ConvexError) as caught:
+        files.mutation("files:upload_url_then_fail")
+    url = caught.value.data
+    assert isinstance(url, str) and "/api/storage/upload?token=" in url
+    assert _tokens(files) == []
+    status, _ = _post(url, b"ghost")
+    assert status == 403
+    assert files.query("files:files") == []
+
+
+def test_deleting_in_a_mutation_frees_the_bytes(files):
+    sid = files.action("files:store", data=b"x" * 1000)
+    files.mutation("files:delete", id=sid)
+    wait_for(lambda: files.backend.store.files.read(sid) is None)
+    with pytest.raises(Exception, match="no such file"):
+        files.mutation("files:delete", id=sid)
+
+
+def test_metadata_queries_are_reactive(files):
+    sid = files.action("files:store", data=b"live")
+    sub = files.subscribe("files:files", {})
+    wait_for(lambda: sub.value is not None and len(sub.value) == 1)
+    files.mutation("files:delete", id=sid)
+    wait_for(lambda: sub.value == [])
+    sub.close()
+
+
+def test_methods_of_other_function_kinds_are_refused(files):
+    with pytest.raises(Exception, match=r"generate_upload_url\(\) is not available in a query"):
+        files.query("files:query_upload_url")
+    with pytest.raises(Exception, match=r"store\(\) is not available in a mutation"):
+        files.mutation("files:mutation_store")
+    with pytest.raises(Exception, match="not a storage id"):
+        files.query("files:metadata", id="nope")
+
+
+_KILLED_CHILD = """
+import os, signal, sys
+import kernel_ext
+c = kernel_ext.connect(sys.argv[1])
+c.load_functions(sys.argv[2])
+store = c.backend.store
+def killed(fn):  # the file is durable; the process dies before the row commits
+    print("written", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+store.mutate = killed
+c.action("files:store", data=b"orphan bytes")
+"""
+
+
+def _file_keys(c: Any) -> list[str]:
+    files = c.backend.store.files
+    folder = getattr(files, "folder", None)
+    if folder is not None:
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    with c.backend.store.persistence.pool.get() as conn:  # PostgreSQL
+        return sorted(k for (k,) in conn.execute("SELECT DISTINCT key FROM convex_files"))
+
+
+def test_killed_between_file_and_commit_leaves_nothing_after_reopen(
+    store_url, tmp_path, monkeypatch
+):
+    if not store_url.startswith(("sqlite:", "postgresql:")):
+        pytest.skip("a memory store does not outlive its process")
+    import subprocess
+    import sys
+
+    from kernel_ext.persistence import files as files_module
+
+    child = tmp_path / "child.py"
+    child.write_text(_KILLED_CHILD)
+    done = subprocess.run(
+        [sys.executable, str(child), store_url, str(APP)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == -9 and "written" in done.stdout, done.stderr
+    # PostgreSQL spares young files (another process's upload may be about to commit).
+    monkeypatch.setattr(files_module, "ORPHAN_AGE_S", -60)
+    c = kernel_ext.connect(store_url)
+    try:
+        c.load_functions(APP)
+        assert c.query("files:files") == []
+        assert _file_keys(c) == []
+    finally:
+        c.close()
+
+
+def test_orphan_is_there_until_the_sweep(store_url, tmp_path):
+    """The crash test above is not vacuous: the killed child's file is on disk."""
+    if not store_url.startswith("sqlite:"):
+        pytest.skip("the folder of a SQLite store")
+    import subprocess
+    import sys
+
+    child = tmp_path / "child.py"
+    child.write_text(_KILLED_CHILD)
+    subprocess.run(
+        [sys.executable, str(child), store_url, str(APP)], capture_output=True, timeout=60
+    )
+    folder = tmp_path / "store.db.files"
+    assert [p for p in folder.iterdir() if not p.name.startswith(".")]
