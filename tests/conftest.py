@@ -44,6 +44,16 @@ def store_url(
     return f"sqlite:///{tmp_path / 'store.db'}" if request.param == "file" else "memory"
 
 
+@pytest.fixture(params=["file", "postgres"])
+def durable_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL of a backend that outlives its client (a test closes and reopens it): a
+    fresh SQLite file or a fresh PostgreSQL database."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
 def _connect_dicts(connect: Callable[..., Any]) -> Callable[..., Any]:
     """`connect`, but `connect(DICTS)` builds an embedded client on a `MemoryPersistence`
     (as `connect("memory")` does on SQLite)."""

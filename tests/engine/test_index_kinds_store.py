@@ -92,15 +92,10 @@ def test_index_kinds_are_in_the_catalog_and_describe_tables(store_url):
         client.close()
 
 
-@pytest.fixture(params=["file", "postgres"])
-def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("pg_url")
-        return url
-    return str(tmp_path / "store.db")
-
-
-def test_index_kinds_survive_a_reopen_and_a_changed_config_rebuilds_the_index(durable_url):
+def test_index_kinds_survive_a_reopen_and_a_changed_config_rebuilds_the_index(
+    durable_store_url,
+):
+    durable_url = durable_store_url
     store = Store(open_persistence(durable_url))
     try:
         store.set_schema(_schema())

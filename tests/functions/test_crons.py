@@ -171,9 +171,10 @@ def test_a_short_interval_fires_repeatedly_into_the_scheduled_history(store_url)
 @pytest.mark.parametrize(
     "schedule", ['interval("late", {"minutes": 1},', 'cron("late", "* * * * *",']
 )
-def test_a_restart_after_missed_runs_runs_once_not_in_a_burst(store_url, tmp_path, schedule):
-    if store_url in ("memory", "dicts"):  # conftest.DICTS
-        pytest.skip("a memory store does not outlive its client")
+def test_a_restart_after_missed_runs_runs_once_not_in_a_burst(
+    durable_store_url, tmp_path, schedule
+):
+    store_url = durable_store_url
     folder = _app(
         tmp_path, f'crons = cron_jobs()\ncrons.{schedule} api.ticks.record, {{"tag": "late"}})\n'
     )
