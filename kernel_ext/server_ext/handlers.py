@@ -125,6 +125,15 @@ class JupyterUploadHandler(APIHandler, UploadHandler):  # type: ignore[misc]
         """Route kwargs: the storage service."""
         UploadHandler.initialize(self, storage, host_allowed)
 
+    def get_argument(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Tornado's, except that the URL's `token` is the upload's, never Jupyter's login
+        token: Jupyter reads its token from the URL first (`?token=`), so the upload token
+        would shadow the `Authorization` header and the request be refused. The handler
+        reads the upload token with `get_query_argument`."""
+        if name == "token":
+            return args[0] if args else kwargs.get("default", "")
+        return super().get_argument(name, *args, **kwargs)
+
     async def prepare(self) -> None:  # type: ignore[override]
         """Authenticate with Jupyter, then check the upload (`UploadHandler.prepare`).
 

@@ -31,18 +31,24 @@ def free_port() -> int:
 
 
 def start_jupyter(
-    folder: Path, runtime: Path | None = None, *, cwd: Path | None = None, db: str | None = None
+    folder: Path,
+    runtime: Path | None = None,
+    *,
+    cwd: Path | None = None,
+    db: str | None = None,
+    functions: Path | None = None,
 ):
     """A Jupyter server with the extension, serving `folder/root`, logging to
     `folder/jupyter.log`, started in `cwd` (default: this process's) with the store at `db`
-    (`CONVEX_JUPYTER_DB`, default: unset): (process, (base URL, token, root))."""
+    (`CONVEX_JUPYTER_DB`, default: unset) and the functions of `functions` (default: `app`):
+    (process, (base URL, token, root))."""
     port, token = free_port(), secrets.token_hex(16)
     root = folder / "root"
     root.mkdir(parents=True)
     env = {
         **os.environ,
         "JUPYTER_CONFIG_DIR": str(folder / "config"),
-        "CONVEX_JUPYTER_FUNCTIONS": str(Path(__file__).parent / "app"),
+        "CONVEX_JUPYTER_FUNCTIONS": str(functions or Path(__file__).parent / "app"),
         "JUPYTER_RUNTIME_DIR": str(runtime or folder / "runtime"),
     }
     for name in ("CONVEX_URL", "CONVEX_JUPYTER_URL", "CONVEX_JUPYTER_TOKEN", "CONVEX_ADMIN_KEY"):
