@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from kernel_ext.engine.store import Commit, Store
-from kernel_ext.errors import ValidationError
+from kernel_ext.errors import CommitOutcomeUnknown, ValidationError
 from kernel_ext.functions.limits import check_deadline
 from kernel_ext.persistence.files import FileWriter
 from kernel_ext.store.ids import new_id
@@ -203,8 +203,10 @@ class StorageService:
     ) -> str:
         """Make the written bytes durable under a new storage id, then commit their
         `_storage` row (with `also(txn)` in the same mutation). Returns the storage id; if
-        the commit fails, the bytes are removed (a killed process leaves them to the next
-        open's sweep)."""
+        the commit fails, the bytes are removed, but only once the row is known not to be
+        stored: an error that arrives after the commit (a Ctrl-C, a lost PostgreSQL
+        connection whose commit's fate is unknown) keeps them, and a killed process leaves
+        them to the next open's sweep."""
         table = self.store.catalog.table(STORAGE)
         assert table is not None, "system tables are created when the store opens"
         storage_id = new_id(table.number)
@@ -220,10 +222,19 @@ class StorageService:
 
         try:
             self.store.mutate(insert)
-        except BaseException:
-            self.store.files.delete(storage_id)
+        except BaseException as exc:
+            if not isinstance(exc, CommitOutcomeUnknown) and not self._stored(storage_id):
+                self.store.files.delete(storage_id)
             raise
         return storage_id
+
+    def _stored(self, storage_id: str) -> bool:
+        """Whether the `_storage` row of `storage_id` is stored (True when that cannot be
+        read now: the bytes are then kept, for the next open's sweep to judge)."""
+        try:
+            return self.metadata(storage_id) is not None
+        except Exception:
+            return True
 
     # -- reading -------------------------------------------------------------------------
 
