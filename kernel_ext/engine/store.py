@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from kernel_ext.engine import logs
+from kernel_ext.engine.search_indexes import SearchIndexes
 from kernel_ext.engine.write_log import HISTORY_MAX_KEYS, HISTORY_NS, WriteLog
 from kernel_ext.errors import (
     CommitNotWritten,
@@ -63,6 +64,7 @@ from kernel_ext.store.index_kinds import (
 )
 from kernel_ext.store.readset import ALL, TABLES, ReadSet, WrittenKey, table_created_key
 from kernel_ext.store.schema import SchemaDefinition
+from kernel_ext.store.search import table_search_keys
 from kernel_ext.store.transaction import Snapshot, Transaction, Write, index_keys
 
 __all__ = ["ALL_KEYS", "Commit", "MUTATION_RECEIPTS", "SCHEDULED_FUNCTIONS", "Store"]
@@ -199,6 +201,10 @@ class Store:
         self._listeners: list[Callable[[Commit], None]] = []
         self._definition_listeners: list[Callable[[int], None]] = []
         self._status_listeners: list[Callable[[str], None]] = []
+        #: Full-text indexes (`engine.search_indexes`), kept up to date by `_publish`.
+        self._search = SearchIndexes(
+            self.catalog, self._commit_lock, persistence.documents_of, self._ts
+        )
         self._last_creation_time = 0.0
         try:
             self._load_catalog()
@@ -639,6 +645,7 @@ class Store:
                 ):
                     continue
                 assert index.index_id is not None
+                self._search.drop(index.index_id)
                 if session is None:
                     self.persistence.drop_index(index.index_id)
                 else:
@@ -669,7 +676,7 @@ class Store:
     def transaction(self, snapshot: Snapshot, *, writable: bool) -> Transaction:
         """A transaction over `snapshot` (the caller closes both)."""
         if not writable:
-            return Transaction(
+            txn = Transaction(
                 snapshot,
                 self.catalog,
                 self.schema,
@@ -677,15 +684,18 @@ class Store:
                 allocate_table=_no_new_tables,
                 creation_time=self.next_creation_time,
             )
-        catalog = _TxnCatalog(self.catalog, self._allocate_number)
-        return Transaction(
-            snapshot,
-            catalog,
-            self.schema,
-            writable=True,
-            allocate_table=catalog.allocate,
-            creation_time=self.next_creation_time,
-        )
+        else:
+            catalog = _TxnCatalog(self.catalog, self._allocate_number)
+            txn = Transaction(
+                snapshot,
+                catalog,
+                self.schema,
+                writable=True,
+                allocate_table=catalog.allocate,
+                creation_time=self.next_creation_time,
+            )
+        txn.searcher = self._search.search
+        return txn
 
     def snapshot(self) -> Snapshot:
         """A read snapshot of the latest commit; close it with `close_snapshot`.
@@ -1015,6 +1025,7 @@ class Store:
         keys: list[WrittenKey] = []
         for doc_id, write in writes.items():
             changes = []
+            keys.extend(table_search_keys(tables[write.table], write.old, write.new))
             for info, name, old, new, unchanged in index_keys(tables[write.table], write):
                 if old is not None:
                     keys.append((name, old))
@@ -1047,5 +1058,6 @@ class Store:
         return max(self._ts + 1, time.time_ns())
 
     def _publish(self, commit: Commit) -> None:
+        self._search.on_commit(commit.ts, commit.writes)
         for listener in self._listeners:
             listener(commit)

@@ -30,6 +30,7 @@ import tornado.web
 from kernel_ext.errors import ValidationError
 from kernel_ext.functions.storage import MAX_UPLOAD_SIZE, StorageService, UploadRefused
 from kernel_ext.persistence.files import FileWriter
+from kernel_ext.sync.http import scrub_uri
 
 __all__ = ["DownloadHandler", "FileServer", "UploadHandler", "storage_routes"]
 
@@ -52,6 +53,9 @@ class _StorageHandler(tornado.web.RequestHandler):
         """Route kwargs: the storage service, and a Host check (None: any Host)."""
         self.storage = storage
         self._host_allowed = host_allowed
+        # Logged URIs (the access log, errors) never show an upload's token; the handler
+        # reads it from the query arguments, parsed already.
+        self.request.uri = scrub_uri(self.request.uri or "")
 
     def set_default_headers(self) -> None:
         """CORS: any origin may upload and download."""
@@ -184,10 +188,17 @@ async def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
 
 
 class DownloadHandler(_StorageHandler):
-    """`GET /api/storage/<storageId>`: the file's bytes, streamed."""
+    """`GET /api/storage/<storageId>`: the file's bytes, streamed (HEAD: the headers)."""
 
     async def get(self, storage_id: str) -> None:
         """Stream the file with its stored Content-Type; 404 when there is none."""
+        await self._send(storage_id, body=True)
+
+    async def head(self, storage_id: str) -> None:
+        """The headers a GET would send (Content-Type, Content-Length, Digest), no body."""
+        await self._send(storage_id, body=False)
+
+    async def _send(self, storage_id: str, *, body: bool) -> None:
         self.check_host()
         try:
             opened = await asyncio.to_thread(self.storage.open, storage_id)
@@ -209,7 +220,7 @@ class DownloadHandler(_StorageHandler):
         assert isinstance(sha, str)
         self.set_header("Digest", "sha-256=" + _base64_of_hex(sha))
         try:
-            while (chunk := await _next_chunk(chunks)) is not None:
+            while body and (chunk := await _next_chunk(chunks)) is not None:
                 self.write(chunk)
                 await self.flush()
         finally:

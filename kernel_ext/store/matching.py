@@ -13,6 +13,13 @@ from intervaltree import IntervalTree
 
 from kernel_ext.store.keys import key_successor
 from kernel_ext.store.readset import ALL, Interval, WrittenKey
+from kernel_ext.store.search import (
+    is_search_name,
+    parse_read,
+    parse_written,
+    search_overlaps,
+    token_prefixes,
+)
 
 __all__ = ["ALL", "SubscriptionIndex"]
 
@@ -28,6 +35,10 @@ class SubscriptionIndex:
         # quadratic), and this maps the range to every query that read it.
         self._ranges: dict[str, dict[tuple[bytes, bytes], set[Hashable]]] = {}
         self._registered: dict[Hashable, list[Interval]] = {}
+        # Searches (`store.search`) by index name, then by exact term and by prefix: a
+        # written version is checked against the searches of its tokens only.
+        self._terms: dict[str, dict[str, set[tuple[Hashable, bytes]]]] = {}
+        self._prefixes: dict[str, dict[str, set[tuple[Hashable, bytes]]]] = {}
 
     def __len__(self) -> int:
         return len(self._registered)
@@ -35,12 +46,18 @@ class SubscriptionIndex:
     def register(self, query_id: Hashable, intervals: Iterable[Interval]) -> None:
         """Replace the intervals registered for `query_id`."""
         # A query may read the same range twice; an empty range reads nothing.
-        kept = [(i, lo, hi) for i, lo, hi in dict.fromkeys(intervals) if lo < hi]
+        kept = [
+            (i, lo, hi)
+            for i, lo, hi in dict.fromkeys(intervals)
+            if lo < hi or is_search_name(i)  # (a search read's "hi" is empty)
+        ]
         if self._registered.get(query_id) == kept:
             return  # a re-run that read the same ranges: nothing to move
         self.remove(query_id)
         for index, lo, hi in kept:
-            if hi == key_successor(lo):
+            if is_search_name(index):
+                self._search_entries(index, lo, add=(query_id, lo))
+            elif hi == key_successor(lo):
                 self._points.setdefault(index, {}).setdefault(lo, set()).add(query_id)
             else:
                 holders = self._ranges.setdefault(index, {}).setdefault((lo, hi), set())
@@ -52,7 +69,9 @@ class SubscriptionIndex:
     def remove(self, query_id: Hashable) -> None:
         """Forget a query's intervals (no-op if it has none)."""
         for index, lo, hi in self._registered.pop(query_id, ()):
-            if hi == key_successor(lo):
+            if is_search_name(index):
+                self._search_entries(index, lo, drop=(query_id, lo))
+            elif hi == key_successor(lo):
                 holders = self._points[index][lo]
                 holders.discard(query_id)
                 if not holders:
@@ -70,6 +89,9 @@ class SubscriptionIndex:
         for index, key in keys:
             if index == ALL:
                 return set(self._registered)
+            if is_search_name(index):
+                found |= self._match_search(index, key)
+                continue
             points = self._points.get(index)
             if points:
                 found |= points.get(key, set())
@@ -79,3 +101,39 @@ class SubscriptionIndex:
                 for interval in tree.at(key):
                     found |= ranges[(interval.begin, interval.end)]
         return found
+
+    def _search_entries(
+        self,
+        index: str,
+        read: bytes,
+        *,
+        add: tuple[Hashable, bytes] | None = None,
+        drop: tuple[Hashable, bytes] | None = None,
+    ) -> None:
+        """Add or drop a search read under each of its exact terms and its prefix."""
+        _, terms, prefix = parse_read(read)
+        places = [(self._terms, t) for t in terms if t != prefix]
+        if prefix is not None:
+            places.append((self._prefixes, prefix))
+        for table, term in places:
+            by_term = table.setdefault(index, {})
+            holders = by_term.setdefault(term, set())
+            if add is not None:
+                holders.add(add)
+            if drop is not None:
+                holders.discard(drop)
+                if not holders:
+                    del by_term[term]
+
+    def _match_search(self, index: str, key: bytes) -> set[Hashable]:
+        """The queries whose search of `index` a written version (`key`) matches."""
+        _, tokens = parse_written(key)
+        terms = self._terms.get(index, {})
+        prefixes = self._prefixes.get(index, {})
+        candidates: set[tuple[Hashable, bytes]] = set()
+        for token in tokens:
+            candidates |= terms.get(token, set())
+            if prefixes:
+                for p in token_prefixes(token):
+                    candidates |= prefixes.get(p, set())
+        return {query_id for query_id, read in candidates if search_overlaps(read, key)}

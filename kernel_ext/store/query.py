@@ -43,6 +43,8 @@ from kernel_ext.store.values import Value
 
 if TYPE_CHECKING:
     from kernel_ext.store.aggregates import Aggregate, GroupBy
+    from kernel_ext.store.search import SearchFilterBuilder
+    from kernel_ext.store.search_query import SearchQuery
     from kernel_ext.store.views import MaintainedView, ViewPlan
 
 __all__ = [
@@ -72,6 +74,12 @@ class QuerySource(Protocol):
         self, table: str, index: IndexInfo, key_range: KeyRange, descending: bool
     ) -> Iterator[Row]:
         """Stream `(key, document)` rows of the range in index order, recording reads."""
+
+    def search(
+        self, table: str, index: str, build: Callable[[SearchFilterBuilder], Any]
+    ) -> list[tuple[float, dict[str, Value]]]:
+        """`(score, document)` of a full-text search of search index `index` (the search
+        built by `build(q)`), best first, recording the read (`store.search`)."""
 
     def begin_paginate(self) -> None:
         """Called once per `paginate`; raises if the execution already paginated."""
@@ -166,6 +174,18 @@ class Query(LazyResult):
         # Positional construction: `dataclasses.replace` costs three times as much, on the
         # path of every indexed query.
         return Query(self._source, self.table, name, ops, self.descending, self.filters, True)
+
+    def with_search_index(
+        self, name: str, search_fn: Callable[[SearchFilterBuilder], Any]
+    ) -> SearchQuery:
+        """Search the table's search index `name`: `search_fn(q)` returns
+        `q.search(field, text)` with optional `.eq(filter_field, value)` filters. Results come
+        in relevance order (`store.search_query`)."""
+        from kernel_ext.store.search_query import SearchQuery  # it imports this module
+
+        if self._indexed or self.descending is not None or self.filters or self._limit:
+            raise QueryError(".with_search_index() must come right after db.query(table), once")
+        return SearchQuery(self._source, self.table, name, search_fn)
 
     def order(self, order: Literal["asc", "desc"]) -> Query:
         """Set the order of the index scan (default "asc")."""

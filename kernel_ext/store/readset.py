@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kernel_ext.store.keys import key_successor
+from kernel_ext.store.search import SEARCH_READ_MARK, search_overlaps
 
 __all__ = [
     "ALL",
@@ -81,6 +82,11 @@ class ReadSet:
         """Record a point read (e.g. `db.get`), whether or not a document was there."""
         self.intervals.setdefault(index, []).append((key, key_successor(key)))
 
+    def add_search(self, name: str, read: bytes) -> None:
+        """Record a full-text search (`store.search.search_read`) of the search index `name`
+        (`search_read_name`): overlapped only by a written version that matches it."""
+        self.intervals.setdefault(name, []).append((read, b""))
+
     def track(self, scan: ScanProgress) -> ScanProgress:
         """Track a scan whose interval is decided when the read set is finalized."""
         self.scans.append(scan)
@@ -107,6 +113,10 @@ class ReadSet:
         for index, key in written:
             if index == ALL:
                 return True
+            if index.endswith(SEARCH_READ_MARK):
+                if any(search_overlaps(r, key) for r, _ in self.intervals.get(index, ())):
+                    return True
+                continue
             for lo, hi in self.intervals.get(index, ()):
                 if lo <= key < hi:
                     return True

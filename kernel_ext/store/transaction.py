@@ -30,12 +30,22 @@ from kernel_ext.store.catalog import (
     id_key,
 )
 from kernel_ext.store.ids import decode_id, new_id, table_number_of
+from kernel_ext.store.index_kinds import SearchIndexConfig
 from kernel_ext.store.keys import KEY_MAX
 from kernel_ext.store.notices import warn_once
 from kernel_ext.store.query import Query, Row
 from kernel_ext.store.ranges import KeyRange
 from kernel_ext.store.readset import TABLES, ReadSet, ScanProgress, WrittenKey, table_created_key
 from kernel_ext.store.schema import SYSTEM_FIELDS, SchemaDefinition, check_table_name
+from kernel_ext.store.search import (
+    Searcher,
+    SearchFilterBuilder,
+    compile_search,
+    entry_of,
+    rank,
+    search_read,
+    search_read_name,
+)
 from kernel_ext.store.validators import NumberKind
 from kernel_ext.store.values import (
     MAX_DOCUMENT_SIZE,
@@ -164,6 +174,8 @@ class Transaction:
         self.read_set = ReadSet()
         self.closed = False
         self.paginated = False
+        #: Answers full-text searches (`store.search.Searcher`; set by the engine).
+        self.searcher: Searcher | None = None
         self._layers: list[dict[str, Write]] = [{}]
         self._read_cache: dict[str, dict[str, Value] | None] = {}  # never handed out: copy
         self._allocate_table = allocate_table
@@ -339,6 +351,53 @@ class Transaction:
                 f'.index("{index}", [...]); existing: {sorted(info.indexes)}'
             )
         return found
+
+    def search(
+        self, table: str, index: str, build: Callable[[SearchFilterBuilder], Any]
+    ) -> list[tuple[float, dict[str, Value]]]:
+        """See `QuerySource.search`: storage's index state merged with this transaction's
+        writes, ranked."""
+        self._check_open()
+        info = self.catalog.table(table)
+        if info is None:
+            # The table does not exist yet; the insert that creates it writes a key here.
+            self.read_set.add(f"{table}.{BY_CREATION_TIME}", b"", KEY_MAX)
+            return []
+        found = info.search_indexes.get(index)
+        if found is None or not isinstance(found.config, SearchIndexConfig):
+            raise QueryError(
+                f"Search index {table}.{index} not found. Declare it in the schema with "
+                f'.search_index("{index}", search_field=...); search indexes: '
+                f"{sorted(n for n, i in info.search_indexes.items() if i.kind == 'search')}"
+            )
+        builder = SearchFilterBuilder()
+        if build(builder) is not builder:
+            raise QueryError(
+                "The with_search_index callback must return the search builder, e.g. "
+                "lambda q: q.search('body', text)"
+            )
+        config = found.config
+        spec = compile_search(table, index, config, builder)
+        self.read_set.add_search(search_read_name(table, index), search_read(spec))
+        if self.searcher is None or found.index_id is None:
+            raise QueryError("This store cannot run full-text searches")
+        state = self.searcher(
+            self.snapshot, info.number, found.index_id, config, spec, self.writable
+        )
+        pending = self._pending_docs(table)
+        for doc_id, new in pending.items():  # this transaction's own writes
+            state.remove(spec, entry_of(config, self.snapshot.get(info.number, id_key(doc_id))))
+            state.add(spec, entry_of(config, new))
+        out: list[tuple[float, dict[str, Value]]] = []
+        for score, entry in rank(spec, state):
+            doc = (
+                pending[entry.doc_id]
+                if entry.doc_id in pending
+                else self.snapshot.get(info.number, id_key(entry.doc_id))
+            )
+            if doc is not None:
+                out.append((score, copy_value(doc) if entry.doc_id in pending else doc))
+        return out
 
     def begin_paginate(self) -> None:
         """See `QuerySource.begin_paginate`."""

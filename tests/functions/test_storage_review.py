@@ -1,8 +1,12 @@
 """File storage edge cases found in review: an interrupt after the `_storage` row committed
-keeps the bytes."""
+keeps the bytes; upload tokens never reach the access log; HEAD on a download URL."""
 
 from __future__ import annotations
 
+import json
+import logging
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -45,3 +49,37 @@ def _written(c, data: bytes):
     writer = c.backend.storage.writer()
     writer.write(data)
     return writer
+
+
+def test_upload_tokens_are_not_logged(caplog):
+    with kernel_ext.connect("memory") as c:
+        c.load_functions(APP)
+        url = c.mutation("files:upload_url")
+        token = url.partition("token=")[2]
+        with caplog.at_level(logging.INFO, logger="tornado.access"):
+            request = urllib.request.Request(url, data=b"x" * 100_000, method="POST")
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert json.loads(response.read())["storageId"]
+            refused = urllib.request.Request(url, data=b"again", method="POST")
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(refused, timeout=30)
+            info.value.close()
+        assert info.value.code == 403
+    logged = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
+    assert len(logged) == 2 and all("/api/storage/upload" in m for m in logged), logged
+    assert not [m for m in logged if token in m]
+
+
+def test_head_of_a_download_sends_its_headers(files):
+    sid = files.action("files:store", data=b"0123456789", contentType="image/png")
+    url = files.query("files:url", id=sid)
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "image/png"
+        assert r.headers["Content-Length"] == "10"
+        assert r.read() == b""
+    missing = urllib.request.Request(url[:-1] + ("a" if url[-1] != "a" else "b"), method="HEAD")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(missing, timeout=30)
+    info.value.close()
+    assert info.value.code == 404
