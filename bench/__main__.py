@@ -23,6 +23,7 @@ BENCHMARKS = [
     "pg_mutations",
     "pg_fanout",
     "pg_scale",
+    "search",
     "storage",
 ]
 
