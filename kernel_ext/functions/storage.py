@@ -111,6 +111,12 @@ class StorageService:
         """Give out URLs under `url` (the server's address, without a trailing `/`)."""
         self._base_url = url.rstrip("/")
 
+    def stop_serving_at(self, url: str) -> None:
+        """The server at `url` stopped: give out URLs of the files-only server from now on
+        (unless another server took over meanwhile)."""
+        if self._base_url == url.rstrip("/"):
+            self._base_url = None
+
     def base_url(self) -> str:
         """Where files are served: the server set by `serve_at`, else a files-only server
         on 127.0.0.1 started now (once)."""

@@ -264,6 +264,7 @@ class SyncServer:
         self.allowed_hosts: set[str] | None = None
         self._http_server: tornado.httpserver.HTTPServer | None = None
         self._ticker: tornado.ioloop.PeriodicCallback | None = None
+        self._files_url = ""  # where `start` pointed file URLs
 
     def application(self) -> tornado.web.Application:
         """The tornado application with every route."""
@@ -323,8 +324,9 @@ class SyncServer:
             self.application(), max_body_size=MAX_MESSAGE_SIZE, xheaders=False
         )
         self._http_server.add_sockets(sockets)
-        # File URLs (`ctx.storage`) point here.
-        self.backend.storage.serve_at(url_for(host, int(sockets[0].getsockname()[1])))
+        # File URLs (`ctx.storage`) point here (until `stop`).
+        self._files_url = url_for(host, int(sockets[0].getsockname()[1]))
+        self.backend.storage.serve_at(self._files_url)
         self._ticker = tornado.ioloop.PeriodicCallback(self._tick, self.tick_interval * 1000)
         self._ticker.start()
         return int(sockets[0].getsockname()[1])
@@ -339,6 +341,7 @@ class SyncServer:
         commits are durable), drop calls that had not started. Does not close the backend."""
         if self._http_server is not None:
             self._http_server.stop()
+            self.backend.storage.stop_serving_at(self._files_url)
         if self._ticker is not None:
             self._ticker.stop()
         self.deployer.close()

@@ -83,3 +83,22 @@ def test_head_of_a_download_sends_its_headers(files):
         urllib.request.urlopen(missing, timeout=30)
     info.value.close()
     assert info.value.code == 404
+
+
+def test_urls_work_after_a_background_server_stopped():
+    """`%convex serve` points file URLs at its server; once it stops, new URLs must come
+    from a server that still answers (they pointed at the stopped port)."""
+    from kernel_ext.sync.background import BackgroundServer
+
+    with kernel_ext.connect("memory") as c:
+        c.load_functions(APP)
+        sid = c.action("files:store", data=b"still here")
+        server = BackgroundServer(c.backend)
+        try:
+            assert c.query("files:url", id=sid).startswith(server.url + "/api/storage/")
+        finally:
+            server.stop()
+        url = c.query("files:url", id=sid)
+        assert not url.startswith(server.url)
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.read() == b"still here"
