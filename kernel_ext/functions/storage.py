@@ -257,13 +257,18 @@ class StorageService:
     # -- freeing -------------------------------------------------------------------------
 
     def _sweep(self) -> None:
-        """Remove the files whose row never committed (a failed commit, a killed process)."""
+        """Remove the files whose row never committed (a failed commit, a killed process).
+        Housekeeping: a failure is logged (the next open tries again), the store opens."""
 
         def ids(txn: Transaction) -> set[str]:
             return {str(doc["_id"]) for doc in txn.query(STORAGE, system=True)}
 
-        keep = self.store.read(ids)[0]
-        removed = self.store.files.sweep(keep.__contains__)
+        try:
+            keep = self.store.read(ids)[0]
+            removed = self.store.files.sweep(keep.__contains__)
+        except Exception:
+            _log.exception("Could not remove the files left by uploads that did not commit")
+            return
         if removed:
             _log.info("Removed %d file(s) left by uploads that did not commit", removed)
 

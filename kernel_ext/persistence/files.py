@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import tempfile
@@ -49,6 +50,7 @@ CHUNK: Final = 1 << 20
 #: (s): younger ones may belong to an upload of another process that is about to commit.
 ORPHAN_AGE_S: Final = 3600
 _TEMP_PREFIX: Final = ".tmp-"
+_log = logging.getLogger(__name__)
 #: Keys are document ids (Crockford base32, lower case): never a path.
 _KEY: Final = re.compile(r"^[0-9a-z]{1,64}$")
 
@@ -229,13 +231,18 @@ class FolderFiles:
 
     def sweep(self, keep: Callable[[str], bool]) -> int:
         """Remove orphans and temporary files (the store's lock keeps out other processes,
-        so nothing is being written while it opens)."""
+        so nothing is being written while it opens). What cannot be removed (a folder someone
+        made in it) is logged and left."""
         if not self.folder.is_dir():
             return 0
         removed = 0
         for path in self.folder.iterdir():
             if path.name.startswith(_TEMP_PREFIX) or not keep(path.name):
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    _log.warning("Cannot remove %s, which no stored file names: %s", path, exc)
+                    continue
                 removed += 1
         return removed
 

@@ -102,3 +102,18 @@ def test_urls_work_after_a_background_server_stopped():
         assert not url.startswith(server.url)
         with urllib.request.urlopen(url, timeout=30) as response:
             assert response.read() == b"still here"
+
+
+def test_a_store_opens_although_its_files_folder_cannot_be_swept(tmp_path):
+    """The sweep of orphan files is housekeeping: something it cannot remove (here a folder
+    someone made inside the files folder) is logged, never a reason to refuse the store."""
+    db = tmp_path / "store.db"
+    with kernel_ext.connect(f"sqlite:///{db}") as c:
+        c.load_functions(APP)
+        sid = c.action("files:store", data=b"kept")
+    (tmp_path / "store.db.files" / "stray").mkdir()
+    (tmp_path / "store.db.files" / ".tmp-left").write_bytes(b"partial upload")
+    with kernel_ext.connect(f"sqlite:///{db}") as c:
+        c.load_functions(APP)
+        assert c.action("files:get", id=sid) == b"kept"
+    assert not (tmp_path / "store.db.files" / ".tmp-left").exists()  # the rest was swept
