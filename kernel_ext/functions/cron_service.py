@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from kernel_ext.engine.store import SCHEDULED_FUNCTIONS, Commit
 from kernel_ext.errors import (
     ArgumentError,
-    StoreError,
     UnknownFunction,
     ValidationError,
     WrongFunctionKind,
@@ -206,10 +205,10 @@ class CronService:
             self._wake.clear()
             try:
                 wait = self._run_due()
-            except StoreError:
+            except Exception:  # a bug or a storage failure: say so, keep the crons running
                 if self._closed:
                     return
-                _log.exception("the crons could not be read or scheduled")
+                _log.exception("the crons could not be read or scheduled; retrying in 1 s")
                 wait = 1.0
             self._wake.wait(wait)
 

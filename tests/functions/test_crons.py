@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,22 @@ def test_a_bad_cron_fails_the_load_and_defines_nothing(tmp_path, line, error, ma
 
 
 # -- running --------------------------------------------------------------------------------
+
+
+def test_an_unexpected_error_in_the_cron_thread_is_logged_and_the_crons_go_on(caplog):
+    failures = iter([RuntimeError("a bug")])
+
+    def clock() -> float:
+        if threading.current_thread().name == "convex-crons":
+            for failure in failures:  # the thread's first call only
+                raise failure
+        return time.time() * 1000.0
+
+    with kernel_ext.connect("memory") as client:
+        client.backend.crons.clock = clock
+        client.load_functions(APP)
+        wait_for(lambda: client.query("ticks:count", tag="tick") >= 1, timeout=20)
+    assert "the crons could not be read or scheduled" in caplog.text
 
 
 def test_a_short_interval_fires_repeatedly_into_the_scheduled_history(store_url):
