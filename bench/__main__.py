@@ -25,6 +25,7 @@ BENCHMARKS = [
     "pg_scale",
     "search",
     "storage",
+    "vector",
 ]
 
 

@@ -25,6 +25,7 @@ from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from kernel_ext.engine import logs
 from kernel_ext.engine.search_indexes import SearchIndexes
+from kernel_ext.engine.vector_index import VectorIndexes
 from kernel_ext.engine.write_log import HISTORY_MAX_KEYS, HISTORY_NS, WriteLog
 from kernel_ext.errors import (
     CommitNotWritten,
@@ -42,6 +43,7 @@ from kernel_ext.persistence.base import (
     Persistence,
     SharedPersistence,
     StoredIndex,
+    full_text_search,
 )
 from kernel_ext.persistence.commit_log import LoggedCommit, decode_commit, encode_commit
 from kernel_ext.persistence.files import FileStore
@@ -66,6 +68,7 @@ from kernel_ext.store.readset import ALL, TABLES, ReadSet, WrittenKey, table_cre
 from kernel_ext.store.schema import SchemaDefinition
 from kernel_ext.store.search import table_search_keys
 from kernel_ext.store.transaction import Snapshot, Transaction, Write, index_keys
+from kernel_ext.store.vector import vector_written_keys
 
 __all__ = ["ALL_KEYS", "Commit", "MUTATION_RECEIPTS", "SCHEDULED_FUNCTIONS", "Store"]
 
@@ -203,9 +206,15 @@ class Store:
         self._status_listeners: list[Callable[[str], None]] = []
         #: Full-text indexes (`engine.search_indexes`), kept up to date by `_publish`.
         self._search = SearchIndexes(
-            self.catalog, self._commit_lock, persistence.documents_of, self._ts
+            self.catalog,
+            self._commit_lock,
+            persistence.documents_of,
+            self._ts,
+            native=full_text_search(persistence),
         )
         self._last_creation_time = 0.0
+        #: Vector indexes (`engine.vector_index`), built on first use, kept by the commits.
+        self.vectors = VectorIndexes(self)
         try:
             self._load_catalog()
             self._repair_unfilled_indexes()
@@ -695,6 +704,7 @@ class Store:
                 creation_time=self.next_creation_time,
             )
         txn.searcher = self._search.search
+        txn.vectors = self.vectors
         return txn
 
     def snapshot(self) -> Snapshot:
@@ -1026,6 +1036,8 @@ class Store:
         for doc_id, write in writes.items():
             changes = []
             keys.extend(table_search_keys(tables[write.table], write.old, write.new))
+            if tables[write.table].search_indexes:  # a vector index's filter keys
+                keys.extend(vector_written_keys(tables[write.table], write.old, write.new))
             for info, name, old, new, unchanged in index_keys(tables[write.table], write):
                 if old is not None:
                     keys.append((name, old))

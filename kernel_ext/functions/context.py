@@ -27,6 +27,7 @@ from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value
 
 if TYPE_CHECKING:
+    from kernel_ext.engine.store import Store
     from kernel_ext.functions.scheduling import Scheduler
 
 __all__ = [
@@ -108,6 +109,10 @@ class Runner(Protocol):
     @property
     def storage(self) -> StorageService:
         """The store's files (`ctx.storage`)."""
+
+    @property
+    def store(self) -> Store:
+        """The store (`ctx.vector_search` reads it)."""
 
 
 def _split(txn: Transaction, method: str, args: tuple[Any, ...], count: int) -> tuple[Any, ...]:
@@ -302,3 +307,14 @@ class ActionCtx:
     def run_action(self, ref: Any, args: Mapping[str, Any] | None = None) -> Value:
         """Run another action."""
         return self._runner.call(ref, args, kind="action", identity=self._identity)
+
+    def vector_search(self, table: str, index: str, query: Mapping[str, Any]) -> list[Value]:
+        """`[{"_id", "_score"}]` of the documents most similar to `query["vector"]` in
+        vector index `index` of `table`, best first (cosine similarity), as of the latest
+        commit. `query`: `vector` (of the index's dimensions), `limit` (1..256, default 10),
+        `filter` (`lambda q: q.eq(field, value)`, OR-ed with `|` or `q.or_`, on declared
+        filter fields). Raises `QueryError` for a bad request (see `store.vector`)."""
+        from kernel_ext.store.vector_query import vector_search
+
+        hits, _, _ = self._runner.store.read(lambda txn: vector_search(txn, table, index, query))
+        return [{"_id": doc["_id"], "_score": score} for doc, score in hits]

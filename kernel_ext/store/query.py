@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from kernel_ext.store.aggregates import Aggregate, GroupBy
     from kernel_ext.store.search import SearchFilterBuilder
     from kernel_ext.store.search_query import SearchQuery
+    from kernel_ext.store.vector_query import VectorQuery
     from kernel_ext.store.views import MaintainedView, ViewPlan
 
 __all__ = [
@@ -253,6 +254,16 @@ class Query(LazyResult):
             self._indexed,
             n,
         )
+
+    def with_vector_index(self, name: str, opts: Mapping[str, Any]) -> VectorQuery:
+        """The documents most similar to `opts["vector"]` in vector index `name`, best
+        first (`opts`: `vector`, `limit` 1..256 default 10, `filter`); see
+        `kernel_ext.store.vector_query`. It comes right after `db.query(table)`."""
+        from kernel_ext.store.vector_query import VectorQuery  # it imports this module
+
+        if self._indexed or self.descending is not None or self.filters or self._limit is not None:
+            raise QueryError(".with_vector_index() must come right after db.query(table)")
+        return VectorQuery(self._source, self.table, name, opts)  # type: ignore[arg-type]
 
     def group_by(self, *fields: str) -> GroupBy:
         """Group the matching documents by `fields` (dotted paths allowed); call

@@ -157,6 +157,10 @@ class Transaction:
         creation_time: returns the next `_creationTime` (strictly increasing).
     """
 
+    #: The engine's vector indexes (`vector_query.VectorCandidates`), set by the store that
+    #: made the transaction; None: vector searches scan the table.
+    vectors: Any = None
+
     def __init__(
         self,
         snapshot: Snapshot,
