@@ -29,8 +29,8 @@ import tornado.web
 
 from kernel_ext.errors import ValidationError
 from kernel_ext.functions.storage import MAX_UPLOAD_SIZE, StorageService, UploadRefused
+from kernel_ext.functions.uris import scrub_uri
 from kernel_ext.persistence.files import FileWriter
-from kernel_ext.sync.http import scrub_uri
 
 __all__ = ["DownloadHandler", "FileServer", "UploadHandler", "storage_routes"]
 

@@ -45,7 +45,6 @@ __all__ = [
     "HttpError",
     "HttpRequest",
     "HttpResponse",
-    "scrub_uri",
     "to_clean_json",
 ]
 
@@ -55,11 +54,10 @@ _CLIENT_VERSION: Final = re.compile(
     r"^[A-Za-z][A-Za-z0-9_]*(?:-[A-Za-z][A-Za-z0-9_]*)*-\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]*)?$"
 )
 _CORS_METHODS: Final = "GET, POST, OPTIONS, PATCH, DELETE, PUT"
+
+
 #: Names of query parameters that may hold credentials (a match anywhere in the name, any
 #: case, like jupyter_server's log scrubbing): their values are never logged.
-_CREDENTIAL: Final = re.compile("token|auth|key|secret|password|xsrf", re.IGNORECASE)
-
-
 @dataclass(frozen=True)
 class HttpRequest:
     """An HTTP request as the API sees it.
@@ -312,20 +310,6 @@ class HttpApi:
             for _, a, encode in prepared
         ]
         return _json_response(200, {"results": results})
-
-
-def scrub_uri(uri: str) -> str:
-    """`uri` with the value of every credential-like query parameter (`adminKey`, `token`,
-    `auth`, `secret`, `password`, `_xsrf`...) replaced by `[secret]`, for logs."""
-    path, question, query = uri.partition("?")
-    if not question:
-        return uri
-    parts = [
-        name + "=[secret]" if _CREDENTIAL.search(name) else part
-        for part in query.split("&")
-        for name in [part.partition("=")[0]]
-    ]
-    return f"{path}?{'&'.join(parts)}"
 
 
 # -- request parsing ----------------------------------------------------------------------

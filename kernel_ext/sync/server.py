@@ -32,6 +32,7 @@ import tornado.websocket
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.limits import DEFAULT_TIME_LIMIT
 from kernel_ext.functions.storage_http import storage_routes
+from kernel_ext.functions.uris import scrub_uri
 from kernel_ext.sync.auth import AuthProvider, ServerAuthenticator
 from kernel_ext.sync.connection import (
     MAX_CONCURRENT_CALLS,
@@ -39,7 +40,7 @@ from kernel_ext.sync.connection import (
     SyncConnection,
 )
 from kernel_ext.sync.deploy import Deployer
-from kernel_ext.sync.http import HttpApi, HttpRequest, scrub_uri
+from kernel_ext.sync.http import HttpApi, HttpRequest
 from kernel_ext.sync.protocol import PING_INTERVAL
 from kernel_ext.sync.runner import BackendRunner
 

@@ -32,8 +32,8 @@ import tornado.web
 from kernel_ext.errors import AuthenticationError
 from kernel_ext.functions.backend import Backend
 from kernel_ext.functions.http_actions import MAX_BODY_SIZE, Headers, Request, Response
+from kernel_ext.functions.uris import scrub_uri
 from kernel_ext.sync.auth import ServerAuthenticator
-from kernel_ext.sync.http import scrub_uri
 
 __all__ = ["HttpActionHandler", "SiteServer", "bind_site_sockets"]
 

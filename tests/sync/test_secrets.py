@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from polling import wait_for
 
-from kernel_ext.sync.http import scrub_uri
+from kernel_ext.functions.uris import scrub_uri
 
 KEY = "thread-admin-key"  # ThreadServer's admin key
 
