@@ -1,4 +1,9 @@
-"""The store's full-text indexes, kept in this process (`store.search.InvertedIndex`).
+"""The store's full-text indexes: kept by the backend when it can (SQLite FTS5, see
+`persistence.base.FullTextSearch`), else in this process (`store.search.InvertedIndex`).
+
+A backend that keeps them answers every search from the snapshot's own transaction (exactly
+its commit's state); the engine then ranks with the same pure BM25 (`store.search.rank`) and
+builds no index in memory. Otherwise (memory and PostgreSQL stores):
 
 One inverted index per search index, built from the stored documents on its first search
 (under the commit lock, so that no commit comes between the documents read and the ts the
@@ -21,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from kernel_ext.errors import PersistenceError
+from kernel_ext.persistence.base import FullTextSearch
 from kernel_ext.store.catalog import Catalog
 from kernel_ext.store.index_kinds import SearchIndexConfig
 from kernel_ext.store.keys import KEY_MAX
@@ -42,6 +48,7 @@ class SearchIndexes:
         lock: the store's commit lock (held while an index is built).
         documents: `documents(table_number)` yields the stored `(id_key, document)` pairs.
         ts: the latest commit's ts when the store opened.
+        native: the backend, if it keeps the search indexes itself (then none is kept here).
     """
 
     def __init__(
@@ -50,7 +57,10 @@ class SearchIndexes:
         lock: Any,
         documents: Callable[[int], Any],
         ts: int,
+        *,
+        native: FullTextSearch | None = None,
     ) -> None:
+        self._native = native
         self._catalog = catalog
         self._commit_lock = lock
         self._documents = documents
@@ -89,6 +99,9 @@ class SearchIndexes:
     ) -> SearchState:
         """The state of a search index for `spec` as `snapshot` sees it (`latest`: as of the
         latest commit applied, for a mutation's reads)."""
+        if self._native is not None:
+            # A mutation's own writes may change which prefix terms rank: it needs them all.
+            return self._native.search_state(snapshot, index_id, spec, all_prefixes=latest)
         index = self._index(table_number, index_id, config)
         ts = snapshot.ts
         with self._cond:

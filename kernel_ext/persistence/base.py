@@ -13,16 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from kernel_ext.persistence.files import FileStore
 from kernel_ext.store.catalog import TableInfo
+from kernel_ext.store.search import SearchSpec, SearchState
 from kernel_ext.store.transaction import Snapshot
 from kernel_ext.store.values import Value
 
 __all__ = [
     "CommitRecord",
     "CommitSession",
+    "FullTextSearch",
     "IndexChange",
     "LogEntry",
     "Persistence",
@@ -31,6 +33,7 @@ __all__ = [
     "StoredCatalog",
     "StoredIndex",
     "all_documents",
+    "full_text_search",
 ]
 
 
@@ -224,6 +227,33 @@ class CommitSession(Protocol):
                 whether the commit was stored.
         """
         ...
+
+
+@runtime_checkable
+class FullTextSearch(Protocol):
+    """Optional: a backend that keeps its search indexes itself, in the documents' own
+    transactions (SQLite FTS5), so the engine keeps none in memory for it."""
+
+    def search_state(
+        self, snapshot: Any, index_id: int, spec: SearchSpec, *, all_prefixes: bool
+    ) -> SearchState:
+        """What `store.search.rank` needs for `spec` from search index `index_id` exactly as
+        `snapshot` (one of this backend's snapshots or current readers) sees it: document
+        count, total length, the document frequency of every index term `spec` matches, and
+        the documents holding one of the terms ranked that pass `spec`'s filters (term
+        frequencies of those terms). `all_prefixes`: also the documents of every term
+        extending the prefix, not only of the first `MAX_PREFIX_MATCHES` (for a transaction
+        whose own writes change which ones rank).
+
+        Raises:
+            PersistenceError: the index cannot be read.
+        """
+        ...
+
+
+def full_text_search(persistence: object) -> FullTextSearch | None:
+    """`persistence` as a `FullTextSearch` if it keeps its own search indexes, else None."""
+    return persistence if isinstance(persistence, FullTextSearch) else None
 
 
 class SharedPersistence(Persistence, Protocol):

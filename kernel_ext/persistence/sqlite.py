@@ -6,6 +6,8 @@ Schema (one file, WAL mode):
   its primary key is also the `by_id` index of every table.
 - `index_entries(index_id, key, id_key)` WITHOUT ROWID: every other index, keyed by the
   order-preserving encoding of `[fields..., _creationTime, _id]`.
+- `search_*` (`persistence.sqlite_search`): each search index kept by SQLite FTS5, written in
+  the commits' own transactions.
 - `tables`, `indexes`: the catalog. `meta`: the format version and a timestamp ceiling: no
   commit has a later ts. A commit whose ts passes the ceiling raises it by `_TS_LEASE` in the
   same transaction, so most commits write no `meta` page (that page cost a tenth of a commit),
@@ -35,11 +37,12 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 from kernel_ext.errors import PersistenceError, StoreLocked
+from kernel_ext.persistence import sqlite_search
 from kernel_ext.persistence.base import (
     CommitRecord,
     IndexChange,
@@ -51,6 +54,8 @@ from kernel_ext.persistence.files import FileStore, FolderFiles, MemoryFiles
 from kernel_ext.persistence.scans import SqlReads
 from kernel_ext.persistence.sql_rows import commit_rows
 from kernel_ext.store.catalog import TableInfo
+from kernel_ext.store.index_kinds import SearchIndexConfig, config_from_json
+from kernel_ext.store.search import SearchSpec, SearchState
 from kernel_ext.store.values import Value
 
 __all__ = [
@@ -62,20 +67,23 @@ __all__ = [
     "storage_error",
 ]
 
-_FORMAT_VERSION: Final = 2
-#: How a store of format N becomes N + 1 (run in order, in the transaction that opens it):
-#: 2 added the index kind and config (search and vector indexes).
-_UPGRADES: Final[dict[int, tuple[str, ...]]] = {
+_FORMAT_VERSION: Final = 3
+#: How a store of format N becomes N + 1 (statements, or steps given the connection; run in
+#: order, in the transaction that opens it): 2 added the index kind and config (search and
+#: vector indexes); 3 keeps each search index in FTS5 tables, built from the documents.
+_UPGRADES: Final[dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]]] = {
     1: (
         "ALTER TABLE indexes ADD COLUMN kind TEXT NOT NULL DEFAULT 'db'",
         "ALTER TABLE indexes ADD COLUMN config TEXT",
     ),
+    2: (sqlite_search.build_missing,),
 }
 #: How far ahead of a commit's ts the stored ceiling is raised (ns): at most ten `meta`
 #: writes a second, and after a restart timestamps run at most this far ahead of the clock.
 _TS_LEASE: Final = 100_000_000
 
-_SCHEMA: Final = """
+_SCHEMA: Final = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tables (number INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS indexes (
@@ -89,12 +97,17 @@ CREATE TABLE IF NOT EXISTS index_entries (
     index_id INTEGER NOT NULL, key BLOB NOT NULL, id_key BLOB NOT NULL,
     PRIMARY KEY (index_id, key)) WITHOUT ROWID;
 """
+    + sqlite_search.STATS_SCHEMA
+    + ";\n"
+)
 
 _INSERT_INDEX: Final = (
     "INSERT INTO indexes (index_id, table_number, name, fields, kind, config) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
-_STORE_TABLES: Final = frozenset({"meta", "tables", "indexes", "documents", "index_entries"})
+_STORE_TABLES: Final = frozenset(
+    {"meta", "tables", "indexes", "documents", "index_entries", "search_stats"}
+)
 #: The first bytes of every SQLite database file.
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _HEADER_SIZE: Final = 100
@@ -384,6 +397,8 @@ class SqlitePersistence:
             self._acquire_lock()
             check_store_file(self.path, existed=existed)
             self._writer = self._open_writer()
+            #: The search indexes, kept by FTS5 (changed under the write lock).
+            self._search_indexes = sqlite_search.load_search_indexes(self._writer)
         except (sqlite3.Error, OSError) as exc:
             self._cleanup()
             raise storage_error(self.path, "Cannot open the store", exc) from exc
@@ -492,7 +507,10 @@ class SqlitePersistence:
         else:  # an older store is upgraded in this (the opening) transaction
             for version in range(int(row[0]), _FORMAT_VERSION):
                 for statement in _UPGRADES[version]:
-                    conn.execute(statement)
+                    if isinstance(statement, str):
+                        conn.execute(statement)
+                    else:
+                        statement(conn)
             conn.execute("UPDATE meta SET value=? WHERE key='format'", (str(_FORMAT_VERSION),))
         ceiling_row = conn.execute("SELECT value FROM meta WHERE key='ts'").fetchone()
         if ceiling_row is None:
@@ -686,7 +704,9 @@ class SqlitePersistence:
     ) -> None:
         """Persist a new index with its `(key, id_key)` entries (built from the existing
         documents), in one transaction: a process killed while it runs leaves no index
-        rather than an empty one, which queries would trust and find nothing in."""
+        rather than an empty one, which queries would trust and find nothing in. A search
+        index gets its FTS5 tables, filled from the documents, in the same transaction."""
+        search = config_from_json(kind, config) if kind == "search" else None
         with self._writing() as w:
             w.execute("BEGIN")
             w.execute(
@@ -696,7 +716,11 @@ class SqlitePersistence:
             w.executemany(
                 "INSERT INTO index_entries VALUES (?, ?, ?)", ((index_id, k, i) for k, i in entries)
             )
+            if isinstance(search, SearchIndexConfig):
+                sqlite_search.create_search(w, index_id, table_number, search)
             w.execute("COMMIT")
+            if isinstance(search, SearchIndexConfig):
+                self._search_indexes.setdefault(table_number, []).append((index_id, search))
 
     def fill_index(self, index_id: int, entries: Iterable[tuple[bytes, bytes]]) -> None:
         """Add `(key, id_key)` entries to an existing index, in one transaction (repairs an
@@ -726,12 +750,18 @@ class SqlitePersistence:
         return [index_id for (index_id,) in rows]
 
     def drop_index(self, index_id: int) -> None:
-        """Delete an index and its entries."""
+        """Delete an index and its entries (a search index: its FTS5 tables)."""
         with self._writing() as w:
             w.execute("BEGIN")
             w.execute("DELETE FROM index_entries WHERE index_id=?", (index_id,))
             w.execute("DELETE FROM indexes WHERE index_id=?", (index_id,))
+            search = any(i == index_id for s in self._search_indexes.values() for i, _ in s)
+            if search:
+                sqlite_search.drop_search(w, index_id)
             w.execute("COMMIT")
+            if search:
+                for indexes in self._search_indexes.values():
+                    indexes[:] = [(i, c) for i, c in indexes if i != index_id]
 
     def write_commit(
         self, ts: int, records: list[CommitRecord], new_tables: Iterable[TableInfo] = ()
@@ -778,6 +808,12 @@ class SqlitePersistence:
                     _apply(w, "INSERT INTO documents VALUES (?, ?, ?)", inserts)
                 if added:
                     _apply(w, "INSERT INTO index_entries VALUES (?, ?, ?)", added)
+                if self._search_indexes:
+                    sqlite_search.write_search(
+                        w,
+                        self._search_indexes,
+                        ((r.table_number, r.id_key, r.doc, r.replaces) for r in records),
+                    )
                 ceiling = ts + _TS_LEASE if ts > self._ts_ceiling else None
                 if ceiling is not None:
                     w.execute("UPDATE meta SET value=? WHERE key='ts'", (str(ceiling),))
@@ -794,6 +830,30 @@ class SqlitePersistence:
     def documents_of(self, table_number: int) -> Iterator[tuple[bytes, dict[str, Value]]]:
         """Every `(id_key, document)` of a table (for index builds and schema checks)."""
         return all_documents(self, table_number)
+
+    def search_state(
+        self, snapshot: Any, index_id: int, spec: SearchSpec, *, all_prefixes: bool
+    ) -> SearchState:
+        """See `persistence.base.FullTextSearch`: read from the FTS5 tables by the
+        snapshot's read transaction (a `CurrentReader`: every statement on the writer
+        connection under the write lock, so they all see one commit)."""
+        if isinstance(snapshot, SqliteSnapshot):
+            conn = snapshot._conn
+            if conn is None:
+                raise PersistenceError("This snapshot is closed")
+            try:
+                return sqlite_search.search_state(conn, index_id, spec, all_prefixes=all_prefixes)
+            except sqlite3.Error as exc:
+                raise storage_error(self.path, "Searching", exc) from exc
+        with self._write_lock:
+            if self._closed:
+                raise PersistenceError("The store is closed")
+            try:
+                return sqlite_search.search_state(
+                    self._writer, index_id, spec, all_prefixes=all_prefixes
+                )
+            except sqlite3.Error as exc:
+                raise storage_error(self.path, "Searching", exc) from exc
 
     # -- closing -------------------------------------------------------------------------
 

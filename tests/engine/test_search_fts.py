@@ -1,0 +1,209 @@
+"""Search indexes of SQLite stores kept by FTS5: rows written in the documents' own
+transaction, dropped with the index, built when an older store file is opened, and never
+rebuilt in memory when a store is reopened."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import kernel_ext
+from kernel_ext import define_schema, define_table, mutation, query, v
+from kernel_ext.errors import PersistenceError
+from kernel_ext.persistence.base import CommitRecord
+from kernel_ext.persistence.sqlite import SqlitePersistence
+from kernel_ext.store.catalog import id_key
+from kernel_ext.store.index_kinds import SearchIndexConfig
+from kernel_ext.store.search import InvertedIndex, SearchFilterBuilder, compile_search, rank
+
+TABLE = define_table({"body": v.any(), "channel": v.string()})
+SCHEMA = define_schema(
+    {"messages": TABLE.search_index("search_body", search_field="body", filter_fields=["channel"])}
+)
+NO_SEARCH = define_schema({"messages": TABLE})
+BODIES = ["the quick brown fox", "the lazy dog", "quick quick quick", "a fox and a dog", "foxes"]
+
+
+@mutation
+def add(ctx, body, channel="#a"):
+    return ctx.db.insert("messages", {"body": body, "channel": channel})
+
+
+@query
+def find(ctx, text):
+    return [
+        d["body"]
+        for d in ctx.db.query("messages").with_search_index(
+            "search_body", lambda q: q.search("body", text)
+        )
+    ]
+
+
+def _client(path: Path) -> kernel_ext.Client:
+    client = kernel_ext.connect(f"sqlite:///{path}")
+    client.register("fts:add", add)
+    client.register("fts:find", find)
+    return client
+
+
+def _filled(path: Path) -> list[str]:
+    """A store with the search index and BODIES; the ids."""
+    client = _client(path)
+    try:
+        client.set_schema(SCHEMA)
+        return [client.mutation("fts:add", body=b) for b in BODIES]
+    finally:
+        client.close()
+
+
+def _expected(bodies: list[str], text: str) -> list[str]:
+    """The pure core's ranking of `bodies` (creation order = list order)."""
+    config = SearchIndexConfig("body", ("channel",))
+    index = InvertedIndex(config, 0)
+    index.load(
+        {"_id": f"id{i}", "_creationTime": float(i), "body": b, "channel": "#a"}
+        for i, b in enumerate(bodies)
+    )
+    spec = compile_search(
+        "messages", "search_body", config, SearchFilterBuilder().search("body", text)
+    )
+    return [bodies[int(e.doc_id[2:])] for _, e in rank(spec, index.state(spec))]
+
+
+def _fts_tables(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'search_%'")
+        return {r[0] for r in rows}
+    finally:
+        conn.close()
+
+
+def _fts_counts(path: Path) -> tuple[int, int, int, list[tuple[int, int, int]]]:
+    """(documents, indexed rows, FTS rows, stats rows) of the only search index."""
+    conn = sqlite3.connect(path)
+    try:
+        (index_id,) = conn.execute("SELECT index_id FROM indexes WHERE kind='search'").fetchone()
+        docs = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+        side = conn.execute(f"SELECT count(*) FROM search_docs_{index_id}").fetchone()[0]
+        fts = conn.execute(f"SELECT count(*) FROM search_fts_{index_id}").fetchone()[0]
+        stats = conn.execute("SELECT * FROM search_stats").fetchall()
+        return docs, side, fts, stats
+    finally:
+        conn.close()
+
+
+def test_search_rows_are_written_in_the_documents_transaction(tmp_path):
+    path = tmp_path / "store.db"
+    _filled(path)
+    before = _fts_counts(path)
+    docs, side, fts, stats = before
+    assert docs == side == fts == len(BODIES) and stats[0][1] == len(BODIES)
+
+    persistence = SqlitePersistence(path)
+    try:
+        table_number = next(n for n, name in persistence.load_catalog()[0] if name == "messages")
+        good = {"_id": "good", "_creationTime": 1.0, "body": "new words", "channel": "#a"}
+        bad = {"_id": "bad", "body": "no creation time", "channel": "#a"}  # fails mid-commit
+        records = [
+            CommitRecord(table_number, id_key("good"), good, ()),
+            CommitRecord(table_number, id_key("bad"), bad, ()),
+        ]
+        with pytest.raises((KeyError, PersistenceError)):
+            persistence.write_commit(persistence.last_ts() + 1, records)
+    finally:
+        persistence.close()
+    assert _fts_counts(path) == before  # neither the documents nor their index rows
+
+    client = _client(path)
+    try:
+        assert client.query("fts:find", text="words") == []
+        assert client.query("fts:find", text="quick") == [
+            "quick quick quick",
+            "the quick brown fox",
+        ]
+    finally:
+        client.close()
+
+
+def test_the_fts_tables_are_dropped_with_the_index(tmp_path):
+    path = tmp_path / "store.db"
+    _filled(path)
+    conn = sqlite3.connect(path)
+    try:
+        (n,) = conn.execute("SELECT index_id FROM indexes WHERE kind='search'").fetchone()
+    finally:
+        conn.close()
+    made = _fts_tables(path)
+    assert {"search_stats", f"search_docs_{n}", f"search_fts_{n}", f"search_hits_{n}"} <= made
+    client = _client(path)
+    try:
+        client.set_schema(NO_SEARCH)
+    finally:
+        client.close()
+    assert _fts_tables(path) == {"search_stats"}
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM search_stats").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+def _downgrade_to_format_2(path: Path) -> None:
+    """Rewrite a store file as format 2 wrote it: search indexes in the catalog, no FTS."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'search_%' "
+                "AND sql LIKE 'CREATE VIRTUAL%'"
+            )
+        ]
+        for name in sorted(names, key=lambda n: "fts" in n):  # vocab tables first
+            conn.execute(f"DROP TABLE {name}")
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'search_%'"
+        ).fetchall():
+            conn.execute(f"DROP TABLE {name}")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'format'")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_a_format_2_store_with_a_search_index_is_upgraded_when_opened(tmp_path):
+    path = tmp_path / "store.db"
+    _filled(path)
+    _downgrade_to_format_2(path)
+    assert _fts_tables(path) == set()
+
+    client = _client(path)
+    try:
+        assert client.query("fts:find", text="fox") == _expected(BODIES, "fox")
+        client.mutation("fts:add", body="one more fox")
+        assert client.query("fts:find", text="fox") == _expected([*BODIES, "one more fox"], "fox")
+    finally:
+        client.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("3",)
+    finally:
+        conn.close()
+    docs, side, fts, stats = _fts_counts(path)
+    assert docs == side == fts == len(BODIES) + 1 and stats[0][1] == len(BODIES) + 1
+
+
+def test_a_reopened_sqlite_store_builds_no_index_in_memory(tmp_path):
+    path = tmp_path / "store.db"
+    _filled(path)
+    client = _client(path)
+    try:
+        for text in ("dog", "fo", "quick f", "the"):
+            assert client.query("fts:find", text=text) == _expected(BODIES, text)
+        assert client.backend.store._search._indexes == {}
+    finally:
+        client.close()
