@@ -184,10 +184,9 @@ def _file_keys(c: Any) -> list[str]:
 
 
 def test_killed_between_file_and_commit_leaves_nothing_after_reopen(
-    store_url, tmp_path, monkeypatch
+    durable_store_url, tmp_path, monkeypatch
 ):
-    if not store_url.startswith(("sqlite:", "postgresql:")):
-        pytest.skip("a memory store does not outlive its process")
+    store_url = durable_store_url
     import subprocess
     import sys
 
@@ -213,10 +212,9 @@ def test_killed_between_file_and_commit_leaves_nothing_after_reopen(
         c.close()
 
 
-def test_orphan_is_there_until_the_sweep(store_url, tmp_path):
+def test_orphan_is_there_until_the_sweep(tmp_path):
     """The crash test above is not vacuous: the killed child's file is on disk."""
-    if not store_url.startswith("sqlite:"):
-        pytest.skip("the folder of a SQLite store")
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
     import subprocess
     import sys
 
