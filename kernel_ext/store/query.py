@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from kernel_ext.store.views import MaintainedView, ViewPlan
 
 __all__ = [
+    "DocumentQuery",
     "MAX_PAGE_SIZE",
     "LazyResult",
     "Query",
@@ -78,9 +79,10 @@ class QuerySource(Protocol):
 
     def search(
         self, table: str, index: str, build: Callable[[SearchFilterBuilder], Any]
-    ) -> list[tuple[float, dict[str, Value]]]:
+    ) -> Iterator[tuple[float, dict[str, Value]]]:
         """`(score, document)` of a full-text search of search index `index` (the search
-        built by `build(q)`), best first, recording the read (`store.search`)."""
+        built by `build(q)`), best first, recording the read (`store.search`); documents are
+        read as they are iterated, at most `MAX_RESULTS` + 1 (more is an error)."""
 
     def begin_paginate(self) -> None:
         """Called once per `paginate`; raises if the execution already paginated."""
@@ -134,8 +136,47 @@ class LazyResult(abc.ABC):
         return None
 
 
+class DocumentQuery(LazyResult):
+    """A lazy result that yields documents, in its own order: the consumers every kind of
+    query shares (`collect`, `take`, `first`, `unique`), built on its `__iter__`."""
+
+    __slots__ = ()
+    table: str
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[dict[str, Value]]:
+        """The matching documents, in order; stopping early reads (and depends on) less."""
+
+    def collect(self) -> list[dict[str, Value]]:
+        """All matching documents."""
+        return list(self)
+
+    def take(self, n: int) -> list[dict[str, Value]]:
+        """The first `n` matching documents."""
+        if type(n) is not int or n < 0:
+            raise QueryError(f"take(n): n must be a non-negative integer, got {n!r}")
+        return list(itertools.islice(self, n))
+
+    def first(self) -> dict[str, Value] | None:
+        """The first matching document, or None."""
+        docs = self.take(1)
+        return docs[0] if docs else None
+
+    def unique(self) -> dict[str, Value] | None:
+        """The single matching document, None if there is none; raises `QueryError` if there
+        are several."""
+        docs = self.take(2)
+        if len(docs) > 1:
+            ids = ", ".join(str(d["_id"]) for d in docs)
+            raise QueryError(
+                "unique() query returned more than one result from table "
+                f"{self.table}:\n [{ids}, ...]"
+            )
+        return docs[0] if docs else None
+
+
 @dataclass(frozen=True)
-class Query(LazyResult):
+class Query(DocumentQuery):
     """A query over one table. Build it with `ctx.db.query(table)`."""
 
     _source: QuerySource
@@ -372,33 +413,6 @@ class Query(LazyResult):
         """Stream matching documents; stopping early reads (and depends on) less."""
         for _, doc in self._rows():
             yield doc
-
-    def collect(self) -> list[dict[str, Value]]:
-        """All matching documents."""
-        return list(self)
-
-    def take(self, n: int) -> list[dict[str, Value]]:
-        """The first `n` matching documents."""
-        if type(n) is not int or n < 0:
-            raise QueryError(f"take(n): n must be a non-negative integer, got {n!r}")
-        return [doc for _, doc in itertools.islice(self._rows(), n)]
-
-    def first(self) -> dict[str, Value] | None:
-        """The first matching document, or None."""
-        docs = self.take(1)
-        return docs[0] if docs else None
-
-    def unique(self) -> dict[str, Value] | None:
-        """The single matching document, None if there is none; raises `QueryError` if there
-        are several."""
-        docs = self.take(2)
-        if len(docs) > 1:
-            ids = ", ".join(str(d["_id"]) for d in docs)
-            raise QueryError(
-                "unique() query returned more than one result from table "
-                f"{self.table}:\n [{ids}, ...]"
-            )
-        return docs[0] if docs else None
 
     def paginate(self, opts: Mapping[str, Any]) -> dict[str, Any]:
         """One page: `{"page", "isDone", "continueCursor"}`.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_ext.errors import QueryError
 from kernel_ext.store.expressions import Expression, FilterBuilder, as_boolean
 from kernel_ext.store.keys import encode_key
-from kernel_ext.store.query import LazyResult, decode_cursor, encode_cursor
+from kernel_ext.store.query import DocumentQuery, decode_cursor, encode_cursor
 from kernel_ext.store.search import MAX_RESULTS, SearchFilterBuilder
 from kernel_ext.store.values import Value
 
@@ -29,7 +29,7 @@ _END_CURSOR = "_end"
 
 
 @dataclass(frozen=True)
-class SearchQuery(LazyResult):
+class SearchQuery(DocumentQuery):
     """A full-text search over one table's search index (build it with
     `Query.with_search_index`)."""
 
@@ -85,36 +85,6 @@ class SearchQuery(LazyResult):
     def collect(self) -> list[dict[str, Value]]:
         """Every matching document (an error beyond `MAX_RESULTS`)."""
         return list(self)
-
-    def take(self, n: int) -> list[dict[str, Value]]:
-        """The `n` best matching documents."""
-        if type(n) is not int or n < 0:
-            raise QueryError(f"take(n): n must be a non-negative integer, got {n!r}")
-        out: list[dict[str, Value]] = []
-        if n == 0:
-            return out
-        for doc in self:
-            out.append(doc)
-            if len(out) >= n:
-                break
-        return out
-
-    def first(self) -> dict[str, Value] | None:
-        """The best matching document, or None."""
-        docs = self.take(1)
-        return docs[0] if docs else None
-
-    def unique(self) -> dict[str, Value] | None:
-        """The single matching document, None if there is none; raises `QueryError` if there
-        are several."""
-        docs = self.take(2)
-        if len(docs) > 1:
-            ids = ", ".join(str(d["_id"]) for d in docs)
-            raise QueryError(
-                "unique() query returned more than one result from table "
-                f"{self.table}:\n [{ids}, ...]"
-            )
-        return docs[0] if docs else None
 
     def paginate(self, opts: Mapping[str, Any]) -> dict[str, Any]:
         """One page of results in relevance order: `{"page", "isDone", "continueCursor"}`

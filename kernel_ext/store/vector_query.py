@@ -29,7 +29,7 @@ from kernel_ext.errors import QueryError
 from kernel_ext.store.catalog import BY_CREATION_TIME, BY_ID, IndexInfo, TableInfo, id_key
 from kernel_ext.store.index_kinds import VectorIndexConfig
 from kernel_ext.store.keys import KEY_MAX
-from kernel_ext.store.query import LazyResult
+from kernel_ext.store.query import DocumentQuery
 from kernel_ext.store.values import Value
 from kernel_ext.store.vector import (
     VectorRequest,
@@ -154,7 +154,7 @@ def _cosines(matrix: np.ndarray[Any, Any], query: tuple[float, ...]) -> list[flo
 
 
 @dataclass(frozen=True)
-class VectorQuery(LazyResult):
+class VectorQuery(DocumentQuery):
     """`db.query(table).with_vector_index(name, {"vector", "limit", "filter"})`: the
     documents most similar to the vector, best first, consumed like a query (`collect`,
     `take`, `first`, iteration). Reactive: see the module docstring."""
@@ -171,21 +171,6 @@ class VectorQuery(LazyResult):
         """The documents, best first."""
         for doc, _ in self._hits():
             yield doc
-
-    def collect(self) -> list[dict[str, Value]]:
-        """The documents (at most `limit`), best first."""
-        return list(self)
-
-    def take(self, n: int) -> list[dict[str, Value]]:
-        """The first `n` documents."""
-        if type(n) is not int or n < 0:
-            raise QueryError(f"take(n): n must be a non-negative integer, got {n!r}")
-        return self.collect()[:n]
-
-    def first(self) -> dict[str, Value] | None:
-        """The most similar document, or None."""
-        docs = self.take(1)
-        return docs[0] if docs else None
 
     def with_scores(self) -> list[dict[str, Value]]:
         """`[{"_id", "_score"}]`, best first (what `ctx.vector_search` returns)."""
