@@ -845,6 +845,8 @@ class SqlitePersistence:
                 return sqlite_search.search_state(conn, index_id, spec, all_prefixes=all_prefixes)
             except sqlite3.Error as exc:
                 raise storage_error(self.path, "Searching", exc) from exc
+        if not isinstance(snapshot, CurrentReader):
+            raise PersistenceError(f"Cannot search {self.path} through {snapshot!r}")
         with self._write_lock:
             if self._closed:
                 raise PersistenceError("The store is closed")

@@ -250,7 +250,8 @@ def search_state(
 def _entries(
     conn: sqlite3.Connection, n: int, tfs: dict[int, dict[str, int]], spec: SearchSpec
 ) -> dict[str, DocEntry]:
-    """The entries of the documents with rowids `tfs` that pass `spec`'s filters."""
+    """The entries of the documents with rowids `tfs` that pass `spec`'s filters (their
+    `filters` empty when `spec` has none)."""
     entries: dict[str, DocEntry] = {}
     rowids = list(tfs)
     for at in range(0, len(rowids), 500):
@@ -261,7 +262,8 @@ def _entries(
             batch,
         ).fetchall()
         for rowid, doc_id, creation_time, length, packed in rows:
-            filters = _unpack(bytes(packed))
+            # Ranking reads an entry's filters only for the spec's: none, none unpacked.
+            filters = _unpack(bytes(packed)) if spec.filters else ()
             if any(filters[i] != value for i, value in spec.filters):
                 continue
             entries[doc_id] = DocEntry(doc_id, creation_time, length, tfs[rowid], filters)

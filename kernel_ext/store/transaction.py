@@ -38,6 +38,8 @@ from kernel_ext.store.ranges import KeyRange
 from kernel_ext.store.readset import TABLES, ReadSet, ScanProgress, WrittenKey, table_created_key
 from kernel_ext.store.schema import SYSTEM_FIELDS, SchemaDefinition, check_table_name
 from kernel_ext.store.search import (
+    MAX_RESULTS,
+    DocEntry,
     Searcher,
     SearchFilterBuilder,
     compile_search,
@@ -358,7 +360,7 @@ class Transaction:
 
     def search(
         self, table: str, index: str, build: Callable[[SearchFilterBuilder], Any]
-    ) -> list[tuple[float, dict[str, Value]]]:
+    ) -> Iterator[tuple[float, dict[str, Value]]]:
         """See `QuerySource.search`: storage's index state merged with this transaction's
         writes, ranked."""
         self._check_open()
@@ -366,7 +368,7 @@ class Transaction:
         if info is None:
             # The table does not exist yet; the insert that creates it writes a key here.
             self.read_set.add(f"{table}.{BY_CREATION_TIME}", b"", KEY_MAX)
-            return []
+            return iter(())
         found = info.search_indexes.get(index)
         if found is None or not isinstance(found.config, SearchIndexConfig):
             raise QueryError(
@@ -392,16 +394,25 @@ class Transaction:
         for doc_id, new in pending.items():  # this transaction's own writes
             state.remove(spec, entry_of(config, self.snapshot.get(info.number, id_key(doc_id))))
             state.add(spec, entry_of(config, new))
-        out: list[tuple[float, dict[str, Value]]] = []
-        for score, entry in rank(spec, state):
+        # Reading past MAX_RESULTS documents is an error (`search_query`): read no more.
+        return self._search_docs(info.number, rank(spec, state)[: MAX_RESULTS + 1], pending)
+
+    def _search_docs(
+        self,
+        table_number: int,
+        ranked: list[tuple[float, DocEntry]],
+        pending: dict[str, dict[str, Value] | None],
+    ) -> Iterator[tuple[float, dict[str, Value]]]:
+        """The documents of ranked entries, read as they are asked for (`take(n)` reads n)."""
+        for score, entry in ranked:
+            new = entry.doc_id in pending
             doc = (
                 pending[entry.doc_id]
-                if entry.doc_id in pending
-                else self.snapshot.get(info.number, id_key(entry.doc_id))
+                if new
+                else self.snapshot.get(table_number, id_key(entry.doc_id))
             )
             if doc is not None:
-                out.append((score, copy_value(doc) if entry.doc_id in pending else doc))
-        return out
+                yield score, copy_value(doc) if new else doc
 
     def begin_paginate(self) -> None:
         """See `QuerySource.begin_paginate`."""
