@@ -37,13 +37,44 @@ __all__ = [
     "JupyterDownloadHandler",
     "JupyterSyncSocketHandler",
     "JupyterUploadHandler",
+    "check_same_origin",
     "handlers_for",
+    "require_login",
 ]
 
 _CROSS_ORIGIN = (
     "Cross-origin request refused: the shared store only answers pages of this Jupyter "
     "server, or clients that send Jupyter's token (Authorization: token ...)"
 )
+
+
+async def require_login(handler: JupyterHandler) -> None:
+    """Jupyter's authentication of `handler`'s request, without a login redirect.
+
+    Raises:
+        tornado.web.HTTPError: 403 without Jupyter's login (token or cookie).
+    """
+    await JupyterHandler.prepare(handler, _redirect_to_login=False)
+    if handler.current_user is None:
+        raise tornado.web.HTTPError(403, "Jupyter authentication required")
+
+
+def check_same_origin(handler: JupyterHandler, refusal: str) -> None:
+    """Jupyter's XSRF check (`JupyterHandler.check_xsrf_cookie`: none for a token, a
+    same-origin `Referer` is enough for a GET), with a login-cookie request from a foreign
+    origin refused as 403 with the message `refusal` (Jupyter would answer a POST with 404).
+
+    Raises:
+        tornado.web.HTTPError: 403 from a foreign origin or without the XSRF token.
+    """
+    if (
+        hasattr(handler, "_jupyter_current_user")  # else too early: checked in prepare()
+        and not handler.token_authenticated
+        and not handler.settings.get("disable_check_xsrf", False)
+        and not handler.check_origin()
+    ):
+        raise tornado.web.HTTPError(403, refusal)
+    JupyterHandler.check_xsrf_cookie(handler)
 
 
 class JupyterSyncSocketHandler(SyncSocketHandler, JupyterHandler):
@@ -98,21 +129,8 @@ class JupyterApiHandler(APIHandler, ApiHandler):  # type: ignore[misc]
         self.request.headers.pop("Origin", None)
 
     def check_xsrf_cookie(self) -> None:
-        """Jupyter's XSRF check (`JupyterHandler.check_xsrf_cookie`: none for a token, a
-        same-origin `Referer` is enough for a GET), with a login-cookie request from a
-        foreign origin refused as 403 (Jupyter would answer a POST with 404).
-
-        Raises:
-            tornado.web.HTTPError: 403 from a foreign origin or without the XSRF token.
-        """
-        if (
-            hasattr(self, "_jupyter_current_user")  # else too early: checked in prepare()
-            and not self.token_authenticated
-            and not self.settings.get("disable_check_xsrf", False)
-            and not self.check_origin()
-        ):
-            raise tornado.web.HTTPError(403, _CROSS_ORIGIN)
-        JupyterHandler.check_xsrf_cookie(self)
+        """`check_same_origin`: Jupyter's XSRF check, a foreign origin refused as 403."""
+        check_same_origin(self, _CROSS_ORIGIN)
 
 
 class JupyterUploadHandler(APIHandler, UploadHandler):  # type: ignore[misc]
@@ -158,14 +176,8 @@ class JupyterDownloadHandler(APIHandler, DownloadHandler):  # type: ignore[misc]
         DownloadHandler.initialize(self, storage, host_allowed)
 
     async def prepare(self) -> None:  # type: ignore[override]
-        """Authenticate with Jupyter.
-
-        Raises:
-            tornado.web.HTTPError: 403 without Jupyter's login.
-        """
-        await JupyterHandler.prepare(self, _redirect_to_login=False)
-        if self.current_user is None:
-            raise tornado.web.HTTPError(403, "Jupyter authentication required")
+        """Authenticate with Jupyter (`require_login`: 403 without its login)."""
+        await require_login(self)
 
 
 def handlers_for(

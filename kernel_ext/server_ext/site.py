@@ -12,10 +12,10 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-import tornado.web
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import url_path_join
 
+from kernel_ext.server_ext.handlers import check_same_origin, require_login
 from kernel_ext.sync.site import HttpActionHandler, SiteServer
 
 __all__ = ["SITE_PATH", "JupyterHttpActionHandler", "site_handlers"]
@@ -44,9 +44,7 @@ class JupyterHttpActionHandler(HttpActionHandler, JupyterHandler):
             tornado.web.HTTPError: 403 without Jupyter's login, from a foreign origin, or
                 (login cookie only) without the XSRF token.
         """
-        await JupyterHandler.prepare(self, _redirect_to_login=False)
-        if self.current_user is None:
-            raise tornado.web.HTTPError(403, "Jupyter authentication required")
+        await require_login(self)
         if self.request.method in ("GET", "HEAD", "OPTIONS"):
             self.check_xsrf_cookie()  # an action may read data on any method
         authorization = self.request.headers.get("Authorization", "")
@@ -55,20 +53,9 @@ class JupyterHttpActionHandler(HttpActionHandler, JupyterHandler):
         HttpActionHandler.prepare(self)
 
     def check_xsrf_cookie(self) -> None:
-        """Jupyter's XSRF check (none for a token), with a login-cookie request from a
-        foreign origin refused as 403 (the same checks as `handlers.JupyterApiHandler`).
-
-        Raises:
-            tornado.web.HTTPError: 403 from a foreign origin or without the XSRF token.
-        """
-        if (
-            hasattr(self, "_jupyter_current_user")  # else too early: checked in prepare()
-            and not self.token_authenticated
-            and not self.settings.get("disable_check_xsrf", False)
-            and not self.check_origin()
-        ):
-            raise tornado.web.HTTPError(403, _CROSS_ORIGIN)
-        JupyterHandler.check_xsrf_cookie(self)
+        """`handlers.check_same_origin`: Jupyter's XSRF check, a foreign origin refused as
+        403."""
+        check_same_origin(self, _CROSS_ORIGIN)
 
 
 def site_handlers(site: SiteServer, prefix: str) -> list[tuple[str, type, dict[str, Any]]]:
