@@ -236,35 +236,32 @@ def search_state(
                 state.df[term] = int(df)
                 extended.append(term)
         load += extended if all_prefixes else extended[:MAX_PREFIX_MATCHES]
-    tfs: dict[int, dict[str, int]] = {}
-    for term in load:
-        for rowid, tf in conn.execute(
-            f"SELECT doc, count(*) FROM search_hits_{n} WHERE term=? GROUP BY doc", (term,)
-        ):
-            tfs.setdefault(rowid, {})[term] = int(tf)
-    if tfs:
-        state.entries = _entries(conn, n, tfs, spec)
+    state.entries = _entries(conn, n, load, spec)
     return state
 
 
 def _entries(
-    conn: sqlite3.Connection, n: int, tfs: dict[int, dict[str, int]], spec: SearchSpec
+    conn: sqlite3.Connection, n: int, terms: list[str], spec: SearchSpec
 ) -> dict[str, DocEntry]:
-    """The entries of the documents with rowids `tfs` that pass `spec`'s filters (their
-    `filters` empty when `spec` has none)."""
+    """The entries of the documents holding one of `terms` that pass `spec`'s filters: their
+    frequencies of `terms` (and `filters` empty when `spec` has none: ranking reads only the
+    spec's)."""
     entries: dict[str, DocEntry] = {}
-    rowids = list(tfs)
-    for at in range(0, len(rowids), 500):
-        batch = rowids[at : at + 500]
-        rows = conn.execute(
-            f"SELECT rowid, doc_id, creation_time, length, filters FROM search_docs_{n} "
-            f"WHERE rowid IN ({','.join('?' * len(batch))})",
-            batch,
-        ).fetchall()
-        for rowid, doc_id, creation_time, length, packed in rows:
-            # Ranking reads an entry's filters only for the spec's: none, none unpacked.
+    tfs: dict[str, dict[str, int]] = {}  # each entry's `tf`, filled term by term
+    sql = (
+        f"SELECT d.doc_id, count(*), d.creation_time, d.length, d.filters "
+        f"FROM search_hits_{n} h JOIN search_docs_{n} d ON d.rowid = h.doc "
+        "WHERE h.term = ? GROUP BY h.doc"
+    )
+    for term in terms:
+        for doc_id, tf, creation_time, length, packed in conn.execute(sql, (term,)):
+            known = tfs.get(doc_id)
+            if known is not None:
+                known[term] = tf
+                continue
             filters = _unpack(bytes(packed)) if spec.filters else ()
             if any(filters[i] != value for i, value in spec.filters):
                 continue
-            entries[doc_id] = DocEntry(doc_id, creation_time, length, tfs[rowid], filters)
+            tfs[doc_id] = {term: tf}
+            entries[doc_id] = DocEntry(doc_id, creation_time, length, tfs[doc_id], filters)
     return entries

@@ -58,17 +58,21 @@ def _filled(path: Path) -> list[str]:
         client.close()
 
 
-def _expected(bodies: list[str], text: str) -> list[str]:
-    """The pure core's ranking of `bodies` (creation order = list order)."""
+def _expected(
+    bodies: list[str], text: str, channel: str | None = None, channels: list[str] | None = None
+) -> list[str]:
+    """The pure core's ranking of `bodies` (creation order = list order; `channels`: each
+    one's channel, "#a" by default)."""
     config = SearchIndexConfig("body", ("channel",))
     index = InvertedIndex(config, 0)
     index.load(
-        {"_id": f"id{i}", "_creationTime": float(i), "body": b, "channel": "#a"}
-        for i, b in enumerate(bodies)
+        {"_id": f"id{i}", "_creationTime": float(i), "body": b, "channel": c}
+        for i, (b, c) in enumerate(zip(bodies, channels or ["#a"] * len(bodies), strict=True))
     )
-    spec = compile_search(
-        "messages", "search_body", config, SearchFilterBuilder().search("body", text)
-    )
+    q = SearchFilterBuilder().search("body", text)
+    if channel is not None:
+        q = q.eq("channel", channel)
+    spec = compile_search("messages", "search_body", config, q)
     return [bodies[int(e.doc_id[2:])] for _, e in rank(spec, index.state(spec))]
 
 
@@ -205,5 +209,56 @@ def test_a_reopened_sqlite_store_builds_no_index_in_memory(tmp_path):
         for text in ("dog", "fo", "quick f", "the"):
             assert client.query("fts:find", text=text) == _expected(BODIES, text)
         assert client.backend.store._search._indexes == {}
+    finally:
+        client.close()
+
+
+@query
+def find_in(ctx, text, channel):
+    return [
+        d["body"]
+        for d in ctx.db.query("messages").with_search_index(
+            "search_body", lambda q: q.search("body", text).eq("channel", channel)
+        )
+    ]
+
+
+@mutation
+def delete_then_find(ctx, ids, text):
+    for i in ids:
+        ctx.db.delete(i)
+    return [
+        d["body"]
+        for d in ctx.db.query("messages").with_search_index(
+            "search_body", lambda q: q.search("body", text)
+        )
+    ]
+
+
+def test_fts_ranks_as_the_pure_core_with_many_prefix_terms_filters_and_own_writes(tmp_path):
+    # 24 terms extend "pre" (only the first 16 in term order count), two channels.
+    bodies = [f"pre{i} word" + " word" * (i % 3) for i in range(24)] + ["prefix", "word"]
+    channels = ["#a" if i % 2 else "#b" for i in range(len(bodies))]
+    client = _client(tmp_path / "store.db")
+    client.register("fts:find_in", find_in)
+    client.register("fts:delete_then_find", delete_then_find)
+    try:
+        client.set_schema(SCHEMA)
+        ids = [
+            client.mutation("fts:add", body=b, channel=c)
+            for b, c in zip(bodies, channels, strict=True)
+        ]
+        for text in ("pre", "word pre", "pre1", "wor"):
+            assert client.query("fts:find", text=text) == _expected(bodies, text, None, channels)
+            for channel in ("#a", "#b"):
+                found = client.query("fts:find_in", text=text, channel=channel)
+                assert found == _expected(bodies, text, channel, channels)
+        # A mutation's own deletes change which prefix terms rank (pre0, pre1, pre10.. go).
+        gone = {0, 1, *range(10, 20)}
+        found = client.mutation("fts:delete_then_find", ids=[ids[i] for i in gone], text="pre")
+        kept = [i for i in range(len(bodies)) if i not in gone]
+        left = _expected([bodies[i] for i in kept], "pre", None, [channels[i] for i in kept])
+        assert found == left
+        assert client.query("fts:find", text="pre") == left
     finally:
         client.close()
