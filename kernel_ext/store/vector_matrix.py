@@ -5,6 +5,10 @@ with everything), its `_creationTime` and a code per filter field for the field'
 Writes update a row in place; a delete moves the last row into the hole, so the rows stay
 dense and a search is one matrix-vector product over `len(self)` rows (or over the rows a
 filter selects), then a partial sort. Pure data structure: the caller serialises access.
+
+Float32 scores are candidates, not answers: a float32 score may be off from the float64 cosine
+by up to `(dimensions + 2)` float32 roundings (`error_bound`), so `top` hands out every row
+whose score is within twice that of the k-th; the caller ranks them exactly.
 """
 
 from __future__ import annotations
@@ -18,9 +22,19 @@ import numpy.typing as npt
 from kernel_ext.store.keys import encode_key
 from kernel_ext.store.values import Value
 
-__all__ = ["VectorMatrix", "unit"]
+__all__ = ["VectorMatrix", "error_bound", "unit"]
 
 _INITIAL_ROWS: Final = 64
+#: float32's unit roundoff.
+_U32: Final = 2.0**-24
+
+
+def error_bound(dimensions: int) -> float:
+    """How far a float32 score of this matrix may be from the float64 cosine: rounding the
+    two unit vectors to float32 (2 roundings) and a float32 dot product of `dimensions` terms
+    (at most `dimensions` roundings, in any summation order), with room for the float64
+    normalisation before them."""
+    return (dimensions + 3) * _U32
 
 
 def unit(vector: Sequence[float] | npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
@@ -40,6 +54,8 @@ class VectorMatrix:
 
     def __init__(self, dimensions: int, filter_fields: Sequence[str]) -> None:
         self.dimensions = dimensions
+        # Two scores compared, each off by up to the bound.
+        self._margin = 2 * error_bound(dimensions)
         self._fields = {f: i for i, f in enumerate(filter_fields)}
         self._vectors = np.zeros((_INITIAL_ROWS, dimensions), dtype=np.float32)
         self._codes = np.zeros((len(filter_fields), _INITIAL_ROWS), dtype=np.int64)
@@ -89,8 +105,9 @@ class VectorMatrix:
         clauses: Sequence[tuple[str, Value]] | None = None,
     ) -> list[str]:
         """The ids of the `k` rows most similar to `query` (cosine) among those passing
-        `clauses` (an OR of `(filter field, value)`; None: every row), plus any row tied with
-        the k-th; in no particular order (float32 scores: the caller ranks exactly)."""
+        `clauses` (an OR of `(filter field, value)`; None: every row), plus every row whose
+        float32 score is within float32 error of the k-th's (any of them may be among the
+        exact top k); in no particular order: the caller ranks exactly."""
         n = len(self._ids)
         if n == 0 or k <= 0:
             return []
@@ -109,7 +126,7 @@ class VectorMatrix:
                 scores = scores[rows]
         if k < len(scores):
             kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-            chosen = np.flatnonzero(scores >= kth)
+            chosen = np.flatnonzero(scores >= kth - self._margin)
         else:
             chosen = np.arange(len(scores))
         if rows is not None:

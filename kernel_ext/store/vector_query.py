@@ -8,8 +8,9 @@ of the transaction's snapshot (plus its own writes). Where the candidates come f
   the index (the index keeps their log) or by the transaction itself. Every candidate is read
   at the snapshot (or from the transaction's writes) and scored again in float64: a document
   that did not change in between has the same vector in the index and at the snapshot, so the
-  index's top `limit + changed` rows hold every unchanged document that can rank, and the
-  changed ones are all read.
+  index's top `limit + pending + changed` rows (and those within float32 error of the last:
+  `VectorMatrix.top`) hold every unchanged document that can rank, and the changed ones are
+  all read.
 - Without one (or when the index cannot tell: the snapshot is older than its log), every
   document of the table at the snapshot (a scan).
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -46,9 +47,6 @@ __all__ = ["VectorCandidates", "VectorHit", "VectorQuery", "rank", "vector_searc
 
 #: A result: the document and its cosine similarity with the query vector.
 VectorHit = tuple[dict[str, Value], float]
-#: Candidates beyond `limit` asked of an index: float32 ranks may differ from the exact ones
-#: by a hair at the boundary.
-SLACK: Final = 8
 
 
 class VectorCandidates(Protocol):
@@ -94,7 +92,7 @@ def _candidates(
     found = None
     if vectors is not None:
         found = vectors.candidates(
-            table, index, request, txn.snapshot.ts, request.limit + len(pending) + SLACK
+            table, index, request, txn.snapshot.ts, request.limit + len(pending)
         )
     if found is None:
         return _all_documents(txn, table, pending)
