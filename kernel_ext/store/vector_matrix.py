@@ -22,7 +22,7 @@ import numpy.typing as npt
 from kernel_ext.store.keys import encode_key
 from kernel_ext.store.values import Value
 
-__all__ = ["VectorMatrix", "error_bound", "unit"]
+__all__ = ["VectorMatrix", "error_bound", "rescaled", "unit"]
 
 _INITIAL_ROWS: Final = 64
 #: float32's unit roundoff.
@@ -37,9 +37,22 @@ def error_bound(dimensions: int) -> float:
     return (dimensions + 3) * _U32
 
 
+def rescaled(vectors: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """`vectors` (one, or a matrix of rows) as float64, each multiplied by the power of two
+    that brings its largest magnitude into [0.5, 1): exact, and then norms and dot products
+    of finite vectors can neither overflow (1e200) nor underflow to 0 (1e-200); zero vectors
+    stay zero."""
+    v = np.asarray(vectors, dtype=np.float64)
+    if v.size == 0:
+        return v
+    _, exponent = np.frexp(np.max(np.abs(v), axis=-1, keepdims=True))
+    scaled: npt.NDArray[np.float64] = np.ldexp(v, -exponent)
+    return scaled
+
+
 def unit(vector: Sequence[float] | npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """`vector` scaled to length 1 as float32 (a zero vector as it is)."""
-    v = np.asarray(vector, dtype=np.float64)
+    v = rescaled(vector)
     norm = float(np.linalg.norm(v))
     return (v / norm if norm > 0 else v).astype(np.float32)
 

@@ -39,6 +39,7 @@ from kernel_ext.store.vector import (
     record_vector_read,
     vector_config,
 )
+from kernel_ext.store.vector_matrix import rescaled
 
 if TYPE_CHECKING:
     from kernel_ext.store.transaction import Transaction
@@ -142,7 +143,8 @@ def rank(
 
 
 def _cosines(matrix: np.ndarray[Any, Any], query: tuple[float, ...]) -> list[float]:
-    q = np.asarray(query, dtype=np.float64)
+    # Rescaled first (exactly), or 1e200s overflow to NaN scores and 1e-200s score 0.
+    matrix, q = rescaled(matrix), rescaled(query)
     norms = np.linalg.norm(matrix, axis=1) * float(np.linalg.norm(q))
     dots = matrix @ q
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -88,3 +88,22 @@ def test_near_duplicates_rank_by_their_exact_scores_not_float32_noise(client):
         ):
             found = _search(client, opts)
             assert [i for i, _ in found] == [i for i, _ in _reference(docs, vector, 3)]
+
+
+def test_huge_and_tiny_vectors_score_their_cosine(client):
+    """Finite vectors whose norms overflow (1e200) or whose norms' product underflows
+    (1e-200) are indexed; they score their true cosine (no NaN, no 0 for parallel vectors)
+    and rank by it."""
+    rng = np.random.default_rng(2)
+    direction = rng.normal(size=DIMS)
+    others = [rng.normal(size=DIMS).tolist() for _ in range(40)]
+    huge = (direction * 1e200).tolist()
+    tiny = (direction * 1e-200).tolist()
+    ids = client.mutation("rev:add_many", {"docs": [{"emb": e} for e in [*others, huge, tiny]]})
+    for vector in (huge, tiny, direction.tolist()):
+        found = _search(client, {"vector": vector, "limit": 2})
+        assert {i for i, _ in found} == {ids[-2], ids[-1]}
+        assert [s for _, s in found] == pytest.approx([1.0, 1.0], abs=1e-12)
+    found = _search(client, {"vector": (-direction * 1e200).tolist(), "limit": 50})
+    scores = [s for _, s in found]
+    assert all(np.isfinite(scores)) and scores[-2:] == pytest.approx([-1.0, -1.0])
