@@ -107,3 +107,128 @@ def test_huge_and_tiny_vectors_score_their_cosine(client):
     found = _search(client, {"vector": (-direction * 1e200).tolist(), "limit": 50})
     scores = [s for _, s in found]
     assert all(np.isfinite(scores)) and scores[-2:] == pytest.approx([-1.0, -1.0])
+
+
+def _documents_at(client: kernel_ext.Client, snapshot: Any) -> list[dict[str, Any]]:
+    docs, _, _ = client.backend.store.read(lambda txn: list(txn.query("items").collect()), snapshot)
+    return docs
+
+
+_MISSING = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Convex equality of the scalars these tests use as tags (1 and 1.0 differ)."""
+    return type(a) is type(b) and a == b
+
+
+def _brute_force(
+    docs: list[dict[str, Any]], vector: list[float], limit: int, tags: list[Any] | None
+) -> list[tuple[str, float]]:
+    """numpy over every document in the index that passes the filter: `[(id, score)]`, best
+    first, ties newest first then by id (equal vectors give bit-equal scores)."""
+    kept = [
+        d
+        for d in docs
+        if type(d["emb"]) is list
+        and len(d["emb"]) == DIMS
+        and all(type(x) in (int, float) and np.isfinite(x) for x in d["emb"])
+        and (tags is None or any(_same(t, d.get("tag", _MISSING)) for t in tags))
+    ]
+    if not kept:
+        return []
+    m = np.array([d["emb"] for d in kept], dtype=np.float64)
+    q = np.asarray(vector, dtype=np.float64)
+    norms = np.linalg.norm(m, axis=1) * np.linalg.norm(q)
+    scores = np.where(norms > 0, (m @ q) / np.where(norms > 0, norms, 1), 0.0)
+    order = sorted(
+        range(len(kept)), key=lambda i: (-scores[i], -kept[i]["_creationTime"], kept[i]["_id"])
+    )
+    return [(kept[i]["_id"], float(scores[i])) for i in order[:limit]]
+
+
+def _agrees(found: list[tuple[str, float]], expected: list[tuple[str, float]]) -> None:
+    """Same length, same scores (to rounding), the same ids except among rounding-ties."""
+    assert len(found) == len(expected)
+    assert [s for _, s in found] == pytest.approx([s for _, s in expected], abs=1e-12)
+    cut = expected[-1][1] if expected else 0.0
+    sure = {i for i, s in expected if s > cut + 1e-12}
+    assert sure <= {i for i, _ in found}
+
+
+_COMPONENTS = [-1, 0, 1, 2, 0.5, -2.0]
+
+
+def _random_vector(rng: np.random.Generator) -> Any:
+    """Mostly small-integer vectors (exact ties, parallel duplicates); sometimes ints, a
+    wrong length, a non-number, NaN or infinity (stored, not indexed)."""
+    kind = rng.integers(10)
+    vector: list[Any] = [float(rng.choice(_COMPONENTS)) for _ in range(DIMS)]
+    if kind == 0:
+        return [int(x) for x in vector]
+    if kind == 1:
+        return vector[:-1]
+    if kind == 2:
+        return [*vector[:-1], "x"]
+    if kind == 3:
+        return [*vector[:-1], float(rng.choice([np.nan, np.inf]))]
+    return vector
+
+
+@pytest.mark.parametrize("log_size", [50_000, 3])
+def test_random_writes_searched_at_held_snapshots_match_brute_force(client, monkeypatch, log_size):
+    """Inserts, patches (vector, tag, to and from unindexed vectors, tag removed) and
+    deletes, with snapshots held along the way: each search at each snapshot (index ahead
+    of it, log of written ids long or pruned) equals numpy over the documents at that
+    snapshot; with and without OR filters, including null and missing tags."""
+    from kernel_ext.engine import vector_index
+
+    monkeypatch.setattr(vector_index, "MAX_LOGGED_IDS", log_size)
+    store = client.backend.store
+    rng = np.random.default_rng(7)
+    tags: list[Any] = ["a", "b", None, 1, 1.0]
+    ids: list[str] = []
+    held: list[Any] = []
+    try:
+        for step in range(120):
+            op = rng.integers(6)
+            if op <= 1 or len(ids) < 5:
+                doc: dict[str, Any] = {"emb": _random_vector(rng)}
+                if rng.integers(5):
+                    doc["tag"] = tags[rng.integers(len(tags))]
+                ids.extend(client.mutation("rev:add_many", {"docs": [doc]}))
+            elif op == 2:
+                target = ids[rng.integers(len(ids))]
+                client.mutation(
+                    "rev:change", {"id": target, "fields": {"emb": _random_vector(rng)}}
+                )
+            elif op == 3:
+                target = ids[rng.integers(len(ids))]
+                client.mutation(
+                    "rev:change", {"id": target, "fields": {"tag": tags[rng.integers(len(tags))]}}
+                )
+            elif op == 4:
+                client.mutation("rev:remove", {"id": ids.pop(rng.integers(len(ids)))})
+            else:
+                vector = [float(x) for x in rng.choice(_COMPONENTS, DIMS)]
+                _search(client, {"vector": vector, "limit": 4})  # builds/uses the index
+            if step % 15 == 7:
+                held.append(store.snapshot())
+                if len(held) > 3:
+                    store.close_snapshot(held.pop(0))
+        for snapshot in [*held, None]:
+            docs = _documents_at(client, snapshot)
+            for _ in range(6):
+                vector = [float(x) for x in rng.choice(_COMPONENTS, DIMS)]
+                limit = int(rng.integers(1, 12))
+                for wanted in (None, ["a"], ["b", None], [1], [1.0, "a"]):
+                    opts: dict[str, Any] = {"vector": vector, "limit": limit}
+                    if wanted is not None:
+                        opts["filter"] = lambda q, w=wanted: q.or_(*[q.eq("tag", t) for t in w])
+                    _agrees(
+                        _search(client, opts, snapshot),
+                        _brute_force(docs, vector, limit, wanted),
+                    )
+    finally:
+        for snapshot in held:
+            store.close_snapshot(snapshot)
