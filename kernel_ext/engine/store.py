@@ -289,6 +289,7 @@ class Store:
             assert self._shared is not None
             self._shared.interrupt_wait()
             follower.join(timeout=_POLL_S * 8)
+        self.vectors.close()  # their matrices are large; the Store object may stay referenced
         self.persistence.close()
 
     # -- sharing a store with other processes --------------------------------------------

@@ -127,6 +127,14 @@ class VectorIndexes:
             top = entry.matrix.top(request.vector, k + len(changed), request.clauses)
         return top, changed
 
+    def close(self) -> None:
+        """Free every index (the store closes); a search still running scans instead."""
+        with self._moved:
+            for entry in self._indexes.values():
+                entry.dropped = True
+            self._indexes.clear()
+            self._moved.notify_all()
+
     def _index(self, table: TableInfo, index: IndexInfo) -> _Index:
         assert index.index_id is not None and isinstance(index.config, VectorIndexConfig)
         while True:
