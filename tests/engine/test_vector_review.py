@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 import kernel_ext
-from kernel_ext import define_schema, define_table, mutation, v
+from kernel_ext import define_schema, define_table, mutation, query, v
 from kernel_ext.store.vector_query import vector_search
 
 DIMS = 8
 
 SCHEMA = define_schema(
     {
-        "items": define_table({"tag": v.optional(v.any()), "emb": v.any()}).vector_index(
-            "by_emb", vector_field="emb", dimensions=DIMS, filter_fields=["tag"]
-        ),
+        "items": define_table(
+            {"tag": v.optional(v.any()), "emb": v.any(), "note": v.optional(v.any())}
+        ).vector_index("by_emb", vector_field="emb", dimensions=DIMS, filter_fields=["tag"]),
     }
 )
 
@@ -39,7 +39,16 @@ def remove(ctx, id):
     ctx.db.delete(id)
 
 
-FUNCTIONS = {"add_many": add_many, "change": change, "remove": remove}
+@query
+def near(ctx, vector, limit, tags=None):
+    opts: dict[str, Any] = {"vector": vector, "limit": limit}
+    if tags is not None:
+        opts["filter"] = lambda q: q.or_(*[q.eq("tag", t) for t in tags])
+    found = ctx.db.query("items").with_vector_index("by_emb", opts).collect()
+    return [[d["_id"], d.get("tag"), d["emb"]] for d in found]
+
+
+FUNCTIONS = {"add_many": add_many, "change": change, "remove": remove, "near": near}
 
 
 @pytest.fixture
@@ -243,3 +252,83 @@ def test_closing_the_store_frees_its_vector_indexes(client):
     assert vectors._indexes
     client.close()
     assert not vectors._indexes
+
+
+@pytest.mark.parametrize("tags", [None, ["a", None]])
+def test_live_vector_queries_follow_every_write_that_changes_their_result(client, tags):
+    """After each random write (insert, vector or tag patch, a vector made unindexed or
+    indexed again, delete), each live query's value equals a fresh run: no write that
+    changes a result was missed by the read set."""
+    rng = np.random.default_rng(11)
+    ids = client.mutation(
+        "rev:add_many",
+        {"docs": [{"tag": "a", "emb": _random_vector(rng)} for _ in range(12)]},
+    )
+    subscriptions = client.backend.subscriptions
+    argsets = [
+        {"vector": [float(x) for x in rng.choice(_COMPONENTS, DIMS)], "limit": limit}
+        for limit in (1, 3, 6)
+    ]
+    for args in argsets:
+        if tags is not None:
+            args["tags"] = tags
+    subs = [client.subscribe("rev:near", args) for args in argsets]
+    try:
+        for _ in range(80):
+            op = rng.integers(5)
+            target = ids[rng.integers(len(ids))]
+            if op == 0:
+                doc = {"tag": ["a", "b", None][rng.integers(3)], "emb": _random_vector(rng)}
+                ids.extend(client.mutation("rev:add_many", {"docs": [doc]}))
+            elif op == 1:
+                client.mutation(
+                    "rev:change", {"id": target, "fields": {"emb": _random_vector(rng)}}
+                )
+            elif op == 2:
+                tag = ["a", "b", None][rng.integers(3)]
+                client.mutation("rev:change", {"id": target, "fields": {"tag": tag}})
+            elif op == 3 and len(ids) > 3:
+                ids.remove(target)
+                client.mutation("rev:remove", {"id": target})
+            else:
+                client.mutation("rev:change", {"id": target, "fields": {"note": 1}})
+            assert subscriptions.wait_processed(client.backend.store.ts, timeout=30)
+            for sub, args in zip(subs, argsets, strict=True):
+                assert sub.value == client.query("rev:near", args)
+    finally:
+        for sub in subs:
+            sub.close()
+
+
+def test_a_mutations_vector_search_conflicts_with_a_commit_that_changes_its_result(client):
+    """OCC: a mutation that searched, then saw a more similar document committed before its
+    own commit, runs again and returns the new result; a commit it cannot see (another
+    tag) does not make it run again."""
+    store = client.backend.store
+    ids = client.mutation(
+        "rev:add_many", {"docs": [{"tag": "a", "emb": [1.0, *([0.0] * (DIMS - 1))]}]}
+    )
+    vector = [1.0] * DIMS
+
+    def run(intruder: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+        attempts: list[list[str]] = []
+
+        def searching(txn: Any) -> list[str]:
+            found = [
+                d["_id"]
+                for d in txn.query("items").with_vector_index(
+                    "by_emb",
+                    {"vector": vector, "limit": 1, "filter": lambda q: q.eq("tag", "a")},
+                )
+            ]
+            attempts.append(found)
+            if len(attempts) == 1:  # committed after this attempt's snapshot
+                ids.extend(client.mutation("rev:add_many", {"docs": [intruder]}))
+            txn.insert("items", {"tag": "log", "emb": []})
+            return found
+
+        result, _ = store.mutate(searching)
+        return result, attempts
+
+    assert run({"tag": "b", "emb": vector}) == ([ids[0]], [[ids[0]]])
+    assert run({"tag": "a", "emb": vector}) == ([ids[-1]], [[ids[0]], [ids[-1]]])
