@@ -21,9 +21,12 @@ its id, `by_id`).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+
+import numpy as np
 
 from kernel_ext.errors import QueryError
 from kernel_ext.store.catalog import IndexInfo, TableInfo
@@ -164,16 +167,38 @@ def parse_request(label: str, config: VectorIndexConfig, opts: Any) -> VectorReq
 
 
 def _query_vector(label: str, config: VectorIndexConfig, vector: Any) -> tuple[float, ...]:
-    if not isinstance(vector, list | tuple) or not all(_is_number(x) for x in vector):
-        raise QueryError(f"Vector search on {label}: `vector` must be a list of numbers")
+    """The query vector as floats: a list or tuple of real numbers, or a 1-D numpy array (an
+    embedding model's output, as it comes)."""
+    if vector is None:
+        raise QueryError(
+            f"Vector search on {label}: `vector` is missing; it must be a list of numbers "
+            f"({config.dimensions} of them)"
+        )
+    if isinstance(vector, np.ndarray) and vector.ndim == 1:
+        vector = vector.tolist()
+    if not isinstance(vector, list | tuple):
+        raise QueryError(
+            f"Vector search on {label}: `vector` must be a list of numbers, got a "
+            f"{type(vector).__name__}"
+        )
+    for i, x in enumerate(vector):
+        if not isinstance(x, numbers.Real) or isinstance(x, bool):
+            raise QueryError(
+                f"Vector search on {label}: `vector` must be a list of numbers, but item {i} "
+                f"is {x!r} ({type(x).__name__})"
+            )
     if len(vector) != config.dimensions:
         raise QueryError(
             f"Vector search on {label}: the query vector has {len(vector)} dimensions, the "
             f"index has {config.dimensions}"
         )
-    if not all(math.isfinite(x) for x in vector):
+    try:
+        floats = tuple(float(x) for x in vector)
+    except OverflowError:  # an int beyond float's range
+        floats = (math.inf,)
+    if not all(math.isfinite(x) for x in floats):
         raise QueryError(f"Vector search on {label}: the query vector holds NaN or infinity")
-    return tuple(float(x) for x in vector)
+    return floats
 
 
 def _clauses(

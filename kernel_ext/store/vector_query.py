@@ -70,8 +70,11 @@ def vector_search(txn: Transaction, table: str, index: str, opts: Any) -> list[V
     """
     if not isinstance(table, str) or table.startswith("_"):
         raise QueryError(f"Vector search reads user tables, not {table!r}")
-    if txn.index_info(table, BY_CREATION_TIME) is None:
-        return []  # no such table (yet): its creation is in the read set
+    if txn.index_info(table, BY_CREATION_TIME) is None:  # (its creation is in the read set)
+        raise QueryError(
+            f"Vector search on {table}.{index}: there is no table {table!r}; declare it with "
+            f'.vector_index("{index}", vector_field=..., dimensions=...) in the schema'
+        )
     info = txn.catalog.table(table)
     assert info is not None
     index_info, config = vector_config(info, index)

@@ -11,6 +11,7 @@ import pytest
 
 import kernel_ext
 from kernel_ext import define_schema, define_table, mutation, query, v
+from kernel_ext.errors import QueryError
 from kernel_ext.store.vector_query import vector_search
 
 DIMS = 8
@@ -332,3 +333,23 @@ def test_a_mutations_vector_search_conflicts_with_a_commit_that_changes_its_resu
 
     assert run({"tag": "b", "emb": vector}) == ([ids[0]], [[ids[0]]])
     assert run({"tag": "a", "emb": vector}) == ([ids[-1]], [[ids[0]], [ids[-1]]])
+
+
+def test_request_errors_say_what_is_wrong_and_numpy_vectors_are_accepted(client):
+    client.mutation("rev:add_many", {"docs": [{"emb": [1.0] * DIMS}]})
+    ones = np.ones(DIMS)
+    assert _search(client, {"vector": ones})[0][1] == pytest.approx(1.0)  # a model's output
+    assert _search(client, {"vector": list(ones.astype(np.float32))})[0][1] == pytest.approx(1.0)
+    for opts, message in [
+        ({}, r"`vector` is missing; it must be a list of numbers \(8 of them\)"),
+        ({"vector": "1 1 1"}, "must be a list of numbers, got a str"),
+        ({"vector": [1.0] * (DIMS - 1) + [True]}, r"item 7 is True \(bool\)"),
+        ({"vector": [1.0] * (DIMS - 1) + ["1"]}, r"item 7 is '1' \(str\)"),
+        ({"vector": [1.0] * (DIMS - 1) + [10**400]}, "NaN or infinity"),
+    ]:
+        with pytest.raises(QueryError, match=message):
+            _search(client, opts)
+    with pytest.raises(QueryError, match="there is no table 'itmes'"):
+        client.backend.store.read(
+            lambda txn: vector_search(txn, "itmes", "by_emb", {"vector": [1.0] * DIMS})
+        )
