@@ -14,6 +14,7 @@ a search for one matrix product.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Final
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from kernel_ext.engine.store import Commit, Store
 
 __all__ = ["MAX_LOGGED_IDS", "VectorIndexes"]
+
+_log = logging.getLogger(__name__)
 
 #: How many written ids an index's log keeps (a search at a snapshot older than the log
 #: scans the table instead).
@@ -130,9 +133,7 @@ class VectorIndexes:
     def close(self) -> None:
         """Free every index (the store closes); a search still running scans instead."""
         with self._moved:
-            for entry in self._indexes.values():
-                entry.dropped = True
-            self._indexes.clear()
+            self._drop_all()
             self._moved.notify_all()
 
     def _index(self, table: TableInfo, index: IndexInfo) -> _Index:
@@ -181,19 +182,28 @@ class VectorIndexes:
             entry.ready.set()
 
     def _on_commit(self, commit: Commit) -> None:
-        """The store's commit listener (under its commit lock: quick)."""
+        """The store's commit listener (under its commit lock: quick). Never raises: the
+        commit is stored, and the listeners after this one (live queries) must see it."""
         if not self._indexes:
             return
         with self._moved:
-            if any(index == ALL for index, _ in commit.keys):
-                # A schema change (indexes may be gone or redefined), or a gap in a shared
-                # store's log (commits this process never saw): build again when used.
+            try:
+                if any(index == ALL for index, _ in commit.keys):
+                    # A schema change (indexes may be gone or redefined), or a gap in a shared
+                    # store's log (commits this process never saw): build again when used.
+                    self._drop_all()
                 for entry in self._indexes.values():
-                    entry.dropped = True
-                self._indexes.clear()
-            for entry in self._indexes.values():
-                if entry.building:
-                    entry.buffer.append(commit)
-                else:
-                    entry.apply(commit)
+                    if entry.building:
+                        entry.buffer.append(commit)
+                    else:
+                        entry.apply(commit)
+            except Exception:  # a half-applied index would answer wrongly: rebuild it
+                _log.exception("Keeping the vector indexes failed; they are built again")
+                self._drop_all()
             self._moved.notify_all()
+
+    def _drop_all(self) -> None:
+        """Forget every index (under the lock); searches using one scan instead."""
+        for entry in self._indexes.values():
+            entry.dropped = True
+        self._indexes.clear()

@@ -353,3 +353,32 @@ def test_request_errors_say_what_is_wrong_and_numpy_vectors_are_accepted(client)
         client.backend.store.read(
             lambda txn: vector_search(txn, "itmes", "by_emb", {"vector": [1.0] * DIMS})
         )
+
+
+def test_an_index_that_fails_to_follow_a_commit_is_dropped_not_the_commit(client, monkeypatch):
+    """The index is a cache beside the commit path: if keeping it fails (say numpy cannot
+    grow it: MemoryError), the commit still returns, live queries still see it, and the
+    next search builds the index again from the documents."""
+    from kernel_ext.store.vector_matrix import VectorMatrix
+
+    first = client.mutation("rev:add_many", {"docs": [{"tag": "a", "emb": [1.0] * DIMS}]})
+    assert _search(client, {"vector": [1.0] * DIMS}) == [(first[0], pytest.approx(1.0))]
+    sub = client.subscribe("rev:near", {"vector": [1.0] * DIMS, "limit": 5})
+    try:
+        real = VectorMatrix.upsert
+
+        def failing(self: VectorMatrix, *args: Any) -> None:
+            monkeypatch.setattr(VectorMatrix, "upsert", real)  # once
+            raise MemoryError("cannot grow")
+
+        monkeypatch.setattr(VectorMatrix, "upsert", failing)
+        second = client.mutation("rev:add_many", {"docs": [{"tag": "a", "emb": [2.0] * DIMS}]})
+        assert client.backend.subscriptions.wait_processed(client.backend.store.ts, timeout=30)
+        assert {row[0] for row in sub.value} == {first[0], second[0]}
+        found = _search(client, {"vector": [1.0] * DIMS})
+        assert {i for i, _ in found} == {first[0], second[0]}
+        assert [second[0] in e.matrix for e in client.backend.store.vectors._indexes.values()] == [
+            True
+        ]
+    finally:
+        sub.close()
