@@ -27,15 +27,18 @@ import struct
 from collections.abc import Iterable
 from typing import Final
 
+import numpy as np
+
 from kernel_ext.store.codec import decode_document
 from kernel_ext.store.expressions import field_value
 from kernel_ext.store.index_kinds import SearchIndexConfig, config_from_json
 from kernel_ext.store.keys import encode_value
 from kernel_ext.store.search import (
-    MAX_PREFIX_MATCHES,
     DocEntry,
+    RankColumns,
     SearchSpec,
     SearchState,
+    term_weights,
     tokenize,
 )
 from kernel_ext.store.values import Value
@@ -62,6 +65,7 @@ SearchIndexes = dict[int, list[tuple[int, SearchIndexConfig]]]
 _LEN = struct.Struct(">I")
 #: Above every character: `prefix + _TOP` bounds the terms that extend `prefix`.
 _TOP: Final = "\U0010ffff"
+_EMPTY: Final = np.zeros(0)
 
 
 def _pack(values: Iterable[bytes]) -> bytes:
@@ -225,19 +229,72 @@ def search_state(
             f"SELECT term, doc FROM search_terms_{n} WHERE term IN ({marks})", spec.terms
         ):
             state.df[term] = int(df)
-    load = [t for t in spec.terms if t in state.df]
     if spec.prefix is not None:
-        extended = []
         for term, df in conn.execute(
             f"SELECT term, doc FROM search_terms_{n} WHERE term>=? AND term<? ORDER BY term",
             (spec.prefix, spec.prefix + _TOP),
         ):
             if term.startswith(spec.prefix) and term not in spec.terms and df > 0:
                 state.df[term] = int(df)
-                extended.append(term)
-        load += extended if all_prefixes else extended[:MAX_PREFIX_MATCHES]
-    state.entries = _entries(conn, n, load, spec)
+    if not all_prefixes:
+        # Only the ranked terms' documents, as columns (a read merges no writes of its own).
+        weights = term_weights(spec, state.df)
+        state.columns = _columns(conn, n, [(t, t in state.df) for t, _ in weights], spec)
+        return state
+    state.entries = _entries(conn, n, list(state.df), spec)
     return state
+
+
+def _columns(
+    conn: sqlite3.Connection, n: int, terms: list[tuple[str, bool]], spec: SearchSpec
+) -> RankColumns:
+    """The candidates of `terms` (`(term, in the index)`, in `term_weights`' order) that pass
+    `spec`'s filters, as columns: one statement for every term (a compound select of each
+    term's documents and frequencies, joined with their side rows), no object per document."""
+    present = [(k, t) for k, (t, indexed) in enumerate(terms) if indexed]
+    if not present:
+        return RankColumns(_EMPTY, _EMPTY, [], [_EMPTY for _ in terms])
+    per_term = " UNION ALL ".join(
+        f"SELECT {k} AS k, doc, count(*) AS tf FROM search_hits_{n} WHERE term = ? GROUP BY doc"
+        for k, _ in present
+    )
+    extra = ", d.filters" if spec.filters else ""
+    rows = conn.execute(
+        f"SELECT g.k, g.doc, g.tf, d.length, d.creation_time, d.doc_id{extra} "
+        f"FROM ({per_term}) AS g JOIN search_docs_{n} AS d ON d.rowid = g.doc",
+        [t for _, t in present],
+    ).fetchall()
+    if spec.filters and rows:
+        passes: dict[bytes, bool] = {}  # few distinct filter values: check each once
+        kept = []
+        for row in rows:
+            ok = passes.get(row[6])
+            if ok is None:
+                values = _unpack(bytes(row[6]))
+                ok = passes[row[6]] = all(values[i] == value for i, value in spec.filters)
+            if ok:
+                kept.append(row)
+        rows = kept
+    if not rows:
+        return RankColumns(_EMPTY, _EMPTY, [], [_EMPTY for _ in terms])
+    k, doc, tf, length, creation, ids = list(zip(*rows, strict=False))[:6]  # + filters
+    docs, first, where = np.unique(
+        np.array(doc, dtype=np.int64), return_index=True, return_inverse=True
+    )
+    term_of = np.array(k, dtype=np.int64)
+    freq = np.array(tf, dtype=np.float64)
+    columns = []
+    for at in range(len(terms)):
+        column = np.zeros(len(docs))
+        mask = term_of == at
+        column[where[mask]] = freq[mask]
+        columns.append(column)
+    return RankColumns(
+        np.array(length, dtype=np.float64)[first],
+        np.array(creation, dtype=np.float64)[first],
+        [ids[i] for i in first.tolist()],
+        columns,
+    )
 
 
 def _entries(

@@ -28,10 +28,11 @@ from __future__ import annotations
 import math
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
+import numpy as np
 from sortedcontainers import SortedList
 
 from kernel_ext.errors import QueryError
@@ -52,6 +53,7 @@ __all__ = [
     "PREFIX_WEIGHT",
     "SEARCH_READ_MARK",
     "DocEntry",
+    "RankColumns",
     "HistoryTooShort",
     "InvertedIndex",
     "SearchFilterBuilder",
@@ -64,13 +66,17 @@ __all__ = [
     "parse_read",
     "parse_written",
     "query_terms",
+    "bm25_scores",
     "rank",
+    "ranking",
+    "relevance_order",
     "search_overlaps",
     "search_read",
     "search_read_name",
     "search_written_keys",
     "sort_key",
     "table_search_keys",
+    "term_weights",
     "token_prefixes",
     "tokenize",
 ]
@@ -237,15 +243,19 @@ def entry_of(config: SearchIndexConfig, doc: dict[str, Value] | None) -> DocEntr
 @dataclass
 class SearchState:
     """What ranking needs from an index at one state: document count, total length, the
-    document frequency of each matching term, and the documents holding one (`entries`)."""
+    document frequency of each matching term, and the documents holding one: as `entries`,
+    or (a backend's fast path for reads that merge no writes) as `columns`, already filtered,
+    one per candidate holding a term of `term_weights(spec, df)`."""
 
     count: int = 0
     total: int = 0
     df: dict[str, int] = field(default_factory=dict)
     entries: dict[str, DocEntry] = field(default_factory=dict)
+    columns: RankColumns | None = None
 
     def remove(self, spec: SearchSpec, entry: DocEntry | None) -> None:
-        """Take a document's entry out."""
+        """Take a document's entry out (a state with `entries` only)."""
+        assert self.columns is None, "a columnar search state takes no writes"
         if entry is None:
             return
         self.count -= 1
@@ -256,7 +266,8 @@ class SearchState:
         self.entries.pop(entry.doc_id, None)
 
     def add(self, spec: SearchSpec, entry: DocEntry | None) -> None:
-        """Put a document's entry in."""
+        """Put a document's entry in (a state with `entries` only)."""
+        assert self.columns is None, "a columnar search state takes no writes"
         if entry is None:
             return
         self.count += 1
@@ -270,40 +281,120 @@ class SearchState:
             self.entries[entry.doc_id] = entry
 
 
-def _bm25(tf: int, df: int, count: int, length: int, average: float) -> float:
-    idf = math.log(1.0 + (count - df + 0.5) / (df + 0.5))
-    norm = 1.0 - B + B * (length / average if average > 0 else 0.0)
-    return idf * (K1 + 1.0) * tf / (tf + K1 * norm)
+def term_weights(spec: SearchSpec, df: Mapping[str, int]) -> list[tuple[str, float]]:
+    """The terms a search ranks with and their weights, in the canonical order every backend
+    sums scores in: the exact terms as the query gives them (weight 1), then the index terms
+    that extend its prefix (`df` > 0), the first `MAX_PREFIX_MATCHES` in term order
+    (`PREFIX_WEIGHT`)."""
+    weights = [(t, 1.0) for t in spec.terms]
+    if spec.prefix is not None:
+        exact = set(spec.terms)
+        extended = sorted(
+            t
+            for t, n in df.items()
+            if n > 0 and t != spec.prefix and t.startswith(spec.prefix) and t not in exact
+        )
+        weights += [(t, PREFIX_WEIGHT) for t in extended[:MAX_PREFIX_MATCHES]]
+    return weights
+
+
+@dataclass
+class RankColumns:
+    """Candidate documents as columns (no object per document): candidate i has length
+    `length[i]`, `_creationTime` `creation_time[i]`, id `doc_ids[i]` and frequency `tf[k][i]`
+    of the k-th term of `term_weights` (0.0 when it lacks it); each holds at least one."""
+
+    length: np.ndarray
+    creation_time: np.ndarray
+    doc_ids: Sequence[str]
+    tf: list[np.ndarray]
+
+
+def bm25_scores(
+    weights: Sequence[tuple[str, float]],
+    df: Mapping[str, int],
+    count: int,
+    total: int,
+    columns: RankColumns,
+) -> np.ndarray:
+    """The BM25 score of every candidate, summed over `weights` in their order: the one
+    scoring function of every backend (float addition is not associative: the same order
+    gives the same bits)."""
+    scores = np.zeros(len(columns.length))
+    average = total / count if count else 0.0
+    ratio = columns.length / average if average > 0 else np.zeros(len(columns.length))
+    norm = (1.0 - B) + B * ratio
+    for (term, weight), tf in zip(weights, columns.tf, strict=True):
+        n = df.get(term, 0)
+        idf = math.log(1.0 + (count - n + 0.5) / (n + 0.5))
+        scores += weight * ((idf * (K1 + 1.0)) * tf / (tf + K1 * norm))
+    return scores
+
+
+def relevance_order(
+    scores: np.ndarray, columns: RankColumns, *, chunk: int = 16
+) -> Iterator[tuple[float, int]]:
+    """`(score, candidate position)` best first, ties newest first, then by id (ids compared
+    only within ties; lazily, a chunk at a time)."""
+    creation = columns.creation_time
+    order = np.lexsort((-creation, -scores))
+    n, at = len(order), 0
+    while at < n:
+        end = min(at + chunk, n)
+        while (
+            end < n
+            and scores[order[end]] == scores[order[end - 1]]
+            and creation[order[end]] == creation[order[end - 1]]
+        ):
+            end += 1  # never split a tie
+        part = [
+            (-float(scores[i]), -float(creation[i]), columns.doc_ids[i], int(i))
+            for i in order[at:end]
+        ]
+        part.sort()
+        for negative, _, _, i in part:
+            yield -negative, i
+        at, chunk = end, chunk * 2
+
+
+def _columns(
+    spec: SearchSpec, weights: list[tuple[str, float]], state: SearchState
+) -> tuple[RankColumns, list[DocEntry]]:
+    ranked = {t for t, _ in weights}
+    entries = [
+        e
+        for e in state.entries.values()
+        if not any(e.filters[i] != value for i, value in spec.filters)
+        and any(t in ranked for t in e.tf)
+    ]
+    columns = RankColumns(
+        np.array([e.length for e in entries], dtype=np.float64),
+        np.array([e.creation_time for e in entries], dtype=np.float64),
+        [e.doc_id for e in entries],
+        [np.array([e.tf.get(t, 0) for e in entries], dtype=np.float64) for t, _ in weights],
+    )
+    return columns, entries
+
+
+def ranking(spec: SearchSpec, state: SearchState) -> Iterator[tuple[float, str]]:
+    """`(score, document id)` of the matching documents that pass the filters, best first,
+    ties newest first, then by id; lazily (a backend's `state.columns`, or its entries)."""
+    weights = term_weights(spec, state.df)
+    columns = state.columns
+    if columns is None:
+        columns, _ = _columns(spec, weights, state)
+    scores = bm25_scores(weights, state.df, state.count, state.total, columns)
+    for score, i in relevance_order(scores, columns):
+        yield score, columns.doc_ids[i]
 
 
 def rank(spec: SearchSpec, state: SearchState) -> list[tuple[float, DocEntry]]:
     """The matching documents that pass the filters, best first: `(score, entry)`, ties
-    newest first, then by id."""
-    weights = {t: 1.0 for t in spec.terms}
-    if spec.prefix is not None:
-        extended = sorted(
-            t
-            for t, n in state.df.items()
-            if n > 0 and t != spec.prefix and t.startswith(spec.prefix) and t not in weights
-        )
-        weights.update((t, PREFIX_WEIGHT) for t in extended[:MAX_PREFIX_MATCHES])
-    count = state.count
-    average = state.total / count if count else 0.0
-    scored = []
-    for entry in state.entries.values():
-        if any(entry.filters[i] != value for i, value in spec.filters):
-            continue
-        score = 0.0
-        matched = False
-        for t, n in entry.tf.items():
-            w = weights.get(t)
-            if w is not None:
-                matched = True
-                score += w * _bm25(n, state.df.get(t, 0), count, entry.length, average)
-        if matched:
-            scored.append((score, entry))
-    scored.sort(key=lambda s: (-s[0], -s[1].creation_time, s[1].doc_id))
-    return scored
+    newest first, then by id (`ranking`, with the entries: `state` must hold them)."""
+    weights = term_weights(spec, state.df)
+    columns, entries = _columns(spec, weights, state)
+    scores = bm25_scores(weights, state.df, state.count, state.total, columns)
+    return [(score, entries[i]) for score, i in relevance_order(scores, columns)]
 
 
 def sort_key(score: float, entry: DocEntry) -> bytes:

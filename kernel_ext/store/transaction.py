@@ -10,7 +10,8 @@ commit wrote a key in the read set (optimistic concurrency control). Nested
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 
 from kernel_ext.errors import (
@@ -39,12 +40,11 @@ from kernel_ext.store.readset import TABLES, ReadSet, ScanProgress, WrittenKey, 
 from kernel_ext.store.schema import SYSTEM_FIELDS, SchemaDefinition, check_table_name
 from kernel_ext.store.search import (
     MAX_RESULTS,
-    DocEntry,
     Searcher,
     SearchFilterBuilder,
     compile_search,
     entry_of,
-    rank,
+    ranking,
     search_read,
     search_read_name,
 )
@@ -395,22 +395,19 @@ class Transaction:
             state.remove(spec, entry_of(config, self.snapshot.get(info.number, id_key(doc_id))))
             state.add(spec, entry_of(config, new))
         # Reading past MAX_RESULTS documents is an error (`search_query`): read no more.
-        return self._search_docs(info.number, rank(spec, state)[: MAX_RESULTS + 1], pending)
+        ranked = itertools.islice(ranking(spec, state), MAX_RESULTS + 1)
+        return self._search_docs(info.number, ranked, pending)
 
     def _search_docs(
         self,
         table_number: int,
-        ranked: list[tuple[float, DocEntry]],
+        ranked: Iterable[tuple[float, str]],
         pending: dict[str, dict[str, Value] | None],
     ) -> Iterator[tuple[float, dict[str, Value]]]:
-        """The documents of ranked entries, read as they are asked for (`take(n)` reads n)."""
-        for score, entry in ranked:
-            new = entry.doc_id in pending
-            doc = (
-                pending[entry.doc_id]
-                if new
-                else self.snapshot.get(table_number, id_key(entry.doc_id))
-            )
+        """The documents of ranked ids, read as they are asked for (`take(n)` reads n)."""
+        for score, doc_id in ranked:
+            new = doc_id in pending
+            doc = pending[doc_id] if new else self.snapshot.get(table_number, id_key(doc_id))
             if doc is not None:
                 yield score, copy_value(doc) if new else doc
 
