@@ -52,8 +52,12 @@ def rescaled(vectors: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 def unit(vector: Sequence[float] | npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """`vector` scaled to length 1 as float32 (a zero vector as it is)."""
-    v = rescaled(vector)
-    norm = float(np.linalg.norm(v))
+    v = np.asarray(vector, dtype=np.float64)
+    with np.errstate(over="ignore"):  # an infinite norm is handled below
+        norm = float(np.linalg.norm(v))
+    if not 1e-150 < norm < 1e150:  # rare: rescaled first, or the norm over/underflows
+        v = rescaled(v)
+        norm = float(np.linalg.norm(v))
     return (v / norm if norm > 0 else v).astype(np.float32)
 
 
