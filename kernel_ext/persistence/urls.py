@@ -3,7 +3,8 @@ jupyter-server extension's `$CONVEX_JUPYTER_DB`) into a `Persistence`.
 
 Accepted:
 
-- `memory`: a store that writes nothing lasting (gone when closed);
+- `memory` (also `:memory:` and `sqlite:///:memory:`, as sqlite3 spells it; never a file of
+  that name): a store that writes nothing lasting (gone when closed);
 - `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, or a plain path (`str` or
   `os.PathLike`): a store file;
 - `postgresql://user:password@host:port/dbname` (or `postgres://`): a store in that
@@ -95,6 +96,11 @@ def _split_authority(rest: str) -> tuple[str, str, str]:
     return rest, "", ""
 
 
+#: The names of a store that writes nothing lasting (sqlite3's too: a user who writes
+#: `:memory:` means no file, and would otherwise get one named `:memory:`).
+_MEMORY: Final = frozenset({"memory", ":memory:", "sqlite:///:memory:"})
+
+
 def parse_store_url(url: str | os.PathLike[str]) -> StoreLocation:
     """Where the store `url` names (see the module docstring for what is accepted). Pure:
     opens and creates nothing.
@@ -107,7 +113,7 @@ def parse_store_url(url: str | os.PathLike[str]) -> StoreLocation:
         return StoreLocation("sqlite", Path(url).resolve())
     if not isinstance(url, str) or not url:
         raise PersistenceError(f"A store URL must be a non-empty string or path, got {url!r}")
-    if url == "memory":
+    if url in _MEMORY:
         return StoreLocation("memory")
     if url.startswith(_SQLITE_PREFIX):
         path = url[len(_SQLITE_PREFIX) :]

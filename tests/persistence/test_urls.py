@@ -39,6 +39,8 @@ def test_records_are_shared_by_the_seam_and_sqlite():
     ("url", "kind", "path"),
     [
         ("memory", "memory", None),
+        (":memory:", "memory", None),
+        ("sqlite:///:memory:", "memory", None),
         ("sqlite:///rel/store.db", "sqlite", "rel/store.db"),
         ("store.db", "sqlite", "store.db"),
         (Path("sub") / "store.db", "sqlite", "sub/store.db"),
