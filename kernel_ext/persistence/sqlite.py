@@ -399,6 +399,8 @@ class SqlitePersistence:
             self._writer = self._open_writer()
             #: The search indexes, kept by FTS5 (changed under the write lock).
             self._search_indexes = sqlite_search.load_search_indexes(self._writer)
+            #: The side rows searches have read (see `sqlite_search.SideRows`).
+            self._search_rows = sqlite_search.SideRows()
         except (sqlite3.Error, OSError) as exc:
             self._cleanup()
             raise storage_error(self.path, "Cannot open the store", exc) from exc
@@ -718,6 +720,7 @@ class SqlitePersistence:
             )
             if isinstance(search, SearchIndexConfig):
                 sqlite_search.create_search(w, index_id, table_number, search)
+                self._search_rows.forget(index_id)
             w.execute("COMMIT")
             if isinstance(search, SearchIndexConfig):
                 self._search_indexes.setdefault(table_number, []).append((index_id, search))
@@ -758,6 +761,7 @@ class SqlitePersistence:
             search = any(i == index_id for s in self._search_indexes.values() for i, _ in s)
             if search:
                 sqlite_search.drop_search(w, index_id)
+                self._search_rows.forget(index_id)
             w.execute("COMMIT")
             if search:
                 for indexes in self._search_indexes.values():
@@ -813,6 +817,7 @@ class SqlitePersistence:
                         w,
                         self._search_indexes,
                         ((r.table_number, r.id_key, r.doc, r.replaces) for r in records),
+                        self._search_rows,
                     )
                 ceiling = ts + _TS_LEASE if ts > self._ts_ceiling else None
                 if ceiling is not None:
@@ -842,7 +847,9 @@ class SqlitePersistence:
             if conn is None:
                 raise PersistenceError("This snapshot is closed")
             try:
-                return sqlite_search.search_state(conn, index_id, spec, all_prefixes=all_prefixes)
+                return sqlite_search.search_state(
+                    conn, index_id, spec, all_prefixes=all_prefixes, rows=self._search_rows
+                )
             except sqlite3.Error as exc:
                 raise storage_error(self.path, "Searching", exc) from exc
         if not isinstance(snapshot, CurrentReader):
@@ -852,7 +859,11 @@ class SqlitePersistence:
                 raise PersistenceError("The store is closed")
             try:
                 return sqlite_search.search_state(
-                    self._writer, index_id, spec, all_prefixes=all_prefixes
+                    self._writer,
+                    index_id,
+                    spec,
+                    all_prefixes=all_prefixes,
+                    rows=self._search_rows,
                 )
             except sqlite3.Error as exc:
                 raise storage_error(self.path, "Searching", exc) from exc

@@ -22,10 +22,12 @@ neither documents nor index rows.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import struct
-from collections.abc import Iterable
-from typing import Final
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Final, overload
 
 import numpy as np
 
@@ -46,6 +48,7 @@ from kernel_ext.store.values import Value
 __all__ = [
     "STATS_SCHEMA",
     "SearchIndexes",
+    "SideRows",
     "build_missing",
     "create_search",
     "drop_search",
@@ -66,6 +69,8 @@ _LEN = struct.Struct(">I")
 #: Above every character: `prefix + _TOP` bounds the terms that extend `prefix`.
 _TOP: Final = "\U0010ffff"
 _EMPTY: Final = np.zeros(0)
+#: Rowids per statement reading side rows (below SQLite's limit on parameters).
+_CHUNK: Final = 10_000
 
 
 def _pack(values: Iterable[bytes]) -> bytes:
@@ -79,6 +84,127 @@ def _unpack(data: bytes) -> tuple[bytes, ...]:
         out.append(data[at + 4 : at + 4 + size])
         at += 4 + size
     return tuple(out)
+
+
+class SideRows:
+    """This process's copy of the `search_docs_N` rows that searches have read (length,
+    `_creationTime`, id, filter values), so that ranking reads the FTS5 postings only, not
+    one side row per candidate (a b-tree search each: most of a search's time).
+
+    Sound for every snapshot: a side row never changes (a document's new version is a new
+    row), and while this object lives no rowid is used twice (`next_rowid`: SQLite's own
+    choice, max + 1, would reuse the rowid of a removed last row, which an older snapshot may
+    still see), so a row cached from any snapshot is the row every snapshot that reaches its
+    rowid holds. Only the store's own process writes its file (the file lock), so no other
+    writer picks rowids. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._high: dict[int, int] = {}  # index -> the highest rowid used in this process
+        self._cached: dict[int, _Cached] = {}
+
+    def forget(self, n: int) -> None:
+        """Drop all knowledge of index `n` (created or dropped)."""
+        with self._lock:
+            self._high.pop(n, None)
+            self._cached.pop(n, None)
+
+    def ensure(self, conn: sqlite3.Connection, n: int) -> None:
+        """Note index `n`'s highest rowid before any of its rows is removed (in the writing
+        transaction)."""
+        with self._lock:
+            if n not in self._high:
+                (high,) = conn.execute(f"SELECT max(rowid) FROM search_docs_{n}").fetchone()
+                self._high[n] = int(high or 0)
+
+    def next_rowid(self, conn: sqlite3.Connection, n: int) -> int:
+        """A rowid for a new row of index `n`, never used before in this process."""
+        self.ensure(conn, n)
+        with self._lock:
+            self._high[n] += 1
+            return self._high[n]
+
+    def rows(
+        self, conn: sqlite3.Connection, n: int, docs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Cached]:
+        """`(length, creation time, filter-values number)` of each rowid in `docs` (rows of
+        the snapshot `conn` reads) and the cache that numbers them; reads the rows not known
+        yet."""
+        with self._lock:
+            cached = self._cached.setdefault(n, _Cached())
+            missing = docs[~cached.known(docs)]
+        fetched = []
+        for at in range(0, len(missing), _CHUNK):
+            part = missing[at : at + _CHUNK].tolist()
+            marks = ",".join("?" * len(part))
+            fetched += conn.execute(
+                f"SELECT rowid, length, creation_time, doc_id, filters FROM search_docs_{n} "
+                f"WHERE rowid IN ({marks})",
+                part,
+            ).fetchall()
+        with self._lock:
+            if fetched:
+                cached.put(fetched)
+            return cached.length[docs], cached.creation[docs], cached.filters[docs], cached
+
+
+class _Cached:
+    """Side rows of one index by rowid (see `SideRows`; the caller locks)."""
+
+    def __init__(self) -> None:
+        self.length = np.zeros(0)
+        self.creation = np.zeros(0)
+        self.filters = np.zeros(0, dtype=np.int64)  # number of the filter values; -1 unknown
+        self.ids: list[str] = []
+        self.numbers: dict[bytes, int] = {}
+        self.values: list[tuple[bytes, ...]] = []
+
+    def known(self, docs: np.ndarray) -> np.ndarray:
+        inside = docs < len(self.filters)
+        out = np.zeros(len(docs), dtype=bool)
+        out[inside] = self.filters[docs[inside]] >= 0
+        return out
+
+    def put(self, rows: list[tuple[int, int, float, str, bytes]]) -> None:
+        top = max(r[0] for r in rows) + 1
+        if top > len(self.filters):
+            size = max(top, 2 * len(self.filters))
+            grow = size - len(self.filters)
+            self.length = np.concatenate([self.length, np.zeros(grow)])
+            self.creation = np.concatenate([self.creation, np.zeros(grow)])
+            self.filters = np.concatenate([self.filters, np.full(grow, -1, dtype=np.int64)])
+            self.ids.extend([""] * grow)
+        for rowid, length, creation, doc_id, packed in rows:
+            blob = bytes(packed)
+            number = self.numbers.get(blob)
+            if number is None:
+                number = self.numbers[blob] = len(self.values)
+                self.values.append(_unpack(blob))
+            self.length[rowid] = length
+            self.creation[rowid] = creation
+            self.ids[rowid] = doc_id
+            self.filters[rowid] = number
+
+
+class _Ids(Sequence[str]):
+    """The ids of candidates, looked up when asked (ranking reads those it hands out)."""
+
+    def __init__(self, ids: list[str], docs: np.ndarray) -> None:
+        self._ids = ids
+        self._docs = docs
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return [self._ids[d] for d in self._docs[i].tolist()]
+        return self._ids[int(self._docs[i])]
 
 
 def load_search_indexes(conn: sqlite3.Connection) -> SearchIndexes:
@@ -148,17 +274,27 @@ def _insert(
     config: SearchIndexConfig,
     id_key: bytes,
     doc: dict[str, Value],
+    *,
+    rows: SideRows | None = None,
 ) -> int | None:
-    """Index one document; its length, or None if it is not in the index."""
+    """Index one document; its length, or None if it is not in the index (its rowid from
+    `rows`, else SQLite's)."""
     text = field_value(doc, config.search_field)
     if type(text) is not str:
         return None
     tokens = tokenize(text)
     filters = _pack(encode_value(field_value(doc, f)) for f in config.filter_fields)
     cursor = conn.execute(
-        f"INSERT INTO search_docs_{n} (id_key, doc_id, creation_time, length, filters) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (id_key, str(doc["_id"]), float(doc["_creationTime"]), len(tokens), filters),
+        f"INSERT INTO search_docs_{n} (rowid, id_key, doc_id, creation_time, length, filters) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            None if rows is None else rows.next_rowid(conn, n),
+            id_key,
+            str(doc["_id"]),
+            float(doc["_creationTime"]),
+            len(tokens),
+            filters,
+        ),
     )
     conn.execute(
         f"INSERT INTO search_fts_{n} (rowid, tokens) VALUES (?, ?)",
@@ -167,8 +303,12 @@ def _insert(
     return len(tokens)
 
 
-def _remove(conn: sqlite3.Connection, n: int, id_key: bytes) -> int | None:
+def _remove(
+    conn: sqlite3.Connection, n: int, id_key: bytes, rows: SideRows | None = None
+) -> int | None:
     """Unindex one document; its length, or None if it was not in the index."""
+    if rows is not None:
+        rows.ensure(conn, n)  # the removed rowid may be the highest: never use it again
     row = conn.execute(
         f"SELECT rowid, length FROM search_docs_{n} WHERE id_key=?", (id_key,)
     ).fetchone()
@@ -183,20 +323,22 @@ def write_search(
     conn: sqlite3.Connection,
     indexes: SearchIndexes,
     writes: Iterable[tuple[int, bytes, dict[str, Value] | None, bool]],
+    rows: SideRows | None = None,
 ) -> None:
     """Apply a commit's writes `(table_number, id_key, new document or None, replaces a
-    stored version)` to the search indexes (in the commit's transaction)."""
+    stored version)` to the search indexes (in the commit's transaction; `rows`: the
+    store's cache of side rows, which picks the new rows' rowids)."""
     stats: dict[int, list[int]] = {}
     for table_number, id_key, doc, replaces in writes:
         for index_id, config in indexes.get(table_number, ()):
             delta = stats.setdefault(index_id, [0, 0])
             if replaces or doc is None:
-                removed = _remove(conn, index_id, id_key)
+                removed = _remove(conn, index_id, id_key, rows)
                 if removed is not None:
                     delta[0] -= 1
                     delta[1] -= removed
             if doc is not None:
-                added = _insert(conn, index_id, config, id_key, doc)
+                added = _insert(conn, index_id, config, id_key, doc, rows=rows)
                 if added is not None:
                     delta[0] += 1
                     delta[1] += added
@@ -209,7 +351,12 @@ def write_search(
 
 
 def search_state(
-    conn: sqlite3.Connection, index_id: int, spec: SearchSpec, *, all_prefixes: bool
+    conn: sqlite3.Connection,
+    index_id: int,
+    spec: SearchSpec,
+    *,
+    all_prefixes: bool,
+    rows: SideRows | None = None,
 ) -> SearchState:
     """What `store.search.rank` needs for `spec`, as the connection's transaction sees the
     index: counts, the document frequency of every index term `spec` matches, and the
@@ -218,7 +365,8 @@ def search_state(
     Args:
         all_prefixes: load the documents of every term extending the prefix (a transaction
             whose own writes change the statistics may rank others than the first
-            `MAX_PREFIX_MATCHES`); else only those ranking uses.
+            `MAX_PREFIX_MATCHES`), as entries; else only those ranking uses, as columns.
+        rows: the store's cache of side rows (None: read them for this search only).
     """
     n = int(index_id)
     row = conn.execute("SELECT count, total FROM search_stats WHERE index_id=?", (n,)).fetchone()
@@ -239,62 +387,52 @@ def search_state(
     if not all_prefixes:
         # Only the ranked terms' documents, as columns (a read merges no writes of its own).
         weights = term_weights(spec, state.df)
-        state.columns = _columns(conn, n, [(t, t in state.df) for t, _ in weights], spec)
+        terms = [(t, t in state.df) for t, _ in weights]
+        state.columns = _columns(conn, n, terms, spec, SideRows() if rows is None else rows)
         return state
     state.entries = _entries(conn, n, list(state.df), spec)
     return state
 
 
 def _columns(
-    conn: sqlite3.Connection, n: int, terms: list[tuple[str, bool]], spec: SearchSpec
+    conn: sqlite3.Connection,
+    n: int,
+    terms: list[tuple[str, bool]],
+    spec: SearchSpec,
+    rows: SideRows,
 ) -> RankColumns:
     """The candidates of `terms` (`(term, in the index)`, in `term_weights`' order) that pass
-    `spec`'s filters, as columns: one statement for every term (a compound select of each
-    term's documents and frequencies, joined with their side rows), no object per document."""
-    present = [(k, t) for k, (t, indexed) in enumerate(terms) if indexed]
-    if not present:
+    `spec`'s filters, as columns: each term's occurrences read from the FTS5 postings and
+    counted with numpy; the candidates' side rows come from `rows`."""
+    postings = []  # per term, the rowid of each occurrence (a document once per occurrence)
+    for term, indexed in terms:
+        found = (
+            conn.execute(f"SELECT doc FROM search_hits_{n} WHERE term = ?", (term,)).fetchall()
+            if indexed
+            else []
+        )
+        postings.append(
+            np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=len(found))
+        )
+    every = np.concatenate(postings) if postings else np.zeros(0, dtype=np.int64)
+    if not len(every):
         return RankColumns(_EMPTY, _EMPTY, [], [_EMPTY for _ in terms])
-    per_term = " UNION ALL ".join(
-        f"SELECT {k} AS k, doc, count(*) AS tf FROM search_hits_{n} WHERE term = ? GROUP BY doc"
-        for k, _ in present
-    )
-    extra = ", d.filters" if spec.filters else ""
-    rows = conn.execute(
-        f"SELECT g.k, g.doc, g.tf, d.length, d.creation_time, d.doc_id{extra} "
-        f"FROM ({per_term}) AS g JOIN search_docs_{n} AS d ON d.rowid = g.doc",
-        [t for _, t in present],
-    ).fetchall()
-    if spec.filters and rows:
-        passes: dict[bytes, bool] = {}  # few distinct filter values: check each once
-        kept = []
-        for row in rows:
-            ok = passes.get(row[6])
-            if ok is None:
-                values = _unpack(bytes(row[6]))
-                ok = passes[row[6]] = all(values[i] == value for i, value in spec.filters)
-            if ok:
-                kept.append(row)
-        rows = kept
-    if not rows:
-        return RankColumns(_EMPTY, _EMPTY, [], [_EMPTY for _ in terms])
-    k, doc, tf, length, creation, ids = list(zip(*rows, strict=False))[:6]  # + filters
-    docs, first, where = np.unique(
-        np.array(doc, dtype=np.int64), return_index=True, return_inverse=True
-    )
-    term_of = np.array(k, dtype=np.int64)
-    freq = np.array(tf, dtype=np.float64)
-    columns = []
-    for at in range(len(terms)):
-        column = np.zeros(len(docs))
-        mask = term_of == at
-        column[where[mask]] = freq[mask]
-        columns.append(column)
-    return RankColumns(
-        np.array(length, dtype=np.float64)[first],
-        np.array(creation, dtype=np.float64)[first],
-        [ids[i] for i in first.tolist()],
-        columns,
-    )
+    docs, where = np.unique(every, return_inverse=True)
+    length, creation, numbers, cached = rows.rows(conn, n, docs)
+    columns, at = [], 0
+    for occurrences in postings:  # counted here: cheaper than SQL's GROUP BY
+        part = where[at : at + len(occurrences)]
+        columns.append(np.bincount(part, minlength=len(docs)).astype(np.float64))
+        at += len(occurrences)
+    if spec.filters:  # checked once per distinct filter values, not per document
+        kinds = np.unique(numbers)
+        passes = np.array(
+            [all(cached.values[c][i] == value for i, value in spec.filters) for c in kinds.tolist()]
+        )
+        keep = passes[np.searchsorted(kinds, numbers)]
+        docs, length, creation = docs[keep], length[keep], creation[keep]
+        columns = [column[keep] for column in columns]
+    return RankColumns(length, creation, _Ids(cached.ids, docs), columns)
 
 
 def _entries(

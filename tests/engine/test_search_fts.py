@@ -262,3 +262,41 @@ def test_fts_ranks_as_the_pure_core_with_many_prefix_terms_filters_and_own_write
         assert client.query("fts:find", text="pre") == left
     finally:
         client.close()
+
+
+@mutation
+def remove(ctx, id):
+    ctx.db.delete(id)
+
+
+def test_a_removed_last_side_row_never_lends_its_rowid_to_a_new_document(tmp_path):
+    # Searches keep the side rows they read in memory by rowid; SQLite would give the next
+    # row the rowid of a removed last row, and the cached row would then name the wrong
+    # document (for every snapshot, older ones included).
+    path = tmp_path / "store.db"
+    client = _client(path)
+    client.register("fts:remove", remove)
+    try:
+        client.set_schema(SCHEMA)
+        client.mutation("fts:add", body="shared first")
+        last = client.mutation("fts:add", body="shared last")
+        store = client.backend.store
+        old = store.snapshot()  # sees "shared last"
+        try:
+            assert client.query("fts:find", text="shared") == ["shared last", "shared first"]
+            client.mutation("fts:remove", id=last)
+            client.mutation("fts:add", body="shared shared newest")
+            assert client.query("fts:find", text="shared") == [
+                "shared shared newest",
+                "shared first",
+            ]
+
+            def search(txn):
+                found = txn.search("messages", "search_body", lambda q: q.search("body", "shared"))
+                return [doc["body"] for _, doc in found]
+
+            assert store.read(search, old)[0] == ["shared last", "shared first"]
+        finally:
+            store.close_snapshot(old)
+    finally:
+        client.close()
