@@ -67,16 +67,19 @@ __all__ = [
     "storage_error",
 ]
 
-_FORMAT_VERSION: Final = 3
+_FORMAT_VERSION: Final = 4
 #: How a store of format N becomes N + 1 (statements, or steps given the connection; run in
 #: order, in the transaction that opens it): 2 added the index kind and config (search and
-#: vector indexes); 3 keeps each search index in FTS5 tables, built from the documents.
+#: vector indexes); 3 keeps each search index in FTS5 tables, built from the documents; 4
+#: rebuilds them with the tokenizer that keeps combining letters (vowel signs, points) in
+#: words and lowercases as Convex does (format 3's split Hindi, Arabic or Hebrew words).
 _UPGRADES: Final[dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]]] = {
     1: (
         "ALTER TABLE indexes ADD COLUMN kind TEXT NOT NULL DEFAULT 'db'",
         "ALTER TABLE indexes ADD COLUMN config TEXT",
     ),
     2: (sqlite_search.build_missing,),
+    3: (sqlite_search.rebuild_all,),
 }
 #: How far ahead of a commit's ts the stored ceiling is raised (ns): at most ten `meta`
 #: writes a second, and after a restart timestamps run at most this far ahead of the clock.

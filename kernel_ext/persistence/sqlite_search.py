@@ -53,6 +53,7 @@ __all__ = [
     "create_search",
     "drop_search",
     "load_search_indexes",
+    "rebuild_all",
     "search_state",
     "write_search",
 ]
@@ -266,6 +267,16 @@ def build_missing(conn: sqlite3.Connection) -> None:
         for index_id, config in indexes:
             if f"search_docs_{index_id}" not in tables:
                 create_search(conn, index_id, table_number, config)
+
+
+def rebuild_all(conn: sqlite3.Connection) -> None:
+    """Drop and rebuild the tables of every search index from the documents (their tokens
+    were made by an earlier tokenizer; in the opening transaction)."""
+    build_missing(conn)
+    for table_number, indexes in load_search_indexes(conn).items():
+        for index_id, config in indexes:
+            drop_search(conn, index_id)
+            create_search(conn, index_id, table_number, config)
 
 
 def _insert(

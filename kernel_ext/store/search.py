@@ -3,9 +3,12 @@ kept in memory, and the read-set form of a search (for reactivity and OCC).
 
 Semantics (Convex's, checked against its documentation and backend):
 
-- Tokens: runs of Unicode letters and digits (`str.isalnum`, as Tantivy's `SimpleTokenizer`),
-  lowercased, no stemming, no diacritic folding. A token of 32 UTF-8 bytes or more is dropped
-  (Tantivy's `RemoveLongFilter::limit(32)` keeps `len < 32`, measured before lowercasing).
+- Tokens: runs of characters that are Unicode `Alphabetic` or numeric (Rust's
+  `char::is_alphanumeric`, as Tantivy's `SimpleTokenizer`: vowel signs and other combining
+  marks of the `Alphabetic` property stay inside a word, unlike `str.isalnum`), lowercased
+  character by character (Tantivy's `LowerCaser`: no final-sigma rule), no stemming, no
+  diacritic folding. A token of 32 UTF-8 bytes or more is dropped (Tantivy's
+  `RemoveLongFilter::limit(32)` keeps `len < 32`, measured before lowercasing).
 - A query's text gives at most 16 terms (`MAX_QUERY_TERMS`; the further ones are ignored).
   The LAST term is also matched as a prefix: the index terms that extend it (the first 16 in
   term order, `MAX_PREFIX_MATCHES`) count with half the weight of an exact match.
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 import numpy as np
+import regex
 from sortedcontainers import SortedList
 
 from kernel_ext.errors import QueryError
@@ -94,6 +98,8 @@ PREFIX_WEIGHT: Final = 0.5
 SEARCH_READ_MARK: Final = "#search"
 
 _LEN = struct.Struct(">I")
+#: A token: a run of Alphabetic or numeric characters (Rust's `char::is_alphanumeric`).
+_WORD: Final = regex.compile(r"[\p{Alphabetic}\p{N}]+")
 
 
 # -- tokens -----------------------------------------------------------------------------
@@ -101,23 +107,17 @@ _LEN = struct.Struct(">I")
 
 def tokenize(text: str) -> list[str]:
     """Convex's tokens of `text`, in order (duplicates kept)."""
-    tokens: list[str] = []
-    start = -1
-    for i, ch in enumerate(text):
-        if ch.isalnum():
-            if start < 0:
-                start = i
-        elif start >= 0:
-            _keep(text[start:i], tokens)
-            start = -1
-    if start >= 0:
-        _keep(text[start:], tokens)
-    return tokens
+    return [
+        _lower(token)
+        for token in _WORD.findall(text)
+        if len(token) < MAX_TERM_BYTES and len(token.encode("utf-8")) < MAX_TERM_BYTES
+    ]
 
 
-def _keep(token: str, out: list[str]) -> None:
-    if len(token.encode("utf-8")) < MAX_TERM_BYTES:
-        out.append(token.lower())
+def _lower(token: str) -> str:
+    # Each character on its own, as Rust's `char::to_lowercase`: `str.lower` would turn a
+    # word-final capital sigma into final sigma (ς), which Tantivy's LowerCaser does not.
+    return token.lower() if token.isascii() else "".join([c.lower() for c in token])
 
 
 def query_terms(text: str) -> list[str]:

@@ -174,8 +174,9 @@ def test_a_format_1_sqlite_store_is_upgraded_when_opened(tmp_path):
         client.close()
     conn = sqlite3.connect(path)
     try:
-        # Format 1 -> 2 (index kinds) -> 3 (search indexes in FTS5), in one opening.
-        assert conn.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("3",)
+        # Format 1 -> 2 (index kinds) -> 3 (search indexes in FTS5) -> 4 (re-tokenized), in
+        # one opening.
+        assert conn.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("4",)
         kinds = dict(conn.execute("SELECT name, kind FROM indexes"))
         assert kinds["by_channel"] == "db" and kinds["search_body"] == "search"
         (config,) = conn.execute("SELECT config FROM indexes WHERE name='by_embedding'").fetchone()

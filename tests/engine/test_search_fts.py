@@ -15,6 +15,7 @@ from kernel_ext.errors import PersistenceError
 from kernel_ext.persistence.base import CommitRecord
 from kernel_ext.persistence.sqlite import SqlitePersistence
 from kernel_ext.store.catalog import id_key
+from kernel_ext.store.codec import decode_document
 from kernel_ext.store.index_kinds import SearchIndexConfig
 from kernel_ext.store.search import InvertedIndex, SearchFilterBuilder, compile_search, rank
 
@@ -194,7 +195,7 @@ def test_a_format_2_store_with_a_search_index_is_upgraded_when_opened(tmp_path):
         client.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("3",)
+        assert conn.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("4",)
     finally:
         conn.close()
     docs, side, fts, stats = _fts_counts(path)
@@ -300,3 +301,67 @@ def test_a_removed_last_side_row_never_lends_its_rowid_to_a_new_document(tmp_pat
             store.close_snapshot(old)
     finally:
         client.close()
+
+
+def _format_3_tokens(text: str) -> list[str]:
+    """Tokens as store format 3 made them (`str.isalnum` runs, `str.lower`)."""
+    words, word = [], ""
+    for ch in text + " ":
+        if ch.isalnum():
+            word += ch
+        elif word:
+            if len(word.encode()) < 32:
+                words.append(word.lower())
+            word = ""
+    return words
+
+
+def test_a_format_3_store_is_re_tokenized_when_opened(tmp_path):
+    # Format 3 split words at combining letters (Hindi vowel signs): its FTS rows must be
+    # rebuilt, or queries (tokenized the new way) would not find what they hold.
+    path = tmp_path / "store.db"
+    client = _client(path)
+    try:
+        client.set_schema(SCHEMA)
+        for body in ("पुरानी किताब", "नई कलम", "ΟΔΟΣ road"):
+            client.mutation("fts:add", body=body)
+    finally:
+        client.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        (n,) = conn.execute("SELECT index_id FROM indexes WHERE kind='search'").fetchone()
+        conn.execute("BEGIN")
+        total = 0
+        for rowid, id_key in conn.execute(f"SELECT rowid, id_key FROM search_docs_{n}"):
+            (body,) = conn.execute(
+                "SELECT body FROM documents WHERE id_key=?", (id_key,)
+            ).fetchone()
+            tokens = _format_3_tokens(decode_document(body)["body"])
+            total += len(tokens)
+            conn.execute(f"DELETE FROM search_fts_{n} WHERE rowid=?", (rowid,))
+            conn.execute(
+                f"INSERT INTO search_fts_{n} (rowid, tokens) VALUES (?, ?)",
+                (rowid, " ".join(tokens)),
+            )
+            conn.execute(f"UPDATE search_docs_{n} SET length=? WHERE rowid=?", (len(tokens), rowid))
+        conn.execute("UPDATE search_stats SET total=?", (total,))
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'format'")
+        conn.execute("COMMIT")
+        assert conn.execute(
+            f"SELECT count(*) FROM search_fts_{n} WHERE search_fts_{n} MATCH 'ब'"
+        ).fetchone() == (1,)
+    finally:
+        conn.close()
+
+    client = _client(path)
+    try:
+        assert client.query("fts:find", text="किताब") == ["पुरानी किताब"]
+        assert client.query("fts:find", text="ब") == []  # no split letters left
+        assert client.query("fts:find", text="οδοσ") == ["ΟΔΟΣ road"]
+    finally:
+        client.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("4",)
+    finally:
+        conn.close()

@@ -67,6 +67,18 @@ def test_tokenizer_splits_on_non_alphanumerics_and_lowercases_without_folding():
     assert tokenize("") == [] and tokenize(" ,;") == []
 
 
+def test_tokenizer_keeps_combining_letters_in_words_and_lowercases_per_character():
+    # Rust's char::is_alphanumeric (Tantivy's SimpleTokenizer) is Unicode Alphabetic or
+    # numeric: vowel signs, Hebrew points and Arabic harakat belong to the word.
+    assert tokenize("किताब हिंदी") == ["किताब", "हिंदी"]  # Hindi
+    assert tokenize("עִבְרִית") == ["עִבְרִית"]  # Hebrew with points
+    assert tokenize("كِتَاب") == ["كِتَاب"]  # Arabic with harakat
+    assert tokenize("Ⓐbc ²½ 🙂ok e\u0301") == ["ⓐbc", "²½", "ok", "e"]
+    # Tantivy's LowerCaser lowers each character alone: no word-final sigma.
+    assert tokenize("ΟΔΟΣ Σ") == ["οδοσ", "σ"]  # noqa: RUF001 (Greek on purpose)
+    assert tokenize("İstanbul") == ["i\u0307stanbul"]
+
+
 def test_tokens_of_32_utf8_bytes_or_more_are_dropped():
     assert tokenize("a" * 31) == ["a" * 31]
     assert tokenize("a" * 32 + " ok") == ["ok"]
