@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["SearchQuery"]
 
 _END_CURSOR = "_end"
+#: Ints a float64 holds exactly (beyond them an int is never made a float).
+_FLOAT_SAFE_INT = 2**53
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class SearchQuery(DocumentQuery):
     def _ranked(self) -> Iterator[tuple[bytes, dict[str, Value]]]:
         """`(position, document)` of the matching documents, best first; raises past
         `MAX_RESULTS` scanned."""
-        results = self._source.search(self.table, self.index, self.build)
+        results = self._source.search(self.table, self.index, self._build)
         for scanned, (score, doc) in enumerate(results):
             if scanned >= MAX_RESULTS:
                 raise QueryError(
@@ -76,6 +78,22 @@ class SearchQuery(DocumentQuery):
                 )
             if all(as_boolean(f.evaluate(doc)) for f in self.filters):
                 yield encode_key((-score, -doc["_creationTime"], doc["_id"])), doc
+
+    def _build(self, q: SearchFilterBuilder) -> Any:
+        """The user's builder, then each `eq` value as index ranges compare it: an int with a
+        float64 field that validated writes keep floats (`v.number()`) is that float."""
+        built = self.build(q)
+        if built is q:
+            q.eqs = [(path, self._agreeing(path, value)) for path, value in q.eqs]
+        return built
+
+    def _agreeing(self, path: str, value: Value) -> Value:
+        if type(value) is not int:
+            return value
+        found = self._source.number_kind(self.table, path)
+        if found == ("float64", True) and -_FLOAT_SAFE_INT <= value <= _FLOAT_SAFE_INT:
+            return float(value)
+        return value
 
     def __iter__(self) -> Iterator[dict[str, Value]]:
         """Stream the matching documents, best first."""
