@@ -22,7 +22,7 @@ mutation (which reads the latest state and is validated by OCC) reads the latest
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from kernel_ext.errors import PersistenceError
@@ -30,6 +30,7 @@ from kernel_ext.persistence.base import FullTextSearch
 from kernel_ext.store.catalog import Catalog
 from kernel_ext.store.index_kinds import SearchIndexConfig
 from kernel_ext.store.keys import KEY_MAX
+from kernel_ext.store.readset import ALL
 from kernel_ext.store.search import HistoryTooShort, InvertedIndex, SearchSpec, SearchState
 from kernel_ext.store.values import Value
 
@@ -68,9 +69,15 @@ class SearchIndexes:
         self._applied = ts
         self._indexes: dict[int, InvertedIndex] = {}
 
-    def on_commit(self, ts: int, writes: dict[str, Any]) -> None:
-        """Apply a published commit (under the commit lock, in ts order)."""
+    def on_commit(
+        self, ts: int, writes: dict[str, Any], keys: Iterable[tuple[str, bytes]] = ()
+    ) -> None:
+        """Apply a published commit (under the commit lock, in ts order). A key of index
+        `ALL` (a schema change, or a gap in a shared store's log: commits this process never
+        saw, whose writes no index has) drops every index: each is built again when used."""
         with self._cond:
+            if any(index == ALL for index, _ in keys):
+                self._indexes.clear()
             if self._indexes:
                 for doc_id, write in writes.items():
                     table = self._catalog.table(write.table)
@@ -109,10 +116,11 @@ class SearchIndexes:
                 raise PersistenceError(
                     f"The search index was not brought up to commit {ts} in time; try again"
                 )
-            try:
-                return index.state(spec, None if latest else ts)
-            except HistoryTooShort:
-                pass
+            if self._indexes.get(index_id) is index:  # (not dropped meanwhile)
+                try:
+                    return index.state(spec, None if latest else ts)
+                except HistoryTooShort:
+                    pass
         # Older than what the index knows: read the snapshot's own documents.
         rebuilt = InvertedIndex(config, ts)
         rebuilt.load(_docs(snapshot, table_number))

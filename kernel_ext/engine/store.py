@@ -1071,6 +1071,6 @@ class Store:
         return max(self._ts + 1, time.time_ns())
 
     def _publish(self, commit: Commit) -> None:
-        self._search.on_commit(commit.ts, commit.writes)
+        self._search.on_commit(commit.ts, commit.writes, commit.keys)
         for listener in self._listeners:
             listener(commit)
