@@ -5,11 +5,13 @@ A backend that keeps them answers every search from the snapshot's own transacti
 its commit's state); the engine then ranks with the same pure BM25 (`store.search.rank`) and
 builds no index in memory. Otherwise (memory and PostgreSQL stores):
 
-One inverted index per search index, built from the stored documents on its first search
-(under the commit lock, so that no commit comes between the documents read and the ts the
-index is labelled with), then kept up to date from every commit the store publishes: its own
-and, on a shared (PostgreSQL) store, those of other processes as they are replayed. So every
-backend ranks with the same tokenizer and BM25, from the same statistics.
+One inverted index per search index, built on its first search from the documents of a
+snapshot at exactly the latest commit applied (under the commit lock, so that none is applied
+meanwhile; not from the newest stored documents, which on a shared store may hold commits not
+replayed yet), then kept up to date from every commit the store publishes: its own and, on a
+shared (PostgreSQL) store, those of other processes as they are replayed. A gap in the
+replayed log or a schema change drops every index (built again when used). So every backend
+ranks with the same tokenizer and BM25, from the same statistics.
 
 Snapshot consistency: a search on a snapshot at ts asks the index for its state at ts. A
 commit is stored (and seen by new snapshots) a moment before the store publishes it, so a
@@ -22,7 +24,7 @@ mutation (which reads the latest state and is validated by OCC) reads the latest
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Final
 
 from kernel_ext.errors import PersistenceError
@@ -47,7 +49,6 @@ class SearchIndexes:
     Args:
         catalog: the store's catalog (tables of the commits' writes).
         lock: the store's commit lock (held while an index is built).
-        documents: `documents(table_number)` yields the stored `(id_key, document)` pairs.
         ts: the latest commit's ts when the store opened.
         native: the backend, if it keeps the search indexes itself (then none is kept here).
     """
@@ -56,7 +57,6 @@ class SearchIndexes:
         self,
         catalog: Catalog,
         lock: Any,
-        documents: Callable[[int], Any],
         ts: int,
         *,
         native: FullTextSearch | None = None,
@@ -64,7 +64,6 @@ class SearchIndexes:
         self._native = native
         self._catalog = catalog
         self._commit_lock = lock
-        self._documents = documents
         self._cond = threading.Condition()
         self._applied = ts
         self._indexes: dict[int, InvertedIndex] = {}
@@ -109,14 +108,14 @@ class SearchIndexes:
         if self._native is not None:
             # A mutation's own writes may change which prefix terms rank: it needs them all.
             return self._native.search_state(snapshot, index_id, spec, all_prefixes=latest)
-        index = self._index(table_number, index_id, config)
+        index = self._index(table_number, index_id, config, snapshot)
         ts = snapshot.ts
         with self._cond:
             if not latest and not self._cond.wait_for(lambda: self._applied >= ts, _APPLY_WAIT):
                 raise PersistenceError(
                     f"The search index was not brought up to commit {ts} in time; try again"
                 )
-            if self._indexes.get(index_id) is index:  # (not dropped meanwhile)
+            if index is not None and self._indexes.get(index_id) is index:  # (not dropped)
                 try:
                     return index.state(spec, None if latest else ts)
                 except HistoryTooShort:
@@ -126,19 +125,27 @@ class SearchIndexes:
         rebuilt.load(_docs(snapshot, table_number))
         return rebuilt.state(spec, ts)
 
-    def _index(self, table_number: int, index_id: int, config: SearchIndexConfig) -> InvertedIndex:
+    def _index(
+        self, table_number: int, index_id: int, config: SearchIndexConfig, snapshot: Any
+    ) -> InvertedIndex | None:
+        """The index, built from `snapshot` if there is none and `snapshot` is exactly at the
+        latest commit applied (else None: this search reads the snapshot itself). Not from
+        the newest stored documents: on a shared store they may hold commits of other
+        processes not replayed yet, which the index would then count before their ts."""
         with self._cond:
             found = self._indexes.get(index_id)
             if found is not None and found.config == config:
                 return found
-        with self._commit_lock:  # no commit while the documents are read
+        with self._commit_lock:  # no commit is applied while the documents are read
             with self._cond:
                 found = self._indexes.get(index_id)
                 if found is not None and found.config == config:
                     return found
                 ts = self._applied
+            if snapshot.ts != ts:
+                return None
             index = InvertedIndex(config, ts)
-            index.load(doc for _, doc in self._documents(table_number))
+            index.load(_docs(snapshot, table_number))
             with self._cond:
                 self._indexes[index_id] = index
             return index

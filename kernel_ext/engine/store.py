@@ -208,7 +208,6 @@ class Store:
         self._search = SearchIndexes(
             self.catalog,
             self._commit_lock,
-            persistence.documents_of,
             self._ts,
             native=full_text_search(persistence),
         )
