@@ -26,8 +26,8 @@ import itertools
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Final, overload
+from collections.abc import Iterable
+from typing import Final
 
 import numpy as np
 
@@ -97,7 +97,8 @@ class SideRows:
     choice, max + 1, would reuse the rowid of a removed last row, which an older snapshot may
     still see), so a row cached from any snapshot is the row every snapshot that reaches its
     rowid holds. Only the store's own process writes its file (the file lock), so no other
-    writer picks rowids. Thread-safe.
+    writer picks rowids. Memory: the rows searches read that the index still holds (a
+    removed row is evicted; an older snapshot that still sees it reads it again). Thread-safe.
     """
 
     def __init__(self) -> None:
@@ -126,86 +127,109 @@ class SideRows:
             self._high[n] += 1
             return self._high[n]
 
+    def evict(self, n: int, rowid: int) -> None:
+        """Forget a removed row (older snapshots that still see it read it again)."""
+        with self._lock:
+            cached = self._cached.get(n)
+            if cached is not None:
+                cached.evict(rowid)
+
     def rows(
         self, conn: sqlite3.Connection, n: int, docs: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Cached]:
-        """`(length, creation time, filter-values number)` of each rowid in `docs` (rows of
-        the snapshot `conn` reads) and the cache that numbers them; reads the rows not known
-        yet."""
-        with self._lock:
-            cached = self._cached.setdefault(n, _Cached())
-            missing = docs[~cached.known(docs)]
-        fetched = []
-        for at in range(0, len(missing), _CHUNK):
-            part = missing[at : at + _CHUNK].tolist()
-            marks = ",".join("?" * len(part))
-            fetched += conn.execute(
-                f"SELECT rowid, length, creation_time, doc_id, filters FROM search_docs_{n} "
-                f"WHERE rowid IN ({marks})",
-                part,
-            ).fetchall()
-        with self._lock:
-            if fetched:
-                cached.put(fetched)
-            return cached.length[docs], cached.creation[docs], cached.filters[docs], cached
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[bytes, ...]]]:
+        """`(length, creation time, filter-values number, id)` of each rowid in `docs` (rows
+        of the snapshot `conn` reads) and the filter values by number; reads the rows not
+        known yet."""
+        fetched: list[tuple[int, int, float, str, bytes]] = []
+        while True:  # twice at most, unless a commit evicts rows this snapshot still sees
+            with self._lock:
+                cached = self._cached.setdefault(n, _Cached())
+                if fetched:
+                    cached.put(fetched)
+                slots = cached.slots(docs)
+                missing = docs[slots < 0]
+                if not len(missing):
+                    return (
+                        cached.length[slots],
+                        cached.creation[slots],
+                        cached.filters[slots],
+                        cached.ids[slots],
+                        cached.values,
+                    )
+            fetched = []
+            for at in range(0, len(missing), _CHUNK):
+                part = missing[at : at + _CHUNK].tolist()
+                marks = ",".join("?" * len(part))
+                fetched += conn.execute(
+                    f"SELECT rowid, length, creation_time, doc_id, filters FROM search_docs_{n} "
+                    f"WHERE rowid IN ({marks})",
+                    part,
+                ).fetchall()
+            if len(fetched) < len(missing):
+                raise sqlite3.DatabaseError(f"search index {n}: postings without a document row")
 
 
 class _Cached:
-    """Side rows of one index by rowid (see `SideRows`; the caller locks)."""
+    """Side rows of one index, each in a slot of the arrays (see `SideRows`; the caller
+    locks): 4 bytes per rowid up to the highest read (the map from rowids to slots: rowids
+    only grow, as documents change), and a slot per row that searches read and the index
+    still holds."""
 
     def __init__(self) -> None:
+        self.map = np.zeros(0, dtype=np.int32)  # rowid -> slot, -1: not known
+        self.free: list[int] = []
         self.length = np.zeros(0)
         self.creation = np.zeros(0)
-        self.filters = np.zeros(0, dtype=np.int64)  # number of the filter values; -1 unknown
-        self.ids: list[str] = []
+        self.filters = np.zeros(0, dtype=np.int64)  # the number of the filter values
+        self.ids = np.zeros(0, dtype=object)
         self.numbers: dict[bytes, int] = {}
         self.values: list[tuple[bytes, ...]] = []
 
-    def known(self, docs: np.ndarray) -> np.ndarray:
-        inside = docs < len(self.filters)
-        out = np.zeros(len(docs), dtype=bool)
-        out[inside] = self.filters[docs[inside]] >= 0
+    def slots(self, docs: np.ndarray) -> np.ndarray:
+        """The slot of each rowid (-1: not known)."""
+        out = np.full(len(docs), -1, dtype=np.int64)
+        inside = docs < len(self.map)
+        out[inside] = self.map[docs[inside]]
         return out
+
+    def known(self) -> int:
+        """How many rows are cached."""
+        return len(self.length) - len(self.free)
+
+    def evict(self, rowid: int) -> None:
+        at = int(self.map[rowid]) if rowid < len(self.map) else -1
+        if at >= 0:
+            self.map[rowid] = -1
+            self.ids[at] = None
+            self.free.append(at)
 
     def put(self, rows: list[tuple[int, int, float, str, bytes]]) -> None:
         top = max(r[0] for r in rows) + 1
-        if top > len(self.filters):
-            size = max(top, 2 * len(self.filters))
-            grow = size - len(self.filters)
-            self.length = np.concatenate([self.length, np.zeros(grow)])
-            self.creation = np.concatenate([self.creation, np.zeros(grow)])
-            self.filters = np.concatenate([self.filters, np.full(grow, -1, dtype=np.int64)])
-            self.ids.extend([""] * grow)
-        for rowid, length, creation, doc_id, packed in rows:
+        if top > len(self.map):
+            more = max(top - len(self.map), len(self.map))  # doubling
+            self.map = np.concatenate([self.map, np.full(more, -1, dtype=np.int32)])
+        new = [r for r in rows if self.map[r[0]] < 0]
+        grow = len(new) - len(self.free)
+        if grow > 0:
+            size = len(self.length)
+            more = max(grow, size)  # doubling
+            self.free.extend(range(size + more - 1, size - 1, -1))
+            self.length = np.concatenate([self.length, np.zeros(more)])
+            self.creation = np.concatenate([self.creation, np.zeros(more)])
+            self.filters = np.concatenate([self.filters, np.zeros(more, dtype=np.int64)])
+            self.ids = np.concatenate([self.ids, np.zeros(more, dtype=object)])
+        for rowid, length, creation, doc_id, packed in new:
             blob = bytes(packed)
             number = self.numbers.get(blob)
             if number is None:
                 number = self.numbers[blob] = len(self.values)
                 self.values.append(_unpack(blob))
-            self.length[rowid] = length
-            self.creation[rowid] = creation
-            self.ids[rowid] = doc_id
-            self.filters[rowid] = number
-
-
-class _Ids(Sequence[str]):
-    """The ids of candidates, looked up when asked (ranking reads those it hands out)."""
-
-    def __init__(self, ids: list[str], docs: np.ndarray) -> None:
-        self._ids = ids
-        self._docs = docs
-
-    def __len__(self) -> int:
-        return len(self._docs)
-
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[str]: ...
-    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
-        if isinstance(i, slice):
-            return [self._ids[d] for d in self._docs[i].tolist()]
-        return self._ids[int(self._docs[i])]
+            at = self.free.pop()
+            self.map[rowid] = at
+            self.length[at] = length
+            self.creation[at] = creation
+            self.ids[at] = doc_id
+            self.filters[at] = number
 
 
 def load_search_indexes(conn: sqlite3.Connection) -> SearchIndexes:
@@ -327,6 +351,8 @@ def _remove(
         return None
     conn.execute(f"DELETE FROM search_fts_{n} WHERE rowid=?", (row[0],))
     conn.execute(f"DELETE FROM search_docs_{n} WHERE rowid=?", (row[0],))
+    if rows is not None:
+        rows.evict(n, int(row[0]))
     return int(row[1])
 
 
@@ -429,7 +455,7 @@ def _columns(
     if not len(every):
         return RankColumns(_EMPTY, _EMPTY, [], [_EMPTY for _ in terms])
     docs, where = np.unique(every, return_inverse=True)
-    length, creation, numbers, cached = rows.rows(conn, n, docs)
+    length, creation, numbers, ids, values = rows.rows(conn, n, docs)
     columns, at = [], 0
     for occurrences in postings:  # counted here: cheaper than SQL's GROUP BY
         part = where[at : at + len(occurrences)]
@@ -438,12 +464,13 @@ def _columns(
     if spec.filters:  # checked once per distinct filter values, not per document
         kinds = np.unique(numbers)
         passes = np.array(
-            [all(cached.values[c][i] == value for i, value in spec.filters) for c in kinds.tolist()]
+            [all(values[c][i] == value for i, value in spec.filters) for c in kinds.tolist()]
         )
         keep = passes[np.searchsorted(kinds, numbers)]
-        docs, length, creation = docs[keep], length[keep], creation[keep]
+        length, creation = length[keep], creation[keep]
+        ids = ids[keep]
         columns = [column[keep] for column in columns]
-    return RankColumns(length, creation, _Ids(cached.ids, docs), columns)
+    return RankColumns(length, creation, ids.tolist(), columns)
 
 
 def _entries(

@@ -365,3 +365,28 @@ def test_a_format_3_store_is_re_tokenized_when_opened(tmp_path):
         assert conn.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("4",)
     finally:
         conn.close()
+
+
+@mutation
+def rewrite(ctx, id, body):
+    ctx.db.patch(id, {"body": body})
+
+
+def test_the_side_row_cache_holds_the_rows_the_index_keeps_not_every_rowid(tmp_path):
+    # Every new version of a document is a new side row with a new rowid: the cache of the
+    # rows searches read must not grow with the rowids (a long-lived, often-edited store).
+    client = _client(tmp_path / "store.db")
+    client.register("fts:rewrite", rewrite)
+    try:
+        client.set_schema(SCHEMA)
+        doc = client.mutation("fts:add", body="draft 0")
+        client.mutation("fts:add", body="other draft")
+        for i in range(1, 200):
+            client.mutation("fts:rewrite", id=doc, body=f"draft {i}")
+            assert client.query("fts:find", text="draft") == ["other draft", f"draft {i}"]
+        rows = client.backend.store.persistence._search_rows
+        (cached,) = rows._cached.values()
+        assert len(cached.length) <= 16  # slots for the two rows read, not for 200 rowids
+        assert cached.known() == 2
+    finally:
+        client.close()
