@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_ext.errors import QueryError
 from kernel_ext.store.expressions import Expression, FilterBuilder, as_boolean
-from kernel_ext.store.keys import encode_key
+from kernel_ext.store.keys import encode_key, encode_value
 from kernel_ext.store.query import DocumentQuery, decode_cursor, encode_cursor
 from kernel_ext.store.search import MAX_RESULTS, SearchFilterBuilder
 from kernel_ext.store.values import Value
@@ -106,7 +106,12 @@ class SearchQuery(DocumentQuery):
 
     def paginate(self, opts: Mapping[str, Any]) -> dict[str, Any]:
         """One page of results in relevance order: `{"page", "isDone", "continueCursor"}`
-        (`numItems`, `cursor`; a cursor is a position in relevance order)."""
+        (`numItems`, `cursor`; a cursor is the last document's position in relevance order).
+
+        The next page holds the documents ranked after the cursor's document, and any other
+        after the cursor's position: a commit since the last page changes every score (the
+        document count and average length are in all of them), so positions alone would
+        skip documents whose scores grew past the cursor's."""
         if not isinstance(opts, Mapping):
             raise QueryError('paginate() takes {"numItems": n, "cursor": None | str}')
         num_items = opts.get("numItems")
@@ -122,9 +127,15 @@ class SearchQuery(DocumentQuery):
         if cursor is not None and start is None:
             return {"page": [], "isDone": True, "continueCursor": _END_CURSOR}
         page: list[dict[str, Value]] = []
+        after_anchor = start is None
         for position, doc in self._ranked():
-            if start is not None and position <= start:
-                continue
+            if not after_anchor:
+                assert start is not None
+                if start.endswith(encode_value(doc["_id"])):  # (an id ends a position)
+                    after_anchor = True  # the cursor's own document
+                    continue
+                if position <= start:
+                    continue
             page.append(doc)
             if len(page) >= num_items:
                 return {"page": page, "isDone": False, "continueCursor": encode_cursor(position)}
