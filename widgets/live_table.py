@@ -11,12 +11,20 @@ immutable snapshot, and a one-row change costs O(log n) in the kernel, sorted or
 ("live · incremental" in the header); other queries replace the rows ("live · re-run").
 Columns are shown by what the store declares (`client.column_info`): ids, int64/float64
 numbers, and the datetime columns `import_dataframe` recorded.
+
+`set_args` points the table at the same function with other arguments without a flash of
+emptiness (as convex-helpers' `useStableQuery`): the current rows stay until the new
+arguments' first result arrives, which then reaches the browser as an ordinary row diff.
+Every source of results (a subscription, or the pages of a paginated query) carries a
+generation number: results of a source that is neither the one shown nor the one awaited
+are ignored, so a late result of the previous arguments never shows.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,7 +32,8 @@ import anywidget
 import orjson
 import traitlets
 
-from kernel_ext import CallbackHandle, QueryResult, Subscription
+from kernel_ext import CallbackHandle, QueryResult, Subscription, compare_values
+from kernel_ext.errors import StoreError
 from widgets.paging import PagedQuery
 from widgets.table_model import TableModel, declared_kinds
 
@@ -34,12 +43,35 @@ _STATIC: Final = Path(__file__).parent / "static"
 _MIN_INTERVAL: Final = 1 / 30
 
 
+@dataclass
+class _Source:
+    """Where a table's results come from: one subscription, or the pages of a paginated
+    query (`paged`), for one set of arguments."""
+
+    generation: int
+    args: dict[str, Any]
+    subscription: Subscription | None = None
+    paged: PagedQuery | None = None
+    handle: CallbackHandle | None = None
+    owned: bool = True  # False: the caller's subscription, which the caller closes
+
+    def retire(self) -> None:
+        """Stop delivering results; close what the table opened. Idempotent."""
+        if self.handle is not None:
+            self.handle.remove()
+        if self.owned and self.subscription is not None:
+            self.subscription.close()
+        if self.paged is not None:
+            self.paged.close()
+
+
 class LiveTable(anywidget.AnyWidget):
     """A live table of a query's result.
 
     `LiveTable(sub)` shows a `Subscription`; `LiveTable(client, ref, args)` subscribes first
-    (and closes that subscription with the widget). `table.selection` holds the ids of the
-    selected rows; `table.sort` is `[column, "asc" | "desc"]` or `[]`.
+    (and closes that subscription with the widget), and `table.set_args(args)` changes its
+    arguments in place. `table.selection` holds the ids of the selected rows; `table.sort` is
+    `[column, "asc" | "desc"]` or `[]`.
     """
 
     _esm = _STATIC / "live_table.js"
@@ -80,6 +112,8 @@ class LiveTable(anywidget.AnyWidget):
             subscription, self._owns = None, True
         else:
             subscription, self._owns = source.subscribe(ref, args or {}), True
+        self._ref = ref
+        self._is_paged = paged
         if title is None:  # the caller may say more, e.g. the magic's `path(k=v)`
             title = subscription.description if subscription is not None else str(_path(ref))
         super().__init__(
@@ -98,45 +132,137 @@ class LiveTable(anywidget.AnyWidget):
         self._last_flush = 0.0
         self._timer: threading.Timer | None = None
         self.on_msg(self._on_front_end_message)
-        self._paged: PagedQuery | None = None
-        self._handle: CallbackHandle | None = None
-        if subscription is not None:
-            self._handle = subscription.on_result(self._on_result)
-        else:
-            self._paged = PagedQuery(
-                lambda page_args: source.subscribe(ref, page_args), dict(args or {}), self._on_pages
-            )
+        self._paged: PagedQuery | None = None  # the shown source's pages (paginated queries)
+        self._generation = 0
+        self._pending: _Source | None = None  # set_args' source, until its first result
+        with self._lock:  # (its callbacks wait until `_shown` is set)
+            self._shown = self._open(dict(args or {}), subscription)
+            self._paged = self._shown.paged
         self._status_handle: CallbackHandle | None = None
         on_status = getattr(source, "on_status", None)  # remote clients report reconnects
         if callable(on_status):
             self._status_handle = on_status(self._on_connection_status)
 
+    # -- arguments -----------------------------------------------------------------------
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The query's current arguments (a copy): the latest `set_args` ones, even while
+        the table still shows the previous arguments' rows (until their first result)."""
+        with self._lock:
+            source = self._pending or self._shown
+            return dict(source.args)
+
+    def set_args(self, args: dict[str, Any]) -> None:
+        """Show the same query with other arguments, in place.
+
+        The current rows stay until the new arguments' first result arrives; then the table
+        changes like on any new result (same widget, the user's sort kept, unchanged rows
+        kept in place) and the previous subscription is closed. `subscription` is the new one
+        at once (its `value` waits for that first result). Arguments equal to the current
+        ones (as Convex values) change nothing. A paginated query starts again from its first
+        page.
+
+        Raises:
+            StoreError: the table shows a `Subscription` it was given (build it with
+                `LiveTable(client, ref, args)` to change arguments), or it is closed.
+            ArgumentError: the arguments do not match the function's validator (nothing
+                changed).
+        """
+        args = dict(args)
+        with self._lock:
+            if not self._owns:
+                raise StoreError(
+                    "set_args needs a LiveTable that owns its subscription: this one shows a "
+                    "Subscription it was given. Build it with LiveTable(client, ref, args) "
+                    "to change its arguments."
+                )
+            if self._shown.generation < 0:
+                raise StoreError("This LiveTable is closed: build a new one to show a query.")
+            if _same_args(args, (self._pending or self._shown).args):
+                return
+            stale = self._pending
+            if _same_args(args, self._shown.args):  # back to what is shown: stop waiting
+                self._pending = None
+                self.subscription = self._shown.subscription
+            else:
+                self._pending = self._open(args)
+                self.subscription = self._pending.subscription
+        if stale is not None:
+            stale.retire()
+
+    def _open(self, args: dict[str, Any], given: Subscription | None = None) -> _Source:
+        """Start a source of results for `args` under a new generation (call with the lock
+        held: its first result may arrive at once and looks for it in `_shown`/`_pending`).
+        `given`: the caller's (or the constructor's) subscription to follow instead."""
+        generation = self._generation = self._generation + 1
+        source = _Source(generation, args, owned=self._owns)
+        if self._is_paged:
+            client, ref = self._client, self._ref
+            source.paged = PagedQuery(
+                lambda page_args: client.subscribe(ref, page_args),
+                args,
+                lambda rows, done, error: self._on_pages_of(generation, rows, done, error),
+            )
+            return source
+        if given is None:
+            given = self._client.subscribe(self._ref, args)
+        source.subscription = given
+        source.handle = given.on_result(lambda result: self._on_result_of(generation, result))
+        return source
+
+    def _admit(self, generation: int) -> tuple[bool, _Source | None]:
+        """Whether a result of `generation` is to be shown (call with the lock held), and
+        the source it replaces: the awaited source's first result makes it the shown one."""
+        if generation == self._shown.generation:
+            return True, None
+        pending = self._pending
+        if pending is None or generation != pending.generation:
+            return False, None  # a retired source's late result
+        retired, self._shown, self._pending = self._shown, pending, None
+        self._paged = pending.paged
+        self._last_ts = None  # another live query: its diffs never start from the old rows
+        self._described = False  # (the new rows may come from another table)
+        return True, retired
+
     # -- results from the store ----------------------------------------------------------
+
+    def _on_result_of(self, generation: int, result: QueryResult) -> None:
+        with self._lock:
+            shown, retired = self._admit(generation)
+            if shown:
+                self._show_result(result)
+        if retired is not None:
+            retired.retire()
+        if shown:
+            self._schedule()
 
     def _on_result(self, result: QueryResult) -> None:
         with self._lock:
-            if result.error is not None:
-                # Keep the last rows visible under the error, as Convex clients keep stale data.
-                self._state = "error"
-                self.status, self.error = "error", f"{type(result.error).__name__}: {result.error}"
-                return
-            diff = result.diff
-            if diff is not None and diff.base_ts is not None and diff.base_ts == self._last_ts:
-                self.model.apply_diff(result.value, diff)
-            else:
-                self.model.set_rows(result.value)
-                self._describe_columns()
-            self._last_ts = result.ts
-            # A maintained view's value is an immutable snapshot (served ones too), and only
-            # views have diffs.
-            self.mode = (
-                "incremental" if diff is not None or _is_snapshot(result.value) else "re-run"
-            )
-            self._state = "ready"
-            self.error = ""
-            self._dirty = True
-            self._reason = "data"
+            self._show_result(result)
         self._schedule()
+
+    def _show_result(self, result: QueryResult) -> None:
+        """Take a result of the shown source into the model (call with the lock held)."""
+        if result.error is not None:
+            # Keep the last rows visible under the error, as Convex clients keep stale data.
+            self._state = "error"
+            self.status, self.error = "error", f"{type(result.error).__name__}: {result.error}"
+            return
+        diff = result.diff
+        if diff is not None and diff.base_ts is not None and diff.base_ts == self._last_ts:
+            self.model.apply_diff(result.value, diff)
+        else:
+            self.model.set_rows(result.value)
+            self._describe_columns()
+        self._last_ts = result.ts
+        # A maintained view's value is an immutable snapshot (served ones too), and only
+        # views have diffs.
+        self.mode = "incremental" if diff is not None or _is_snapshot(result.value) else "re-run"
+        self._state = "ready"
+        self.error = ""
+        self._dirty = True
+        self._reason = "data"
 
     def _describe_columns(self) -> None:
         """Read the declared column kinds of the rows' table, once (call with the lock)."""
@@ -159,6 +285,16 @@ class LiveTable(anywidget.AnyWidget):
         """Show "reconnecting" (keeping the last rows) until the connection is back."""
         with self._lock:
             self.status = "reconnecting" if status == "reconnecting" else self._state
+
+    def _on_pages_of(
+        self, generation: int, rows: list[Any], done: bool, error: BaseException | None
+    ) -> None:
+        with self._lock:
+            shown, retired = self._admit(generation)
+        if retired is not None:
+            retired.retire()
+        if shown:
+            self._on_pages(rows, done, error)
 
     def _on_pages(self, rows: list[Any], done: bool, error: BaseException | None) -> None:
         if error is not None:
@@ -242,15 +378,25 @@ class LiveTable(anywidget.AnyWidget):
         return bundle
 
     def close(self) -> None:
-        """Stop following the query (and close the subscription if the table opened it)."""
-        for handle in (self._handle, self._status_handle):
-            if handle is not None:
-                handle.remove()
-        if self._owns and self.subscription is not None:
-            self.subscription.close()
-        if self._paged is not None:
-            self._paged.close()
+        """Stop following the query (and close the subscriptions the table opened)."""
+        if self._status_handle is not None:
+            self._status_handle.remove()
+        with self._lock:
+            sources = [s for s in (self._shown, self._pending) if s is not None]
+            self._pending = None
+            self._shown = _Source(-1, self._shown.args)  # closed: results and set_args refused
+        for source in sources:
+            source.retire()
         super().close()
+
+
+def _same_args(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal as Convex values (1 and 1.0 differ); not comparable (not Convex values yet,
+    e.g. a tuple): different, and the subscription validates them."""
+    try:
+        return compare_values(a, b) == 0
+    except StoreError:
+        return False
 
 
 def _is_snapshot(value: Any) -> bool:
