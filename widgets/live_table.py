@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -99,12 +100,14 @@ class LiveTable(anywidget.AnyWidget):
         args: dict[str, Any] | None = None,
         *,
         show_system: bool = False,
-        title: str | None = None,
+        title: str | Callable[[dict[str, Any]], str] | None = None,
         client: Any = None,
         **kwargs: Any,
     ) -> None:
         """`client`: where to read the columns' declared types when `source` is a
-        `Subscription` (with `LiveTable(client, ref, args)` it is `source`)."""
+        `Subscription` (with `LiveTable(client, ref, args)` it is `source`). `title`: the
+        caption, or a function of the arguments giving it (called again when `set_args`
+        shows other arguments); default: the function's path."""
         paged = not isinstance(source, Subscription) and _is_paginated(source, ref)
         if isinstance(source, Subscription):
             subscription, self._owns = source, False
@@ -114,7 +117,10 @@ class LiveTable(anywidget.AnyWidget):
             subscription, self._owns = source.subscribe(ref, args or {}), True
         self._ref = ref
         self._is_paged = paged
-        if title is None:  # the caller may say more, e.g. the magic's `path(k=v)`
+        self._title_of = title if callable(title) else None
+        if callable(title):  # e.g. the magic's `path(k=v)`, which follows set_args
+            title = title(dict(args or {}))
+        elif title is None:
             title = subscription.description if subscription is not None else str(_path(ref))
         super().__init__(
             show_system=show_system, title=title, sortable=not paged, complete=not paged, **kwargs
@@ -220,6 +226,8 @@ class LiveTable(anywidget.AnyWidget):
         if pending is None or generation != pending.generation:
             return False, None  # a retired source's late result
         retired, self._shown, self._pending = self._shown, pending, None
+        if self._title_of is not None:
+            self.title = self._title_of(pending.args)
         self._paged = pending.paged
         self._last_ts = None  # another live query: its diffs never start from the old rows
         self._described = False  # (the new rows may come from another table)

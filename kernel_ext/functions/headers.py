@@ -14,6 +14,7 @@ import ast
 import io
 import re
 import tokenize
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -72,12 +73,13 @@ class FunctionHeader:
         """`name(arg: validator, ...)` as the user wrote it."""
         return f"{self.path}({', '.join(f'{p.name}: {p.validator}' for p in self.params)})"
 
-    def live_title(self) -> str:
-        """What a live table of this function shows: `path`, or `path(k=v, ...)` with the
-        `--live` arguments."""
-        if not self.live_args:
+    def live_title(self, args: Mapping[str, Any] | None = None) -> str:
+        """What a live table of this function shows: `path`, or `path(k=v, ...)` with `args`
+        (default: the `--live` arguments)."""
+        args = self.live_args if args is None else args
+        if not args:
             return self.path
-        return f"{self.path}({', '.join(f'{k}={x!r}' for k, x in self.live_args.items())})"
+        return f"{self.path}({', '.join(f'{k}={x!r}' for k, x in args.items())})"
 
 
 def _error(problem: str) -> HeaderError:

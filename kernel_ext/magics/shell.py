@@ -177,7 +177,7 @@ class ConvexMagics(Magics):
 
         from widgets import LiveTable
 
-        table = LiveTable(client, header.path, header.live_args, title=header.live_title())
+        table = LiveTable(client, header.path, header.live_args, title=header.live_title)
         if header.live_name is not None:
             self._ip.user_ns[header.live_name] = table
         display(table)  # type: ignore[no-untyped-call]

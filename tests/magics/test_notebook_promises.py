@@ -186,4 +186,6 @@ def test_live_table_is_bound_to_a_name_and_titled_with_its_arguments(ip):
     assert isinstance(table, LiveTable)
     assert table.title == "tasks:open2(done=False, n=2)"
     assert table.selection == [] and table.sort == []
+    table.set_args({"done": True, "n": 3})  # the caption follows the arguments shown
+    wait_for(lambda: table.title == "tasks:open2(done=True, n=3)")
     table.close()

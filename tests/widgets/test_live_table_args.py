@@ -214,3 +214,14 @@ def test_paged_table_restarts_paging_with_the_new_args(paged_app):
     wait_for(lambda: live_queries(client) == 1)  # the old pages are closed
     table.close()
     assert live_queries(client) == 0
+
+
+def test_a_title_given_as_a_function_of_the_args_follows_set_args(app, gate):
+    client, _ = app
+    table = LiveTable(client, "t:at_least", {"min": 0}, title=lambda a: f"at least {a['min']}")
+    assert table.title == "at least 0"
+    table.set_args({"min": 3, "hold": True})
+    assert table.title == "at least 0"  # the old rows are still shown, and their caption
+    gate.set()
+    wait_for(lambda: table.title == "at least 3")
+    table.close()
