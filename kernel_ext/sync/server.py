@@ -21,6 +21,7 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from socket import gethostname
 from typing import Any, Final
 
 import tornado.httpserver
@@ -367,8 +368,16 @@ def _is_loopback(host: str) -> bool:
 
 
 def url_for(host: str, port: int) -> str:
-    """`http://host:port`, with IPv6 addresses in brackets."""
+    """The URL others reach a server bound to `host:port` at: `http://host:port`, with IPv6
+    addresses in brackets, and this machine's name for a wildcard address (`0.0.0.0`, `::`),
+    which no client can connect to (printed URLs and file URLs must work from elsewhere)."""
+    if host in _WILDCARDS:
+        host = gethostname()
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+#: Addresses that mean "every interface": a server is bound there, never reached there.
+_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
 def run_server(

@@ -363,3 +363,29 @@ def test_a_taken_port_or_a_missing_folder_is_an_error(server_factory, tmp_path):
     assert done.returncode == 1 and "cannot listen" in done.stderr
     done = run_serve(other, "--port", "0", functions=tmp_path / "missing")
     assert done.returncode == 1 and "does not exist" in done.stderr
+
+
+def test_a_server_on_every_interface_advertises_this_machines_name():
+    """A wildcard address is where a server listens, never where a client connects: the
+    URLs it prints and the file URLs its functions hand out name this machine instead."""
+    import socket
+
+    from kernel_ext.engine.store import Store
+    from kernel_ext.functions.backend import Backend
+    from kernel_ext.persistence.sqlite import SqlitePersistence
+    from kernel_ext.sync.background import BackgroundServer
+    from kernel_ext.sync.server import url_for
+
+    name = socket.gethostname()
+    assert url_for("0.0.0.0", 3210) == f"http://{name}:3210"
+    assert url_for("::", 3210) == f"http://{name}:3210"
+    assert url_for("127.0.0.1", 3210) == "http://127.0.0.1:3210"
+    assert url_for("::1", 3210) == "http://[::1]:3210"
+    backend = Backend(Store(SqlitePersistence(None)))
+    server = BackgroundServer(backend, host="0.0.0.0")
+    try:
+        assert server.url.startswith(f"http://{name}:")
+        assert backend.storage.url_for("x").startswith(f"http://{name}:")
+    finally:
+        server.stop()
+        backend.close()
