@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Final
 from kernel_ext.engine.store import SCHEDULED_FUNCTIONS, Commit
 from kernel_ext.errors import (
     ConvexError,
-    StoreError,
     ValidationError,
 )
 from kernel_ext.functions.limits import contained
@@ -170,10 +169,10 @@ class SchedulerService:
             self._wake.clear()
             try:
                 wait = self._dispatch_due()
-            except StoreError:
+            except Exception:  # a bug or a storage failure: say so, keep running jobs
                 if self._closed:
                     return
-                _log.exception("scheduler could not read its jobs")
+                _log.exception("scheduler could not read its jobs; retrying in 1 s")
                 wait = 1.0
             self._wake.wait(wait)
 

@@ -221,3 +221,22 @@ def test_conflicting_scheduled_mutation_is_retried_until_it_commits(bare_client)
     assert len(attempts) > 1
     texts = bare_client.backend.store.read(lambda txn: txn.query("log").collect())[0]
     assert len(texts) == 1  # committed once
+
+
+def test_an_unexpected_error_in_the_scheduler_thread_is_logged_and_jobs_go_on(monkeypatch, caplog):
+    from kernel_ext.functions.scheduling import SchedulerService
+
+    failures = iter([RuntimeError("a bug")])
+    due_jobs = SchedulerService._due_jobs
+
+    def failing_once(self, now):
+        for failure in failures:  # the first pass only
+            raise failure
+        return due_jobs(self, now)
+
+    monkeypatch.setattr(SchedulerService, "_due_jobs", failing_once)
+    with kernel_ext.connect("memory") as client:
+        client.load_functions(APP)
+        client.mutation("jobs:schedule", text="still", delay=0)
+        wait_for(lambda: client.query("jobs:log") == ["still"], timeout=20)
+    assert "scheduler could not" in caplog.text
