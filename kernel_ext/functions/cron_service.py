@@ -20,13 +20,12 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from kernel_ext.engine.store import SCHEDULED_FUNCTIONS, Commit
+from kernel_ext.engine.store import SCHEDULED_FUNCTIONS
 from kernel_ext.errors import (
     ArgumentError,
     UnknownFunction,
@@ -36,6 +35,7 @@ from kernel_ext.errors import (
 from kernel_ext.functions.crons import CronJob, CronJobs, describe_schedule, first_due, next_due
 from kernel_ext.functions.registration import FunctionDefinition
 from kernel_ext.functions.registry import path_of
+from kernel_ext.functions.table_watcher import TableWatcher
 from kernel_ext.store.keys import encode_value
 from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value
@@ -75,7 +75,7 @@ class ResolvedCron:
         }
 
 
-class CronService:
+class CronService(TableWatcher):
     """Keeps the crons of a backend and runs them when due (a thread of its own).
 
     Attributes:
@@ -86,22 +86,9 @@ class CronService:
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self.clock: Callable[[], float] = _now_ms
-        self._wake = threading.Event()
-        self._closed = False
-        backend.store.add_listener(self._on_commit)
-        self._thread = threading.Thread(target=self._loop, name="convex-crons", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop (a run being scheduled finishes first); idempotent."""
-        self._closed = True
-        self._wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def wake(self) -> None:
-        """Look for due crons now (functions were registered, or the clock was moved)."""
-        self._wake.set()
+        self._watch(
+            backend.store, CRON_JOBS, "convex-crons", "the crons could not be read or scheduled"
+        )
 
     # -- defining ------------------------------------------------------------------------
 
@@ -194,25 +181,7 @@ class CronService:
     def _crons(txn: Transaction) -> list[dict[str, Value]]:
         return txn.query(CRON_JOBS, system=True).collect()
 
-    def _on_commit(self, commit: Commit) -> None:
-        for write in commit.writes.values():  # a loop, not any(): this runs on every commit
-            if write.table == CRON_JOBS:
-                self._wake.set()
-                return
-
-    def _loop(self) -> None:
-        while not self._closed:
-            self._wake.clear()
-            try:
-                wait = self._run_due()
-            except Exception:  # a bug or a storage failure: say so, keep the crons running
-                if self._closed:
-                    return
-                _log.exception("the crons could not be read or scheduled; retrying in 1 s")
-                wait = 1.0
-            self._wake.wait(wait)
-
-    def _run_due(self) -> float:
+    def _pass(self) -> float:
         """Schedule the due crons' runs; the seconds until the next one is due."""
         now = self.clock()
         registry = self._backend.registry

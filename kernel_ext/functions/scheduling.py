@@ -29,13 +29,14 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Final
 
-from kernel_ext.engine.store import SCHEDULED_FUNCTIONS, Commit
+from kernel_ext.engine.store import SCHEDULED_FUNCTIONS
 from kernel_ext.errors import (
     ConvexError,
     ValidationError,
 )
 from kernel_ext.functions.limits import contained
 from kernel_ext.functions.registry import path_of
+from kernel_ext.functions.table_watcher import TableWatcher
 from kernel_ext.store.transaction import Transaction
 from kernel_ext.store.values import Value, normalize
 
@@ -117,13 +118,11 @@ class Scheduler:
         return self._backend.store.mutate(fn)[0]
 
 
-class SchedulerService:
+class SchedulerService(TableWatcher):
     """Runs due jobs in a thread pool; wakes on commits that touch `_scheduled_functions`."""
 
     def __init__(self, backend: Backend, *, workers: int = 4) -> None:
         self._backend = backend
-        self._wake = threading.Event()
-        self._closed = False
         self._claimed: set[str] = set()
         self._claimed_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convex-job")
@@ -131,27 +130,17 @@ class SchedulerService:
             # On a shared store another process may be running an action right now: an
             # `inProgress` job there is not known to be interrupted.
             self._fail_interrupted()
-        backend.store.add_listener(self._on_commit)
-        self._thread = threading.Thread(target=self._loop, name="convex-scheduler", daemon=True)
-        self._thread.start()
+        failure = "scheduler could not read its jobs"
+        self._watch(backend.store, SCHEDULED_FUNCTIONS, "convex-scheduler", failure)
 
     def close(self) -> None:
         """Stop running jobs (running ones finish); idempotent."""
-        self._closed = True
-        self._wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        super().close()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def functions_changed(self) -> None:
         """Run jobs that were waiting for their function to be registered."""
-        self._wake.set()
-
-    def _on_commit(self, commit: Commit) -> None:
-        for write in commit.writes.values():  # a loop, not any(): this runs on every commit
-            if write.table == SCHEDULED_FUNCTIONS:
-                self._wake.set()
-                return
+        self.wake()
 
     def _jobs(self, kind: str) -> list[dict[str, Value]]:
         def read(txn: Transaction) -> list[dict[str, Value]]:
@@ -164,19 +153,8 @@ class SchedulerService:
         for job in self._jobs("inProgress"):
             self._finish(str(job["_id"]), "failed", "The action was interrupted by a restart")
 
-    def _loop(self) -> None:
-        while not self._closed:
-            self._wake.clear()
-            try:
-                wait = self._dispatch_due()
-            except Exception:  # a bug or a storage failure: say so, keep running jobs
-                if self._closed:
-                    return
-                _log.exception("scheduler could not read its jobs; retrying in 1 s")
-                wait = 1.0
-            self._wake.wait(wait)
-
-    def _dispatch_due(self) -> float:
+    def _pass(self) -> float:
+        """Start the due jobs; the seconds until the next one is due."""
         now = _now_ms()
         jobs, next_due = self._due_jobs(now)
         for job in jobs:
