@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from pg_follower import stop_follower
 from polling import wait_for
 
 import kernel_ext.engine.store as store_mod
@@ -14,15 +15,6 @@ from kernel_ext import define_schema, define_table, v
 from kernel_ext.engine.store import Store
 from kernel_ext.errors import PersistenceError
 from kernel_ext.persistence.postgres import PostgresPersistence
-
-
-def _stop_follower(store):
-    store._closing.set()
-    follower, store._follower = store._follower, None
-    store._shared.interrupt_wait()
-    follower.join(10)
-    assert not follower.is_alive()
-    store._closing.clear()
 
 
 def test_interrupt_before_fast_commit_leaves_phantom_table(pg_url, monkeypatch):
@@ -82,7 +74,7 @@ def test_index_created_elsewhere_is_maintained_by_a_stale_process(pg_url):
     try:
         _, ts = a.mutate(lambda txn: txn.insert("t", {"x": 1}))
         wait_for(lambda: b.ts >= ts)
-        _stop_follower(b)
+        stop_follower(b)
         a.set_schema(define_schema({"t": define_table({"x": v.number()}).index("by_x", ["x"])}))
         assert b.catalog.table("t").indexes.get("by_x") is None  # B does not know yet
         b.mutate(lambda txn: txn.insert("t", {"x": 2}))
@@ -120,7 +112,7 @@ def test_multi_batch_commit(pg_url, tiny_batches):
         rows, _, _ = b.read(lambda txn: txn.query("m").collect())
         assert len(rows) == 40 and rows[0]["s"] == "a'b\\c" * 5
         # Stale detected in the first of several batches: falls back and commits.
-        _stop_follower(b)
+        stop_follower(b)
         _, ts2 = a.mutate(lambda txn: txn.insert("m", {"x": -1}))
         _ids_b, ts3 = b.mutate(many)
         assert ts3 > ts2
@@ -196,7 +188,7 @@ def test_transient_table_of_a_stale_fast_commit_seen_by_another_thread(pg_url):
     try:
         a.mutate(lambda txn: txn.insert("other", {"x": 0}))
         wait_for(lambda: b.ts == a.ts)
-        _stop_follower(b)
+        stop_follower(b)
         a.mutate(lambda txn: txn.insert("other", {"x": 1}))  # B is now behind: Stale
 
         installed, t2_done = threading.Event(), threading.Event()

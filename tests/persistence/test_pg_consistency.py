@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pg_follower import stop_follower
 from polling import wait_for
 
 import kernel_ext
@@ -62,15 +63,6 @@ def test_get_of_a_document_in_a_table_created_elsewhere(pg_url):
         b.close()
 
 
-def _stop_follower(store):
-    store._closing.set()
-    follower, store._follower = store._follower, None
-    store._shared.interrupt_wait()
-    follower.join(10)
-    assert not follower.is_alive()
-    store._closing.clear()
-
-
 def test_a_view_is_rebuilt_after_a_gap_in_the_log(pg_url):
     a = kernel_ext.connect(pg_url)
     b = kernel_ext.connect(pg_url)
@@ -83,7 +75,7 @@ def test_a_view_is_rebuilt_after_a_gap_in_the_log(pg_url):
         assert b.backend.subscriptions.modes()  # it is a view
         assert list(b.backend.subscriptions.modes().values()) == [True]
         store_b = b.backend.store
-        _stop_follower(store_b)  # B is "away" (laptop asleep) ...
+        stop_follower(store_b)  # B is "away" (laptop asleep) ...
         a.mutation("items:add_pair", n=2, group="g", score=10)
         a.mutation("items:add_pair", n=3, group="g", score=100)
         # ... long enough that the first of these entries was pruned from the log.

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from pg_follower import stop_follower
 from polling import wait_for
 
 import kernel_ext
@@ -35,15 +36,6 @@ def _client(url: str) -> kernel_ext.Client:
     return client
 
 
-def _stop_follower(store: Any) -> None:
-    store._closing.set()
-    follower, store._follower = store._follower, None
-    store._shared.interrupt_wait()
-    follower.join(10)
-    assert not follower.is_alive()
-    store._closing.clear()
-
-
 def test_a_search_index_is_rebuilt_after_a_gap_in_the_log(pg_url):
     a, b = _client(pg_url), _client(pg_url)
     try:
@@ -52,7 +44,7 @@ def test_a_search_index_is_rebuilt_after_a_gap_in_the_log(pg_url):
         wait_for(lambda: b.backend.store.ts >= a.backend.store.ts, timeout=10)
         assert b.query("n:find", text="apple") == ["red apple"]  # B's index is built
         store_b = b.backend.store
-        _stop_follower(store_b)  # B is away ...
+        stop_follower(store_b)  # B is away ...
         a.mutation("n:add", body="green apple")
         a.mutation("n:add", body="apple pie")
         # ... long enough that the first of these entries was pruned from the log.
