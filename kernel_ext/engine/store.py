@@ -1035,10 +1035,11 @@ class Store:
         keys: list[WrittenKey] = []
         for doc_id, write in writes.items():
             changes = []
-            keys.extend(table_search_keys(tables[write.table], write.old, write.new))
-            if tables[write.table].search_indexes:  # a vector index's filter keys
-                keys.extend(vector_written_keys(tables[write.table], write.old, write.new))
-            for info, name, old, new, unchanged in index_keys(tables[write.table], write):
+            table = tables[write.table]
+            if table.search_indexes:  # search terms and vector filter keys (rare: checked once)
+                keys.extend(table_search_keys(table, write.old, write.new))
+                keys.extend(vector_written_keys(table, write.old, write.new))
+            for info, name, old, new, unchanged in index_keys(table, write):
                 if old is not None:
                     keys.append((name, old))
                 if new is not None:
@@ -1047,7 +1048,7 @@ class Store:
                     changes.append(IndexChange(info.index_id, old, new))
             records.append(
                 CommitRecord(
-                    tables[write.table].number,
+                    table.number,
                     id_key(doc_id),
                     write.new,
                     tuple(changes),
