@@ -27,6 +27,16 @@ NO_SEARCH = define_schema({"messages": TABLE})
 BODIES = ["the quick brown fox", "the lazy dog", "quick quick quick", "a fox and a dog", "foxes"]
 
 
+def _store_format(path: Path) -> str:
+    """The store format recorded in the file at `path`."""
+    conn = sqlite3.connect(path)
+    try:
+        (value,) = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+        return str(value)
+    finally:
+        conn.close()
+
+
 @mutation
 def add(ctx, body, channel="#a"):
     return ctx.db.insert("messages", {"body": body, "channel": channel})
@@ -193,11 +203,7 @@ def test_a_format_2_store_with_a_search_index_is_upgraded_when_opened(tmp_path):
         assert client.query("fts:find", text="fox") == _expected([*BODIES, "one more fox"], "fox")
     finally:
         client.close()
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("4",)
-    finally:
-        conn.close()
+    assert _store_format(path) == "4"
     docs, side, fts, stats = _fts_counts(path)
     assert docs == side == fts == len(BODIES) + 1 and stats[0][1] == len(BODIES) + 1
 
@@ -360,11 +366,7 @@ def test_a_format_3_store_is_re_tokenized_when_opened(tmp_path):
         assert client.query("fts:find", text="οδοσ") == ["ΟΔΟΣ road"]
     finally:
         client.close()
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("SELECT value FROM meta WHERE key='format'").fetchone() == ("4",)
-    finally:
-        conn.close()
+    assert _store_format(path) == "4"
 
 
 @mutation
